@@ -1,0 +1,21 @@
+"""The model zoo: ResNets of He et al. 2015 (and v2, ResNeXt, wide) in Flax Linen.
+
+Imports nothing else of resnet_jax.  Public API::
+
+    get_model(name, *, num_classes=None, **overrides) -> ResNet (flax.linen.Module)
+    list_models() -> list[str]
+    model_spec(name) -> ModelSpec(name, family, image_size, num_classes, config)
+    count_macs(model, image_size=None, in_channels=3, **overrides) -> int
+    count_params(model, in_channels=3, **overrides) -> int
+    format_model_table(names=None) -> str
+"""
+
+from .blocks import BasicBlock, BottleneckBlock
+from .flops import count_macs, count_params, format_model_table, layer_table
+from .registry import ModelSpec, get_model, list_models, model_spec
+from .resnet import ResNet
+
+__all__ = [
+    "BasicBlock", "BottleneckBlock", "ModelSpec", "ResNet", "count_macs", "count_params",
+    "format_model_table", "get_model", "layer_table", "list_models", "model_spec",
+]

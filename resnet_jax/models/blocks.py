@@ -1,0 +1,193 @@
+"""Residual building blocks (He et al. 2015, "Deep Residual Learning for Image Recognition").
+
+* :class:`BasicBlock`      -- two 3x3 convs (paper §3.3, Fig. 5 left; Table 1 for ResNet-18/34).
+* :class:`BottleneckBlock` -- 1x1 reduce, 3x3, 1x1 expand x4 (paper §4.1 "Deeper Bottleneck
+  Architectures", Fig. 5 right; Table 1 for ResNet-50/101/152).  ``groups``/``base_width`` give
+  ResNeXt (Xie et al. 2017) and Wide ResNet-50/101-2 (torchvision's widened bottleneck).
+* ``preact=True`` on either block gives the pre-activation ("v2") unit of He et al. 2016,
+  "Identity Mappings in Deep Residual Networks", Fig. 1(b)/§4: BN-ReLU-conv, nothing after the add.
+
+As in torchvision the two blocks differ, for the network that stacks them, only by ``expansion``
+(output channels = ``planes * expansion``).  BN follows every conv (§3.4), ReLU follows the addition
+(Eq. 1, Fig. 2).  Convs have no bias; BN is flax ``nn.BatchNorm`` (momentum 0.9, eps 1e-5 --
+torchvision's defaults) in the ``batch_stats`` collection, with ``axis_name`` for cross-replica
+statistics under ``pmap``.
+
+Shortcut options (paper §3.3 "Residual Network" and §4.1 "Identity vs. Projection Shortcuts",
+Table 3) -- one per network:
+
+* ``'A'``: identity; where the shape changes, strided subsampling ``x[:, ::s, ::s]`` and
+  zero-padded extra channels (no parameters).
+* ``'B'``: identity; 1x1 projection (+ BN) only where the shape changes (torchvision's choice).
+* ``'C'``: 1x1 projection (+ BN) on every block.
+* ``'none'``: plain network of §4.1 (Fig. 3 middle): no shortcut and no addition.
+
+Stride placement for the bottleneck (``stride_on``): ``'3x3'`` (torchvision "v1.5", the default)
+or ``'1x1'`` (the paper, §3.4/Table 1: "downsampling is performed by conv3_1, conv4_1, and conv5_1
+with a stride of 2" -- on the first 1x1 in the original Caffe models).  A basic block's first conv
+is the 3x3 either way.
+
+Parameter names inside a block: ``conv1, bn1, conv2, bn2[, conv3, bn3][, shortcut_conv,
+shortcut_bn]`` (pre-activation blocks: ``bn1`` precedes ``conv1`` etc., and the projection shortcut
+is a bare ``shortcut_conv`` applied to the pre-activated input, as in the v2 paper's code).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+Dtype = Any
+
+SHORTCUTS = ("A", "B", "C", "none")
+STRIDE_ON = ("3x3", "1x1")
+
+# torchvision: nn.init.kaiming_normal_(w, mode="fan_out", nonlinearity="relu") -> N(0, 2/fan_out),
+# not truncated.  For a (kh, kw, cin/groups, cout) kernel flax's fan_out is kh*kw*cout, as torch's.
+conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")  # jax: untruncated
+
+
+def conv(features: int, kernel: int, stride: int = 1, *, groups: int = 1, name: str,
+         dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32, kernel_init=None) -> nn.Conv:
+    """Bias-free conv with torchvision padding (k // 2 on every side, so stride-2 output is ceil(n/2))."""
+    pad = kernel // 2
+    return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
+                   padding=((pad, pad), (pad, pad)), feature_group_count=groups, use_bias=False,
+                   kernel_init=kernel_init or conv_kernel_init, dtype=dtype,
+                   param_dtype=param_dtype, name=name)
+
+
+def batch_norm(train: bool, *, name: str, zero_scale: bool = False, momentum: float = 0.9,
+               epsilon: float = 1e-5, axis_name: Optional[str] = None, dtype: Dtype = jnp.float32,
+               param_dtype: Dtype = jnp.float32) -> nn.BatchNorm:
+    return nn.BatchNorm(use_running_average=not train, momentum=momentum, epsilon=epsilon,
+                        axis_name=axis_name, dtype=dtype, param_dtype=param_dtype,
+                        scale_init=nn.initializers.zeros if zero_scale else nn.initializers.ones,
+                        name=name)
+
+
+def subsample_pad(x: jnp.ndarray, stride: int, out_channels: int) -> jnp.ndarray:
+    """Option A shortcut: ``x[:, ::s, ::s]`` and zeros for the extra channels (paper §3.3)."""
+    if stride > 1:
+        x = x[:, ::stride, ::stride, :]
+    extra = out_channels - x.shape[-1]
+    if extra < 0:
+        raise ValueError(f"option A cannot reduce channels ({x.shape[-1]} -> {out_channels})")
+    if extra:
+        x = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, extra)))
+    return x
+
+
+class _Block(nn.Module):
+    """Fields shared by both blocks.  ``planes`` is the stage width; output = planes * expansion."""
+
+    planes: int
+    stride: int = 1
+    shortcut: str = "B"
+    stride_on: str = "3x3"
+    groups: int = 1
+    base_width: int = 64
+    preact: bool = False
+    zero_init_last_bn: bool = False
+    bn_momentum: float = 0.9
+    bn_epsilon: float = 1e-5
+    bn_axis_name: Optional[str] = None
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    expansion = 1  # class attribute, not a field
+
+    # -- helpers -------------------------------------------------------------------------------
+    def _conv(self, features, kernel, stride=1, groups=1, *, name, zero=False):
+        return conv(features, kernel, stride, groups=groups, name=name, dtype=self.dtype,
+                    param_dtype=self.param_dtype,
+                    kernel_init=nn.initializers.zeros if zero else None)
+
+    def _bn(self, train, *, name, zero=False):
+        return batch_norm(train, name=name, zero_scale=zero, momentum=self.bn_momentum,
+                          epsilon=self.bn_epsilon, axis_name=self.bn_axis_name, dtype=self.dtype,
+                          param_dtype=self.param_dtype)
+
+    def _layers(self):
+        """[(name_suffix, features, kernel, stride, groups)] of the residual branch."""
+        raise NotImplementedError
+
+    def _needs_projection(self, in_channels: int) -> bool:
+        changes = self.stride != 1 or in_channels != self.planes * self.expansion
+        return self.shortcut == "C" or (self.shortcut == "B" and changes)
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        if self.shortcut not in SHORTCUTS:
+            raise ValueError(f"shortcut must be one of {SHORTCUTS}, got {self.shortcut!r}")
+        if self.stride_on not in STRIDE_ON:
+            raise ValueError(f"stride_on must be one of {STRIDE_ON}, got {self.stride_on!r}")
+        out_channels = self.planes * self.expansion
+        layers = self._layers()
+        project = self._needs_projection(x.shape[-1])
+
+        if self.preact:  # He et al. 2016, Fig. 1(b): BN-ReLU-conv; identity path untouched.
+            y = nn.relu(self._bn(train, name="bn1")(x))
+            if self.shortcut == "A":
+                identity = subsample_pad(x, self.stride, out_channels)
+            elif project:
+                identity = self._conv(out_channels, 1, self.stride, name="shortcut_conv")(y)
+            else:
+                identity = x
+            for i, (idx, feats, k, s, g) in enumerate(layers):
+                if i > 0:
+                    y = nn.relu(self._bn(train, name=f"bn{idx}")(y))
+                last = i == len(layers) - 1
+                # No BN follows the last conv, so zero_init_last_bn zeroes that conv's kernel.
+                y = self._conv(feats, k, s, g, name=f"conv{idx}",
+                               zero=last and self.zero_init_last_bn)(y)
+            return y if self.shortcut == "none" else y + identity
+
+        y = x
+        for i, (idx, feats, k, s, g) in enumerate(layers):
+            last = i == len(layers) - 1
+            y = self._conv(feats, k, s, g, name=f"conv{idx}")(y)
+            y = self._bn(train, name=f"bn{idx}", zero=last and self.zero_init_last_bn)(y)
+            if not last:
+                y = nn.relu(y)
+        if self.shortcut == "none":
+            return nn.relu(y)
+        if project:
+            identity = self._conv(out_channels, 1, self.stride, name="shortcut_conv")(x)
+            identity = self._bn(train, name="shortcut_bn")(identity)
+        elif self.shortcut == "A":
+            identity = subsample_pad(x, self.stride, out_channels)
+        else:
+            identity = x
+        return nn.relu(y + identity)
+
+
+class BasicBlock(_Block):
+    """3x3 -> 3x3 (paper Fig. 5 left), expansion 1; the stride is on the first 3x3."""
+
+    expansion = 1
+
+    def _layers(self):
+        return [(1, self.planes, 3, self.stride, 1), (2, self.planes, 3, 1, 1)]
+
+
+class BottleneckBlock(_Block):
+    """1x1 reduce -> 3x3 -> 1x1 expand x4 (paper §4.1, Fig. 5 right), expansion 4.
+
+    The inner width is torchvision's ``int(planes * base_width / 64) * groups`` (= planes for
+    ResNet; ResNeXt-50 32x4d: 4*planes/64*32; Wide ResNet-50-2: 2*planes), and the 3x3 is grouped
+    (``feature_group_count=groups``).
+    """
+
+    expansion = 4
+
+    def _layers(self):
+        width = int(self.planes * (self.base_width / 64.0)) * self.groups
+        s1, s3 = (self.stride, 1) if self.stride_on == "1x1" else (1, self.stride)
+        return [(1, width, 1, s1, 1), (2, width, 3, s3, self.groups),
+                (3, self.planes * self.expansion, 1, 1, 1)]
+
+
+BLOCKS = {"basic": BasicBlock, "bottleneck": BottleneckBlock}

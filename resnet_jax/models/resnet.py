@@ -1,0 +1,157 @@
+"""The ResNet network: stem -> stages of residual blocks -> global average pool -> dense head.
+
+He et al. 2015, "Deep Residual Learning for Image Recognition": Table 1 (ImageNet: 7x7/2 conv stem,
+3x3/2 max-pool, four stages at 64-128-256-512 planes) and §4.2 (CIFAR-10: 3x3 conv with 16 filters,
+three stages of n basic blocks at 16-32-64 filters, 6n+2 layers).  Pre-activation ("v2", He et al.
+2016) puts BN-ReLU before each conv and a final BN-ReLU before pooling.
+
+Call: ``model.apply({'params': p, 'batch_stats': s}, x_nhwc, train=False)``; with ``train=True``
+pass ``mutable=['batch_stats']``.  Any number of input channels; logits are float32 whatever
+``dtype`` (the compute dtype) is.  ``param_dtype`` is the storage dtype of the parameters.
+
+Parameter naming (stable; a torchvision state-dict importer maps onto it one-to-one).  Stages and
+blocks count like torchvision's ``layer{i}.{j}`` (stages from 1, blocks from 0)::
+
+    stem_conv/kernel                 <- conv1.weight            (7, 7, cin, 64) or (3, 3, cin, 16)
+    stem_bn/{scale,bias}             <- bn1.{weight,bias}       (batch_stats: {mean,var} <- running_*)
+    stage{i}_block{j}/conv{k}/kernel <- layer{i}.{j}.conv{k}.weight   k = 1, 2 (basic), 1, 2, 3 (bottleneck)
+    stage{i}_block{j}/bn{k}/...      <- layer{i}.{j}.bn{k}.*
+    stage{i}_block{j}/shortcut_conv/kernel <- layer{i}.{j}.downsample.0.weight   (options B, C)
+    stage{i}_block{j}/shortcut_bn/...      <- layer{i}.{j}.downsample.1.*
+    final_bn/...                     (pre-activation nets only: BN-ReLU before the pool)
+    head/{kernel,bias}               <- fc.weight.T, fc.bias    kernel (features, num_classes)
+
+Conv kernels are flax's standard ``(kh, kw, cin / groups, cout)`` (torch: ``w.transpose(2, 3, 1, 0)``);
+convs have no bias.  Example, resnet50's first block (``stage1_block0``)::
+
+    stage1_block0/conv1/kernel (1, 1, 64, 64)     stage1_block0/bn1/{scale,bias} (64,)
+    stage1_block0/conv2/kernel (3, 3, 64, 64)     stage1_block0/bn2/{scale,bias} (64,)
+    stage1_block0/conv3/kernel (1, 1, 64, 256)    stage1_block0/bn3/{scale,bias} (256,)
+    stage1_block0/shortcut_conv/kernel (1, 1, 64, 256)  stage1_block0/shortcut_bn/{scale,bias} (256,)
+
+Padding follows torchvision exactly (k // 2 on every side; max-pool 3x3/2 with padding 1, padded
+with -inf), so imported weights reproduce torchvision's outputs.  Initialisation: convs
+kaiming-normal fan_out (torchvision), BN scale 1 / bias 0 (scale 0 for the last BN of each block
+with ``zero_init_last_bn``), head U(+-1/sqrt(fan_in)) like ``torch.nn.Linear``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from .blocks import BLOCKS, SHORTCUTS, STRIDE_ON, batch_norm, conv
+
+Dtype = Any
+STEMS = ("imagenet", "cifar")
+
+
+def _uniform_fan_in(fan_in: int):
+    bound = 1.0 / max(fan_in, 1) ** 0.5
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+def scaled(width: int, multiplier: float) -> int:
+    """A width times ``width_multiplier`` (at least 1)."""
+    return max(1, int(round(width * multiplier)))
+
+
+class ResNet(nn.Module):
+    """A residual (or plain) network; every field can be overridden through ``get_model``.
+
+    Attributes:
+      stage_sizes: blocks per stage (Table 1, e.g. (3, 4, 6, 3); CIFAR: (n, n, n)).
+      block: ``'basic'`` or ``'bottleneck'`` (see blocks.py).
+      stage_widths: planes per stage (block output = planes * expansion).
+      stem: ``'imagenet'`` (7x7/2 conv, BN, ReLU, 3x3/2 max-pool) or ``'cifar'`` (3x3 conv, BN, ReLU).
+      stem_width: stem conv filters (64 ImageNet, 16 CIFAR).
+      width_multiplier: scales ``stem_width`` and ``stage_widths`` (1.0 = the paper's).
+      num_classes: head outputs.
+      shortcut: ``'A'``, ``'B'``, ``'C'`` or ``'none'`` (plain net), paper §3.3/§4.1.
+      stride_on: ``'3x3'`` (torchvision v1.5) or ``'1x1'`` (paper v1), bottleneck only.
+      groups, width_per_group: ResNeXt cardinality and per-group width (64 = plain ResNet; wide
+        ResNet-50-2 is 128).
+      preact: pre-activation v2 blocks plus a final BN-ReLU.
+      zero_init_last_bn: zero scale of each block's last BN (pre-activation: last conv's kernel).
+      bn_momentum, bn_epsilon: BatchNorm running-average momentum / epsilon (torchvision: 0.9, 1e-5).
+      bn_axis_name: pmap axis name for cross-replica BN statistics (None: per-replica).
+      dtype: compute dtype (e.g. ``jnp.bfloat16``); param_dtype: parameter dtype.
+    """
+
+    stage_sizes: Sequence[int] = (2, 2, 2, 2)
+    block: str = "basic"
+    stage_widths: Sequence[int] = (64, 128, 256, 512)
+    stem: str = "imagenet"
+    stem_width: int = 64
+    width_multiplier: float = 1.0
+    num_classes: int = 1000
+    shortcut: str = "B"
+    stride_on: str = "3x3"
+    groups: int = 1
+    width_per_group: int = 64
+    preact: bool = False
+    zero_init_last_bn: bool = False
+    bn_momentum: float = 0.9
+    bn_epsilon: float = 1e-5
+    bn_axis_name: Optional[str] = None
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    def _bn(self, train, name):
+        return batch_norm(train, name=name, momentum=self.bn_momentum, epsilon=self.bn_epsilon,
+                          axis_name=self.bn_axis_name, dtype=self.dtype,
+                          param_dtype=self.param_dtype)
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        if self.block not in BLOCKS:
+            raise ValueError(f"block must be one of {tuple(BLOCKS)}, got {self.block!r}")
+        if self.stem not in STEMS:
+            raise ValueError(f"stem must be one of {STEMS}, got {self.stem!r}")
+        if self.shortcut not in SHORTCUTS:
+            raise ValueError(f"shortcut must be one of {SHORTCUTS}, got {self.shortcut!r}")
+        if self.stride_on not in STRIDE_ON:
+            raise ValueError(f"stride_on must be one of {STRIDE_ON}, got {self.stride_on!r}")
+        if len(self.stage_sizes) != len(self.stage_widths):
+            raise ValueError("stage_sizes and stage_widths must have the same length")
+        block_cls = BLOCKS[self.block]
+        x = jnp.asarray(x, self.dtype)
+
+        stem_width = scaled(self.stem_width, self.width_multiplier)
+        if self.stem == "imagenet":
+            x = conv(stem_width, 7, 2, name="stem_conv", dtype=self.dtype,
+                     param_dtype=self.param_dtype)(x)
+            x = nn.relu(self._bn(train, "stem_bn")(x))
+            x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        else:
+            x = conv(stem_width, 3, 1, name="stem_conv", dtype=self.dtype,
+                     param_dtype=self.param_dtype)(x)
+            if not self.preact:  # v2 CIFAR: the first block pre-activates the stem output.
+                x = nn.relu(self._bn(train, "stem_bn")(x))
+
+        for i, (n_blocks, planes) in enumerate(zip(self.stage_sizes, self.stage_widths)):
+            for j in range(n_blocks):
+                x = block_cls(
+                    planes=scaled(planes, self.width_multiplier),
+                    stride=2 if (i > 0 and j == 0) else 1,
+                    shortcut=self.shortcut, stride_on=self.stride_on, groups=self.groups,
+                    base_width=self.width_per_group, preact=self.preact,
+                    zero_init_last_bn=self.zero_init_last_bn, bn_momentum=self.bn_momentum,
+                    bn_epsilon=self.bn_epsilon, bn_axis_name=self.bn_axis_name,
+                    dtype=self.dtype, param_dtype=self.param_dtype,
+                    name=f"stage{i + 1}_block{j}")(x, train=train)
+
+        if self.preact:
+            x = nn.relu(self._bn(train, "final_bn")(x))
+        x = jnp.mean(x, axis=(1, 2))
+        init = _uniform_fan_in(x.shape[-1])
+        x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
+                     kernel_init=init, bias_init=init, name="head")(x)
+        return jnp.asarray(x, jnp.float32)
