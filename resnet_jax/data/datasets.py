@@ -1,0 +1,277 @@
+"""Dataset registry (as data) and loaders that turn a (name, split) into a `Source`.
+
+A `Source` is what the pipeline indexes into. Three storage kinds:
+  * ``memory``  small datasets (digits, mnist, cifar10/100): the whole split decoded once
+                into uint8 numpy arrays and cached in this process (`clear_cache()`).
+  * ``files``   image folders: a list of file paths + labels; files are read and decoded
+                lazily, so random access is free and nothing skipped is decoded.
+  * ``records`` tfds tfrecords read as a stream (imagenet2012): images stay JPEG bytes
+                until the augmentation decodes (and crops) them.
+
+Splits: each entry names its default train and eval split and a table of split aliases
+(e.g. cifar ``train45k`` = ``train[:45000]``, ``val5k`` = ``train[45000:]``, paper §4.2).
+A split argument may be an alias or any tfds split string.
+
+data_dir: default ``~/tensorflow_datasets`` (or $TFDS_DATA_DIR). For ``image_folder`` the
+data_dir is the folder root laid out as ``root/<split>/<class_name>/<image>.jpg|png``
+(tfds.folder_dataset.ImageFolder's layout). imagenet2012 needs the two ILSVRC tars in
+``<data_dir>/downloads/manual``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import logging
+import os
+from typing import Any, Mapping
+
+import numpy as np
+
+try:  # tfds 4.9.10 lazily imports `importlib_resources` in DatasetBuilder.code_path but only
+  import importlib_resources  # noqa: F401  declares it for Python < 3.9; without it every
+except ImportError:  # download_and_prepare() fails. The stdlib module has the same API.
+  import importlib.resources
+  import importlib.resources.abc
+  import sys
+  sys.modules['importlib_resources'] = importlib.resources
+
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from resnet_jax.data import digits as digits_lib
+
+_GPUS_HIDDEN = False
+
+
+def hide_gpus_from_tf() -> None:
+  """Keeps TensorFlow off every accelerator (JAX owns them). Idempotent."""
+  global _GPUS_HIDDEN
+  if _GPUS_HIDDEN:
+    return
+  try:
+    tf.config.set_visible_devices([], 'GPU')
+  except RuntimeError:  # TF already initialised its devices; nothing more to do.
+    pass
+  _GPUS_HIDDEN = True
+
+
+class DatasetNotFoundError(ValueError):
+  """The dataset's files are not where they should be (one line says what to put where)."""
+
+
+class CorruptImageError(ValueError):
+  """An image file could not be decoded; the message names the file."""
+
+
+IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
+IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+MNIST_MEAN = (0.1307 * 255,)
+MNIST_STD = (0.3081 * 255,)
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+  """Everything the pipeline needs to know about one dataset.
+
+  image_size: the train/eval crop side. resize_size: the shorter side before the centre
+  crop at test time (None for 32/28 px datasets: no resize). mean/std: per channel, in
+  0..255 pixel units (images are normalised as (x - mean) / std).
+  """
+  name: str
+  builder: str                     # tfds builder name ('' for image_folder)
+  storage: str                     # 'memory' | 'files' | 'records'
+  num_classes: int | None          # None: read from the data (image_folder)
+  image_shape: tuple[int, int, int]  # network input shape (H, W, C)
+  splits: Mapping[str, str]        # alias -> tfds split string
+  train_split: str
+  eval_split: str
+  train_augment: str               # augment.TRAIN_AUGMENTS key
+  eval_method: str                 # augment.EVAL_METHODS key
+  mean: tuple[float, ...]
+  std: tuple[float, ...]
+  image_size: int
+  resize_size: int | None
+  download: bool = True            # tfds may download (network) if not prepared
+
+
+_CIFAR_SPLITS = {'train': 'train', 'test': 'test',
+                 'train45k': 'train[:45000]', 'val5k': 'train[45000:]'}
+
+REGISTRY: dict[str, DatasetSpec] = {
+    s.name: s for s in [
+        DatasetSpec('digits', 'handwritten_digits', 'memory', 10, (28, 28, 1),
+                    {'train': 'train', 'test': 'test'}, 'train', 'test',
+                    'digits', 'center', MNIST_MEAN, MNIST_STD, 28, None, download=False),
+        DatasetSpec('mnist', 'mnist', 'memory', 10, (28, 28, 1),
+                    {'train': 'train', 'test': 'test'}, 'train', 'test',
+                    'digits', 'center', MNIST_MEAN, MNIST_STD, 28, None),
+        DatasetSpec('cifar10', 'cifar10', 'memory', 10, (32, 32, 3), _CIFAR_SPLITS,
+                    'train', 'test', 'cifar', 'center',
+                    (0.4914 * 255, 0.4822 * 255, 0.4465 * 255),
+                    (0.2470 * 255, 0.2435 * 255, 0.2616 * 255), 32, None),
+        DatasetSpec('cifar100', 'cifar100', 'memory', 100, (32, 32, 3), _CIFAR_SPLITS,
+                    'train', 'test', 'cifar', 'center',
+                    (0.5071 * 255, 0.4865 * 255, 0.4409 * 255),
+                    (0.2673 * 255, 0.2564 * 255, 0.2762 * 255), 32, None),
+        DatasetSpec('imagenet2012', 'imagenet2012', 'records', 1000, (224, 224, 3),
+                    {'train': 'train', 'validation': 'validation'}, 'train', 'validation',
+                    'paper', 'center', IMAGENET_MEAN, IMAGENET_STD, 224, 256,
+                    download=False),
+        DatasetSpec('image_folder', '', 'files', None, (224, 224, 3),
+                    {'train': 'train', 'test': 'test', 'validation': 'validation'},
+                    'train', 'test', 'paper', 'center', IMAGENET_MEAN, IMAGENET_STD,
+                    224, 256, download=False),
+    ]
+}
+
+
+def list_datasets() -> list[str]:
+  return sorted(REGISTRY)
+
+
+def dataset_info(name: str) -> DatasetSpec:
+  """The registry entry for `name`; ValueError naming the known datasets otherwise."""
+  try:
+    return REGISTRY[name]
+  except KeyError:
+    raise ValueError(
+        f'Unknown dataset {name!r}; known datasets: {", ".join(list_datasets())}.'
+    ) from None
+
+
+def resolve_split(spec: DatasetSpec, split: str | None, *, train: bool) -> str:
+  if split is None:
+    split = spec.train_split if train else spec.eval_split
+  return spec.splits.get(split, split)
+
+
+def default_data_dir() -> str:
+  return os.path.expanduser(os.environ.get('TFDS_DATA_DIR', '~/tensorflow_datasets'))
+
+
+@dataclasses.dataclass
+class Source:
+  """One split of one dataset, ready to be indexed (memory/files) or streamed (records)."""
+  spec: DatasetSpec
+  split: str
+  kind: str
+  num_examples: int
+  num_classes: int
+  labels: np.ndarray | None = None     # int32 [N] (memory, files)
+  images: np.ndarray | None = None     # uint8 [N, H, W, C] (memory)
+  paths: np.ndarray | None = None      # object/str [N] (files)
+  builder: Any = None                  # tfds builder (records)
+
+
+_CACHE: dict[tuple[str, str, str], Source] = {}
+
+
+def clear_cache() -> None:
+  _CACHE.clear()
+
+
+_ORIGINAL_DOWNLOAD_AND_PREPARE = inspect.getattr_static(
+    tfds.core.DatasetBuilder, 'download_and_prepare')
+
+
+def _tfds_is_mocked() -> bool:
+  """True inside tfds.testing.mock_data (it replaces download_and_prepare)."""
+  current = inspect.getattr_static(tfds.core.DatasetBuilder, 'download_and_prepare')
+  return current is not _ORIGINAL_DOWNLOAD_AND_PREPARE
+
+
+def imagenet_missing_message(data_dir: str) -> str:
+  manual = os.path.join(data_dir, 'downloads', 'manual')
+  return (f'imagenet2012 is not prepared: put ILSVRC2012_img_train.tar and '
+          f'ILSVRC2012_img_val.tar in {manual} (the manual dir <data_dir>/downloads/manual; '
+          f'point --config.data_dir=... at a different <data_dir>) and run again.')
+
+
+def get_builder(spec: DatasetSpec, data_dir: str | None = None):
+  """The tfds builder for a registry entry, prepared (built/downloaded) if needed."""
+  hide_gpus_from_tf()
+  data_dir = os.path.expanduser(data_dir) if data_dir else default_data_dir()
+  if spec.name == 'digits':
+    builder = digits_lib.HandwrittenDigits(data_dir=data_dir)
+  else:
+    builder = tfds.builder(spec.builder, data_dir=data_dir)
+  if _tfds_is_mocked() or builder.is_prepared():
+    return builder
+  if spec.name == 'imagenet2012':
+    manual = os.path.join(data_dir, 'downloads', 'manual')
+    wanted = ['ILSVRC2012_img_train.tar', 'ILSVRC2012_img_val.tar']
+    if not all(os.path.exists(os.path.join(manual, f)) for f in wanted):
+      raise DatasetNotFoundError(imagenet_missing_message(data_dir))
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=manual))
+    return builder
+  logging.info('Preparing %s in %s', spec.builder, data_dir)
+  try:
+    builder.download_and_prepare()
+  except Exception as e:  # Network down, disk full, ...: say what and where in one line.
+    raise DatasetNotFoundError(
+        f'Could not download/prepare {spec.name} into {data_dir} ({type(e).__name__}: '
+        f'{str(e).splitlines()[0] if str(e) else ""}); prepare it with network access or '
+        f'point --config.data_dir=... at a prepared copy.') from e
+  return builder
+
+
+def _image_folder_source(spec: DatasetSpec, split: str, root: str | None) -> Source:
+  if not root or not os.path.isdir(os.path.expanduser(root)):
+    raise DatasetNotFoundError(
+        f'image_folder needs --config.data_dir=<root> with root/<split>/<class>/<image> '
+        f'files; got {root!r}.')
+  root = os.path.expanduser(root)
+  builder = tfds.folder_dataset.ImageFolder(root)
+  if split not in builder.info.splits:
+    raise ValueError(f'Split {split!r} not found in {root}; found: '
+                     f'{sorted(builder.info.splits.keys())}.')
+  label_feature = builder.info.features['label']
+  split_dir = os.path.join(root, split)
+  paths, labels = [], []
+  exts = ('.jpg', '.jpeg', '.png')  # ImageFolder's supported formats
+  for label in sorted(os.listdir(split_dir)):
+    label_dir = os.path.join(split_dir, label)
+    if not os.path.isdir(label_dir):
+      continue
+    for f in sorted(os.listdir(label_dir)):
+      if f.lower().endswith(exts):
+        paths.append(os.path.join(label_dir, f))
+        labels.append(label_feature.str2int(label))
+  return Source(spec, split, 'files', len(paths), label_feature.num_classes,
+                labels=np.asarray(labels, np.int32), paths=np.asarray(paths, dtype=object))
+
+
+def load_source(name: str, split: str | None = None, data_dir: str | None = None, *,
+                train: bool = True) -> Source:
+  """The Source for `name`/`split` (split None: the registry's train or eval default)."""
+  spec = dataset_info(name)
+  split = resolve_split(spec, split, train=train)
+  key = (name, split, str(data_dir))
+  if key in _CACHE and not _tfds_is_mocked():
+    return _CACHE[key]
+  hide_gpus_from_tf()
+  if spec.storage == 'files':
+    source = _image_folder_source(spec, split, data_dir)
+  elif spec.storage == 'memory':
+    builder = get_builder(spec, data_dir)
+    arrays = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
+    images = np.asarray(arrays['image'], np.uint8)
+    if images.ndim == 3:
+      images = images[..., None]
+    source = Source(spec, split, 'memory', len(images), spec.num_classes,
+                    labels=np.asarray(arrays['label'], np.int32), images=images)
+  else:
+    builder = get_builder(spec, data_dir)
+    ds = builder.as_dataset(split=split, decoders={'image': tfds.decode.SkipDecoding()})
+    n = int(ds.cardinality())
+    source = Source(spec, split, 'records', n, spec.num_classes, builder=builder)
+  if not _tfds_is_mocked():
+    _CACHE[key] = source
+  return source
+
+
+def num_examples(dataset: str, split: str | None = None, data_dir: str | None = None) -> int:
+  """Number of examples in a split (split None: the registry's default eval split)."""
+  return load_source(dataset, split, data_dir, train=False).num_examples
