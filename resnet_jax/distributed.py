@@ -1,0 +1,319 @@
+"""JAX distributed runtime: initialise once at start-up; process and device facts.
+
+`initialize()` is called once by `resnet_jax.main`, before anything touches a JAX device. It picks
+one of three modes, in this order:
+
+1. **explicit** -- arguments, or these environment variables (arguments win):
+
+   ========================== ===============================================================
+   RESNET_JAX_COORDINATOR      ``host:port`` of process 0's coordinator service (every process
+                               gives the same value; process 0 listens on that port)
+   RESNET_JAX_NUM_PROCESSES    total number of processes
+   RESNET_JAX_PROCESS_ID       this process's id, ``0 .. num_processes-1``
+   RESNET_JAX_LOCAL_DEVICE_IDS optional, comma separated, e.g. ``0`` or ``0,1``: restrict the
+                               devices this process uses (one process per GPU)
+   RESNET_JAX_INIT_TIMEOUT     optional, seconds to keep trying to reach the coordinator
+   ========================== ===============================================================
+
+   ``launch/local.sh`` sets these for N processes on one machine. ``num_processes=1`` with no
+   coordinator means a plain single-process run.
+
+2. **automatic** -- a cluster JAX detects by itself (`jax._src.clusters`): a SLURM job step with more
+   than one task (``SLURM_JOB_ID``, ``SLURM_STEP_NODELIST``, ``SLURM_NTASKS``, ``SLURM_PROCID``,
+   ``SLURM_LOCALID`` all set: ``srun`` sets them; the coordinator is the step's first node, port
+   derived from the job id or ``JAX_COORDINATOR_PORT``; one GPU per task via ``SLURM_LOCALID``),
+   Open MPI (``OMPI_MCA_orte_hnp_uri``), or a Cloud TPU VM (detected by ``import jax``; the worker
+   list comes from the VM metadata). We then call ``jax.distributed.initialize()`` with no
+   addresses and let JAX fill them in.
+
+3. **single** -- nothing set, no cluster: nothing is initialised.
+
+``RESNET_JAX_DISTRIBUTED=off`` disables 2. (e.g. running a single-process job inside an ``srun``
+step); ``=auto`` (default) leaves it on.
+
+On CPU, processes exchange collectives with gloo over TCP: we set
+``jax_cpu_collectives_implementation=gloo`` before initialising (unless
+``JAX_CPU_COLLECTIVES_IMPLEMENTATION`` says otherwise). A process that cannot reach the coordinator
+raises `DistributedInitError` (one line: address, process id, timeout, cause) after ``timeout_s``
+seconds instead of hanging; ``main`` turns that into an exit with that message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import logging
+import os
+import socket
+import sys
+import time
+from collections.abc import Sequence
+
+import jax
+
+ENV_COORDINATOR = "RESNET_JAX_COORDINATOR"
+ENV_NUM_PROCESSES = "RESNET_JAX_NUM_PROCESSES"
+ENV_PROCESS_ID = "RESNET_JAX_PROCESS_ID"
+ENV_LOCAL_DEVICE_IDS = "RESNET_JAX_LOCAL_DEVICE_IDS"
+ENV_INIT_TIMEOUT = "RESNET_JAX_INIT_TIMEOUT"
+ENV_MODE = "RESNET_JAX_DISTRIBUTED"
+
+DEFAULT_TIMEOUT_S = 300
+
+_SLURM_VARS = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID",
+               "SLURM_LOCALID")
+
+log = logging.getLogger(__name__)
+
+
+class DistributedInitError(RuntimeError):
+  """The distributed runtime could not start (bad settings, or coordinator unreachable)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Runtime:
+  """How this process was started. `mode`: 'single', 'explicit', or the detected cluster name."""
+  mode: str
+  coordinator_address: str | None = None
+  num_processes: int = 1
+  process_id: int = 0
+  local_device_ids: tuple[int, ...] | None = None
+
+
+_RUNTIME: Runtime | None = None
+
+
+def _env_int(name: str) -> int | None:
+  raw = os.environ.get(name, "").strip()
+  if not raw:
+    return None
+  try:
+    return int(raw)
+  except ValueError:
+    raise DistributedInitError(f"{name}={raw!r} is not an integer") from None
+
+
+def _parse_ids(raw: str | Sequence[int] | int | None) -> tuple[int, ...] | None:
+  if raw is None or raw == "":
+    return None
+  if isinstance(raw, int):
+    return (raw,)
+  if isinstance(raw, str):
+    try:
+      return tuple(int(x) for x in raw.split(",") if x.strip())
+    except ValueError:
+      raise DistributedInitError(
+          f"{ENV_LOCAL_DEVICE_IDS}={raw!r}: expected comma separated integers") from None
+  return tuple(int(x) for x in raw)
+
+
+def detect_cluster() -> str | None:
+  """Name of a multi-process cluster environment JAX will detect, or None.
+
+  Mirrors the checks in `jax._src.clusters` (cheap environment reads only); a one-task SLURM step or
+  one-process MPI run counts as no cluster, so single-process runs never start a coordinator.
+  """
+  if os.environ.get(ENV_MODE, "auto").strip().lower() in ("off", "0", "false", "no", "none"):
+    return None
+  if all(v in os.environ for v in _SLURM_VARS):
+    try:
+      if int(os.environ["SLURM_NTASKS"]) > 1:
+        return "slurm"
+    except ValueError:
+      pass
+  if "OMPI_MCA_orte_hnp_uri" in os.environ:
+    if int(os.environ.get("OMPI_COMM_WORLD_SIZE", "2") or 2) > 1:
+      return "ompi"
+  try:  # set by `import jax` when libtpu finds TPU chips on a Cloud TPU VM
+    from jax._src import cloud_tpu_init
+    if getattr(cloud_tpu_init, "running_in_cloud_tpu_vm", False):
+      return "tpu"
+  except ImportError:  # pragma: no cover - private module moved
+    pass
+  return None
+
+
+def _resolve(coordinator_address, num_processes, process_id, local_device_ids) -> Runtime:
+  coordinator_address = coordinator_address or os.environ.get(ENV_COORDINATOR) or None
+  num_processes = num_processes if num_processes is not None else _env_int(ENV_NUM_PROCESSES)
+  process_id = process_id if process_id is not None else _env_int(ENV_PROCESS_ID)
+  ids = _parse_ids(local_device_ids if local_device_ids is not None
+                   else os.environ.get(ENV_LOCAL_DEVICE_IDS))
+  explicit = (coordinator_address, num_processes, process_id)
+  if any(v is not None for v in explicit):
+    if num_processes == 1 and coordinator_address is None:
+      return Runtime("single", local_device_ids=ids)
+    missing = [name for name, v in zip((ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID),
+                                       explicit) if v is None]
+    if missing:
+      raise DistributedInitError(
+          "explicit multi-process run needs coordinator, num_processes and process_id; "
+          f"missing: {', '.join(missing)}")
+    if num_processes < 1 or not 0 <= process_id < num_processes:
+      raise DistributedInitError(
+          f"process_id={process_id} must be in [0, num_processes={num_processes})")
+    if ":" not in coordinator_address:
+      raise DistributedInitError(
+          f"coordinator address {coordinator_address!r} must be host:port")
+    return Runtime("explicit", coordinator_address, num_processes, process_id, ids)
+  cluster = detect_cluster()
+  if cluster is not None:
+    return Runtime(cluster, local_device_ids=ids)
+  return Runtime("single", local_device_ids=ids)
+
+
+def initialize(coordinator_address: str | None = None,
+               num_processes: int | None = None,
+               process_id: int | None = None,
+               local_device_ids: Sequence[int] | str | None = None,
+               timeout_s: int | None = None) -> Runtime:
+  """Starts JAX's distributed runtime if this is a multi-process run; idempotent.
+
+  Call before any JAX computation or device query. Returns the `Runtime` chosen (see module doc).
+  Raises `DistributedInitError` with a one-line message when the settings are inconsistent or the
+  coordinator cannot be reached within `timeout_s` seconds (default: ``RESNET_JAX_INIT_TIMEOUT`` or
+  300).
+  """
+  global _RUNTIME
+  if _RUNTIME is not None:
+    return _RUNTIME
+  if jax.distributed.is_initialized():  # someone (a notebook, a test) did it already
+    _RUNTIME = Runtime("external", num_processes=jax.process_count(),
+                       process_id=jax.process_index())
+    return _RUNTIME
+  rt = _resolve(coordinator_address, num_processes, process_id, local_device_ids)
+  if timeout_s is None:
+    timeout_s = _env_int(ENV_INIT_TIMEOUT) or DEFAULT_TIMEOUT_S
+  if rt.mode == "single":
+    if rt.local_device_ids is not None:
+      log.warning("%s ignored in a single-process run", ENV_LOCAL_DEVICE_IDS)
+    _RUNTIME = rt
+    return rt
+
+  if not os.environ.get("JAX_CPU_COLLECTIVES_IMPLEMENTATION"):
+    # Only affects the CPU client; GPUs use NCCL and TPUs ICI regardless.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+
+  ids = list(rt.local_device_ids) if rt.local_device_ids else None
+  params = inspect.signature(jax.distributed.initialize).parameters
+  if rt.mode == "explicit":
+    kwargs = dict(coordinator_address=rt.coordinator_address, num_processes=rt.num_processes,
+                  process_id=rt.process_id, local_device_ids=ids)
+    if "cluster_detection_method" in params:  # what we were told, not what SLURM_* says
+      kwargs["cluster_detection_method"] = "deactivate"
+  else:
+    kwargs = dict(local_device_ids=ids)
+  params = inspect.signature(jax.distributed.initialize).parameters
+  where = (f"coordinator {rt.coordinator_address} as process {rt.process_id}/{rt.num_processes}"
+           if rt.mode == "explicit" else f"the {rt.mode} cluster's coordinator")
+  deadline = time.monotonic() + timeout_s
+  probe = _coordinator_to_probe(rt)
+  if probe is not None:
+    # The C++ client aborts the whole process (LOG(FATAL), a stack trace) when it cannot register
+    # in time. Waiting for the coordinator's port here first turns the common case -- process 0
+    # never came up, wrong host/port, firewall -- into a clean one-line error.
+    err = wait_for_port(probe, timeout_s)
+    if err is not None:
+      raise DistributedInitError(
+          f"could not reach {where} within {timeout_s}s ({err}); check the address/port, that "
+          "process 0 is running, and the firewall")
+  if "initialization_timeout" in params:
+    kwargs["initialization_timeout"] = max(int(deadline - time.monotonic()),
+                                           min(10, int(timeout_s)), 1)
+  # If some process never arrives, JAX's client aborts after the timeout with DEADLINE_EXCEEDED on
+  # RegisterTask and a stack trace; this line says what it was waiting for.
+  print(f"resnet_jax.distributed: joining {where} (mode {rt.mode}, up to {timeout_s}s; an abort "
+        "with DEADLINE_EXCEEDED below means not every process arrived in time)",
+        file=sys.stderr, flush=True)
+  try:
+    jax.distributed.initialize(**kwargs)
+  except Exception as e:  # XlaRuntimeError, ValueError, RuntimeError from the C++ client
+    cause = " ".join(str(e).split())
+    if len(cause) > 300:
+      cause = cause[:300] + "..."
+    raise DistributedInitError(
+        f"could not join {where} within {timeout_s}s ({type(e).__name__}: {cause}); "
+        "check the address/port, that process 0 is running, and the firewall") from e
+  if rt.mode != "explicit":
+    rt = dataclasses.replace(rt, coordinator_address=_jax_coordinator(),
+                             num_processes=jax.process_count(), process_id=jax.process_index())
+  _RUNTIME = rt
+  log.info("distributed runtime up: %s", rt)
+  return rt
+
+
+def _coordinator_to_probe(rt: Runtime) -> str | None:
+  """host:port a non-zero process should see listening before it registers, when known."""
+  if rt.mode == "explicit":
+    return rt.coordinator_address if rt.process_id != 0 else None
+  if rt.mode == "slurm" and int(os.environ.get("SLURM_PROCID", "0")) != 0:
+    try:
+      from jax._src.clusters.slurm_cluster import SlurmCluster
+      return SlurmCluster.get_coordinator_address(
+          None, os.environ.get("JAX_COORDINATOR_PORT"))
+    except Exception:  # pragma: no cover - private API changed: let JAX find it
+      return None
+  return None
+
+
+def wait_for_port(address: str, timeout_s: float, interval_s: float = 0.5) -> str | None:
+  """Retries a TCP connect to ``host:port`` until it succeeds (-> None) or `timeout_s` passes
+  (-> the last error, as a short string)."""
+  host, _, port = address.rpartition(":")
+  host = host.strip("[]")  # [::1]:1234
+  try:
+    port_n = int(port)
+  except ValueError:
+    return f"bad port in {address!r}"
+  deadline = time.monotonic() + timeout_s
+  last = "timed out"
+  while True:
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+      return last
+    try:
+      with socket.create_connection((host, port_n), timeout=max(0.1, min(2.0, remaining))):
+        return None
+    except OSError as e:
+      last = f"{type(e).__name__}: {e.strerror or e}"
+    time.sleep(max(0.0, min(interval_s, deadline - time.monotonic())))
+
+
+def _jax_coordinator() -> str | None:
+  try:
+    from jax._src import distributed as _d
+    return _d.global_state.coordinator_address
+  except Exception:  # pragma: no cover - private API
+    return None
+
+
+def runtime() -> Runtime | None:
+  """The `Runtime` chosen by `initialize()`, or None before it was called."""
+  return _RUNTIME
+
+
+def is_primary() -> bool:
+  """True on process 0: the one that writes logs, TensorBoard, plots and summaries."""
+  return jax.process_index() == 0
+
+
+def facts() -> dict:
+  """Process and device facts as a dict (for metrics headers and logs)."""
+  local = jax.local_devices()
+  return {
+      "process_index": jax.process_index(),
+      "process_count": jax.process_count(),
+      "local_device_count": len(local),
+      "global_device_count": jax.device_count(),
+      "platform": local[0].platform if local else jax.default_backend(),
+      "device_kind": local[0].device_kind if local else "",
+      "mode": _RUNTIME.mode if _RUNTIME else "uninitialized",
+  }
+
+
+def describe() -> str:
+  """One line for logging, e.g. 'process 0/2: 2 local / 4 global cpu devices (explicit)'."""
+  f = facts()
+  return (f"process {f['process_index']}/{f['process_count']}: {f['local_device_count']} local / "
+          f"{f['global_device_count']} global {f['platform']} devices ({f['device_kind']}; "
+          f"{f['mode']})")
