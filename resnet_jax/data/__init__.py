@@ -1,0 +1,14 @@
+"""resnet_jax.data: dataset registry, tfds builders, augmentation and sharded batches.
+
+Imports nothing else of ours. TensorFlow is kept off accelerators (hide_gpus_from_tf).
+"""
+from resnet_jax.data.datasets import (REGISTRY, CorruptImageError, DatasetNotFoundError,
+                                      DatasetSpec, dataset_info, default_data_dir,
+                                      hide_gpus_from_tf, list_datasets, load_source,
+                                      num_examples)
+from resnet_jax.data.pipeline import eval_batches, prefetch_to_device, train_batches
+
+__all__ = ['REGISTRY', 'CorruptImageError', 'DatasetNotFoundError', 'DatasetSpec',
+           'dataset_info', 'default_data_dir', 'eval_batches', 'hide_gpus_from_tf',
+           'list_datasets', 'load_source', 'num_examples', 'prefetch_to_device',
+           'train_batches']

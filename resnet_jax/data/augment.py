@@ -1,0 +1,233 @@
+"""Train and test transforms: pure TensorFlow functions on ONE example.
+
+Inputs: an image either as encoded bytes (tf.string: JPEG/PNG) or decoded uint8 [H, W, C].
+Outputs: float32, normalised as (x - mean) / std with mean/std in 0..255 pixel units.
+Train transforms take a stateless seed (int32/int64 [2]); the pipeline derives it from
+(seed, stream position), so results never depend on thread scheduling.
+Test transforms return a stack of views [V, H, W, C].
+
+Train:
+  paper      He et al. §3.4: shorter side resized to a random size in [256, 480], random
+             224x224 crop, horizontal flip, AlexNet PCA lighting (std 0.1), normalisation.
+  inception  random-resized crop (area 0.08-1, aspect 3/4-4/3; decode_and_crop_jpeg on
+             JPEG bytes), flip, normalisation; resized to image_size.
+  cifar      §4.2: 4-pixel zero pad, random 32x32 crop, flip, normalisation. We normalise
+             with the training set's per-CHANNEL mean/std (fixed constants in the
+             registry) instead of the paper's per-pixel mean image: the common, nearly
+             equivalent choice that keeps eval independent of the train split.
+  digits     scale + normalise (mean/std), optional pad-and-crop (pad 2); no flip.
+Test:
+  center     shorter side -> resize_size (256), centre image_size (224) crop. With
+             resize_size None (32/28 px datasets): centre crop of image_size (identity
+             when image_size equals the native size) + normalisation. V = 1.
+  ten_crop   §3.4: 4 corner + centre crops of the resized image and their flips. V = 10.
+  full_conv  §3.4 fully-convolutional form at scale s (224, 256, 384, 480, 640): shorter
+             side -> s. Approximation: to batch, we take the centre s x s square rather
+             than the whole (non-square) image. V = 1.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable, Sequence
+
+import tensorflow as tf
+
+# AlexNet / fb.resnet.torch PCA lighting on [0, 1]-scaled RGB.
+PCA_EIGVAL = (0.2175, 0.0188, 0.0045)
+PCA_EIGVEC = ((-0.5675, 0.7192, 0.4009),
+              (-0.5808, -0.0045, -0.8140),
+              (-0.5836, -0.6948, 0.4203))
+PAPER_SCALES = (224, 256, 384, 480, 640)
+
+
+def decode(image: tf.Tensor, channels: int = 3) -> tf.Tensor:
+  """uint8 [H, W, C]: decodes bytes, passes decoded images through."""
+  if image.dtype == tf.string:
+    image = tf.io.decode_image(image, channels=channels, expand_animations=False)
+  return image
+
+
+def normalize(image: tf.Tensor, mean: Sequence[float], std: Sequence[float]) -> tf.Tensor:
+  image = tf.cast(image, tf.float32)
+  return (image - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
+
+
+def resize_shorter_side(image: tf.Tensor, size) -> tf.Tensor:
+  """Bilinear resize so that min(H, W) == size, aspect kept. float32 out."""
+  shape = tf.shape(image)
+  h, w = tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32)
+  size_f = tf.cast(size, tf.float32)
+  scale = size_f / tf.minimum(h, w)
+  new_h = tf.maximum(tf.cast(tf.round(h * scale), tf.int32), tf.cast(size, tf.int32))
+  new_w = tf.maximum(tf.cast(tf.round(w * scale), tf.int32), tf.cast(size, tf.int32))
+  new_h = tf.where(h <= w, tf.cast(size, tf.int32), new_h)
+  new_w = tf.where(w < h, tf.cast(size, tf.int32), new_w)
+  return tf.image.resize(tf.cast(image, tf.float32), tf.stack([new_h, new_w]),
+                         method='bilinear')
+
+
+def random_resize_shorter_side(image: tf.Tensor, seed, scale_range=(256, 480)) -> tf.Tensor:
+  """Shorter side resized to an integer drawn uniformly from [lo, hi] (inclusive)."""
+  lo, hi = scale_range
+  size = tf.random.stateless_uniform([], seed, minval=lo, maxval=hi + 1, dtype=tf.int32)
+  return resize_shorter_side(image, size)
+
+
+def pca_lighting(image: tf.Tensor, seed, std: float = 0.1, *, pixel_scale: float = 255.0
+                 ) -> tf.Tensor:
+  """AlexNet lighting noise: adds one RGB offset (same for every pixel) along the PCA axes."""
+  alpha = tf.random.stateless_normal([3], seed, stddev=std)
+  rgb = tf.linalg.matvec(tf.constant(PCA_EIGVEC, tf.float32),
+                         alpha * tf.constant(PCA_EIGVAL, tf.float32))
+  return tf.cast(image, tf.float32) + rgb * pixel_scale
+
+
+def center_crop(image: tf.Tensor, size: int) -> tf.Tensor:
+  shape = tf.shape(image)
+  top = (shape[0] - size) // 2
+  left = (shape[1] - size) // 2
+  return image[top:top + size, left:left + size]
+
+
+def _seeds(seed, n):
+  return tf.unstack(tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), n))
+
+
+# ---------------------------------------------------------------------------- train
+
+def paper_train(image, seed, *, image_size=224, scale_range=(256, 480), mean, std,
+                pca_std=0.1, channels=3):
+  s_resize, s_crop, s_flip, s_pca = _seeds(seed, 4)
+  image = decode(image, channels)
+  image = random_resize_shorter_side(image, s_resize, scale_range)
+  image = tf.image.stateless_random_crop(image, [image_size, image_size, channels], s_crop)
+  image = tf.image.stateless_random_flip_left_right(image, s_flip)
+  if pca_std:
+    image = pca_lighting(image, s_pca, pca_std)
+  return normalize(image, mean, std)
+
+
+def _sample_crop_window(shape, seed, area_range, aspect_range):
+  begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+      shape, bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]), seed=seed,
+      min_object_covered=0.0, aspect_ratio_range=aspect_range, area_range=area_range,
+      max_attempts=10, use_image_if_no_bounding_boxes=True)
+  return tf.stack([begin[0], begin[1], size[0], size[1]])
+
+
+def inception_train(image, seed, *, image_size=224, area_range=(0.08, 1.0),
+                    aspect_range=(3 / 4, 4 / 3), mean, std, channels=3):
+  s_box, s_flip = _seeds(seed, 2)
+  if image.dtype == tf.string:
+    def jpeg():
+      window = _sample_crop_window(tf.io.extract_jpeg_shape(image), s_box, area_range,
+                                   aspect_range)
+      return tf.io.decode_and_crop_jpeg(image, window, channels=channels)
+
+    def other():
+      decoded = decode(image, channels)
+      w = _sample_crop_window(tf.shape(decoded), s_box, area_range, aspect_range)
+      return decoded[w[0]:w[0] + w[2], w[1]:w[1] + w[3]]
+    crop = tf.cond(tf.io.is_jpeg(image), jpeg, other)
+  else:
+    w = _sample_crop_window(tf.shape(image), s_box, area_range, aspect_range)
+    crop = image[w[0]:w[0] + w[2], w[1]:w[1] + w[3]]
+  crop = tf.image.resize(tf.cast(crop, tf.float32), [image_size, image_size], 'bilinear')
+  crop = tf.image.stateless_random_flip_left_right(crop, s_flip)
+  return normalize(crop, mean, std)
+
+
+def pad_and_crop_train(image, seed, *, image_size, pad, flip, mean, std, channels=3):
+  s_crop, s_flip = _seeds(seed, 2)
+  image = decode(image, channels)
+  if pad:
+    image = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]])
+    image = tf.image.stateless_random_crop(image, [image_size, image_size, channels],
+                                           s_crop)
+  if flip:
+    image = tf.image.stateless_random_flip_left_right(image, s_flip)
+  return normalize(image, mean, std)
+
+
+cifar_train = functools.partial(pad_and_crop_train, pad=4, flip=True)
+digits_train = functools.partial(pad_and_crop_train, pad=2, flip=False, channels=1)
+
+TRAIN_AUGMENTS = {
+    'paper': paper_train,
+    'inception': inception_train,
+    'cifar': cifar_train,
+    'digits': digits_train,
+}
+
+
+# ----------------------------------------------------------------------------- test
+
+def center_eval(image, *, image_size, resize_size, mean, std, channels=3):
+  image = decode(image, channels)
+  if resize_size:
+    image = resize_shorter_side(image, resize_size)
+  image = center_crop(image, image_size)
+  return normalize(image, mean, std)[None]
+
+
+def ten_crop_views(image, image_size: int) -> tf.Tensor:
+  """[10, S, S, C]: TL, TR, BL, BR, centre crops, then the same five flipped."""
+  shape = tf.shape(image)
+  h, w, s = shape[0], shape[1], image_size
+  crops = [image[:s, :s], image[:s, w - s:], image[h - s:, :s], image[h - s:, w - s:],
+           center_crop(image, s)]
+  crops = tf.stack(crops)
+  return tf.concat([crops, tf.reverse(crops, axis=[2])], axis=0)
+
+
+def ten_crop_eval(image, *, image_size, resize_size, mean, std, channels=3):
+  image = decode(image, channels)
+  if resize_size:
+    image = resize_shorter_side(image, resize_size)
+  return normalize(ten_crop_views(image, image_size), mean, std)
+
+
+def full_conv_eval(image, *, scale, mean, std, channels=3):
+  image = decode(image, channels)
+  image = resize_shorter_side(image, scale)
+  return normalize(center_crop(image, scale), mean, std)[None]
+
+
+EVAL_METHODS = ('center', 'ten_crop', 'full_conv')
+
+
+def num_views(method: str) -> int:
+  return 10 if method == 'ten_crop' else 1
+
+
+def train_transform(name: str, *, image_size: int, mean, std, channels: int,
+                    **kwargs) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
+  """fn(image, seed) -> float32 [image_size, image_size, channels]."""
+  if name not in TRAIN_AUGMENTS:
+    raise ValueError(f'Unknown train augmentation {name!r}; known: {sorted(TRAIN_AUGMENTS)}.')
+  return functools.partial(TRAIN_AUGMENTS[name], image_size=image_size, mean=mean,
+                           std=std, channels=channels, **kwargs)
+
+
+def eval_transform(method: str, *, image_size: int, resize_size, mean, std, channels: int,
+                   scale: int | None = None) -> Callable[[tf.Tensor], tf.Tensor]:
+  """fn(image) -> float32 [V, H, W, C]."""
+  if method == 'center':
+    return functools.partial(center_eval, image_size=image_size, resize_size=resize_size,
+                             mean=mean, std=std, channels=channels)
+  if method == 'ten_crop':
+    return functools.partial(ten_crop_eval, image_size=image_size, resize_size=resize_size,
+                             mean=mean, std=std, channels=channels)
+  if method == 'full_conv':
+    if scale is None:
+      scale = resize_size or image_size
+    return functools.partial(full_conv_eval, scale=scale, mean=mean, std=std,
+                             channels=channels)
+  raise ValueError(f'Unknown eval method {method!r}; known: {list(EVAL_METHODS)}.')
+
+
+def eval_output_size(method: str, *, image_size: int, resize_size, scale=None) -> int:
+  if method == 'full_conv':
+    return scale if scale is not None else (resize_size or image_size)
+  return image_size
