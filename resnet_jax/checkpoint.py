@@ -1,0 +1,137 @@
+"""Checkpoints through Orbax's ``CheckpointManager``: async saves, resume, last-K + best, clear errors.
+
+A checkpoint step holds two items:
+  ``state``  the train state as host numpy arrays (written once, by the primary process, which makes a
+             checkpoint written by N processes restorable by any number of processes);
+  ``meta``   JSON: the model name, the config fingerprint and the host-side controller state needed to
+             resume exactly (learning-rate events), plus anything the caller adds.
+
+Every process must call ``save``/``restore``/``wait`` (Orbax synchronises them). Nothing here deletes
+or rewrites an existing step except Orbax's own retention of old steps after a successful save.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as ocm
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint that cannot be used: corrupt, or written by a different model/architecture."""
+
+
+def _tree_paths(tree) -> dict[str, tuple]:
+  flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+  return {jax.tree_util.keystr(path): tuple(getattr(leaf, "shape", ())) for path, leaf in flat}
+
+
+class Checkpointer:
+  """Keeps the latest ``keep_last`` steps plus the ``keep_best`` best by ``best_metric``."""
+
+  def __init__(self, directory: str, *, keep_last: int = 3, keep_best: int = 1,
+               best_metric: str = "eval_top1_error", best_mode: str = "min",
+               async_save: bool = True, read_only: bool = False):
+    self.directory = os.path.abspath(directory)
+    policies = [ocm.LatestN(n=keep_last)]
+    if keep_best:
+      policies.append(ocm.BestN(get_metric_fn=lambda m: m[best_metric], reverse=best_mode == "min",
+                                n=keep_best, keep_checkpoints_without_metrics=False))
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=ocm.AnyPreservationPolicy(policies),
+        enable_async_checkpointing=async_save, read_only=read_only, create=not read_only)
+    self._manager = ocp.CheckpointManager(self.directory, options=options,
+                                          item_handlers={"state": ocp.StandardCheckpointHandler(),
+                                                         "meta": ocp.JsonCheckpointHandler()})
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return list(self._manager.all_steps())
+
+  def save(self, step: int, state, meta: dict[str, Any], metrics: dict[str, float] | None = None):
+    """Starts an async save of ``state`` (any pytree of arrays) at ``step``."""
+    host_state = jax.tree_util.tree_map(np.asarray, jax.device_get(state))
+    self._manager.save(
+        step, args=ocp.args.Composite(state=ocp.args.StandardSave(host_state),
+                                      meta=ocp.args.JsonSave(meta)),
+        metrics=metrics, force=True)
+
+  def wait(self):
+    self._manager.wait_until_finished()
+
+  def close(self):
+    self._manager.close()
+
+  def read_meta(self, step: int) -> dict[str, Any]:
+    try:
+      return self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    except Exception as e:  # noqa: BLE001 - any failure to read means an unusable checkpoint
+      raise CheckpointError(
+          f"checkpoint {self.directory} step {step} is unreadable ({type(e).__name__}); "
+          f"it may be corrupt: move it aside or choose another workdir") from None
+
+  def restore(self, template, step: int | None = None, *, expect_meta: dict[str, Any] | None = None):
+    """Restores ``(state, meta)`` at ``step`` (default: latest) into the structure of ``template``.
+
+    ``expect_meta`` entries (e.g. the model name) must equal the checkpoint's; parameter names and
+    shapes must match the template. Either mismatch, or an unreadable file, raises ``CheckpointError``
+    with one line naming it. Nothing on disk is touched.
+    """
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise CheckpointError(f"no checkpoint in {self.directory}")
+    if step not in self.all_steps():
+      raise CheckpointError(f"no checkpoint at step {step} in {self.directory}; "
+                            f"available: {self.all_steps()}")
+    meta = self.read_meta(step)
+    for key, want in (expect_meta or {}).items():
+      if meta.get(key) != want:
+        raise CheckpointError(
+            f"checkpoint {self.directory} step {step} was written with {key}={meta.get(key)!r} but "
+            f"this run has {key}={want!r}; use a fresh workdir or the matching config")
+    self._check_structure(step, template)
+    abstract = jax.tree_util.tree_map(
+        lambda x: np.empty(x.shape, x.dtype) if hasattr(x, "shape") else x, template)
+    try:
+      restored = self._manager.restore(
+          step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))["state"]
+    except Exception as e:  # noqa: BLE001
+      raise CheckpointError(
+          f"checkpoint {self.directory} step {step} could not be restored ({type(e).__name__}: "
+          f"{str(e).splitlines()[0][:200] if str(e) else ''}); it may be corrupt") from None
+    return restored, meta
+
+  def _check_structure(self, step: int, template):
+    try:
+      saved_tree = self._manager.item_metadata(step)["state"]
+    except Exception as e:  # noqa: BLE001
+      raise CheckpointError(
+          f"checkpoint {self.directory} step {step} is unreadable ({type(e).__name__}); "
+          f"it may be corrupt: move it aside or choose another workdir") from None
+    if saved_tree is None:
+      raise CheckpointError(f"checkpoint {self.directory} step {step} has no readable state metadata;"
+                            f" it may be corrupt")
+    saved = _tree_paths(saved_tree)
+    wanted = _tree_paths(template)
+    missing = sorted(set(wanted) - set(saved))
+    unexpected = sorted(set(saved) - set(wanted))
+    reshaped = sorted(k for k in set(saved) & set(wanted) if saved[k] != wanted[k])
+    if missing or unexpected or reshaped:
+      parts = []
+      if missing:
+        parts.append(f"missing {len(missing)} (e.g. {missing[0]})")
+      if unexpected:
+        parts.append(f"unexpected {len(unexpected)} (e.g. {unexpected[0]})")
+      if reshaped:
+        k = reshaped[0]
+        parts.append(f"{len(reshaped)} of different shape (e.g. {k}: {saved[k]} in checkpoint, "
+                     f"{wanted[k]} in this model)")
+      raise CheckpointError(
+          f"checkpoint {self.directory} step {step} does not match this model's state: "
+          + "; ".join(parts))

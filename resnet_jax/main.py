@@ -1,0 +1,101 @@
+"""The ``resnet-jax`` command: absl flags in, one function call per subcommand out.
+
+  python -m resnet_jax.main --config=configs/digits.py --workdir=runs/digits [--config.key=value]
+  resnet-jax train|eval --config=... --workdir=...
+  resnet-jax models
+
+Bad input ends with one line on stderr naming the problem and the fix, and exit status 2.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+SUBCOMMANDS = ("train", "eval", "models")
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file (configs/NAME.py); override keys with --config.key=value.",
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and plots.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"], "Train (resuming if possible) or "
+                          "evaluate a checkpoint.")
+_EVAL_STEP = flags.DEFINE_integer("eval_step", None, "Checkpoint step for --mode=eval (default: latest).")
+_EVAL_METHOD = flags.DEFINE_enum("eval_method", None, ["center", "ten_crop", "full_conv"],
+                                 "Test-time method for --mode=eval (default: config.eval_method).")
+
+
+class UsageError(ValueError):
+  pass
+
+
+def _require(flag, name):
+  if flag.value is None:
+    raise UsageError(f"--{name} is required")
+  return flag.value
+
+
+def _train_or_eval(mode: str):
+  from resnet_jax import distributed  # pylint: disable=g-import-not-at-top
+  from resnet_jax.train import loop  # pylint: disable=g-import-not-at-top
+  config = _require(_CONFIG, "config")
+  workdir = _require(_WORKDIR, "workdir")
+  distributed.initialize()
+  if mode == "eval":
+    result = loop.evaluate(config, workdir, step=_EVAL_STEP.value, method=_EVAL_METHOD.value)
+  else:
+    result = loop.train_and_evaluate(config, workdir)
+  shown = {k: (round(v, 5) if isinstance(v, float) else v) for k, v in result.items()}
+  print(f"{mode} finished: {shown}")
+  print(f"results in {workdir}: metrics.jsonl, tensorboard/, checkpoints/, curves.png")
+
+
+def _models():
+  from resnet_jax.models import flops  # pylint: disable=g-import-not-at-top
+  print(flops.format_model_table())
+
+
+def _dispatch(argv):
+  command = argv[0]
+  if len(argv) > 1:
+    raise UsageError(f"unexpected arguments {argv[1:]}")
+  if command in ("train", "eval"):
+    mode = "eval" if command == "eval" else _MODE.value
+    return _train_or_eval(mode)
+  if command == "models":
+    return _models()
+  raise UsageError(f"unknown command {command!r}; choose one of {', '.join(SUBCOMMANDS)}")
+
+
+def _known_errors():
+  from resnet_jax.checkpoint import CheckpointError  # pylint: disable=g-import-not-at-top
+  from resnet_jax.train.loop import NonFiniteLossError  # pylint: disable=g-import-not-at-top
+  return (ValueError, KeyError, CheckpointError, NonFiniteLossError, FileNotFoundError)
+
+
+def main(argv):
+  command = argv[1:] or ["train"]
+  try:
+    _dispatch(command)
+  except _known_errors() as e:  # one line, no traceback: the user can act on it
+    message = e.args[0] if isinstance(e, KeyError) and e.args else e
+    logging.flush()
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def run():
+  """Console script: ``resnet-jax [SUBCOMMAND] --flags``; the subcommand may come first."""
+  argv = list(sys.argv)
+  if len(argv) > 1 and argv[1] in SUBCOMMANDS:
+    command = argv.pop(1)
+    argv.append(command)  # absl leaves positional arguments in argv for main
+  app.run(main, argv=argv)
+
+
+if __name__ == "__main__":
+  run()

@@ -1,0 +1,154 @@
+"""Run output: ``metrics.jsonl``, TensorBoard event files, a progress bar, and curve plots.
+
+Only the primary process writes (``enabled=False`` elsewhere), so a multi-host run produces one record.
+``metrics.jsonl`` holds one JSON object per line, ``{"step": int, <name>: float, ...}``: train lines
+carry ``train_*``/``learning_rate``/``images_per_sec``/``step_time_ms``, eval lines ``eval_*``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from typing import Any
+
+from absl import logging
+
+METRICS_FILE = "metrics.jsonl"
+CURVES_FILE = "curves.png"
+
+
+def _tensorflow_on_cpu():
+  """TensorFlow writes the event files; it must never claim an accelerator that JAX owns."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  try:
+    tf.config.set_visible_devices([], "GPU")
+  except RuntimeError:  # already initialised (on CPU) by the input pipeline
+    pass
+  return tf
+
+
+class MetricWriter:
+  """Appends metrics to ``metrics.jsonl`` and TensorBoard files in ``workdir``."""
+
+  def __init__(self, workdir: str, enabled: bool = True, tensorboard: bool = True):
+    self.enabled = enabled
+    self.path = os.path.join(workdir, METRICS_FILE)
+    self._summary = None
+    if enabled:
+      os.makedirs(workdir, exist_ok=True)
+      if tensorboard:
+        tf = _tensorflow_on_cpu()
+        self._tf = tf
+        self._summary = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
+
+  def write(self, step: int, metrics: dict[str, Any]):
+    if not self.enabled:
+      return
+    record = {"step": int(step), **{k: _plain(v) for k, v in metrics.items()}}
+    with open(self.path, "a") as f:
+      f.write(json.dumps(record) + "\n")
+    if self._summary is not None:
+      with self._summary.as_default(step=int(step)):
+        for k, v in record.items():
+          if k != "step" and isinstance(v, (int, float)):
+            self._tf.summary.scalar(k, v)
+      self._summary.flush()
+
+  def close(self):
+    if self._summary is not None:
+      self._summary.close()
+
+
+def _plain(v):
+  try:
+    return float(v) if not isinstance(v, (int, str, bool)) else v
+  except (TypeError, ValueError):
+    return str(v)
+
+
+def read_metrics(workdir: str) -> list[dict[str, Any]]:
+  path = os.path.join(workdir, METRICS_FILE)
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+class Progress:
+  """A progress bar with ETA on an interactive terminal; plain log lines otherwise (CI, clusters)."""
+
+  def __init__(self, total: int, initial: int = 0, enabled: bool = True):
+    self.total, self.step = total, initial
+    self._bar = None
+    self._t0, self._s0 = time.time(), initial
+    if enabled and sys.stderr.isatty():
+      from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+      self._bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
+    self.enabled = enabled
+
+  def update(self, step: int, metrics: dict[str, Any] | None = None):
+    if not self.enabled:
+      return
+    if self._bar is not None:
+      self._bar.update(step - self.step)
+      if metrics:
+        self._bar.set_postfix({k: f"{v:.4g}" for k, v in metrics.items()
+                               if isinstance(v, (int, float))}, refresh=False)
+    elif metrics:
+      done = step - self._s0
+      rate = done / max(time.time() - self._t0, 1e-9)
+      eta = (self.total - step) / rate if rate > 0 else math.inf
+      shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float)))
+      logging.info("step %d/%d %s eta %s", step, self.total, shown, _format_seconds(eta))
+    self.step = step
+
+  def close(self):
+    if self._bar is not None:
+      self._bar.close()
+
+
+def _format_seconds(s: float) -> str:
+  if not math.isfinite(s):
+    return "?"
+  m, s = divmod(int(s), 60)
+  h, m = divmod(m, 60)
+  return f"{h:d}:{m:02d}:{s:02d}"
+
+
+def plot_curves(workdir: str, title: str = "") -> str | None:
+  """Training and validation top-1 error and loss against step, as ``workdir/curves.png``."""
+  records = read_metrics(workdir)
+  if not records:
+    return None
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  def series(key):
+    pts = [(r["step"], r[key]) for r in records if key in r]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+  fig, (ax_err, ax_loss) = plt.subplots(1, 2, figsize=(11, 4))
+  for key, style, label in (("train_top1_error", "--", "train"), ("eval_top1_error", "-", "test")):
+    x, y = series(key)
+    if x:
+      ax_err.plot(x, [100 * v for v in y], style, label=label)
+  for key, style, label in (("train_loss", "--", "train"), ("eval_loss", "-", "test")):
+    x, y = series(key)
+    if x:
+      ax_loss.plot(x, y, style, label=label)
+  ax_err.set(xlabel="iteration", ylabel="top-1 error (%)", title="Top-1 error")
+  ax_loss.set(xlabel="iteration", ylabel="cross-entropy (nats)", title="Loss", yscale="log")
+  for ax in (ax_err, ax_loss):
+    ax.grid(alpha=0.3)
+    ax.legend()
+  if title:
+    fig.suptitle(title)
+  fig.tight_layout()
+  path = os.path.join(workdir, CURVES_FILE)
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path

@@ -1,0 +1,155 @@
+"""Every config key the training program reads, its default, and its one meaning.
+
+Experiment files in ``configs/`` start from ``base_config()`` and only choose values. ``validate``
+rejects bad values with one line naming the key and the fix, before anything compiles.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  # Model (resnet_jax.models registry).
+  c.model = "resnet20"             # registry name; `resnet-jax models` lists them.
+  # ResNet fields passed to get_model; '' keeps the registry's default for that model.
+  c.model_overrides = ml_collections.ConfigDict({
+      "shortcut": "",            # 'A' | 'B' | 'C' | 'none' (paper §3.3, Table 3).
+      "stride_on": "",           # '3x3' (v1.5, torchvision) | '1x1' (the paper's v1).
+      "zero_init_last_bn": False,
+  })
+  c.precision = "fp32"             # 'fp32' | 'bf16' (bf16 compute, fp32 params) | 'fp16' (+ loss scaling).
+  c.cross_replica_bn = True        # BN statistics over the global batch (else per replica, synced at evals).
+  c.init_from = ""                 # workdir of a converted/pretrained checkpoint to start from.
+  # Data (resnet_jax.data registry).
+  c.dataset = "digits"
+  c.data_dir = ""                  # tfds data_dir ('' = tfds default, ~/tensorflow_datasets).
+  c.train_split = ""               # '' = the dataset's default train split.
+  c.eval_split = ""                # '' = the dataset's default eval split.
+  c.train_augment = ""             # '' = the dataset's default ('paper', 'inception', 'cifar', 'digits').
+  c.eval_method = "center"         # 'center' | 'ten_crop' | 'full_conv' (paper §3.4).
+  c.eval_scales = (224, 256, 384, 480, 640)  # shorter sides for 'full_conv'.
+  c.image_size = 0                 # 0 = the dataset's native training crop.
+  # Optimisation (resnet_jax.train.optim documents each).
+  c.global_batch_size = 128
+  c.num_train_steps = 1000
+  c.optimizer = "sgd"
+  c.learning_rate = 0.1
+  c.lr_reference_batch = 0
+  c.momentum = 0.9
+  c.nesterov = False
+  c.weight_decay = 1e-4
+  c.weight_decay_on_norm_and_bias = True
+  c.schedule = "piecewise"
+  c.lr_boundaries = ()
+  c.lr_decay_factor = 0.1
+  c.warmup_steps = 0
+  c.warmup_lr_scale = 0.0
+  c.warmup_max_steps = 400
+  c.warmup_until_train_error = 0.8
+  c.plateau_patience = 3
+  c.plateau_min_delta = 1e-3
+  c.label_smoothing = 0.0
+  # Bookkeeping.
+  c.seed = 0
+  c.log_every_steps = 50
+  c.eval_every_steps = 500         # also a checkpoint step (best-by-validation needs its metric).
+  c.checkpoint_every_steps = 500
+  c.keep_checkpoints = 3           # the latest K, plus the best by validation error.
+  c.async_checkpoints = True
+  c.stop_after_steps = 0           # > 0: stop (with a checkpoint) after this step, e.g. for tests.
+  return c
+
+
+def validate(config, *, known_models, known_datasets) -> None:
+  """Raises ``ValueError`` with one line naming the bad key and how to fix it."""
+  from resnet_jax.train import optim  # pylint: disable=g-import-not-at-top
+
+  def bad(key, why):
+    raise ValueError(f"config.{key}={config[key]!r}: {why}")
+
+  if config.model not in known_models:
+    import difflib  # pylint: disable=g-import-not-at-top
+    close = difflib.get_close_matches(config.model, known_models, n=4)
+    bad("model", f"unknown model; close matches: {', '.join(close) or 'none'} "
+                 f"(`resnet-jax models` lists all)")
+  if config.dataset not in known_datasets:
+    bad("dataset", f"unknown dataset; known: {', '.join(sorted(known_datasets))}")
+  if config.precision not in ("fp32", "bf16", "fp16"):
+    bad("precision", "must be one of fp32, bf16, fp16")
+  if config.optimizer not in optim.OPTIMIZERS:
+    bad("optimizer", f"unknown optimizer; choose one of {', '.join(optim.OPTIMIZERS)}")
+  if config.schedule not in optim.SCHEDULES:
+    bad("schedule", f"unknown schedule; choose one of {', '.join(optim.SCHEDULES)}")
+  if config.eval_method not in ("center", "ten_crop", "full_conv"):
+    bad("eval_method", "must be one of center, ten_crop, full_conv")
+  for key in ("learning_rate", "global_batch_size", "num_train_steps", "log_every_steps",
+              "eval_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
+    if not config[key] > 0:
+      bad(key, "must be positive")
+  for key in ("weight_decay", "momentum", "label_smoothing", "warmup_steps", "warmup_lr_scale"):
+    if config[key] < 0:
+      bad(key, "must not be negative")
+  if not 0 < config.lr_decay_factor <= 1:
+    bad("lr_decay_factor", "must be in (0, 1]")
+  if list(config.lr_boundaries) != sorted(config.lr_boundaries):
+    bad("lr_boundaries", "must be increasing steps")
+
+
+def cifar10_table6(model: str) -> ml_collections.ConfigDict:
+  """The paper's CIFAR-10 recipe (§4.2, Table 6) for one of the 6n+2 nets or its plain twin.
+
+  Batch 128 on a 45k/5k train/validation split, SGD momentum 0.9, weight decay 1e-4, lr 0.1 divided
+  by 10 at 32k and 48k iterations, stop at 64k; 4-pixel pad + 32×32 crop + flip; option A shortcuts.
+  ResNet-110 and -1202 warm up at lr 0.01 until training error < 80% (about 400 iterations).
+  """
+  c = base_config()
+  c.model = model
+  c.dataset = "cifar10"
+  c.train_split = "train[:45000]"
+  c.eval_split = "train[45000:]"
+  c.train_augment = "cifar"
+  c.global_batch_size = 128
+  c.num_train_steps = 64_000
+  c.learning_rate = 0.1
+  c.weight_decay = 1e-4
+  c.momentum = 0.9
+  c.schedule = "piecewise"
+  c.lr_boundaries = (32_000, 48_000)
+  if model.endswith(("110", "1202")):
+    c.warmup_lr_scale = 0.1
+    c.warmup_max_steps = 400
+    c.warmup_until_train_error = 0.8
+  c.log_every_steps = 100
+  c.eval_every_steps = 2_000
+  c.checkpoint_every_steps = 2_000
+  return c
+
+
+def imagenet_paper(model: str) -> ml_collections.ConfigDict:
+  """The paper's ImageNet recipe (§3.4) with its v1 nets (stride on the first 1×1, option B).
+
+  Batch 256, SGD momentum 0.9, weight decay 1e-4, lr 0.1 divided by 10 when the validation error
+  plateaus, 60×10⁴ iterations; scale augmentation (shorter side in [256, 480], 224 crop, flip, PCA
+  lighting); 10-crop testing for the final figure.
+  """
+  c = base_config()
+  c.model = model
+  c.model_overrides.stride_on = "1x1"
+  c.model_overrides.shortcut = "B"
+  c.dataset = "imagenet2012"
+  c.train_augment = "paper"
+  c.eval_method = "ten_crop"
+  c.global_batch_size = 256
+  c.num_train_steps = 600_000
+  c.learning_rate = 0.1
+  c.weight_decay = 1e-4
+  c.momentum = 0.9
+  c.schedule = "plateau"
+  c.plateau_patience = 3
+  c.plateau_min_delta = 1e-3
+  c.log_every_steps = 500
+  c.eval_every_steps = 10_000
+  c.checkpoint_every_steps = 5_000
+  return c

@@ -1,0 +1,376 @@
+"""``train_and_evaluate(config, workdir)``: the one training loop, and ``evaluate`` for ``--mode=eval``.
+
+Data flow: ``data`` yields per-host batches shaped ``[local_devices, per_device, ...]`` ->
+``steps.train_step`` pmapped over every device of every host -> ``metrics`` (process 0 only) and
+``checkpoint`` (every process). The step number fixes the data position and the rng, so a run
+restored from step k continues exactly as if it had never stopped.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import signal
+import threading
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from flax import jax_utils
+
+from resnet_jax import checkpoint as checkpoint_lib
+from resnet_jax import data as data_lib
+from resnet_jax import metrics as metrics_lib
+from resnet_jax import models
+from resnet_jax.train import config as config_lib
+from resnet_jax.train import optim
+from resnet_jax.train import state as state_lib
+from resnet_jax.train import steps
+
+CHECKPOINT_DIR = "checkpoints"
+DONE_FILE = "DONE"
+CONFIG_FILE = "config.json"
+
+
+class NonFiniteLossError(RuntimeError):
+  """Training produced a NaN/inf loss; the run stops and keeps its last good checkpoint."""
+
+
+class _Preemption:
+  """Turns SIGTERM/SIGINT into a request to save at the next step boundary and exit cleanly."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = {}
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      for sig in (signal.SIGTERM, signal.SIGINT):
+        self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum, frame):  # pylint: disable=unused-argument
+    logging.warning("received signal %d: saving at the next step boundary", signum)
+    self.requested = True
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+  def any_process_requested(self) -> bool:
+    if jax.process_count() == 1:
+      return self.requested
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    flags = multihost_utils.process_allgather(np.asarray(self.requested))
+    return bool(np.any(flags))
+
+
+def model_kwargs(config) -> dict[str, Any]:
+  kwargs = {k: v for k, v in config.model_overrides.items() if v != ""}
+  if config.precision in ("bf16", "fp16"):
+    kwargs["dtype"] = jnp.bfloat16 if config.precision == "bf16" else jnp.float16
+  if config.cross_replica_bn:
+    kwargs["bn_axis_name"] = steps.AXIS
+  return kwargs
+
+
+def build_model(config, num_classes: int):
+  return models.get_model(config.model, num_classes=num_classes, **model_kwargs(config))
+
+
+def check_config(config):
+  """Every check that can fail before data is read or anything compiles."""
+  config_lib.validate(config, known_models=models.list_models(),
+                      known_datasets=data_lib.list_datasets())
+  devices = jax.device_count()
+  if config.global_batch_size % devices:
+    raise ValueError(
+        f"config.global_batch_size={config.global_batch_size} is not divisible by the "
+        f"{devices} devices; choose a multiple of {devices}")
+
+
+def _first_replica(tree):
+  """This host's copy of a replicated pytree, as numpy (works when other hosts hold other shards)."""
+  return jax.tree_util.tree_map(lambda x: np.asarray(x.addressable_data(0)), tree)
+
+
+def _checkpoint_meta(config, controller: optim.LearningRateController) -> dict[str, Any]:
+  return {"model": config.model, "model_overrides": config.model_overrides.to_dict(),
+          "dataset": config.dataset, "lr_controller": controller.to_json()}
+
+
+def _expect_meta(config) -> dict[str, Any]:
+  return {"model": config.model, "model_overrides": config.model_overrides.to_dict()}
+
+
+def _data_kwargs(config) -> dict[str, Any]:
+  return {"data_dir": config.data_dir or None, "image_size": config.image_size or None}
+
+
+class Evaluator:
+  """Runs one test-time method over the whole eval split; counts every example exactly once."""
+
+  def __init__(self, config, model):
+    self.config = config
+    self._p_eval = jax.pmap(functools.partial(steps.eval_step, model=model),
+                            axis_name=steps.AXIS)
+    self._p_predict = jax.pmap(functools.partial(steps.predict_step, model=model),
+                               axis_name=steps.AXIS)
+    self._p_metrics = jax.pmap(lambda p, l, m: jax.lax.psum(steps.metrics_from_probs(p, l, m),
+                                                            steps.AXIS), axis_name=steps.AXIS)
+
+  def _batches(self, method, scale=None):
+    c = self.config
+    return data_lib.eval_batches(c.dataset, global_batch_size=c.global_batch_size, method=method,
+                                 scale=scale, split=c.eval_split or None, **_data_kwargs(c))
+
+  def __call__(self, replicated_state, method: str = "center") -> dict[str, float]:
+    if method != "full_conv":
+      total = None
+      for batch in self._batches(method):
+        sums = _first_replica(self._p_eval(replicated_state, batch))
+        total = sums if total is None else jax.tree_util.tree_map(np.add, total, sums)
+      return steps.summarize_eval(total)
+    # Fully-convolutional multi-scale (§3.4): softmax scores averaged over scales, per example.
+    # Eval order is deterministic, so the k-th batch of every scale holds the same examples.
+    summed, labels, masks = [], [], []
+    for i, scale in enumerate(self.config.eval_scales):
+      for j, batch in enumerate(self._batches("full_conv", scale)):
+        probs = self._p_predict(replicated_state, batch)
+        if i == 0:
+          summed.append(probs)
+          labels.append(batch["label"])
+          masks.append(batch["mask"])
+        else:
+          summed[j] = summed[j] + probs
+    total = None
+    for probs, label, mask in zip(summed, labels, masks):
+      sums = _first_replica(self._p_metrics(probs / len(self.config.eval_scales), label, mask))
+      total = sums if total is None else jax.tree_util.tree_map(np.add, total, sums)
+    return steps.summarize_eval(total)
+
+
+def _write_json(path: str, obj):
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=2, sort_keys=True, default=str)
+  os.replace(tmp, path)
+
+
+def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
+  """Trains ``config`` in ``workdir``, resuming from its latest checkpoint; returns final metrics."""
+  check_config(config)
+  info = data_lib.dataset_info(config.dataset)
+  model = build_model(config, info.num_classes)
+  primary = jax.process_index() == 0
+  os.makedirs(workdir, exist_ok=True)
+
+  ckpt = checkpoint_lib.Checkpointer(
+      os.path.join(workdir, CHECKPOINT_DIR), keep_last=config.keep_checkpoints,
+      async_save=config.async_checkpoints)
+  schedule = optim.create_schedule(config)
+
+  # Shapes come from the data itself: the first batch of the step we start from.
+  start_step = ckpt.latest_step() or 0
+  train_iter = data_lib.train_batches(
+      config.dataset, global_batch_size=config.global_batch_size, seed=config.seed,
+      start_step=start_step, augment=config.train_augment or None,
+      split=config.train_split or None, **_data_kwargs(config))
+  first = next(train_iter)
+  image_shape = first["image"].shape[2:]
+
+  init_rng = jax.random.key(config.seed)
+  abstract_params = jax.eval_shape(
+      lambda r: model.init(r, jnp.zeros((1, *image_shape)), train=False), init_rng)["params"]
+  tx = optim.create_optimizer(config, abstract_params)
+  controller = optim.LearningRateController.from_config(config)
+  template = state_lib.abstract_train_state(model, tx, image_shape, controller.lr_scale,
+                                            config.precision == "fp16")
+  if start_step:
+    restored, meta = ckpt.restore(template, expect_meta=_expect_meta(config))
+    state = jax.tree_util.tree_map(jnp.asarray, restored)
+    controller = optim.LearningRateController.from_json(meta["lr_controller"])
+    logging.info("resumed from %s at step %d", ckpt.directory, start_step)
+  else:
+    state = jax.jit(functools.partial(
+        state_lib.create_train_state, model, tx, image_shape=image_shape,
+        lr_scale=controller.lr_scale, use_loss_scale=config.precision == "fp16"))(init_rng)
+    if config.init_from:
+      state = _initialise_from(state, config.init_from)
+  if primary:
+    _write_json(os.path.join(workdir, CONFIG_FILE), config.to_dict())
+    logging.info("model %s: %d parameters; %d devices over %d processes", config.model,
+                 state_lib.count_params(state.params), jax.device_count(), jax.process_count())
+
+  p_train_step = jax.pmap(
+      functools.partial(steps.train_step, model=model, tx=tx, schedule=schedule,
+                        num_classes=info.num_classes, label_smoothing=config.label_smoothing),
+      axis_name=steps.AXIS, donate_argnums=(0,))
+  p_sync = jax.pmap(steps.sync_batch_stats, axis_name=steps.AXIS)
+  evaluator = Evaluator(config, model)
+  writer = metrics_lib.MetricWriter(workdir, enabled=primary)
+  progress = metrics_lib.Progress(config.num_train_steps, start_step, enabled=primary)
+
+  state = jax_utils.replicate(state)
+  batches = jax_utils.prefetch_to_device(_chain_first(first, train_iter), 2)
+  base_rng = jax.random.key(config.seed + 1)
+  local_devices = jax.local_device_count()
+  device_offset = jax.process_index() * local_devices
+
+  pending: list[tuple[int, dict]] = []    # step metrics not yet checked/logged
+  last_good_checkpoint = start_step if start_step else None
+  last_eval: dict[str, float] = {}
+  t_log, steps_since_log = time.time(), 0
+  final_step = config.num_train_steps
+  if config.stop_after_steps:
+    final_step = min(final_step, config.stop_after_steps)
+
+  def check_finite():
+    """Stops the run at the first pending step whose loss is not finite (nothing is saved)."""
+    for s, m in pending:
+      loss = float(np.asarray(m["train_loss"].addressable_data(0)))
+      if not math.isfinite(loss):
+        raise NonFiniteLossError(
+            f"loss became {loss} at step {s}; stopped without saving. Last good checkpoint: "
+            f"{'step ' + str(last_good_checkpoint) if last_good_checkpoint else 'none'}. "
+            f"Lower config.learning_rate or use config.precision='fp32'")
+
+  def log_train_metrics(step: int):
+    nonlocal pending, t_log, steps_since_log
+    if not pending:
+      return
+    check_finite()
+    fetched = [_first_replica(m) for _, m in pending]
+    pending = []
+    means = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+    elapsed = time.time() - t_log
+    means["images_per_sec"] = steps_since_log * config.global_batch_size / max(elapsed, 1e-9)
+    means["step_time_ms"] = 1000 * elapsed / max(steps_since_log, 1)
+    t_log, steps_since_log = time.time(), 0
+    # The warm-up decision reads only this step's error, so it does not depend on where the log
+    # window started (a resumed run decides exactly as an uninterrupted one).
+    if controller.after_train_metrics(config, step, float(fetched[-1]["train_top1_error"])):
+      state_set_lr_scale(controller.lr_scale)
+      logging.info("warm-up over at step %d: learning rate scale now %g", step, controller.lr_scale)
+    writer.write(step, means)
+    progress.update(step, {k: means[k] for k in ("train_loss", "train_top1_error", "learning_rate")})
+
+  def save(step: int, eval_metrics: dict[str, float] | None = None):
+    nonlocal state, last_good_checkpoint
+    check_finite()
+    state = p_sync(state)
+    ckpt.save(step, _first_replica(state), _checkpoint_meta(config, controller),
+              metrics=eval_metrics or None)
+    last_good_checkpoint = step
+
+  def state_set_lr_scale(value: float):
+    nonlocal state
+    state = state.replace(lr_scale=jax_utils.replicate(jnp.asarray(value, jnp.float32)))
+
+  def run_eval(step: int) -> dict[str, float]:
+    nonlocal state, last_eval
+    state = p_sync(state)
+    last_eval = evaluator(state, "center")
+    writer.write(step, last_eval)
+    if controller.after_eval(config, last_eval["eval_top1_error"]):
+      state_set_lr_scale(controller.lr_scale)
+      logging.info("validation plateau at step %d: learning rate scale now %g", step,
+                   controller.lr_scale)
+    logging.info("eval at step %d: %s", step, {k: round(v, 4) for k, v in last_eval.items()})
+    return last_eval
+
+  preempted = False
+  with _Preemption() as preemption:
+    step = start_step
+    try:
+      while step < final_step:
+        batch = next(batches)
+        rngs = jax.random.split(jax.random.fold_in(base_rng, step), jax.device_count())
+        rngs = rngs[device_offset:device_offset + local_devices]
+        state, step_metrics = p_train_step(state, batch, rngs)
+        step += 1
+        steps_since_log += 1
+        pending.append((step, step_metrics))
+        if step % config.log_every_steps == 0:
+          log_train_metrics(step)
+        is_eval = step % config.eval_every_steps == 0 and step < final_step
+        if is_eval:
+          run_eval(step)
+        if is_eval or (step % config.checkpoint_every_steps == 0 and step < final_step):
+          save(step, last_eval if is_eval else None)
+        if preemption.requested or (jax.process_count() > 1 and step % config.log_every_steps == 0
+                                    and preemption.any_process_requested()):
+          if step < final_step:
+            save(step)
+            preempted = True
+            logging.warning("preempted: saved step %d; rerun the same command to resume", step)
+            break
+      if not preempted:
+        log_train_metrics(step)
+        final = run_eval(step)
+        if last_good_checkpoint != step:
+          save(step, final)
+    finally:
+      ckpt.wait()
+      ckpt.close()
+      progress.close()
+
+  result = {"step": step, "preempted": preempted, **last_eval}
+  if preempted or step < config.num_train_steps:
+    writer.close()
+    return result
+  if config.eval_method != "center":
+    test_time = evaluator(state, config.eval_method)
+    writer.write(step, {f"{config.eval_method}_{k}": v for k, v in test_time.items()})
+    result.update({f"{config.eval_method}_{k}": v for k, v in test_time.items()})
+  writer.close()
+  if primary:
+    result["curves"] = metrics_lib.plot_curves(workdir, title=f"{config.model} on {config.dataset}")
+    _write_json(os.path.join(workdir, DONE_FILE), result)
+  return result
+
+
+def _chain_first(first, rest):
+  yield first
+  yield from rest
+
+
+def _initialise_from(state, init_dir: str):
+  """Params and BN statistics from another checkpoint; a head of a different shape stays fresh."""
+  raise NotImplementedError(f"config.init_from={init_dir!r}: weight import is not available yet")
+
+
+def evaluate(config, workdir: str, step: int | None = None, method: str | None = None):
+  """Evaluates a checkpoint of ``workdir`` (latest, or ``step``) with a test-time method."""
+  check_config(config)
+  method = method or config.eval_method
+  info = data_lib.dataset_info(config.dataset)
+  model = build_model(config, info.num_classes)
+  ckpt_dir = os.path.join(workdir, CHECKPOINT_DIR)
+  if not os.path.isdir(ckpt_dir):
+    raise checkpoint_lib.CheckpointError(f"no checkpoints in {workdir}: train first, or pass the "
+                                         f"--workdir of a trained run")
+  ckpt = checkpoint_lib.Checkpointer(ckpt_dir, read_only=True, async_save=False)
+  first = next(iter(data_lib.eval_batches(
+      config.dataset, global_batch_size=config.global_batch_size, method="center",
+      split=config.eval_split or None, **_data_kwargs(config))))
+  image_shape = first["image"].shape[3:]
+  abstract_params = jax.eval_shape(
+      lambda r: model.init(r, jnp.zeros((1, *image_shape)), train=False),
+      jax.random.key(0))["params"]
+  tx = optim.create_optimizer(config, abstract_params)
+  template = state_lib.abstract_train_state(model, tx, image_shape,
+                                            use_loss_scale=config.precision == "fp16")
+  restored, _ = ckpt.restore(template, step, expect_meta=_expect_meta(config))
+  used_step = step if step is not None else ckpt.latest_step()
+  ckpt.close()
+  state = jax_utils.replicate(jax.tree_util.tree_map(jnp.asarray, restored))
+  result = {"step": used_step, "method": method, **Evaluator(config, model)(state, method)}
+  if jax.process_index() == 0:
+    _write_json(os.path.join(workdir, f"eval_{method}_step{used_step}.json"), result)
+  return result

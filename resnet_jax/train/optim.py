@@ -1,0 +1,142 @@
+"""Optimizer and learning-rate schedules from the config (optax).
+
+The learning rate at step t is ``schedule(t) * lr_scale``:
+
+* ``schedule`` is a pure optax schedule of the step (piecewise ÷10, linear warm-up + cosine, constant);
+* ``lr_scale`` is a scalar kept in the train state and changed by the host only on events a step
+  function cannot see: the validation error reaching a plateau (÷10, the paper's ImageNet recipe, §3.4)
+  and the end of the ResNet-110 warm-up (0.01 until training error < 80%, §4.2). Keeping it in the
+  state means a resumed run continues with exactly the rate the interrupted one had.
+
+Config keys read here:
+  optimizer            'sgd' (momentum 0.9, optional Nesterov) or 'adamw'.
+  learning_rate        base rate for a global batch of ``lr_reference_batch`` (0: no scaling).
+  lr_reference_batch   the rate is multiplied by global_batch_size / lr_reference_batch (256 for ImageNet).
+  momentum, nesterov   SGD momentum (torch semantics: v = m*v + g; p -= lr*v).
+  weight_decay         L2 coefficient added to the gradient before momentum (the paper's 1e-4).
+  weight_decay_on_norm_and_bias  whether BN scale/bias and dense biases are decayed too (the paper did).
+  schedule             'piecewise' | 'plateau' | 'warmup_cosine' | 'constant'.
+  lr_boundaries        steps at which 'piecewise' divides the rate by 1/lr_decay_factor.
+  lr_decay_factor      0.1 in the paper.
+  warmup_steps         linear warm-up length for 'warmup_cosine'.
+  warmup_lr_scale      > 0 enables the ResNet-110 warm-up: the rate is scaled by this (0.1 -> 0.01) ...
+  warmup_max_steps     ... for at most this many steps (400 in §4.2) ...
+  warmup_until_train_error ... or until the training top-1 error falls below this (0.8).
+  plateau_patience     evaluations without improvement before 'plateau' divides the rate.
+  plateau_min_delta    the improvement in validation error that counts as progress.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import traverse_util
+
+SCHEDULES = ("piecewise", "plateau", "warmup_cosine", "constant")
+OPTIMIZERS = ("sgd", "adamw")
+
+
+def base_learning_rate(config) -> float:
+  """The config's rate, linearly scaled by global batch / reference batch (Goyal et al.)."""
+  if config.lr_reference_batch:
+    return config.learning_rate * config.global_batch_size / config.lr_reference_batch
+  return config.learning_rate
+
+
+def create_schedule(config) -> optax.Schedule:
+  """The step-only part of the learning rate, as an optax schedule."""
+  base = base_learning_rate(config)
+  kind = config.schedule
+  if kind == "piecewise":
+    return optax.piecewise_constant_schedule(
+        base, {int(b): config.lr_decay_factor for b in config.lr_boundaries})
+  if kind in ("plateau", "constant"):
+    return optax.constant_schedule(base)
+  if kind == "warmup_cosine":
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=base, warmup_steps=config.warmup_steps,
+        decay_steps=max(config.num_train_steps, config.warmup_steps + 1), end_value=0.0)
+  raise ValueError(f"unknown schedule {kind!r}; choose one of {', '.join(SCHEDULES)}")
+
+
+def _decay_mask(params, include_norm_and_bias: bool):
+  """True for leaves that receive weight decay: conv/dense kernels, optionally everything."""
+  flat = traverse_util.flatten_dict(params)
+  return traverse_util.unflatten_dict(
+      {path: include_norm_and_bias or path[-1] == "kernel" for path in flat})
+
+
+def create_optimizer(config, params) -> optax.GradientTransformation:
+  """The update rule without the learning rate (the train step applies -lr itself)."""
+  decay = optax.add_decayed_weights(
+      config.weight_decay, mask=_decay_mask(params, config.weight_decay_on_norm_and_bias))
+  if config.optimizer == "sgd":
+    rule = optax.trace(decay=config.momentum, nesterov=config.nesterov)
+  elif config.optimizer == "adamw":
+    rule = optax.scale_by_adam()
+  else:
+    raise ValueError(f"unknown optimizer {config.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+  # L2 on the gradient before momentum, as in the paper's (Caffe/Torch) SGD.
+  return optax.chain(decay, rule)
+
+
+def initial_lr_scale(config) -> float:
+  return config.warmup_lr_scale if config.warmup_lr_scale > 0 else 1.0
+
+
+@dataclasses.dataclass
+class LearningRateController:
+  """Host-side events that change ``lr_scale``: ResNet-110 warm-up end and validation plateaus.
+
+  Its fields are saved with every checkpoint so that a resumed run makes the same decisions.
+  """
+  warmup_active: bool = False
+  best_eval_error: float = float("inf")
+  evals_since_best: int = 0
+  lr_scale: float = 1.0
+
+  @classmethod
+  def from_config(cls, config) -> "LearningRateController":
+    return cls(warmup_active=config.warmup_lr_scale > 0, lr_scale=initial_lr_scale(config))
+
+  def after_train_metrics(self, config, step: int, train_error: float) -> bool:
+    """Ends the warm-up once training error < threshold or after warmup_max_steps; True if changed."""
+    if not self.warmup_active:
+      return False
+    if train_error < config.warmup_until_train_error or step >= config.warmup_max_steps:
+      self.warmup_active = False
+      self.lr_scale = self.lr_scale / config.warmup_lr_scale
+      return True
+    return False
+
+  def after_eval(self, config, eval_error: float) -> bool:
+    """Divides the rate when validation error has not improved for ``plateau_patience`` evals."""
+    if config.schedule != "plateau":
+      return False
+    if eval_error < self.best_eval_error - config.plateau_min_delta:
+      self.best_eval_error = eval_error
+      self.evals_since_best = 0
+      return False
+    self.evals_since_best += 1
+    if self.evals_since_best >= config.plateau_patience:
+      self.evals_since_best = 0
+      self.lr_scale *= config.lr_decay_factor
+      return True
+    return False
+
+  def to_json(self) -> dict[str, Any]:
+    d = dataclasses.asdict(self)
+    if d["best_eval_error"] == float("inf"):
+      d["best_eval_error"] = None
+    return d
+
+  @classmethod
+  def from_json(cls, d: dict[str, Any]) -> "LearningRateController":
+    d = dict(d)
+    if d.get("best_eval_error") is None:
+      d["best_eval_error"] = float("inf")
+    return cls(**d)

@@ -1,0 +1,78 @@
+"""Every shipped experiment config is valid, builds its model without compiling, and its schedule evaluates."""
+
+import glob
+import importlib.util
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from resnet_jax import data, models
+from resnet_jax.train import config as config_lib
+from resnet_jax.train import loop, optim
+
+CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "configs")
+CONFIG_FILES = sorted(glob.glob(os.path.join(CONFIG_DIR, "*.py")))
+
+
+def load(path):
+  spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def test_every_experiment_of_the_paper_has_a_config():
+  names = {os.path.basename(p)[:-3] for p in CONFIG_FILES}
+  for depth in (20, 32, 44, 56, 110, 1202):
+    assert f"cifar10_resnet{depth}" in names and f"cifar10_plain{depth}" in names
+  for depth in (18, 34, 50, 101, 152):
+    assert f"imagenet_resnet{depth}" in names
+  assert {"digits", "mnist", "imagenet_resnet50_modern"} <= names
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: os.path.basename(p)[:-3])
+def test_config_builds(path):
+  config = load(path)
+  config_lib.validate(config, known_models=models.list_models(), known_datasets=data.list_datasets())
+  info = data.dataset_info(config.dataset)
+  model = loop.build_model(config, info.num_classes)
+  size = config.image_size or models.model_spec(config.model).image_size
+  shape = (1, size, size, 3)
+  variables = jax.eval_shape(lambda r: model.init(r, jnp.zeros(shape), train=False),
+                             jax.random.key(0))
+  assert variables["params"]["head"]["kernel"].shape[-1] == info.num_classes
+  schedule = optim.create_schedule(config)
+  lrs = [float(schedule(s)) for s in (0, config.num_train_steps // 2, config.num_train_steps - 1)]
+  assert all(np.isfinite(lrs)) and max(lrs) > 0
+  tx = optim.create_optimizer(config, variables["params"])
+  jax.eval_shape(tx.init, variables["params"])
+
+
+def test_table6_recipe_matches_the_paper():
+  c = load(os.path.join(CONFIG_DIR, "cifar10_resnet110.py"))
+  assert (c.global_batch_size, c.learning_rate, tuple(c.lr_boundaries), c.num_train_steps) == \
+      (128, 0.1, (32_000, 48_000), 64_000)
+  assert (c.weight_decay, c.momentum, c.train_split, c.eval_split) == \
+      (1e-4, 0.9, "train[:45000]", "train[45000:]")
+  assert c.warmup_lr_scale == 0.1  # 0.01 until training error < 80% (§4.2)
+  schedule = optim.create_schedule(c)
+  assert [float(schedule(s)) for s in (0, 31_999, 32_000, 48_000)] == \
+      pytest.approx([0.1, 0.1, 0.01, 0.001])
+  assert load(os.path.join(CONFIG_DIR, "cifar10_resnet56.py")).warmup_lr_scale == 0
+
+
+def test_bad_values_are_rejected_with_the_key_named():
+  known = dict(known_models=models.list_models(), known_datasets=data.list_datasets())
+  for key, value, words in (("learning_rate", -0.1, "must be positive"),
+                            ("optimizer", "adamax", "unknown optimizer"),
+                            ("model", "resnet51", "resnet50"),
+                            ("dataset", "cifar11", "cifar10"),
+                            ("schedule", "cosine", "unknown schedule")):
+    c = config_lib.base_config()
+    c[key] = value
+    with pytest.raises(ValueError, match=f"config.{key}=") as e:
+      config_lib.validate(c, **known)
+    assert words in str(e.value) and "\n" not in str(e.value)
