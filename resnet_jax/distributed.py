@@ -190,6 +190,11 @@ def initialize(coordinator_address: str | None = None,
     _RUNTIME = rt
     return rt
 
+  if _backend_started():
+    raise DistributedInitError(
+        f"{rt.mode} multi-process run: distributed.initialize() must run before any JAX "
+        "computation or device query (call it first thing in main)")
+
   if not os.environ.get("JAX_CPU_COLLECTIVES_IMPLEMENTATION"):
     # Only affects the CPU client; GPUs use NCCL and TPUs ICI regardless.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
@@ -240,6 +245,14 @@ def initialize(coordinator_address: str | None = None,
   _RUNTIME = rt
   log.info("distributed runtime up: %s", rt)
   return rt
+
+
+def _backend_started() -> bool:
+  try:
+    from jax._src import xla_bridge
+    return bool(xla_bridge.backends_are_initialized())
+  except Exception:  # pragma: no cover - private API moved: let JAX complain itself
+    return False
 
 
 def _coordinator_to_probe(rt: Runtime) -> str | None:

@@ -5,7 +5,7 @@ A sweep file is Python, like a config::
     # launch/sweeps/degradation.py
     from resnet_jax.sweep import product, zipped
 
-    CONFIG = "configs/cifar10.py"          # optional; default configs/digits.py
+    CONFIG = "configs/cifar10_resnet20.py"  # optional; default configs/digits.py
     OVERRIDES = {"num_train_steps": 64000}  # optional; every member, not part of the names
 
     def get_sweep():
@@ -15,7 +15,8 @@ A sweep file is Python, like a config::
 
 ``get_sweep()`` returns a list of dicts ``{config_key: value}``; a dotted key such as
 ``"model_overrides.shortcut"`` goes in a positional dict: ``product({"model_overrides.shortcut":
-["A", "B"]}, seed=[0])``. A member may carry ``"config": "configs/x.py"`` to pick its own config file.
+["A", "B"]}, seed=[0])``. The key ``config`` picks a member's config file
+(``product(config=["configs/cifar10_plain20.py", ...], seed=[0])``; names start ``config=STEM``).
 
 Each member runs ``python -m resnet_jax.main --config=CONFIG --workdir=ROOT/NAME --config.k=v ...``
 (argument lists, never a shell). NAME comes from the overrides in sorted key order, e.g.

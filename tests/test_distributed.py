@@ -107,6 +107,13 @@ def test_cluster_detection(clean_env):
   assert distributed._resolve("h:1", 2, 1, None).mode == "explicit"
 
 
+def test_initialize_after_jax_started_fails_clearly(clean_env):
+  import jax
+  jax.devices()  # the backend is up (as after any computation)
+  with pytest.raises(distributed.DistributedInitError, match="must run before any JAX"):
+    distributed.initialize(coordinator_address="127.0.0.1:1", num_processes=2, process_id=0)
+
+
 def test_wait_for_port():
   with socket.socket() as srv:
     srv.bind(("127.0.0.1", 0))

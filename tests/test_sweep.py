@@ -151,8 +151,11 @@ def test_load_sweep(fake):
 def test_example_sweep_files_load():
   names = {f.name: [m.name for m in sweep.load_sweep(f)]
            for f in sorted((REPO / "launch" / "sweeps").glob("*.py"))}
-  assert names["degradation.py"] == [f"model={f}{d},seed=0" for f in ("plain", "resnet")
+  assert names["degradation.py"] == [f"config=cifar10_{f}{d},seed=0" for f in ("plain", "resnet")
                                      for d in (20, 32, 44, 56)]
+  for f in sorted((REPO / "launch" / "sweeps").glob("*.py")):  # every config file exists
+    for m in sweep.load_sweep(f):
+      assert (REPO / m.config).is_file(), (f.name, m.config)
   assert len(names["digits_tiny.py"]) == 4
 
 
