@@ -16,6 +16,7 @@ Train:
              registry) instead of the paper's per-pixel mean image: the common, nearly
              equivalent choice that keeps eval independent of the train split.
   digits     scale + normalise (mean/std), optional pad-and-crop (pad 2); no flip.
+  none       normalisation only (image already at image_size): for inspection and tests.
 Test:
   center     shorter side -> resize_size (256), centre image_size (224) crop. With
              resize_size None (32/28 px datasets): centre crop of image_size (identity
@@ -152,12 +153,15 @@ def pad_and_crop_train(image, seed, *, image_size, pad, flip, mean, std, channel
 
 cifar_train = functools.partial(pad_and_crop_train, pad=4, flip=True)
 digits_train = functools.partial(pad_and_crop_train, pad=2, flip=False, channels=1)
+# No augmentation: decode + normalise only (image must already be image_size).
+plain_train = functools.partial(pad_and_crop_train, pad=0, flip=False)
 
 TRAIN_AUGMENTS = {
     'paper': paper_train,
     'inception': inception_train,
     'cifar': cifar_train,
     'digits': digits_train,
+    'none': plain_train,
 }
 
 

@@ -256,7 +256,9 @@ def load_source(name: str, split: str | None = None, data_dir: str | None = None
     source = _image_folder_source(spec, split, data_dir)
   elif spec.storage == 'memory':
     builder = get_builder(spec, data_dir)
-    arrays = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
+    ds = builder.as_dataset(split=split, shuffle_files=False).batch(4096)
+    chunks = list(tfds.as_numpy(ds))  # (batch_size=-1 aborts under mock_data)
+    arrays = {k: np.concatenate([c[k] for c in chunks]) for k in ('image', 'label')}
     images = np.asarray(arrays['image'], np.uint8)
     if images.ndim == 3:
       images = images[..., None]
