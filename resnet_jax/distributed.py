@@ -208,7 +208,6 @@ def initialize(coordinator_address: str | None = None,
       kwargs["cluster_detection_method"] = "deactivate"
   else:
     kwargs = dict(local_device_ids=ids)
-  params = inspect.signature(jax.distributed.initialize).parameters
   where = (f"coordinator {rt.coordinator_address} as process {rt.process_id}/{rt.num_processes}"
            if rt.mode == "explicit" else f"the {rt.mode} cluster's coordinator")
   deadline = time.monotonic() + timeout_s
@@ -239,9 +238,8 @@ def initialize(coordinator_address: str | None = None,
     raise DistributedInitError(
         f"could not join {where} within {timeout_s}s ({type(e).__name__}: {cause}); "
         "check the address/port, that process 0 is running, and the firewall") from e
-  if rt.mode != "explicit":
-    rt = dataclasses.replace(rt, coordinator_address=_jax_coordinator(),
-                             num_processes=jax.process_count(), process_id=jax.process_index())
+  if rt.mode != "explicit":  # what JAX detected; read without starting the backend
+    rt = dataclasses.replace(rt, **_jax_detected())
   _RUNTIME = rt
   log.info("distributed runtime up: %s", rt)
   return rt
@@ -292,12 +290,14 @@ def wait_for_port(address: str, timeout_s: float, interval_s: float = 0.5) -> st
     time.sleep(max(0.0, min(interval_s, deadline - time.monotonic())))
 
 
-def _jax_coordinator() -> str | None:
+def _jax_detected() -> dict:
   try:
     from jax._src import distributed as _d
-    return _d.global_state.coordinator_address
-  except Exception:  # pragma: no cover - private API
-    return None
+    st = _d.global_state
+    return dict(coordinator_address=st.coordinator_address, num_processes=int(st.num_processes),
+                process_id=int(st.process_id))
+  except Exception:  # pragma: no cover - private API moved
+    return {}
 
 
 def runtime() -> Runtime | None:

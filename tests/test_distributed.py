@@ -211,3 +211,31 @@ def test_two_processes_gloo_psum(tmp_path):
     assert r["psum"] == [0 + 1 + 10 + 11] * 2
     assert r["index"] == [2 * pid, 2 * pid + 1]
     assert r["describe"].startswith(f"process {pid}/2: 2 local / 4 global cpu devices")
+
+
+def test_two_processes_found_through_slurm_variables(tmp_path):
+  """The automatic path: srun's SLURM_* variables only (faked on 127.0.0.1), no RESNET_JAX_*."""
+  script = tmp_path / "psum.py"
+  script.write_text(_PSUM)
+  port = _free_port()
+  procs = []
+  try:
+    for pid in range(2):
+      env = _child_env(SLURM_JOB_ID=4242, SLURM_STEP_NODELIST="127.0.0.1", SLURM_NTASKS=2,
+                       SLURM_PROCID=pid, SLURM_LOCALID=pid, JAX_COORDINATOR_PORT=port,
+                       RESNET_JAX_INIT_TIMEOUT=60,
+                       XLA_FLAGS="--xla_force_host_platform_device_count=2")
+      procs.append(subprocess.Popen([sys.executable, str(script)], env=env, text=True,
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    start_new_session=True))
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+  for pid, (p, out) in enumerate(zip(procs, outs)):
+    assert p.returncode == 0, out
+    r = json.loads(next(l for l in out.splitlines() if l.startswith("RESULT "))[7:])
+    assert r["mode"] == "slurm" and (r["process"], r["count"], r["devices"]) == (pid, 2, 4)
+    assert r["psum"] == [22.0, 22.0]
