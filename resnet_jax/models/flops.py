@@ -35,6 +35,8 @@ class Layer(NamedTuple):
     cout: int
     groups: int
     out_hw: tuple[int, int]
+    in_hw: tuple[int, int] = (1, 1)
+    stride: int = 1
 
     @property
     def params(self) -> int:
@@ -52,6 +54,22 @@ class Layer(NamedTuple):
         if self.kind == "dense":
             return self.cin * self.cout
         return 0
+
+    @property
+    def valid_macs(self) -> int:
+        """Like ``macs`` but without the taps that fall on zero padding (what XLA counts)."""
+        if self.kind != "conv":
+            return self.macs
+        taps = 1
+        for n, o in zip(self.in_hw, self.out_hw):
+            taps *= _valid_taps(n, o, self.kernel, self.stride)
+        return taps * (self.cin // self.groups) * self.cout
+
+
+def _valid_taps(n: int, n_out: int, k: int, s: int) -> int:
+    """Sum over output positions of kernel taps landing inside an input of size n (padding k // 2)."""
+    p = k // 2
+    return sum(sum(1 for t in range(k) if 0 <= o * s - p + t < n) for o in range(n_out))
 
 
 def _out(n: int, k: int, s: int) -> int:
@@ -86,8 +104,9 @@ def layer_table(model, image_size: Optional[int | Sequence[int]] = None, in_chan
 
     def add_conv(name, k, cin, cout, s=1, g=1):
         nonlocal h, w
+        hw_in = (h, w)
         h, w = _out(h, k, s), _out(w, k, s)
-        layers.append(Layer(name, "conv", k, cin, cout, g, (h, w)))
+        layers.append(Layer(name, "conv", k, cin, cout, g, (h, w), hw_in, s))
 
     def add_bn(name, ch):
         layers.append(Layer(name, "bn", 1, ch, ch, 1, (h, w)))
@@ -142,13 +161,16 @@ def layer_table(model, image_size: Optional[int | Sequence[int]] = None, in_chan
 
 
 def count_macs(model, image_size: Optional[int | Sequence[int]] = None, in_channels: int = 3,
-               **overrides) -> int:
+               *, exclude_padding: bool = False, **overrides) -> int:
     """Multiply-adds of one image's forward pass (convs + dense; BN/ReLU/pool/adds excluded).
 
     ``model`` is a name, a ModelSpec or a ResNet; ``image_size`` defaults to the native one;
     ``overrides`` are ResNet fields (e.g. ``stride_on='1x1'`` for the paper's placement).
+    The usual convention (and the paper's) counts every kernel tap at every output position;
+    ``exclude_padding=True`` skips taps on the zero padding, as XLA's cost analysis does.
     """
-    return sum(layer.macs for layer in layer_table(model, image_size, in_channels, **overrides))
+    layers = layer_table(model, image_size, in_channels, **overrides)
+    return sum(layer.valid_macs if exclude_padding else layer.macs for layer in layers)
 
 
 def count_params(model, in_channels: int = 3, **overrides) -> int:
