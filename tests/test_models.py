@@ -322,6 +322,22 @@ def test_train_and_eval_differ_only_in_batchnorm_statistics():
     assert updated["batch_stats"].keys() == variables["batch_stats"].keys()
 
 
+def test_bn_axis_name_gives_cross_replica_statistics():
+    """Two replicas (vmap stands in for pmap) with bn_axis_name see the statistics of the whole
+    batch: the same outputs and running stats as one replica holding both halves."""
+    x = jnp.asarray(np.random.default_rng(4).standard_normal((8, 8, 8, 3)), jnp.float32)
+    variables = tiny_variables()
+    one = get_model("resnet20", **TINY)
+    y_one, s_one = apply(one, variables, x, train=True, mutable=["batch_stats"])
+    synced = get_model("resnet20", bn_axis_name="batch", **TINY)
+    step = lambda xr: synced.apply(variables, xr, train=True, mutable=["batch_stats"])  # noqa: E731
+    y_rep, s_rep = jax.jit(jax.vmap(step, axis_name="batch"))(x.reshape(2, 4, 8, 8, 3))
+    np.testing.assert_allclose(y_rep.reshape(8, 10), y_one, rtol=1e-4, atol=1e-4)
+    for a, b in zip(jax.tree_util.tree_leaves(s_rep), jax.tree_util.tree_leaves(s_one)):
+        np.testing.assert_allclose(a[0], b, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(a[1], b, rtol=1e-4, atol=1e-5)
+
+
 def test_tiny_model_gradients_are_finite_and_reach_the_stem():
     model = get_model("resnet20", **TINY)
     x = jnp.asarray(np.random.default_rng(2).standard_normal((4, 8, 8, 3)), jnp.float32)
