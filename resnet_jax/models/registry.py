@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 from typing import Any, Mapping
 
@@ -100,9 +101,13 @@ for _name, (_d, _groups, _wpg) in IMAGENET_VARIANTS.items():
 OVERRIDABLE = tuple(f.name for f in dataclasses.fields(ResNet) if f.name not in ("parent", "name"))
 
 
+def _natural(name: str):
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
 def list_models() -> list[str]:
-    """All registered model names, sorted."""
-    return sorted(MODELS)
+    """All registered model names in natural order (resnet18 before resnet101)."""
+    return sorted(MODELS, key=_natural)
 
 
 def model_spec(name: str) -> ModelSpec:
