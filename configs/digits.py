@@ -13,10 +13,10 @@ def get_config():
   c.model = "resnet20"
   c.dataset = "digits"
   c.global_batch_size = 128
-  c.num_train_steps = 300          # 9.6 epochs of 4,000 images
+  c.num_train_steps = 200          # 6.4 epochs of 4,000 images
   c.learning_rate = 0.1
   c.schedule = "warmup_cosine"
-  c.warmup_steps = 30
+  c.warmup_steps = 20
   c.weight_decay = 5e-4
   c.log_every_steps = 25
   c.eval_every_steps = 100

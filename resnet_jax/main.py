@@ -3,13 +3,19 @@
   python -m resnet_jax.main --config=configs/digits.py --workdir=runs/digits [--config.key=value]
   resnet-jax train|eval --config=... --workdir=...
   resnet-jax models
+  resnet-jax sweep SWEEP.py --workdir=ROOT [--parallel=N] [--emit=tpu|slurm|local]
 
 Bad input ends with one line on stderr naming the problem and the fix, and exit status 2.
 """
 
 from __future__ import annotations
 
+import logging as pylogging
+import os
 import sys
+
+# TensorFlow (tf.data only) prints start-up banners at INFO; keep its warnings and errors.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
 from absl import app
 from absl import flags
@@ -73,8 +79,10 @@ def _dispatch(argv):
 
 def _known_errors():
   from resnet_jax.checkpoint import CheckpointError  # pylint: disable=g-import-not-at-top
+  from resnet_jax.distributed import DistributedInitError  # pylint: disable=g-import-not-at-top
   from resnet_jax.train.loop import NonFiniteLossError  # pylint: disable=g-import-not-at-top
-  return (ValueError, KeyError, CheckpointError, NonFiniteLossError, FileNotFoundError)
+  return (ValueError, KeyError, CheckpointError, NonFiniteLossError, FileNotFoundError,
+          DistributedInitError)
 
 
 def main(argv):
@@ -88,13 +96,44 @@ def main(argv):
     sys.exit(2)
 
 
+class _QuietLibraries(pylogging.Filter):
+  """Keeps Orbax's per-save INFO chatter out of the run log; its warnings still show."""
+
+  def filter(self, record):
+    return record.levelno >= pylogging.WARNING or "/orbax/" not in record.pathname
+
+
 def run():
   """Console script: ``resnet-jax [SUBCOMMAND] --flags``; the subcommand may come first."""
   argv = list(sys.argv)
+  if len(argv) > 1 and argv[1] == "sweep":
+    # A sweep passes its members' --config.x flags through untouched, so absl must not parse them.
+    from resnet_jax import sweep  # pylint: disable=g-import-not-at-top
+    sys.exit(sweep.cli(argv[2:]))
   if len(argv) > 1 and argv[1] in SUBCOMMANDS:
     command = argv.pop(1)
     argv.append(command)  # absl leaves positional arguments in argv for main
-  app.run(main, argv=argv)
+  logging.get_absl_handler().addFilter(_QuietLibraries())
+  app.run(main, argv=argv, flags_parser=_parse_flags)
+
+
+def _parse_flags(argv):
+  """absl's parser, but a bad --config.key (unknown, or a wrong type) is one line, not a traceback."""
+  try:
+    remaining = flags.FLAGS(argv)
+    if flags.FLAGS["config"].present:
+      _CONFIG.value.get("model")  # a config file that failed to load raises here, not mid-run
+    return remaining
+  except flags.Error as e:
+    message = str(e)
+  except OSError as e:
+    message = f"--config: {str(e).splitlines()[-1].strip()} (give the path of a configs/NAME.py file)"
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    text = str(e.args[0] if e.args else e).replace("\\n", " ").replace("\\", "")
+    message = "bad --config override: " + text.strip("'\"").replace("''", "'")
+  message = " ".join(message.split())
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(2)
 
 
 if __name__ == "__main__":

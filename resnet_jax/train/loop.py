@@ -96,7 +96,10 @@ def check_config(config):
 
 def _first_replica(tree):
   """This host's copy of a replicated pytree, as numpy (works when other hosts hold other shards)."""
-  return jax.tree_util.tree_map(lambda x: np.asarray(x.addressable_data(0)), tree)
+  def first(x):
+    shard = np.asarray(x.addressable_data(0))
+    return shard[0] if shard.ndim == x.ndim else shard  # some jax versions keep the device axis
+  return jax.tree_util.tree_map(first, tree)
 
 
 def _checkpoint_meta(config, controller: optim.LearningRateController) -> dict[str, Any]:
@@ -233,7 +236,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   def check_finite():
     """Stops the run at the first pending step whose loss is not finite (nothing is saved)."""
     for s, m in pending:
-      loss = float(np.asarray(m["train_loss"].addressable_data(0)))
+      loss = float(_first_replica(m["train_loss"]))
       if not math.isfinite(loss):
         raise NonFiniteLossError(
             f"loss became {loss} at step {s}; stopped without saving. Last good checkpoint: "
