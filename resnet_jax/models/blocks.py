@@ -30,6 +30,13 @@ is the 3x3 either way.
 Parameter names inside a block: ``conv1, bn1, conv2, bn2[, conv3, bn3][, shortcut_conv,
 shortcut_bn]`` (pre-activation blocks: ``bn1`` precedes ``conv1`` etc., and the projection shortcut
 is a bare ``shortcut_conv`` applied to the pre-activated input, as in the v2 paper's code).
+
+Performance (docs/benchmarks.md): with ``matmul_1x1=True`` (the default) every ungrouped 1x1 conv
+is :class:`Conv1x1` -- the same ``(1, 1, cin, cout)`` ``kernel`` parameter and initialiser, computed
+as a matmul over channels (a strided 1x1 conv with padding 0 is ``x[:, ::s, ::s]`` then the
+matmul).  XLA's CPU convolution is 2-5x slower than its dot for 1x1 kernels, above all for the
+weight gradient; the arithmetic and the parameters are identical, so checkpoints, parameter counts
+and weight import do not change.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ from typing import Any, Optional
 
 import flax.linen as nn
 import jax.numpy as jnp
+from jax import lax
 
 Dtype = Any
 
@@ -49,14 +57,53 @@ STRIDE_ON = ("3x3", "1x1")
 conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")  # jax: untruncated
 
 
-def conv(features: int, kernel: int, stride: int = 1, *, groups: int = 1, name: str,
-         dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32, kernel_init=None) -> nn.Conv:
-    """Bias-free conv with torchvision padding (k // 2 on every side, so stride-2 output is ceil(n/2))."""
+def _nn_conv(features: int, kernel: int, stride: int = 1, *, groups: int = 1, name: str,
+             dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32,
+             kernel_init=None) -> nn.Conv:
     pad = kernel // 2
     return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
                    padding=((pad, pad), (pad, pad)), feature_group_count=groups, use_bias=False,
                    kernel_init=kernel_init or conv_kernel_init, dtype=dtype,
                    param_dtype=param_dtype, name=name)
+
+
+class Conv1x1(nn.Module):
+    """A bias-free 1x1 conv (padding 0) computed as a matmul over channels.
+
+    Same parameter as ``nn.Conv(features, (1, 1))``: ``kernel`` of shape ``(1, 1, cin, features)``
+    with the same initialiser, so the two are interchangeable in a checkpoint.  ``stride`` s keeps
+    every s-th row and column first (what a 1x1 conv with stride s and no padding computes).
+    """
+
+    features: int
+    stride: int = 1
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    kernel_init: Any = conv_kernel_init
+
+    @nn.compact
+    def __call__(self, x):
+        kernel = self.param("kernel", self.kernel_init, (1, 1, x.shape[-1], self.features),
+                            self.param_dtype)
+        if self.stride > 1:
+            x = x[:, ::self.stride, ::self.stride, :]
+        x = jnp.asarray(x, self.dtype)
+        w = jnp.asarray(kernel[0, 0], self.dtype)
+        return lax.dot_general(x, w, (((x.ndim - 1,), (0,)), ((), ())))
+
+
+def conv(features: int, kernel: int, stride: int = 1, *, groups: int = 1, name: str,
+         dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32, kernel_init=None,
+         matmul_1x1: bool = False) -> nn.Module:
+    """Bias-free conv with torchvision padding (k // 2 on every side, so stride-2 output is ceil(n/2)).
+
+    ``matmul_1x1``: an ungrouped 1x1 conv becomes :class:`Conv1x1` (same parameter, faster on CPU).
+    """
+    if matmul_1x1 and kernel == 1 and groups == 1:
+        return Conv1x1(features, stride, dtype=dtype, param_dtype=param_dtype,
+                       kernel_init=kernel_init or conv_kernel_init, name=name)
+    return _nn_conv(features, kernel, stride, groups=groups, name=name, dtype=dtype,
+                    param_dtype=param_dtype, kernel_init=kernel_init)
 
 
 def batch_norm(train: bool, *, name: str, zero_scale: bool = False, momentum: float = 0.9,
@@ -96,6 +143,7 @@ class _Block(nn.Module):
     bn_axis_name: Optional[str] = None
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    matmul_1x1: bool = True
 
     expansion = 1  # class attribute, not a field
 
@@ -103,7 +151,8 @@ class _Block(nn.Module):
     def _conv(self, features, kernel, stride=1, groups=1, *, name, zero=False):
         return conv(features, kernel, stride, groups=groups, name=name, dtype=self.dtype,
                     param_dtype=self.param_dtype,
-                    kernel_init=nn.initializers.zeros if zero else None)
+                    kernel_init=nn.initializers.zeros if zero else None,
+                    matmul_1x1=self.matmul_1x1)
 
     def _bn(self, train, *, name, zero=False):
         return batch_norm(train, name=name, zero_scale=zero, momentum=self.bn_momentum,

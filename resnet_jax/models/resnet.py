@@ -33,15 +33,30 @@ Padding follows torchvision exactly (k // 2 on every side; max-pool 3x3/2 with p
 with -inf), so imported weights reproduce torchvision's outputs.  Initialisation: convs
 kaiming-normal fan_out (torchvision), BN scale 1 / bias 0 (scale 0 for the last BN of each block
 with ``zero_init_last_bn``), head U(+-1/sqrt(fan_in)) like ``torch.nn.Linear``.
+
+Performance options (docs/benchmarks.md; none changes the arithmetic or the parameters):
+
+* ``matmul_1x1=True`` (default): 1x1 convs as matmuls over channels (blocks.Conv1x1), same kernels.
+* ``scan_blocks=True`` (opt-in): within each stage the identical blocks 1..n-1 are one ``nn.scan``
+  (compiled once instead of n-1 times).  Their variables then live, stacked on a leading axis of
+  length n-1, under ``stage{i}_blocks/block/...`` instead of ``stage{i}_block{j}/...`` (j >= 1);
+  block 0 (stride / projection) stays ``stage{i}_block0``.  :func:`to_scanned` and
+  :func:`to_unrolled` convert any such tree (params, batch_stats, optimizer-state subtrees) both
+  ways exactly, so checkpoints and parameter counts use the unrolled layout documented above.
+* ``remat=True`` (opt-in): each block is rematerialised (``nn.remat``) -- activations inside a
+  block are recomputed in the backward pass instead of stored; for very deep nets (ResNet-1202).
 """
 
 from __future__ import annotations
 
 from typing import Any, Optional, Sequence
 
+import re
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from .blocks import BLOCKS, SHORTCUTS, STRIDE_ON, batch_norm, conv
 
@@ -83,6 +98,9 @@ class ResNet(nn.Module):
       bn_momentum, bn_epsilon: BatchNorm running-average momentum / epsilon (torchvision: 0.9, 1e-5).
       bn_axis_name: pmap axis name for cross-replica BN statistics (None: per-replica).
       dtype: compute dtype (e.g. ``jnp.bfloat16``); param_dtype: parameter dtype.
+      matmul_1x1: 1x1 convs as matmuls (same parameters; faster on XLA CPU).
+      scan_blocks: compile the repeated blocks of a stage once (``nn.scan``; scanned param layout).
+      remat: rematerialise each block in the backward pass (less memory, ~1/3 more compute).
     """
 
     stage_sizes: Sequence[int] = (2, 2, 2, 2)
@@ -103,6 +121,9 @@ class ResNet(nn.Module):
     bn_axis_name: Optional[str] = None
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    matmul_1x1: bool = True
+    scan_blocks: bool = False
+    remat: bool = False
 
     def _bn(self, train, name):
         return batch_norm(train, name=name, momentum=self.bn_momentum, epsilon=self.bn_epsilon,
@@ -127,26 +148,40 @@ class ResNet(nn.Module):
         stem_width = scaled(self.stem_width, self.width_multiplier)
         if self.stem == "imagenet":
             x = conv(stem_width, 7, 2, name="stem_conv", dtype=self.dtype,
-                     param_dtype=self.param_dtype)(x)
+                     param_dtype=self.param_dtype, matmul_1x1=self.matmul_1x1)(x)
             x = nn.relu(self._bn(train, "stem_bn")(x))
             x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         else:
             x = conv(stem_width, 3, 1, name="stem_conv", dtype=self.dtype,
-                     param_dtype=self.param_dtype)(x)
+                     param_dtype=self.param_dtype, matmul_1x1=self.matmul_1x1)(x)
             if not self.preact:  # v2 CIFAR: the first block pre-activates the stem output.
                 x = nn.relu(self._bn(train, "stem_bn")(x))
 
         for i, (n_blocks, planes) in enumerate(zip(self.stage_sizes, self.stage_widths)):
-            for j in range(n_blocks):
-                x = block_cls(
-                    planes=scaled(planes, self.width_multiplier),
-                    stride=2 if (i > 0 and j == 0) else 1,
-                    shortcut=self.shortcut, stride_on=self.stride_on, groups=self.groups,
-                    base_width=self.width_per_group, preact=self.preact,
-                    zero_init_last_bn=self.zero_init_last_bn, bn_momentum=self.bn_momentum,
-                    bn_epsilon=self.bn_epsilon, bn_axis_name=self.bn_axis_name,
-                    dtype=self.dtype, param_dtype=self.param_dtype,
-                    name=f"stage{i + 1}_block{j}")(x, train=train)
+            fields = dict(
+                planes=scaled(planes, self.width_multiplier),
+                shortcut=self.shortcut, stride_on=self.stride_on, groups=self.groups,
+                base_width=self.width_per_group, preact=self.preact,
+                zero_init_last_bn=self.zero_init_last_bn, bn_momentum=self.bn_momentum,
+                bn_epsilon=self.bn_epsilon, bn_axis_name=self.bn_axis_name,
+                dtype=self.dtype, param_dtype=self.param_dtype, matmul_1x1=self.matmul_1x1)
+            # train is positional (argument 2) so that nn.remat can treat it as static.
+            first_cls = nn.remat(block_cls, static_argnums=(2,)) if self.remat else block_cls
+            x = first_cls(stride=2 if i > 0 else 1, name=f"stage{i + 1}_block0", **fields)(
+                x, train)
+            if n_blocks <= 1:
+                continue
+            if self.scan_blocks:
+                body = _ScanBody
+                if self.remat:
+                    body = nn.remat(body, prevent_cse=False)
+                scanned = nn.scan(body, variable_axes={"params": 0, "batch_stats": 0},
+                                  split_rngs={"params": True}, length=n_blocks - 1)
+                x, _ = scanned(block=self.block, fields=tuple(sorted(fields.items())),
+                               train=train, name=f"stage{i + 1}_blocks")(x, None)
+            else:
+                for j in range(1, n_blocks):
+                    x = first_cls(stride=1, name=f"stage{i + 1}_block{j}", **fields)(x, train)
 
         if self.preact:
             x = nn.relu(self._bn(train, "final_bn")(x))
@@ -155,3 +190,72 @@ class ResNet(nn.Module):
         x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
                      kernel_init=init, bias_init=init, name="head")(x)
         return jnp.asarray(x, jnp.float32)
+
+
+class _ScanBody(nn.Module):
+    """One repeated block as a scan body: ``(x, None) -> (block(x), None)``; the block is ``block``."""
+
+    block: str
+    fields: tuple
+    train: bool
+
+    @nn.compact
+    def __call__(self, x, _):
+        return BLOCKS[self.block](stride=1, name="block", **dict(self.fields))(x, self.train), None
+
+
+_UNROLLED = re.compile(r"^stage(\d+)_block(\d+)$")
+_SCANNED = re.compile(r"^stage(\d+)_blocks$")
+
+
+def to_scanned(tree):
+    """Unrolled layout -> ``scan_blocks=True`` layout (exact; numpy/jax leaves are stacked).
+
+    ``tree`` is any dict keyed like the model's variables of one collection (``params``,
+    ``batch_stats``, or e.g. an optimizer's momentum for the params): ``stage{i}_block{j}`` for
+    j >= 1 are stacked into ``stage{i}_blocks/block``; other keys pass through.  A
+    ``{'params': ..., 'batch_stats': ...}`` variables dict is converted collection by collection.
+    """
+    if _is_variables(tree):
+        return {k: to_scanned(v) for k, v in tree.items()}
+    out, stacks = {}, {}
+    for key, value in tree.items():
+        m = _UNROLLED.match(key)
+        if m and int(m.group(2)) >= 1:
+            stacks.setdefault(int(m.group(1)), {})[int(m.group(2))] = value
+        else:
+            out[key] = value
+    for stage, blocks in stacks.items():
+        if sorted(blocks) != list(range(1, len(blocks) + 1)):
+            raise ValueError(f"stage{stage}: blocks {sorted(blocks)} are not 1..n-1")
+        ordered = [blocks[j] for j in range(1, len(blocks) + 1)]
+        out[f"stage{stage}_blocks"] = {"block": jax.tree_util.tree_map(
+            lambda *xs: _stack(xs), *ordered)}
+    return out
+
+
+def to_unrolled(tree):
+    """``scan_blocks=True`` layout -> the unrolled (checkpoint) layout; inverse of :func:`to_scanned`."""
+    if _is_variables(tree):
+        return {k: to_unrolled(v) for k, v in tree.items()}
+    out = {}
+    for key, value in tree.items():
+        m = _SCANNED.match(key)
+        if not m:
+            out[key] = value
+            continue
+        inner = value["block"]
+        n = jax.tree_util.tree_leaves(inner)[0].shape[0]
+        for j in range(n):
+            out[f"stage{m.group(1)}_block{j + 1}"] = jax.tree_util.tree_map(lambda a: a[j], inner)
+    return out
+
+
+def _is_variables(tree) -> bool:
+    return bool(tree) and set(tree) <= {"params", "batch_stats"}
+
+
+def _stack(xs):
+    if all(isinstance(x, np.ndarray) for x in xs):
+        return np.stack(xs)
+    return jnp.stack(xs)
