@@ -1,0 +1,379 @@
+"""Pretrained weights: torchvision ResNet state dicts -> our Flax params, and checkpoints from them.
+
+``from_torchvision(state_dict_or_path, model_name)`` maps a torchvision ``ResNet`` state dict onto
+the parameter names of :mod:`resnet_jax.models.resnet` one-to-one::
+
+    conv1.weight                    -> params/stem_conv/kernel           (O, I, kh, kw) -> (kh, kw, I, O)
+    bn1.{weight,bias}               -> params/stem_bn/{scale,bias}
+    bn1.running_{mean,var}          -> batch_stats/stem_bn/{mean,var}
+    layer{i}.{j}.conv{k}.weight     -> params/stage{i}_block{j}/conv{k}/kernel
+    layer{i}.{j}.bn{k}.*            -> .../stage{i}_block{j}/bn{k}/*
+    layer{i}.{j}.downsample.0.weight -> params/stage{i}_block{j}/shortcut_conv/kernel
+    layer{i}.{j}.downsample.1.*     -> .../stage{i}_block{j}/shortcut_bn/*
+    fc.{weight,bias}                -> params/head/{kernel (transposed), bias}
+
+``*.num_batches_tracked`` is ignored.  The expected tree comes from ``jax.eval_shape`` of the
+model's ``init`` (nothing is computed), so every missing, unexpected or wrongly shaped tensor is
+found before anything is converted and reported in one :class:`WeightImportError`.  Our ImageNet
+models use torchvision's v1.5 stride placement, option-B shortcuts, padding and BN epsilon, so the
+imported network reproduces torchvision's eval-mode logits (tests/test_weights.py: <= 1e-4, fp32).
+
+``convert(src, model_name, workdir)`` writes the result as an Orbax checkpoint (step 0, state
+``{'params', 'batch_stats'}``, meta ``{'model', 'source': 'torchvision', 'kind': 'weights'}``) in
+``<workdir>/checkpoints``; ``--config.init_from=<workdir>`` starts training from it
+(:func:`load_variables` + :func:`merge_into`, used by ``train.loop``).
+
+torch is an optional extra (``pip install resnet-jax[torch]``), imported only here and only when a
+``.pth`` file is read or torch tensors are converted; ``torch.load`` runs with ``weights_only=True``
+(no arbitrary unpickling).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from resnet_jax import checkpoint as checkpoint_lib
+from resnet_jax import models
+
+SUPPORTED = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
+             "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2")
+SOURCES = ("torchvision",)
+CHECKPOINT_DIR = "checkpoints"   # same sub-directory as train.loop.CHECKPOINT_DIR
+_IGNORED_SUFFIXES = ("num_batches_tracked",)
+_MAX_LISTED = 12
+
+
+class WeightImportError(ValueError):
+  """A state dict or checkpoint that does not fit the model; the message lists every mismatch."""
+
+
+# --- torchvision key <-> our path -----------------------------------------------------------------
+_BN_LEAVES = {("params", "scale"): "weight", ("params", "bias"): "bias",
+              ("batch_stats", "mean"): "running_mean", ("batch_stats", "var"): "running_var"}
+
+
+def _torch_module(module: str) -> str:
+  """Our module name (``stage3_block12/shortcut_bn``) -> torchvision's (``layer3.12.downsample.1``)."""
+  if module == "stem_conv":
+    return "conv1"
+  if module == "stem_bn":
+    return "bn1"
+  if module == "head":
+    return "fc"
+  m = re.fullmatch(r"stage(\d+)_block(\d+)/(conv\d+|bn\d+|shortcut_conv|shortcut_bn)", module)
+  if not m:
+    raise WeightImportError(f"parameter {module!r} has no torchvision counterpart "
+                            f"(pre-activation/plain/CIFAR nets cannot be imported)")
+  layer = {"shortcut_conv": "downsample.0", "shortcut_bn": "downsample.1"}.get(m[3], m[3])
+  return f"layer{m[1]}.{m[2]}.{layer}"
+
+
+def _torch_key(collection: str, path: tuple[str, ...]) -> tuple[str, str]:
+  """(collection, path of one leaf) -> (torchvision key, transform) with transform in
+  'conv' (OIHW -> HWIO), 'linear' (out,in -> in,out) or 'none'."""
+  module, leaf = "/".join(path[:-1]), path[-1]
+  prefix = _torch_module(module)
+  if leaf == "kernel":
+    return f"{prefix}.weight", ("linear" if module == "head" else "conv")
+  if module == "head" and leaf == "bias":
+    return f"{prefix}.bias", "none"
+  try:
+    return f"{prefix}.{_BN_LEAVES[(collection, leaf)]}", "none"
+  except KeyError:
+    raise WeightImportError(f"{collection}/{'/'.join(path)} has no torchvision counterpart"
+                            ) from None
+
+
+def _torch_shape(shape: tuple[int, ...], transform: str) -> tuple[int, ...]:
+  if transform == "conv":   # ours (kh, kw, cin/groups, cout) <- torch (cout, cin/groups, kh, kw)
+    return (shape[3], shape[2], shape[0], shape[1])
+  if transform == "linear":
+    return (shape[1], shape[0])
+  return tuple(shape)
+
+
+def _to_ours(array: np.ndarray, transform: str) -> np.ndarray:
+  if transform == "conv":
+    return np.transpose(array, (2, 3, 1, 0))
+  if transform == "linear":
+    return np.transpose(array, (1, 0))
+  return array
+
+
+# --- reading a state dict -------------------------------------------------------------------------
+def _load_state_dict(state_dict_or_path) -> Mapping[str, Any]:
+  if isinstance(state_dict_or_path, (str, os.PathLike)):
+    path = os.fspath(state_dict_or_path)
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f"no such state-dict file: {path}")
+    try:
+      import torch  # pylint: disable=g-import-not-at-top
+    except ImportError:
+      raise ImportError("reading a .pth file needs PyTorch: pip install 'resnet-jax[torch]'"
+                        ) from None
+    loaded = torch.load(path, map_location="cpu", weights_only=True)
+  else:
+    loaded = state_dict_or_path
+  if not isinstance(loaded, Mapping):
+    raise WeightImportError(f"expected a state dict (a mapping of name -> tensor), got "
+                            f"{type(loaded).__name__}")
+  # Common wrappers: {'state_dict': ...} / {'model': ...}; DataParallel's 'module.' prefix.
+  for wrapper in ("state_dict", "model"):
+    if set(loaded) == {wrapper} or (wrapper in loaded and isinstance(loaded[wrapper], Mapping)
+                                    and "fc.weight" not in loaded):
+      loaded = loaded[wrapper]
+      break
+  keys = list(loaded)
+  if keys and all(k.startswith("module.") for k in keys):
+    loaded = {k[len("module."):]: v for k, v in loaded.items()}
+  return loaded
+
+
+def _shape(value) -> tuple[int, ...]:
+  return tuple(int(d) for d in getattr(value, "shape", np.shape(value)))
+
+
+def _numpy(value, dtype) -> np.ndarray:
+  if hasattr(value, "detach"):   # a torch tensor (torch is already imported if we have one)
+    value = value.detach().cpu()
+    if str(value.dtype) in ("torch.bfloat16", "torch.float16"):
+      value = value.float()
+    value = value.numpy()
+  return np.asarray(value, dtype=dtype)
+
+
+def expected_tree(model_name: str, num_classes: int | None = None, **model_overrides):
+  """Shapes/dtypes of ``{'params', 'batch_stats'}`` of the model (``jax.eval_shape``: no compute)."""
+  model = models.get_model(model_name, num_classes=num_classes, **model_overrides)
+  variables = jax.eval_shape(
+      lambda r: model.init(r, jnp.zeros((1, 64, 64, 3), jnp.float32), train=False),
+      jax.random.key(0))
+  return {"params": variables["params"], "batch_stats": variables["batch_stats"]}
+
+
+def _flat(tree) -> dict[tuple[str, ...], Any]:
+  flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+  return {tuple(str(getattr(k, "key", k)) for k in path): leaf for path, leaf in flat}
+
+
+def _unflatten(flat: Mapping[tuple[str, ...], Any]) -> dict:
+  out: dict = {}
+  for path, leaf in flat.items():
+    node = out
+    for k in path[:-1]:
+      node = node.setdefault(k, {})
+    node[path[-1]] = leaf
+  return out
+
+
+def _natural(text: str):
+  return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text)]
+
+
+def _listing(label: str, items: list[str]) -> str:
+  items = sorted(items, key=_natural)
+  shown = ", ".join(items[:_MAX_LISTED])
+  more = f", ... ({len(items) - _MAX_LISTED} more)" if len(items) > _MAX_LISTED else ""
+  return f"{len(items)} {label}: {shown}{more}"
+
+
+def from_torchvision(state_dict_or_path, model_name: str, *, num_classes: int | None = None,
+                     **model_overrides) -> tuple[dict, dict]:
+  """A torchvision ResNet state dict (or a ``.pth`` file of one) -> ``(params, batch_stats)``.
+
+  ``model_name``: one of :data:`SUPPORTED`.  ``num_classes`` defaults to the length of ``fc.bias`` (so a
+  torchvision model fine-tuned to 10 classes imports too).  ``model_overrides`` go to ``get_model``
+  (the tests use ``stage_sizes`` for shallow stand-ins of the deepest nets).  Every missing,
+  unexpected (``num_batches_tracked`` aside) or wrongly shaped tensor is listed in one
+  :class:`WeightImportError`; values are only converted once everything fits.
+  """
+  if model_name not in SUPPORTED:
+    raise WeightImportError(f"model {model_name!r} has no torchvision counterpart; supported: "
+                            f"{', '.join(SUPPORTED)}")
+  state_dict = _load_state_dict(state_dict_or_path)
+  if num_classes is None and "fc.bias" in state_dict and len(_shape(state_dict["fc.bias"])) == 1:
+    num_classes = _shape(state_dict["fc.bias"])[0]   # the bias: unambiguous if fc.weight is transposed
+  expected = _flat(expected_tree(model_name, num_classes, **model_overrides))
+
+  plan = {}          # our path -> (torch key, transform, dtype)
+  missing, reshaped = [], []
+  for path, leaf in expected.items():
+    key, transform = _torch_key(path[0], path[1:])
+    want = _torch_shape(leaf.shape, transform)
+    if key not in state_dict:
+      missing.append(key)
+      continue
+    got = _shape(state_dict[key])
+    if got != want:
+      hint = " (transposed?)" if sorted(got) == sorted(want) else ""
+      reshaped.append(f"{key} {got} != expected {want}{hint}")
+      continue
+    plan[path] = (key, transform, leaf.dtype)
+  known = {_torch_key(p[0], p[1:])[0] for p in expected}
+  unexpected = sorted(k for k in state_dict
+                      if k not in known and not k.endswith(_IGNORED_SUFFIXES))
+  if missing or unexpected or reshaped:
+    parts = [_listing(label, items) for label, items in
+             (("missing", missing), ("unexpected", unexpected), ("of the wrong shape", reshaped))
+             if items]
+    raise WeightImportError(
+        f"state dict does not match torchvision {model_name} "
+        f"({num_classes} classes): " + "; ".join(parts) + ". Nothing was converted.")
+
+  converted = {path: _to_ours(_numpy(state_dict[key], dtype), transform)
+               for path, (key, transform, dtype) in plan.items()}
+  variables = _unflatten(converted)
+  return variables["params"], variables["batch_stats"]
+
+
+# --- checkpoints ----------------------------------------------------------------------------------
+def _has_checkpoints(directory: str) -> bool:
+  return os.path.isdir(directory) and bool(os.listdir(directory))
+
+
+def convert(src, model_name: str, workdir: str, *, source: str = "torchvision",
+            **model_overrides) -> dict[str, Any]:
+  """Imports ``src`` (a ``.pth`` path or a state dict) and saves it at step 0 of
+  ``<workdir>/checkpoints``.  Refuses a workdir that already has checkpoints; nothing is written
+  unless the import succeeded.  Returns a summary dict (directory, step, parameter count, ...)."""
+  if source not in SOURCES:
+    raise ValueError(f"--from={source!r}: supported sources are {', '.join(SOURCES)}")
+  ckpt_dir = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+  if _has_checkpoints(ckpt_dir):
+    raise FileExistsError(f"{ckpt_dir} already has checkpoints; convert into a fresh --workdir "
+                          f"(nothing was overwritten)")
+  params, batch_stats = from_torchvision(src, model_name, **model_overrides)
+  num_classes = int(params["head"]["bias"].shape[0])
+  meta = {"model": model_name, "source": source, "kind": "weights", "num_classes": num_classes}
+  if isinstance(src, (str, os.PathLike)):
+    meta["src"] = os.path.abspath(os.fspath(src))
+  ckpt = checkpoint_lib.Checkpointer(ckpt_dir, keep_best=0, async_save=False)
+  try:
+    ckpt.save(0, {"params": params, "batch_stats": batch_stats}, meta)
+    ckpt.wait()
+  finally:
+    ckpt.close()
+  n_params = sum(int(np.size(x)) for x in jax.tree_util.tree_leaves(params))
+  return {"directory": ckpt_dir, "step": 0, "model": model_name, "source": source,
+          "num_classes": num_classes, "num_params": n_params}
+
+
+def convert_command(source: str, model: str, src: str, workdir: str) -> str:
+  """``resnet-jax convert --from=SOURCE --model=MODEL --src=FILE.pth --workdir=DIR``: returns the
+  one summary line to print."""
+  info = convert(src, model, workdir, source=source)
+  return (f"converted {source} {model} ({info['num_params']:,} parameters, "
+          f"{info['num_classes']} classes) from {src} -> {info['directory']} step 0; "
+          f"start from it with --config.init_from={os.path.abspath(workdir)}")
+
+
+def _checkpoint_dir(init_dir: str) -> str:
+  """A workdir (with ``checkpoints/``) or the checkpoints directory itself."""
+  sub = os.path.join(init_dir, CHECKPOINT_DIR)
+  if os.path.isdir(sub):
+    return sub
+  if os.path.isdir(init_dir) and any(n.isdigit() for n in os.listdir(init_dir)):
+    return init_dir
+  raise checkpoint_lib.CheckpointError(
+      f"config.init_from={init_dir!r} has no checkpoints: pass the --workdir of `resnet-jax "
+      f"convert` or of a training run")
+
+
+def load_variables(init_dir: str) -> tuple[dict, dict, dict]:
+  """``(params, batch_stats, meta)`` of the latest checkpoint under ``init_dir``: a converted
+  weights checkpoint or a training run's (whose state also holds opt_state etc., ignored).  Read
+  as a raw tree (no template), as host numpy arrays."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+
+  directory = _checkpoint_dir(init_dir)
+  ckpt = checkpoint_lib.Checkpointer(directory, read_only=True, async_save=False, keep_best=0)
+  try:
+    step = ckpt.latest_step()
+    if step is None:
+      raise checkpoint_lib.CheckpointError(f"no checkpoint in {directory}")
+    meta = ckpt.read_meta(step)
+    try:
+      state = ocp.StandardCheckpointer().restore(os.path.join(directory, str(step), "state"))
+    except Exception as e:  # noqa: BLE001
+      raise checkpoint_lib.CheckpointError(
+          f"checkpoint {directory} step {step} could not be read ({type(e).__name__}: "
+          f"{str(e).splitlines()[0][:200] if str(e) else ''}); it may be corrupt") from None
+  finally:
+    ckpt.close()
+  if not isinstance(state, Mapping) or "params" not in state:
+    raise checkpoint_lib.CheckpointError(f"checkpoint {directory} step {step} holds no params")
+  return dict(state["params"]), dict(state.get("batch_stats") or {}), meta
+
+
+def merge_into(params, batch_stats, source_params, source_batch_stats, *, describe: str = "source"):
+  """Copies every source leaf onto the same path of ``params``/``batch_stats`` (same shape).
+
+  * ``head``: kept as initialised (and logged) when its shape differs or it is absent (a new
+    number of classes).
+  * ``stem_conv/kernel`` with 3 input channels in the source and 1 in the model (RGB ImageNet
+    weights, grayscale digits): summed over the input channels -- the response to a grey image
+    replicated to RGB.
+  * anything else that is missing, unexpected or of another shape: one ``WeightImportError``.
+
+  Returns ``(params, batch_stats, notes)``; ``notes`` lists what was adapted.
+  """
+  target = {**{("params",) + p: v for p, v in _flat(params).items()},
+            **{("batch_stats",) + p: v for p, v in _flat(batch_stats).items()}}
+  source = {**{("params",) + p: v for p, v in _flat(source_params).items()},
+            **{("batch_stats",) + p: v for p, v in _flat(source_batch_stats).items()}}
+  name = lambda p: "/".join(p)  # noqa: E731
+  is_head = lambda p: len(p) > 1 and p[1] == "head"  # noqa: E731
+
+  head_fits = all(p in source and np.shape(source[p]) == np.shape(v)
+                  for p, v in target.items() if is_head(p))
+  out, notes, missing, reshaped = {}, [], [], []
+  for path, leaf in target.items():
+    shape = tuple(np.shape(leaf))
+    if is_head(path) and not head_fits:
+      out[path] = leaf
+      continue
+    if path not in source:
+      missing.append(name(path))
+      continue
+    value = np.asarray(source[path])
+    if value.shape != shape and path[1:] == ("stem_conv", "kernel") and value.ndim == 4 and \
+        value.shape[2] == 3 and shape[2] == 1 and value.shape[:2] + value.shape[3:] == \
+        shape[:2] + shape[3:]:
+      value = value.sum(axis=2, keepdims=True)
+      notes.append("stem_conv/kernel summed over its 3 input channels for 1-channel images")
+    if value.shape != shape:
+      reshaped.append(f"{name(path)} {value.shape} != model {shape}")
+      continue
+    out[path] = jnp.asarray(value, dtype=getattr(leaf, "dtype", None))
+  unexpected = sorted(name(p) for p in source if p not in target and not is_head(p))
+  if missing or unexpected or reshaped:
+    parts = [_listing(label, items) for label, items in
+             (("missing", missing), ("unexpected", unexpected), ("of another shape", reshaped))
+             if items]
+    raise WeightImportError(f"{describe} does not fit this model (head aside): "
+                            + "; ".join(parts))
+  if not head_fits:
+    src_head = {name(p[2:]): tuple(np.shape(v)) for p, v in source.items() if is_head(p)}
+    notes.append(f"head re-initialised: {describe} has {src_head or 'no head'}, model has "
+                 f"{ {name(p[2:]): tuple(np.shape(v)) for p, v in target.items() if is_head(p)} }")
+  new = _unflatten(out)
+  return new["params"], new.get("batch_stats", {}), notes
+
+
+def initialise_from(params, batch_stats, init_dir: str):
+  """:func:`load_variables` + :func:`merge_into`; logs what was adapted.  For ``train.loop``."""
+  src_params, src_stats, meta = load_variables(init_dir)
+  describe = f"checkpoint {init_dir} ({meta.get('model', '?')})"
+  params, batch_stats, notes = merge_into(params, batch_stats, src_params, src_stats,
+                                          describe=describe)
+  logging.info("initialised from %s", describe)
+  for note in notes:
+    logging.info("init_from: %s", note)
+  return params, batch_stats, notes

@@ -1,0 +1,300 @@
+"""torchvision -> Flax weight import: logits parity, clear errors, convert + fine-tune from it.
+
+No download and no torchvision (it does not build beside this torch): ``TorchResNet`` below is a
+compact re-implementation of torchvision's ResNet/BasicBlock/Bottleneck (v1.5 stride on the 3x3,
+option-B downsample, same state-dict key names), with random weights and non-trivial BN running
+statistics.  The three deepest stage-3 stacks (resnet101/152, resnext101_*, wide_resnet101_2) are
+checked numerically with fewer blocks per stage -- the same ``stage_sizes`` on both sides -- to keep
+this file fast on one CPU core; their full-depth key/shape tables are still checked exactly, on
+torch's ``meta`` device (shapes without memory).
+"""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+from torch import nn  # noqa: E402
+
+from resnet_jax import models, weights  # noqa: E402
+
+torch.set_num_threads(1)
+
+# name -> (block, stage_sizes, groups, width_per_group), as torchvision builds them.
+TORCHVISION = {
+    "resnet18": ("basic", (2, 2, 2, 2), 1, 64),
+    "resnet34": ("basic", (3, 4, 6, 3), 1, 64),
+    "resnet50": ("bottleneck", (3, 4, 6, 3), 1, 64),
+    "resnet101": ("bottleneck", (3, 4, 23, 3), 1, 64),
+    "resnet152": ("bottleneck", (3, 8, 36, 3), 1, 64),
+    "resnext50_32x4d": ("bottleneck", (3, 4, 6, 3), 32, 4),
+    "resnext101_32x8d": ("bottleneck", (3, 4, 23, 3), 32, 8),
+    "resnext101_64x4d": ("bottleneck", (3, 4, 23, 3), 64, 4),
+    "wide_resnet50_2": ("bottleneck", (3, 4, 6, 3), 1, 128),
+    "wide_resnet101_2": ("bottleneck", (3, 4, 23, 3), 1, 128),
+}
+# Numeric parity at reduced depth for the deep nets (both sides): 12 blocks, stage 3 still > 1.
+SHALLOW = (1, 1, 2, 1)
+FULL_DEPTH_PARITY = ("resnet18", "resnet34", "resnet50", "resnext50_32x4d", "wide_resnet50_2")
+
+
+# --- a compact torchvision ResNet ---------------------------------------------------------------
+def conv3x3(cin, cout, stride=1, groups=1):
+  return nn.Conv2d(cin, cout, 3, stride, padding=1, groups=groups, bias=False)
+
+
+def conv1x1(cin, cout, stride=1):
+  return nn.Conv2d(cin, cout, 1, stride, bias=False)
+
+
+class BasicBlock(nn.Module):
+  expansion = 1
+
+  def __init__(self, inplanes, planes, stride=1, downsample=None, groups=1, base_width=64):
+    super().__init__()
+    self.conv1 = conv3x3(inplanes, planes, stride)
+    self.bn1 = nn.BatchNorm2d(planes)
+    self.relu = nn.ReLU(inplace=True)
+    self.conv2 = conv3x3(planes, planes)
+    self.bn2 = nn.BatchNorm2d(planes)
+    self.downsample = downsample
+
+  def forward(self, x):
+    identity = x if self.downsample is None else self.downsample(x)
+    out = self.relu(self.bn1(self.conv1(x)))
+    out = self.bn2(self.conv2(out))
+    return self.relu(out + identity)
+
+
+class Bottleneck(nn.Module):
+  expansion = 4
+
+  def __init__(self, inplanes, planes, stride=1, downsample=None, groups=1, base_width=64):
+    super().__init__()
+    width = int(planes * (base_width / 64.0)) * groups
+    self.conv1 = conv1x1(inplanes, width)
+    self.bn1 = nn.BatchNorm2d(width)
+    self.conv2 = conv3x3(width, width, stride, groups)   # v1.5: stride on the 3x3
+    self.bn2 = nn.BatchNorm2d(width)
+    self.conv3 = conv1x1(width, planes * self.expansion)
+    self.bn3 = nn.BatchNorm2d(planes * self.expansion)
+    self.relu = nn.ReLU(inplace=True)
+    self.downsample = downsample
+
+  def forward(self, x):
+    identity = x if self.downsample is None else self.downsample(x)
+    out = self.relu(self.bn1(self.conv1(x)))
+    out = self.relu(self.bn2(self.conv2(out)))
+    out = self.bn3(self.conv3(out))
+    return self.relu(out + identity)
+
+
+class TorchResNet(nn.Module):
+
+  def __init__(self, block, layers, num_classes=1000, groups=1, width_per_group=64):
+    super().__init__()
+    block = {"basic": BasicBlock, "bottleneck": Bottleneck}[block]
+    self.inplanes, self.groups, self.base_width = 64, groups, width_per_group
+    self.conv1 = nn.Conv2d(3, 64, 7, 2, padding=3, bias=False)
+    self.bn1 = nn.BatchNorm2d(64)
+    self.relu = nn.ReLU(inplace=True)
+    self.maxpool = nn.MaxPool2d(3, 2, padding=1)
+    self.layer1 = self._make_layer(block, 64, layers[0])
+    self.layer2 = self._make_layer(block, 128, layers[1], 2)
+    self.layer3 = self._make_layer(block, 256, layers[2], 2)
+    self.layer4 = self._make_layer(block, 512, layers[3], 2)
+    self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+    self.fc = nn.Linear(512 * block.expansion, num_classes)
+
+  def _make_layer(self, block, planes, blocks, stride=1):
+    downsample = None
+    if stride != 1 or self.inplanes != planes * block.expansion:
+      downsample = nn.Sequential(conv1x1(self.inplanes, planes * block.expansion, stride),
+                                 nn.BatchNorm2d(planes * block.expansion))
+    layers = [block(self.inplanes, planes, stride, downsample, self.groups, self.base_width)]
+    self.inplanes = planes * block.expansion
+    layers += [block(self.inplanes, planes, groups=self.groups, base_width=self.base_width)
+               for _ in range(1, blocks)]
+    return nn.Sequential(*layers)
+
+  def forward(self, x):
+    x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+    x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+    return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+def torch_model(name, stage_sizes=None, num_classes=1000, seed=0, device=None):
+  block, sizes, groups, wpg = TORCHVISION[name]
+  torch.manual_seed(seed)
+  with torch.device(device or "cpu"):
+    net = TorchResNet(block, stage_sizes or sizes, num_classes, groups, wpg)
+  if device == "meta":
+    return net
+  gen = torch.Generator().manual_seed(seed + 1)
+  with torch.no_grad():
+    for m in net.modules():
+      if isinstance(m, nn.Conv2d):   # variance-preserving, so logits stay O(1) through depth
+        fan_in = m.weight[0].numel()
+        m.weight.copy_(torch.randn(m.weight.shape, generator=gen) * (1.0 / fan_in) ** 0.5)
+      elif isinstance(m, nn.BatchNorm2d):   # non-trivial affine and running statistics
+        c = m.num_features
+        m.weight.copy_(0.5 + torch.rand(c, generator=gen))
+        m.bias.copy_(0.2 * torch.randn(c, generator=gen))
+        m.running_mean.copy_(0.2 * torch.randn(c, generator=gen))
+        m.running_var.copy_(0.5 + torch.rand(c, generator=gen))
+        m.num_batches_tracked.fill_(1234)
+  return net.eval()
+
+
+def parity(name, stage_sizes=None):
+  net = torch_model(name, stage_sizes)
+  x = np.random.default_rng(0).standard_normal((2, 3, 64, 64)).astype(np.float32)
+  with torch.no_grad():
+    want = net(torch.from_numpy(x)).numpy()
+  overrides = {"stage_sizes": stage_sizes} if stage_sizes else {}
+  params, batch_stats = weights.from_torchvision(net.state_dict(), name, **overrides)
+  model = models.get_model(name, **overrides)
+  got = jax.jit(lambda v, im: model.apply(v, im, train=False))(
+      {"params": params, "batch_stats": batch_stats}, jnp.asarray(x.transpose(0, 2, 3, 1)))
+  return float(np.max(np.abs(np.asarray(got) - want))), float(np.max(np.abs(want)))
+
+
+@pytest.mark.parametrize("name", weights.SUPPORTED)
+def test_eval_logits_match_torchvision(name):
+  stage_sizes = None if name in FULL_DEPTH_PARITY else SHALLOW
+  diff, scale = parity(name, stage_sizes)
+  print(f"{name} stage_sizes={stage_sizes or TORCHVISION[name][1]}: max|diff| {diff:.2e} "
+        f"(max|logit| {scale:.2f})")
+  assert scale > 0.1   # the logits are not trivially small
+  assert diff <= 1e-4
+
+
+@pytest.mark.parametrize("name", weights.SUPPORTED)
+def test_full_depth_key_and_shape_tables_match(name):
+  """Every torchvision key of the full-depth net maps to our tree with the right shape, both ways."""
+  sd = torch_model(name, device="meta").state_dict()
+  expected = weights._flat(weights.expected_tree(name))
+  mapped = {}
+  for path, leaf in expected.items():
+    key, transform = weights._torch_key(path[0], path[1:])
+    mapped[key] = weights._torch_shape(leaf.shape, transform)
+  ours = {k: tuple(v.shape) for k, v in sd.items() if not k.endswith("num_batches_tracked")}
+  assert mapped == ours
+
+
+def _tamper_error(sd, name="resnet18"):
+  with pytest.raises(weights.WeightImportError) as e:
+    weights.from_torchvision(sd, name)
+  return str(e.value)
+
+
+def test_tampered_state_dicts_give_one_clear_error(tmp_path):
+  sd = torch_model("resnet18").state_dict()
+  missing = dict(sd)
+  del missing["layer2.0.downsample.1.running_var"]
+  msg = _tamper_error(missing)
+  assert "1 missing: layer2.0.downsample.1.running_var" in msg
+
+  transposed = dict(sd)
+  transposed["fc.weight"] = sd["fc.weight"].T.contiguous()
+  transposed["layer1.0.conv1.weight"] = sd["layer1.0.conv1.weight"].permute(2, 3, 1, 0)
+  msg = _tamper_error(transposed)
+  assert "2 of the wrong shape" in msg and "fc.weight (512, 1000)" in msg
+  assert "layer1.0.conv1.weight (3, 3, 64, 64) != expected (64, 64, 3, 3) (transposed?)" in msg
+
+  both = dict(missing, extra_head=sd["fc.bias"], **{"layer3.0.conv2.weight": sd["fc.weight"]})
+  msg = _tamper_error(both)   # all three kinds in one message
+  assert "missing" in msg and "1 unexpected: extra_head" in msg and "wrong shape" in msg
+
+  # Wrong model for the weights: a resnet18 state dict is not a resnet34.
+  msg = _tamper_error(sd, "resnet34")
+  assert "80 missing: layer1.2.bn1.bias, " in msg and "(68 more)" in msg
+
+  # convert: the same error through a .pth file, and nothing is written.
+  pth = tmp_path / "tampered.pth"
+  torch.save(transposed, pth)
+  workdir = tmp_path / "out"
+  with pytest.raises(weights.WeightImportError, match="transposed"):
+    weights.convert_command("torchvision", "resnet18", str(pth), str(workdir))
+  assert not workdir.exists()
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+  """A random torch resnet18 saved as .pth and converted into a workdir."""
+  root = tmp_path_factory.mktemp("convert")
+  net = torch_model("resnet18", seed=3)
+  pth = root / "resnet18.pth"
+  torch.save(net.state_dict(), pth)
+  workdir = root / "weights"
+  line = weights.convert_command("torchvision", "resnet18", str(pth), str(workdir))
+  return net, pth, workdir, line
+
+
+def test_convert_writes_a_weights_checkpoint_and_refuses_to_overwrite(converted):
+  net, pth, workdir, line = converted
+  assert "11,689,512 parameters" in line and "--config.init_from=" in line
+  params, batch_stats, meta = weights.load_variables(str(workdir))
+  assert {k: meta[k] for k in ("model", "source", "kind")} == {
+      "model": "resnet18", "source": "torchvision", "kind": "weights"}
+  sd = net.state_dict()
+  np.testing.assert_array_equal(params["head"]["kernel"], sd["fc.weight"].numpy().T)
+  np.testing.assert_array_equal(batch_stats["stage2_block0"]["shortcut_bn"]["var"],
+                                sd["layer2.0.downsample.1.running_var"].numpy())
+  before = sorted(os.listdir(workdir / "checkpoints"))
+  with pytest.raises(FileExistsError, match="already has checkpoints"):
+    weights.convert_command("torchvision", "resnet18", str(pth), str(workdir))
+  assert sorted(os.listdir(workdir / "checkpoints")) == before
+
+
+def test_merge_keeps_a_fresh_head_and_lists_other_mismatches():
+  src_params, src_stats = weights.from_torchvision(torch_model("resnet18").state_dict(), "resnet18")
+  model = models.get_model("resnet18", num_classes=10)
+  fresh = jax.eval_shape(lambda r: model.init(r, jnp.zeros((1, 28, 28, 1)), train=False),
+                         jax.random.key(0))
+  fresh = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), fresh)
+  params, stats, notes = weights.merge_into(fresh["params"], fresh["batch_stats"], src_params,
+                                            src_stats)
+  assert not np.any(params["head"]["kernel"])                     # fresh head kept
+  np.testing.assert_allclose(params["stem_conv"]["kernel"][:, :, 0],
+                             src_params["stem_conv"]["kernel"].sum(axis=2), rtol=1e-6)
+  assert any("head re-initialised" in n for n in notes)
+  assert any("summed over its 3 input channels" in n for n in notes)
+  other = models.get_model("resnet34", num_classes=10)
+  fresh34 = jax.eval_shape(lambda r: other.init(r, jnp.zeros((1, 28, 28, 3)), train=False),
+                           jax.random.key(0))
+  with pytest.raises(weights.WeightImportError, match=r"80 missing: batch_stats/stage1_block2/bn1/mean"):
+    weights.merge_into(fresh34["params"], fresh34["batch_stats"], src_params, src_stats)
+
+
+def test_finetune_digits_from_converted_checkpoint(converted, tmp_path):
+  from resnet_jax.train import loop  # pylint: disable=g-import-not-at-top
+  _, _, workdir, _ = converted
+  spec = __import__("importlib.util").util.spec_from_file_location(
+      "digits_finetune", os.path.join(os.path.dirname(__file__), "..", "configs",
+                                      "digits_finetune.py"))
+  module = __import__("importlib.util").util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  config.init_from = str(workdir)
+  config.num_train_steps = 3
+  config.warmup_steps = 1
+  config.global_batch_size = 32
+  config.log_every_steps = 1
+  config.eval_every_steps = 1000
+  config.checkpoint_every_steps = 1000
+  config.async_checkpoints = False
+  result = loop.train_and_evaluate(config, str(tmp_path / "ft"))
+  assert result["step"] == 3 and result["eval_count"] == 1000
+  assert np.isfinite(result["eval_loss"])
+  # The fine-tuned run's params started from the converted ones: the body moved only a little.
+  src_params, _, _ = weights.load_variables(str(workdir))
+  ft_params, _, ft_meta = weights.load_variables(str(tmp_path / "ft"))
+  assert ft_meta["model"] == "resnet18"
+  w0 = src_params["stage4_block1"]["conv2"]["kernel"]
+  w1 = ft_params["stage4_block1"]["conv2"]["kernel"]
+  assert np.max(np.abs(w1 - w0)) < 0.1 * np.max(np.abs(w0))
+  assert ft_params["head"]["kernel"].shape == (512, 10)
