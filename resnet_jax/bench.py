@@ -1,0 +1,444 @@
+"""``resnet-jax bench``: how fast the real train step turns compute into trained models.
+
+One call of :func:`run_benchmark` measures, for one model / batch / image size / precision:
+
+* compile time of the train step and of the eval step (``lower().compile()`` of the very functions
+  the training loop pmaps: ``steps.train_step`` with the state donated, ``steps.eval_step``);
+* bare train-step images/s: the compiled step on a synthetic batch already on the device, best of
+  ``steps`` timed steps (the machine is shared and noisy; the median is reported too);
+* full-loop images/s: the same compiled step fed by the real input pipeline (``data.train_batches``
+  on the bundled ``digits`` dataset, resized to ``image_size`` and repeated to 3 channels, prefetched
+  to the device as ``train.loop`` does), per-step rng, metrics fetched and written to
+  ``metrics.jsonl``, and one asynchronous Orbax checkpoint inside the timed window; the overhead
+  is ``1 - loop / bare(median)`` in %;
+* FLOPs of one step from XLA's cost analysis -> achieved FLOP/s (at the best step time), and MFU
+  when ``peak_tflops`` is given;
+* peak device memory of the train step from XLA's memory analysis (arguments + outputs - donated
+  aliases + temporaries);
+* ``compare='torch'``: the same architecture written in PyTorch (eager, channels_last, same batch,
+  SGD momentum 0.9 + weight decay 1e-4 like ``optim.create_optimizer``), timed in the same process
+  the same way; ``torch_ratio`` = JAX images/s / PyTorch images/s (> 1: JAX is faster).
+
+Results come back as a dict, print with :func:`format_report` and append as one JSON line to
+``jsonl``.  PyTorch is optional (``pip install resnet-jax[bench]``) and imported only for
+``compare='torch'``.  ``overrides`` are ResNet fields (``scan_blocks``, ``remat``,
+``matmul_1x1``, ...); ``XLA_FLAGS`` from the environment is recorded with the result.
+Run directly: ``python -m resnet_jax.bench --model=resnet50 --batch=16 --image_size=224``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from resnet_jax import models
+from resnet_jax.train import config as config_lib
+from resnet_jax.train import optim
+from resnet_jax.train import state as state_lib
+from resnet_jax.train import steps as steps_lib
+
+PRECISIONS = ("fp32", "bf16")
+LOOP_DATASET = "digits"
+
+
+def _bench_config(model: str, batch: int, precision: str):
+  c = config_lib.base_config()
+  c.model = model
+  c.global_batch_size = batch
+  c.precision = precision
+  c.optimizer = "sgd"
+  c.momentum = 0.9
+  c.weight_decay = 1e-4
+  c.learning_rate = 0.01
+  c.schedule = "constant"
+  return c
+
+
+def _model_kwargs(precision: str, overrides: dict | None) -> dict:
+  kwargs = dict(overrides or {})
+  if precision == "bf16":
+    kwargs["dtype"] = jnp.bfloat16
+  return kwargs
+
+
+def _cost_flops(compiled) -> float | None:
+  try:
+    cost = compiled.cost_analysis()
+  except Exception:  # pylint: disable=broad-except
+    return None
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else None
+  if not cost or "flops" not in cost:
+    return None
+  return float(cost["flops"])
+
+
+def _peak_memory(compiled) -> dict[str, int | None]:
+  try:
+    m = compiled.memory_analysis()
+  except Exception:  # pylint: disable=broad-except
+    m = None
+  if m is None:
+    return {"peak_memory_bytes": None}
+  arg, out = int(m.argument_size_in_bytes), int(m.output_size_in_bytes)
+  alias, temp = int(m.alias_size_in_bytes), int(m.temp_size_in_bytes)
+  # Live at once at worst: inputs, outputs not written in place of a donated input, temporaries.
+  return {"peak_memory_bytes": arg + out - alias + temp,
+          "argument_bytes": arg, "output_bytes": out, "alias_bytes": alias, "temp_bytes": temp}
+
+
+def _time_steps(step_fn, n: int) -> list[float]:
+  times = []
+  for _ in range(n):
+    t0 = time.perf_counter()
+    step_fn()
+    times.append(time.perf_counter() - t0)
+  return times
+
+
+def _loop_throughput(p_train, state, batch, image_size: int, steps: int, seed: int = 0):
+  """The training loop's per-step work around the already-compiled step; returns (images/s, state).
+
+  Mirrors ``train.loop.train_and_evaluate``: ``data.train_batches`` -> ``prefetch_to_device(2)`` ->
+  step with a per-step rng -> metrics kept pending and fetched/written at the end of the window,
+  one asynchronous checkpoint (Orbax) saved at the start of the window.
+  """
+  from flax import jax_utils  # pylint: disable=g-import-not-at-top
+  from resnet_jax import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
+  from resnet_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+  from resnet_jax import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
+
+  channels = batch["image"].shape[-1]
+  source = data_lib.train_batches(LOOP_DATASET, global_batch_size=batch["image"].shape[1],
+                                  seed=seed, image_size=image_size)
+
+  def rgb(it):  # digits are grayscale; the benchmarked step was compiled for `channels`.
+    for b in it:
+      img = b["image"]
+      if img.shape[-1] != channels:
+        img = np.repeat(img, channels // img.shape[-1], axis=-1)
+      yield {"image": img.astype(np.float32), "label": b["label"].astype(np.int32)}
+
+  batches = jax_utils.prefetch_to_device(rgb(source), 2)
+  base_rng = jax.random.key(seed + 1)
+  workdir = tempfile.mkdtemp(prefix="resnet_jax_bench_")
+  ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep_last=1,
+                                     async_save=True)
+  writer = metrics_lib.MetricWriter(workdir, tensorboard=False)
+  try:
+    # Warm-up: fill the pipeline (first tf.data batches are slow) outside the window.
+    for step in range(2):
+      rngs = jax.random.split(jax.random.fold_in(base_rng, step), 1)
+      state, m = p_train(state, next(batches), rngs)
+    jax.block_until_ready(m)
+    t0 = time.perf_counter()
+    pending = []
+    for step in range(2, 2 + steps):
+      rngs = jax.random.split(jax.random.fold_in(base_rng, step), 1)
+      state, m = p_train(state, next(batches), rngs)
+      pending.append(m)
+      if step == 2:
+        ckpt.save(step, jax.tree_util.tree_map(lambda x: np.asarray(x[0]), state),
+                  {"model": "bench"})
+    fetched = [jax.tree_util.tree_map(lambda x: float(np.asarray(x)[0]), p) for p in pending]
+    means = {k: float(np.mean([f[k] for f in fetched])) for k in fetched[0]}
+    elapsed = time.perf_counter() - t0
+    writer.write(2 + steps, {**means, "images_per_sec": steps * batch["image"].shape[1] / elapsed})
+    ckpt.wait()
+  finally:
+    ckpt.close()
+    writer.close()
+  return steps * batch["image"].shape[1] / elapsed, state
+
+
+def run_benchmark(model: str, batch: int, image_size: int, precision: str = "fp32",
+                  compare: str | None = None, peak_tflops: float | None = None, steps: int = 5,
+                  jsonl: str | None = None, *, overrides: dict | None = None,
+                  num_classes: int | None = None, loop: bool = True,
+                  loop_steps: int | None = None, seed: int = 0) -> dict[str, Any]:
+  """Benchmarks the real train step of ``model``; returns the report dict (see module doc)."""
+  if precision not in PRECISIONS:
+    raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+  if compare not in (None, "", "torch"):
+    raise ValueError(f"compare must be 'torch' or None, got {compare!r}")
+  spec = models.model_spec(model)
+  num_classes = num_classes or spec.num_classes
+  config = _bench_config(model, batch, precision)
+  kwargs = _model_kwargs(precision, overrides)
+  net = models.get_model(model, num_classes=num_classes, **kwargs)
+  image_shape = (image_size, image_size, 3)
+
+  abstract = jax.eval_shape(lambda r: net.init(r, jnp.zeros((1, *image_shape)), train=False),
+                            jax.random.key(0))["params"]
+  tx = optim.create_optimizer(config, abstract)
+  schedule = optim.create_schedule(config)
+  state = jax.jit(functools.partial(state_lib.create_train_state, net, tx,
+                                    image_shape=image_shape))(jax.random.key(seed))
+  n_params = state_lib.count_params(state.params)
+
+  # pmap over one device: exactly what train.loop compiles (axis "batch", state donated).
+  from flax import jax_utils  # pylint: disable=g-import-not-at-top
+  device = jax.local_devices()[0]
+  replicate = functools.partial(jax_utils.replicate, devices=[device])
+  state = replicate(state)
+  rng = np.random.default_rng(seed)
+  images = replicate(jnp.asarray(rng.standard_normal((batch, *image_shape)), jnp.float32))
+  labels = replicate(jnp.asarray(rng.integers(0, min(num_classes, 10), batch), jnp.int32))
+  train_batch = {"image": images, "label": labels}
+  rngs = jax.random.split(jax.random.key(seed + 1), 1)
+
+  p_train = jax.pmap(functools.partial(steps_lib.train_step, model=net, tx=tx, schedule=schedule,
+                                       num_classes=num_classes), axis_name=steps_lib.AXIS,
+                     donate_argnums=(0,))
+  t0 = time.perf_counter()
+  train_compiled = p_train.lower(state, train_batch, rngs).compile()
+  compile_train_s = time.perf_counter() - t0
+
+  p_eval = jax.pmap(functools.partial(steps_lib.eval_step, model=net), axis_name=steps_lib.AXIS)
+  eval_batch = {"image": images[:, :, None], "label": labels,
+                "mask": jnp.ones((1, batch), jnp.float32)}
+  t0 = time.perf_counter()
+  p_eval.lower(state, eval_batch).compile()
+  compile_eval_s = time.perf_counter() - t0
+
+  flops = _cost_flops(train_compiled)
+  memory = _peak_memory(train_compiled)
+
+  box = {"state": state}
+
+  def one_step():
+    box["state"], metrics = train_compiled(box["state"], train_batch, rngs)
+    jax.block_until_ready((box["state"].step, metrics))
+
+  one_step()  # first execution (allocations, thread pools) is not timed
+  times = _time_steps(one_step, steps)
+  best, median = min(times), statistics.median(times)
+
+  result: dict[str, Any] = {
+      "model": model, "batch": batch, "image_size": image_size, "precision": precision,
+      "overrides": {k: str(v) for k, v in (overrides or {}).items()},
+      "num_params": n_params, "steps": steps,
+      "compile_train_s": compile_train_s, "compile_eval_s": compile_eval_s,
+      "step_time_best_s": best, "step_time_median_s": median,
+      "images_per_sec": batch / best, "images_per_sec_median": batch / median,
+      "loop_images_per_sec": None, "loop_overhead_pct": None,
+      "flops_per_step": flops,
+      "achieved_tflops": flops / best / 1e12 if flops else None,
+      "peak_tflops": peak_tflops,
+      "mfu": (flops / best / 1e12 / peak_tflops) if (flops and peak_tflops) else None,
+      **memory,
+      "compare": compare or None, "torch_images_per_sec": None, "torch_ratio": None,
+      "jax_version": jax.__version__, "backend": jax.default_backend(),
+      "device": str(device.device_kind), "host": platform.node(),
+      "cpu_count": os.cpu_count(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
+      "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+  }
+
+  if loop:
+    loop_ips, box["state"] = _loop_throughput(train_compiled, box["state"], train_batch,
+                                              image_size, loop_steps or steps, seed)
+    result["loop_images_per_sec"] = loop_ips
+    result["loop_overhead_pct"] = 100.0 * (1.0 - loop_ips / result["images_per_sec_median"])
+  del box
+
+  if compare == "torch":
+    t = torch_benchmark(model, batch, image_size, precision=precision, steps=steps,
+                        num_classes=num_classes, overrides=overrides)
+    result["torch_version"] = t["torch_version"]
+    result["torch_threads"] = t["threads"]
+    result["torch_images_per_sec"] = t["images_per_sec"]
+    result["torch_images_per_sec_median"] = t["images_per_sec_median"]
+    result["torch_ratio"] = result["images_per_sec"] / t["images_per_sec"]
+
+  if jsonl:
+    os.makedirs(os.path.dirname(os.path.abspath(jsonl)), exist_ok=True)
+    with open(jsonl, "a") as f:
+      f.write(json.dumps(result, sort_keys=True) + "\n")
+  return result
+
+
+def _fmt(v, unit="", digits=2):
+  if v is None:
+    return "-"
+  if isinstance(v, float):
+    return f"{v:.{digits}f}{unit}"
+  return f"{v}{unit}"
+
+
+def format_report(r: dict) -> str:
+  """The report as a two-column table."""
+  gib = lambda b: None if b is None else b / 2**30  # noqa: E731
+  over = r.get("overrides") or {}
+  rows = [
+      ("model", f"{r['model']}  batch {r['batch']}  {r['image_size']}²  {r['precision']}"
+                + (f"  {over}" if over else "")),
+      ("parameters", f"{r['num_params']:,}"),
+      ("device", f"{r['backend']} ({r['device']}, {r['cpu_count']} cpus)"
+                 + (f"  XLA_FLAGS={r['xla_flags']}" if r.get("xla_flags") else "")),
+      ("compile train step", _fmt(r["compile_train_s"], " s", 1)),
+      ("compile eval step", _fmt(r["compile_eval_s"], " s", 1)),
+      ("train step (best / median)", f"{_fmt(r['step_time_best_s'] * 1e3, ' ms', 1)} / "
+                                     f"{_fmt(r['step_time_median_s'] * 1e3, ' ms', 1)}"),
+      (f"bare images/s (best of {r['steps']})", _fmt(r["images_per_sec"])),
+      ("full-loop images/s", _fmt(r["loop_images_per_sec"])),
+      ("loop overhead vs median", _fmt(r["loop_overhead_pct"], " %", 1)),
+      ("FLOPs / step (XLA)", _fmt(None if r["flops_per_step"] is None
+                                  else r["flops_per_step"] / 1e9, " GFLOP", 1)),
+      ("achieved", _fmt(None if r["achieved_tflops"] is None else r["achieved_tflops"] * 1e3,
+                        " GFLOP/s", 1)),
+      ("MFU", _fmt(None if r["mfu"] is None else 100 * r["mfu"], " %", 1)
+              + (f" of {r['peak_tflops']} TFLOP/s" if r.get("peak_tflops") else "")),
+      ("peak memory (XLA)", _fmt(gib(r["peak_memory_bytes"]), " GiB", 2)),
+  ]
+  if r.get("compare") == "torch":
+    rows += [(f"PyTorch {r.get('torch_version', '')} eager images/s",
+              _fmt(r["torch_images_per_sec"])),
+             ("JAX / PyTorch", _fmt(r["torch_ratio"], "×"))]
+  width = max(len(k) for k, _ in rows)
+  lines = [f"{'':-<{width}}-+-{'':-<40}"]
+  lines += [f"{k:<{width}} | {v}" for k, v in rows]
+  return "\n".join(lines)
+
+
+# --- PyTorch reference (optional) -----------------------------------------------------------------
+def torch_resnet(model: str, num_classes: int | None = None, overrides: dict | None = None):
+  """The registry's architecture in PyTorch (stems, basic/bottleneck, shortcuts A/B/C/none)."""
+  import torch  # pylint: disable=g-import-not-at-top
+  from torch import nn  # pylint: disable=g-import-not-at-top
+
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  cfg = {f.name: f.default for f in dataclasses.fields(models.ResNet)
+         if f.name not in ("parent", "name")}
+  cfg.update(models.registry.model_config(model, num_classes=num_classes,
+                                          **{k: v for k, v in (overrides or {}).items()
+                                             if k in models.registry.OVERRIDABLE}))
+  if cfg.get("preact"):
+    raise ValueError("--compare=torch covers post-activation nets only (no preact)")
+  width = lambda w: max(1, int(round(w * cfg["width_multiplier"])))  # noqa: E731
+
+  class Block(nn.Module):
+
+    def __init__(self, cin, planes, stride, bottleneck):
+      super().__init__()
+      exp = 4 if bottleneck else 1
+      out = planes * exp
+      if bottleneck:
+        inner = int(planes * cfg["width_per_group"] / 64) * cfg["groups"]
+        s1, s3 = (stride, 1) if cfg["stride_on"] == "1x1" else (1, stride)
+        spec = [(cin, inner, 1, s1, 1), (inner, inner, 3, s3, cfg["groups"]),
+                (inner, out, 1, 1, 1)]
+      else:
+        spec = [(cin, planes, 3, stride, 1), (planes, planes, 3, 1, 1)]
+      layers = []
+      for i, (a, b, k, s, g) in enumerate(spec):
+        layers += [nn.Conv2d(a, b, k, s, k // 2, groups=g, bias=False), nn.BatchNorm2d(b)]
+        if i < len(spec) - 1:
+          layers.append(nn.ReLU(inplace=True))
+      self.branch = nn.Sequential(*layers)
+      sc = cfg["shortcut"]
+      changes = stride != 1 or cin != out
+      self.kind = sc
+      self.project = sc == "C" or (sc == "B" and changes)
+      if self.project:
+        self.down = nn.Sequential(nn.Conv2d(cin, out, 1, stride, bias=False), nn.BatchNorm2d(out))
+      self.stride, self.extra = stride, out - cin
+
+    def forward(self, x):
+      y = self.branch(x)
+      if self.kind == "none":
+        return torch.relu(y)
+      if self.project:
+        idn = self.down(x)
+      elif self.kind == "A":
+        idn = x[:, :, ::self.stride, ::self.stride] if self.stride > 1 else x
+        if self.extra:
+          idn = nn.functional.pad(idn, (0, 0, 0, 0, 0, self.extra))
+      else:
+        idn = x
+      return torch.relu(y + idn)
+
+  layers: list = []
+  stem = width(cfg["stem_width"])
+  if cfg["stem"] == "imagenet":
+    layers += [nn.Conv2d(3, stem, 7, 2, 3, bias=False), nn.BatchNorm2d(stem), nn.ReLU(inplace=True),
+               nn.MaxPool2d(3, 2, 1)]
+  else:
+    layers += [nn.Conv2d(3, stem, 3, 1, 1, bias=False), nn.BatchNorm2d(stem), nn.ReLU(inplace=True)]
+  cin, bottleneck = stem, cfg["block"] == "bottleneck"
+  for i, (n, planes) in enumerate(zip(cfg["stage_sizes"], cfg["stage_widths"])):
+    for j in range(n):
+      layers.append(Block(cin, width(planes), 2 if (i > 0 and j == 0) else 1, bottleneck))
+      cin = width(planes) * (4 if bottleneck else 1)
+  layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, cfg["num_classes"])]
+  return nn.Sequential(*layers)
+
+
+def torch_benchmark(model: str, batch: int, image_size: int, precision: str = "fp32",
+                    steps: int = 5, num_classes: int | None = None,
+                    overrides: dict | None = None) -> dict[str, Any]:
+  """PyTorch eager, channels_last, SGD(momentum 0.9, weight decay 1e-4): best-of-``steps``."""
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ImportError("--compare=torch needs PyTorch: pip install 'resnet-jax[bench]' "
+                      "(torch==2.13.0, CPU build)") from e
+  torch.manual_seed(0)
+  net = torch_resnet(model, num_classes, overrides).to(memory_format=torch.channels_last)
+  net.train()
+  opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+  loss_fn = torch.nn.CrossEntropyLoss()
+  n_cls = num_classes or models.model_spec(model).num_classes
+  x = torch.randn(batch, 3, image_size, image_size).to(memory_format=torch.channels_last)
+  y = torch.randint(0, min(n_cls, 10), (batch,))
+
+  def one_step():
+    opt.zero_grad(set_to_none=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+      loss = loss_fn(net(x), y)
+    loss.backward()
+    opt.step()
+    loss.item()
+
+  one_step()
+  times = _time_steps(one_step, steps)
+  return {"torch_version": torch.__version__, "threads": torch.get_num_threads(),
+          "images_per_sec": batch / min(times),
+          "images_per_sec_median": batch / statistics.median(times)}
+
+
+def main(argv=None):
+  import argparse  # pylint: disable=g-import-not-at-top
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--model", default="resnet50")
+  p.add_argument("--batch", type=int, default=16)
+  p.add_argument("--image_size", type=int, default=224)
+  p.add_argument("--precision", default="fp32", choices=PRECISIONS)
+  p.add_argument("--compare", default=None, choices=["torch"])
+  p.add_argument("--peak_tflops", type=float, default=None)
+  p.add_argument("--steps", type=int, default=5)
+  p.add_argument("--jsonl", default=None)
+  p.add_argument("--no_loop", action="store_true")
+  p.add_argument("--override", action="append", default=[],
+                 help="ResNet field=value (e.g. scan_blocks=true, remat=true, matmul_1x1=false)")
+  a = p.parse_args(argv)
+  overrides = {}
+  for kv in a.override:
+    k, v = kv.split("=", 1)
+    overrides[k] = {"true": True, "false": False}.get(v.lower(), v)
+  r = run_benchmark(a.model, a.batch, a.image_size, a.precision, a.compare, a.peak_tflops,
+                    a.steps, a.jsonl, overrides=overrides, loop=not a.no_loop)
+  print(format_report(r))
+
+
+if __name__ == "__main__":
+  main()
