@@ -344,8 +344,17 @@ def _chain_first(first, rest):
 
 
 def _initialise_from(state, init_dir: str):
-  """Params and BN statistics from another checkpoint; a head of a different shape stays fresh."""
-  raise NotImplementedError(f"config.init_from={init_dir!r}: weight import is not available yet")
+  """Params and BN statistics from another checkpoint; a head of a different shape stays fresh.
+
+  ``init_dir``: the workdir of ``resnet-jax convert`` (a weights checkpoint) or of a training run
+  (its latest checkpoint). Every leaf whose path and shape match is copied; other mismatches raise
+  ``weights.WeightImportError`` listing them (see ``weights.merge_into``, which also adapts an RGB
+  stem to 1-channel input). The optimizer state stays as initialised.
+  """
+  from resnet_jax import weights  # pylint: disable=g-import-not-at-top
+
+  params, batch_stats, _ = weights.initialise_from(state.params, state.batch_stats, init_dir)
+  return state.replace(params=params, batch_stats=batch_stats)
 
 
 def evaluate(config, workdir: str, step: int | None = None, method: str | None = None):
