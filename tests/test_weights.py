@@ -36,8 +36,9 @@ TORCHVISION = {
     "wide_resnet50_2": ("bottleneck", (3, 4, 6, 3), 1, 128),
     "wide_resnet101_2": ("bottleneck", (3, 4, 23, 3), 1, 128),
 }
-# Numeric parity at reduced depth for the deep nets (both sides): 12 blocks, stage 3 still > 1.
-SHALLOW = (1, 1, 2, 1)
+# Numeric parity at reduced depth for the deep nets (same stage_sizes on both sides); resnet101
+# keeps 11 stage-3 blocks so two-digit block indices (layer3.10) are checked numerically too.
+SHALLOW = {"resnet101": (1, 1, 11, 1), "resnet152": (1, 2, 3, 1)}
 FULL_DEPTH_PARITY = ("resnet18", "resnet34", "resnet50", "resnext50_32x4d", "wide_resnet50_2")
 
 
@@ -164,7 +165,7 @@ def parity(name, stage_sizes=None):
 
 @pytest.mark.parametrize("name", weights.SUPPORTED)
 def test_eval_logits_match_torchvision(name):
-  stage_sizes = None if name in FULL_DEPTH_PARITY else SHALLOW
+  stage_sizes = None if name in FULL_DEPTH_PARITY else SHALLOW.get(name, (1, 1, 2, 1))
   diff, scale = parity(name, stage_sizes)
   print(f"{name} stage_sizes={stage_sizes or TORCHVISION[name][1]}: max|diff| {diff:.2e} "
         f"(max|logit| {scale:.2f})")
@@ -282,7 +283,7 @@ def test_finetune_digits_from_converted_checkpoint(converted, tmp_path):
   config.init_from = str(workdir)
   config.num_train_steps = 3
   config.warmup_steps = 1
-  config.global_batch_size = 32
+  config.global_batch_size = 50   # 20 eval batches of 50
   config.log_every_steps = 1
   config.eval_every_steps = 1000
   config.checkpoint_every_steps = 1000
@@ -298,3 +299,12 @@ def test_finetune_digits_from_converted_checkpoint(converted, tmp_path):
   w1 = ft_params["stage4_block1"]["conv2"]["kernel"]
   assert np.max(np.abs(w1 - w0)) < 0.1 * np.max(np.abs(w0))
   assert ft_params["head"]["kernel"].shape == (512, 10)
+  # init_from a training run's workdir (state with opt_state etc.): now the 10-way head fits too.
+  model = models.get_model("resnet18", num_classes=10)
+  fresh = jax.eval_shape(lambda r: model.init(r, jnp.zeros((1, 28, 28, 1)), train=False),
+                         jax.random.key(0))
+  fresh = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), fresh)
+  params, _, notes = weights.initialise_from(fresh["params"], fresh["batch_stats"],
+                                             str(tmp_path / "ft"))
+  assert notes == []
+  np.testing.assert_array_equal(params["head"]["kernel"], ft_params["head"]["kernel"])
