@@ -25,9 +25,18 @@ class CheckpointError(RuntimeError):
   """A checkpoint that cannot be used: corrupt, or written by a different model/architecture."""
 
 
+def _key_name(entry) -> str:
+  for attr in ("key", "name", "idx"):
+    if hasattr(entry, attr):
+      return str(getattr(entry, attr))
+  return str(entry)
+
+
 def _tree_paths(tree) -> dict[str, tuple]:
+  """``{"params/stage1_block0/conv1/kernel": shape}``: dataclass fields and dict keys alike."""
   flat, _ = jax.tree_util.tree_flatten_with_path(tree)
-  return {jax.tree_util.keystr(path): tuple(getattr(leaf, "shape", ())) for path, leaf in flat}
+  return {"/".join(_key_name(k) for k in path): tuple(getattr(leaf, "shape", ()))
+          for path, leaf in flat}
 
 
 class Checkpointer:

@@ -108,7 +108,9 @@ def _checkpoint_meta(config, controller: optim.LearningRateController) -> dict[s
 
 
 def _expect_meta(config) -> dict[str, Any]:
-  return {"model": config.model, "model_overrides": config.model_overrides.to_dict()}
+  # Through JSON, as stored (tuples become lists), so equal configs compare equal.
+  return json.loads(json.dumps(
+      {"model": config.model, "model_overrides": config.model_overrides.to_dict()}))
 
 
 def _data_kwargs(config) -> dict[str, Any]:
@@ -215,6 +217,9 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
                         num_classes=info.num_classes, label_smoothing=config.label_smoothing),
       axis_name=steps.AXIS, donate_argnums=(0,))
   p_sync = jax.pmap(steps.sync_batch_stats, axis_name=steps.AXIS)
+  p_params_finite = jax.pmap(
+      lambda tree: jnp.all(jnp.stack([jnp.all(jnp.isfinite(x))
+                                      for x in jax.tree_util.tree_leaves(tree)])))
   evaluator = Evaluator(config, model)
   writer = metrics_lib.MetricWriter(workdir, enabled=primary)
   progress = metrics_lib.Progress(config.num_train_steps, start_step, enabled=primary)
@@ -266,6 +271,12 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   def save(step: int, eval_metrics: dict[str, float] | None = None):
     nonlocal state, last_good_checkpoint
     check_finite()
+    # The losses seen so far were computed before the last update: check what would be saved too.
+    if not bool(_first_replica(p_params_finite(state.params))):
+      raise NonFiniteLossError(
+          f"parameters became non-finite by step {step}; stopped without saving. Last good "
+          f"checkpoint: {'step ' + str(last_good_checkpoint) if last_good_checkpoint else 'none'}."
+          f" Lower config.learning_rate or use config.precision='fp32'")
     state = p_sync(state)
     ckpt.save(step, _first_replica(state), _checkpoint_meta(config, controller),
               metrics=eval_metrics or None)

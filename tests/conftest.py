@@ -1,0 +1,34 @@
+"""Shared test set-up: quiet TensorFlow, and helpers to run the real command in a subprocess."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_CONFIG = os.path.join(REPO, "tests", "configs", "tiny_digits.py")
+
+
+def command_env(devices: int = 1, **extra) -> dict:
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  env["PYTHONPATH"] = REPO
+  env.update({k: str(v) for k, v in extra.items()})
+  return env
+
+
+def train_command(workdir, *overrides, config=TINY_CONFIG):
+  return [sys.executable, "-m", "resnet_jax.main", f"--config={config}", f"--workdir={workdir}",
+          *overrides]
+
+
+@pytest.fixture
+def run_main():
+  """Runs ``resnet_jax.main`` to completion (bounded in time); returns the CompletedProcess."""
+  def run(workdir, *overrides, devices=1, timeout=300, config=TINY_CONFIG):
+    return subprocess.run(train_command(workdir, *overrides, config=config), env=command_env(devices),
+                          capture_output=True, text=True, timeout=timeout, cwd=REPO)
+  return run

@@ -1,0 +1,232 @@
+"""The training program end to end: data parallelism, exact resume, preemption, and refusing bad input.
+
+Runs the real command (``python -m resnet_jax.main``) on a net a few channels wide on the bundled
+digits; every subprocess is bounded in time.
+"""
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pytest
+
+from conftest import REPO, TINY_CONFIG, command_env, train_command
+from resnet_jax.checkpoint import Checkpointer
+from resnet_jax.metrics import read_metrics
+
+
+def losses(workdir):
+  return {r["step"]: r["train_loss"] for r in read_metrics(workdir) if "train_loss" in r}
+
+
+def final_params(workdir, step=None):
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True, async_save=False)
+  step = ckpt.latest_step() if step is None else step
+  meta = ckpt.read_meta(step)
+  import orbax.checkpoint as ocp
+  state = ckpt._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  ckpt.close()
+  return step, state["state"], meta
+
+
+def tree_equal(a, b):
+  import jax
+  la, lb = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
+  return len(la) == len(lb) and all(np.array_equal(x, y) for x, y in zip(la, lb))
+
+
+def snapshot(workdir):
+  """Every file under workdir with its content hash: proof that nothing was touched."""
+  out = {}
+  for root, _, files in os.walk(workdir):
+    for name in files:
+      path = os.path.join(root, name)
+      with open(path, "rb") as f:
+        out[os.path.relpath(path, workdir)] = hashlib.sha256(f.read()).hexdigest()
+  return out
+
+
+def wait_for_checkpoint(workdir, proc, timeout=240):
+  directory = os.path.join(workdir, "checkpoints")
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    if proc.poll() is not None:
+      raise AssertionError(f"run ended early: {proc.stderr.read()[-2000:]}")
+    if os.path.isdir(directory) and any(
+        os.path.exists(os.path.join(directory, d, "_CHECKPOINT_METADATA"))
+        for d in os.listdir(directory) if d.isdigit()):
+      return
+    time.sleep(0.05)
+  raise AssertionError("no checkpoint appeared in time")
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory):
+  """Twelve uninterrupted steps, the reference for the resume tests."""
+  workdir = str(tmp_path_factory.mktemp("straight"))
+  proc = subprocess.run(train_command(workdir, "--config.num_train_steps=12"), env=command_env(),
+                        capture_output=True, text=True, timeout=300, cwd=REPO)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return workdir
+
+
+def test_run_writes_config_metrics_curves_and_counts_every_test_example(straight_run):
+  done = json.load(open(os.path.join(straight_run, "DONE")))
+  assert done["eval_count"] == 1000 and done["step"] == 12
+  config = json.load(open(os.path.join(straight_run, "config.json")))
+  assert config["num_train_steps"] == 12 and config["model"] == "resnet20"
+  assert sorted(losses(straight_run)) == list(range(1, 13))
+  assert os.path.getsize(os.path.join(straight_run, "curves.png")) > 10_000
+  assert os.listdir(os.path.join(straight_run, "tensorboard"))
+
+
+def test_resume_after_sigkill_is_bit_identical(straight_run, tmp_path):
+  workdir = str(tmp_path / "killed")
+  # A long run, killed without warning once a checkpoint exists.
+  proc = subprocess.Popen(train_command(workdir, "--config.num_train_steps=1000"), env=command_env(),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO)
+  try:
+    wait_for_checkpoint(workdir, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+  finally:
+    proc.kill()
+  killed_at, _, _ = final_params(workdir)
+  assert 3 <= killed_at < 12, killed_at
+  resumed = subprocess.run(train_command(workdir, "--config.num_train_steps=12"), env=command_env(),
+                           capture_output=True, text=True, timeout=300, cwd=REPO)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert "resumed" in resumed.stderr
+  step_a, state_a, _ = final_params(straight_run)
+  step_b, state_b, _ = final_params(workdir)
+  assert step_a == step_b == 12
+  assert tree_equal(state_a["params"], state_b["params"])
+  assert tree_equal(state_a["opt_state"], state_b["opt_state"])
+  assert tree_equal(state_a["batch_stats"], state_b["batch_stats"])
+  after = {s: l for s, l in losses(workdir).items() if s > killed_at}
+  assert after == {s: losses(straight_run)[s] for s in after}
+
+
+def test_sigterm_saves_exits_zero_and_resumes(straight_run, tmp_path):
+  workdir = str(tmp_path / "preempted")
+  proc = subprocess.Popen(train_command(workdir, "--config.num_train_steps=1000"), env=command_env(),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO)
+  try:
+    wait_for_checkpoint(workdir, proc)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 0
+    assert "preempted: saved step" in proc.stderr.read()
+  finally:
+    proc.kill()
+  saved_at, _, _ = final_params(workdir)
+  assert 3 <= saved_at < 1000
+  assert not os.path.exists(os.path.join(workdir, "DONE"))
+  finish = max(saved_at + 2, 12)
+  resumed = subprocess.run(train_command(workdir, f"--config.num_train_steps={finish}"),
+                           env=command_env(), capture_output=True, text=True, timeout=300, cwd=REPO)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert json.load(open(os.path.join(workdir, "DONE")))["step"] == finish
+  if finish == 12:
+    assert tree_equal(final_params(workdir)[1]["params"], final_params(straight_run)[1]["params"])
+
+
+def test_same_global_batch_on_1_2_4_devices_gives_the_same_losses(tmp_path):
+  """Cross-replica BN + pmean'd gradients: the device count is invisible to the optimisation."""
+  procs, dirs = [], []
+  for devices in (1, 2, 4):
+    workdir = str(tmp_path / f"d{devices}")
+    dirs.append(workdir)
+    procs.append(subprocess.Popen(
+        train_command(workdir, "--config.num_train_steps=4", "--config.checkpoint_every_steps=100"),
+        env=command_env(devices), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        cwd=REPO))
+  try:
+    for p in procs:
+      assert p.wait(timeout=400) == 0, p.stderr.read()[-3000:]
+  finally:
+    for p in procs:
+      p.kill()
+  reference = losses(dirs[0])
+  assert len(reference) == 4
+  for workdir in dirs[1:]:
+    got = losses(workdir)
+    assert got.keys() == reference.keys()
+    np.testing.assert_allclose([got[s] for s in sorted(got)],
+                               [reference[s] for s in sorted(reference)], atol=1e-5)
+    assert json.load(open(os.path.join(workdir, "DONE")))["eval_count"] == 1000
+
+
+def test_corrupt_checkpoint_is_named_and_nothing_is_touched(straight_run, tmp_path, run_main):
+  import shutil
+  workdir = str(tmp_path / "corrupt")
+  shutil.copytree(straight_run, workdir)
+  state_dir = os.path.join(workdir, "checkpoints", "12", "state")
+  for root, _, files in os.walk(state_dir):
+    for name in files:
+      if name != "_METADATA" and not name.endswith(".txt"):
+        with open(os.path.join(root, name), "r+b") as f:
+          f.write(b"\0garbage" * 64)
+  before = snapshot(workdir)
+  proc = run_main(workdir, "--config.num_train_steps=15")
+  assert proc.returncode == 2
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: checkpoint") and "step 12" in last, last
+  assert snapshot(workdir) == before
+
+
+def test_checkpoint_of_another_architecture_is_refused_and_nothing_is_touched(
+    straight_run, tmp_path, run_main):
+  import shutil
+  workdir = str(tmp_path / "mismatch")
+  shutil.copytree(straight_run, workdir)
+  before = snapshot(workdir)
+  proc = run_main(workdir, "--config.num_train_steps=15", "--config.model_overrides.shortcut=B")
+  assert proc.returncode == 2
+  last = proc.stderr.strip().splitlines()[-1]
+  assert "model_overrides" in last and "fresh workdir" in last, last
+  assert snapshot(workdir) == before
+
+
+def test_diverging_run_stops_with_the_step_and_writes_no_checkpoint(tmp_path, run_main):
+  workdir = str(tmp_path / "nan")
+  proc = run_main(workdir, "--config.learning_rate=1e12", "--config.log_every_steps=2")
+  assert proc.returncode == 2
+  last = proc.stderr.strip().splitlines()[-1]
+  assert "non-finite" in last or "loss became" in last, last
+  assert "step" in last and "stopped without saving" in last, last
+  ckpts = os.path.join(workdir, "checkpoints")
+  import jax
+  for step in [int(d) for d in os.listdir(ckpts) if d.isdigit()] if os.path.isdir(ckpts) else []:
+    params = final_params(workdir, step)[1]["params"]
+    assert all(np.isfinite(x).all() for x in jax.tree_util.tree_leaves(params)), step
+
+
+@pytest.mark.parametrize("override, words", [
+    ("--config.optimizer=adamax", "config.optimizer='adamax': unknown optimizer"),
+    ("--config.learnin_rate=0.1", "learning_rate"),
+    ("--config.model=resnet21", "close matches"),
+    ("--config.global_batch_size=6", "not divisible by the 4 devices"),
+])
+def test_bad_input_is_one_line_before_anything_compiles(tmp_path, override, words):
+  workdir = str(tmp_path / "bad")
+  proc = subprocess.run(train_command(workdir, override), env=command_env(4), capture_output=True,
+                        text=True, timeout=120, cwd=REPO)
+  assert proc.returncode == 2
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: ") and words in last, last
+  assert not os.path.exists(os.path.join(workdir, "checkpoints"))
+
+
+def test_eval_mode_reads_the_checkpoint_with_each_test_time_method(straight_run, run_main):
+  results = {}
+  for method in ("center", "ten_crop"):
+    proc = run_main(straight_run, "--mode=eval", f"--eval_method={method}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results[method] = json.load(open(os.path.join(straight_run, f"eval_{method}_step12.json")))
+    assert results[method]["eval_count"] == 1000
+  done = json.load(open(os.path.join(straight_run, "DONE")))
+  assert results["center"]["eval_top1_error"] == pytest.approx(done["eval_top1_error"], abs=1e-6)
