@@ -7,7 +7,8 @@ One call of :func:`run_benchmark` measures, for one model / batch / image size /
 * bare train-step images/s: the compiled step on a synthetic batch already on the device, best of
   ``steps`` timed steps (the machine is shared and noisy; the median is reported too);
 * full-loop images/s: the same compiled step fed by the real input pipeline (``data.train_batches``
-  on the bundled ``digits`` dataset, resized to ``image_size`` and repeated to 3 channels, prefetched
+  on the bundled ``digits`` dataset at ``image_size`` (random-resized crop above 32) and repeated to
+  3 channels, prefetched
   to the device as ``train.loop`` does), per-step rng, metrics fetched and written to
   ``metrics.jsonl``, and one asynchronous Orbax checkpoint inside the timed window; the overhead
   is ``1 - loop / bare(median)`` in %;
@@ -119,8 +120,11 @@ def _loop_throughput(p_train, state, batch, image_size: int, steps: int, seed: i
   from resnet_jax import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
 
   channels = batch["image"].shape[-1]
+  # 'digits' augmentation pads 28 -> 32 and crops; at larger sizes use the random-resized crop
+  # (ImageNet recipe), which scales the 28x28 source to any size.
+  augment = None if image_size <= 32 else "inception"
   source = data_lib.train_batches(LOOP_DATASET, global_batch_size=batch["image"].shape[1],
-                                  seed=seed, image_size=image_size)
+                                  seed=seed, image_size=image_size, augment=augment)
 
   def rgb(it):  # digits are grayscale; the benchmarked step was compiled for `channels`.
     for b in it:

@@ -1,0 +1,186 @@
+"""resnet_jax.bench and the performance options of the models (matmul 1x1, scan_blocks, remat).
+
+Correctness only (no timed assertions): the machine is a shared 2-core CPU.
+"""
+
+import json
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from resnet_jax import bench
+from resnet_jax.models import get_model
+from resnet_jax.models.blocks import Conv1x1, conv_kernel_init
+from resnet_jax.models.resnet import ResNet, to_scanned, to_unrolled
+
+KEY = jax.random.key(0, impl="unsafe_rbg")
+
+try:
+  import torch  # noqa: F401
+  HAVE_TORCH = True
+except ImportError:
+  HAVE_TORCH = False
+
+
+def leaves_equal(a, b):
+  la, lb = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
+  return (jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
+          and all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(la, lb)))
+
+
+def same_shapes(a, b):
+  return (jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
+          and all(x.shape == y.shape and x.dtype == y.dtype for x, y in
+                  zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b))))
+
+
+def max_diff(a, b):
+  return max(float(jnp.max(jnp.abs(x - y))) for x, y in
+             zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
+
+
+# --- the bench command -----------------------------------------------------------------------------
+def test_bench_tiny_report_has_every_field_with_sane_values(tmp_path):
+  out = tmp_path / "bench.jsonl"
+  compare = "torch" if HAVE_TORCH else None
+  r = bench.run_benchmark("resnet20", 8, 32, "fp32", compare=compare, peak_tflops=1.0, steps=2,
+                          jsonl=str(out), loop_steps=2)
+  assert r["model"] == "resnet20" and r["batch"] == 8 and r["image_size"] == 32
+  assert r["num_params"] == 269722  # paper §4.2: 0.27M
+  for k in ("compile_train_s", "compile_eval_s", "step_time_best_s", "step_time_median_s",
+            "images_per_sec", "loop_images_per_sec", "flops_per_step", "achieved_tflops", "mfu",
+            "peak_memory_bytes", "temp_bytes"):
+    assert isinstance(r[k], float if k != "peak_memory_bytes" and k != "temp_bytes" else int), k
+    assert r[k] > 0 and math.isfinite(r[k]), k
+  assert r["step_time_best_s"] <= r["step_time_median_s"]
+  assert r["images_per_sec"] == pytest.approx(8 / r["step_time_best_s"])
+  assert r["mfu"] == pytest.approx(r["achieved_tflops"] / 1.0)
+  assert r["loop_overhead_pct"] < 100
+  # XLA's count of one train step: forward + backward ~ 3 x the forward's 2 x 41M MACs per image.
+  assert 0.1e9 < r["flops_per_step"] / 8 < 1e9
+  # Memory: at least the donated state (params + momentum) and at most a few hundred MiB.
+  assert 2 * 4 * 269722 < r["peak_memory_bytes"] < 2**30
+  if HAVE_TORCH:
+    assert r["torch_images_per_sec"] > 0
+    assert r["torch_ratio"] == pytest.approx(r["images_per_sec"] / r["torch_images_per_sec"])
+  line = json.loads(out.read_text().splitlines()[-1])
+  assert line["model"] == "resnet20" and line["compile_train_s"] == r["compile_train_s"]
+  text = bench.format_report(r)
+  for label in ("compile train step", "compile eval step", "bare images/s", "full-loop images/s",
+                "loop overhead", "GFLOP/s", "MFU", "peak memory"):
+    assert label in text, label
+  assert "None" not in text
+
+
+@pytest.mark.skipif(not HAVE_TORCH, reason="PyTorch (the [bench] extra) is not installed")
+@pytest.mark.parametrize("name", ["resnet20", "resnet50", "plain20"])
+def test_torch_reference_has_the_same_parameter_count(name):
+  from resnet_jax.models import count_params
+  net = bench.torch_resnet(name)
+  assert sum(p.numel() for p in net.parameters()) == count_params(name)
+
+
+# --- 1x1 convs as matmuls --------------------------------------------------------------------------
+@pytest.mark.parametrize("stride,size", [(1, 7), (2, 7), (2, 8)])
+def test_matmul_1x1_matches_nn_conv_outputs_and_gradients(stride, size):
+  x = jax.random.normal(jax.random.key(1), (2, size, size, 5))
+  ref = nn.Conv(6, (1, 1), strides=(stride, stride), padding=((0, 0), (0, 0)), use_bias=False,
+                kernel_init=conv_kernel_init)
+  mm = Conv1x1(6, stride)
+  v = ref.init(KEY, x)
+  assert same_shapes(jax.eval_shape(mm.init, KEY, x), jax.eval_shape(ref.init, KEY, x))
+
+  def loss(m):
+    return lambda v, x: jnp.sum(jnp.sin(m.apply(v, x)))
+
+  y_ref, y_mm = ref.apply(v, x), mm.apply(v, x)
+  assert y_ref.shape == y_mm.shape == (2, -(-size // stride), -(-size // stride), 6)
+  np.testing.assert_allclose(y_mm, y_ref, atol=1e-5, rtol=1e-5)
+  g_ref = jax.grad(loss(ref), argnums=(0, 1))(v, x)
+  g_mm = jax.grad(loss(mm), argnums=(0, 1))(v, x)
+  assert max_diff(g_ref, g_mm) < 1e-4
+
+
+def test_matmul_1x1_model_matches_conv_model_with_the_same_params():
+  kw = dict(stage_sizes=(1, 2), block="bottleneck", stage_widths=(4, 8), stem="cifar",
+            stem_width=8, num_classes=3, shortcut="B", stride_on="1x1")
+  fast, slow = ResNet(**kw), ResNet(**kw, matmul_1x1=False)
+  x = jax.random.normal(jax.random.key(2), (2, 9, 9, 3))
+  v = jax.jit(lambda k: slow.init(k, x, train=False))(KEY)
+  assert same_shapes(jax.eval_shape(lambda k: fast.init(k, x, train=False), KEY),
+                      jax.eval_shape(lambda k: slow.init(k, x, train=False), KEY))
+
+  def loss(m):
+    def f(p):
+      y, s = m.apply({"params": p, "batch_stats": v["batch_stats"]}, x, train=True,
+                     mutable=["batch_stats"])
+      return jnp.sum(y ** 2), (y, s)
+    return jax.jit(jax.grad(f, has_aux=True))
+
+  (g_f, (y_f, s_f)), (g_s, (y_s, s_s)) = loss(fast)(v["params"]), loss(slow)(v["params"])
+  assert max_diff(y_f, y_s) < 1e-5 and max_diff(s_f, s_s) < 1e-5
+  assert max_diff(g_f, g_s) < 1e-4
+
+
+# --- scan over repeated blocks ---------------------------------------------------------------------
+SCAN_CASES = {
+    "cifar_basic_A": dict(name="resnet20"),
+    "bottleneck_B_preact": dict(name="preact_resnet20", stage_sizes=(3, 2), block="bottleneck",
+                                stage_widths=(4, 8), stem_width=8),
+    "imagenet_stem_C": dict(name="resnet18", stage_sizes=(3, 2), stage_widths=(8, 16),
+                            stem_width=8, shortcut="C"),
+}
+
+
+@pytest.mark.parametrize("case", list(SCAN_CASES))
+def test_scan_and_unrolled_give_the_same_outputs_and_params_convert_both_ways(case):
+  kw = dict(SCAN_CASES[case])
+  name = kw.pop("name")
+  unrolled = get_model(name, num_classes=5, **kw)
+  scanned = get_model(name, num_classes=5, scan_blocks=True, **kw)
+  scanned_remat = get_model(name, num_classes=5, scan_blocks=True, remat=True, **kw)
+  x = jax.random.normal(jax.random.key(3), (2, 16, 16, 3))
+  v = jax.jit(lambda k: unrolled.init(k, x, train=False))(KEY)
+  vs = to_scanned(v)
+  # The scanned layout is exactly what the scanned model initialises ...
+  shapes = jax.eval_shape(lambda k: scanned.init(k, x, train=False), KEY)
+  assert jax.tree_util.tree_structure(shapes) == jax.tree_util.tree_structure(vs)
+  assert all(a.shape == b.shape for a, b in
+             zip(jax.tree_util.tree_leaves(shapes), jax.tree_util.tree_leaves(vs)))
+  # ... with the same number of parameters, and the conversion round-trips exactly both ways.
+  n = lambda t: sum(a.size for a in jax.tree_util.tree_leaves(t["params"]))  # noqa: E731
+  assert n(vs) == n(v)
+  assert leaves_equal(to_unrolled(vs), v)
+  own = jax.jit(lambda k: scanned.init(k, x, train=False))(KEY)
+  assert leaves_equal(to_scanned(to_unrolled(own)), own)
+
+  def run(m, variables):
+    def f(p):
+      y, s = m.apply({"params": p, "batch_stats": variables["batch_stats"]}, x, train=True,
+                     mutable=["batch_stats"])
+      return jnp.sum(jnp.sin(y)), (y, s["batch_stats"])
+    (_, (y, s)), g = jax.jit(jax.value_and_grad(f, has_aux=True))(variables["params"])
+    y_eval = jax.jit(lambda v: m.apply(v, x, train=False))(variables)
+    return y, y_eval, s, g
+
+  y, ye, s, g = run(unrolled, v)
+  for m in (scanned, scanned_remat):
+    y2, ye2, s2, g2 = run(m, vs)
+    assert max_diff(y, y2) <= 1e-6 and max_diff(ye, ye2) <= 1e-6
+    assert max_diff(s, to_unrolled(s2)) <= 1e-6
+    assert max_diff(g, to_unrolled(g2)) <= 1e-5
+
+
+def test_remat_unrolled_keeps_names_and_outputs():
+  plain, remat = get_model("resnet20"), get_model("resnet20", remat=True)
+  x = jax.random.normal(jax.random.key(4), (2, 8, 8, 3))
+  v = jax.jit(lambda k: plain.init(k, x, train=False))(KEY)
+  assert same_shapes(jax.eval_shape(lambda k: remat.init(k, x, train=False), KEY),
+                      jax.eval_shape(lambda k: plain.init(k, x, train=False), KEY))
+  f = lambda m: jax.jit(jax.grad(lambda p: jnp.sum(m.apply(  # noqa: E731
+      {"params": p, "batch_stats": v["batch_stats"]}, x, train=True, mutable=["batch_stats"])[0])))
+  assert max_diff(f(plain)(v["params"]), f(remat)(v["params"])) <= 1e-5
