@@ -1,0 +1,62 @@
+"""Test-time methods (paper Tables 3/4, §3.4): center crop vs 10-crop vs fully-convolutional
+multi-scale, for a checkpoint, through ``train.loop.evaluate`` (the training program's evaluator).
+
+10-crop: the four corners and the centre crop plus their flips, softmax averaged. full_conv: the
+whole image resized to each shorter side in ``scales``, the net applied fully convolutionally,
+scores averaged over scales. On 28x28 digits (no resize before the crop) the ten crops all equal
+the image, so ten_crop is the centre crop and its flip.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+from resnet_jax import analysis as A
+
+METHODS = ("center", "ten_crop", "full_conv")
+
+
+def run(out: str, workdirs: Sequence[str], *, methods: Sequence[str] = METHODS,
+        scales: Sequence[int] | None = None, step: int | None = None) -> dict[str, Any]:
+  """Writes ``test_time.png`` and ``test_time.md``. ``scales``: shorter sides for full_conv
+  (default: the run's config.eval_scales; for 28/32 px datasets (28, 32, 40) or (32, 40, 48))."""
+  from resnet_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+  from resnet_jax.train import loop  # pylint: disable=g-import-not-at-top
+  rows = []
+  for w in workdirs:
+    config = A.run_config(w)
+    info = data_lib.dataset_info(config.dataset)
+    if scales:
+      config.eval_scales = tuple(int(s) for s in scales)
+    elif info.image_size < 64 and max(config.eval_scales) > 4 * info.image_size:
+      s = info.image_size
+      config.eval_scales = (s, s + s // 7 * 1, s + s // 7 * 3) if s == 28 else (s, s + 8, s + 16)
+    for method in methods:
+      res = loop.evaluate(config, w, step=step, method=method)
+      rows.append({"workdir": w, "label": A.model_label(config), "method": method,
+                   "scales": list(config.eval_scales) if method == "full_conv" else None,
+                   "step": res["step"], "top1_error": res["eval_top1_error"],
+                   "top5_error": res["eval_top5_error"], "count": res["eval_count"]})
+
+  plt = A.pyplot()
+  fig, ax = plt.subplots(figsize=(7, 4))
+  labels = list(dict.fromkeys(r["label"] for r in rows))
+  width = 0.8 / max(1, len(methods))
+  for k, method in enumerate(methods):
+    ys = [100 * next(r["top1_error"] for r in rows if r["label"] == lab and r["method"] == method)
+          for lab in labels]
+    ax.bar([i + k * width for i in range(len(labels))], ys, width, label=method)
+  ax.set_xticks([i + width * (len(methods) - 1) / 2 for i in range(len(labels))], labels)
+  ax.set_xlabel("model (checkpoint)")
+  ax.set_ylabel("test top-1 error (%)")
+  ax.set_title("Test-time methods: center vs 10-crop vs fully-convolutional multi-scale")
+  ax.legend(fontsize=8)
+  figure = A.save_figure(fig, os.path.join(out, "test_time.png"))
+  table = A.markdown_table(
+      ["model", "step", "method", "scales", "test top-1 err", "test top-5 err", "images"],
+      [[r["label"], r["step"], r["method"], ",".join(map(str, r["scales"] or [])) or "-",
+        A.pct(r["top1_error"]), A.pct(r["top5_error"]), r["count"]] for r in rows])
+  path = A.write_text(os.path.join(out, "test_time.md"), table)
+  A.write_json(os.path.join(out, "test_time.json"), rows)
+  return {"rows": rows, "figure": figure, "table": path}

@@ -1,0 +1,172 @@
+"""resnet_jax.analysis: statistics checked against independent computations on tiny nets, and every
+command end to end at tiny scale (a few steps, width x0.25) producing its PNG and table."""
+
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from resnet_jax import analysis as A
+from resnet_jax import models
+from resnet_jax.analysis import cli, gradient_flow, layer_responses
+from resnet_jax.models import blocks
+
+NUM_CLASSES = 10
+
+
+def _tiny(name, **kw):
+  # 8-layer CIFAR nets (one block per stage) at 2-4-8 channels on 8x8 single-channel images.
+  model = models.get_model(name, num_classes=NUM_CLASSES, width_multiplier=0.125,
+                           stage_sizes=(1, 1, 1), **kw)
+  x = jax.random.normal(jax.random.key(1), (6, 8, 8, 1))
+  v = model.init(jax.random.key(0), x, train=False)
+  # Non-trivial BN statistics, as after training.
+  _, upd = model.apply(v, x, train=True, mutable=["batch_stats"])
+  return model, {"params": v["params"], "batch_stats": upd["batch_stats"]}, x
+
+
+@pytest.mark.parametrize("name", ["resnet20", "plain20"])
+def test_response_std_equals_independent_capture(name):
+  model, v, x = _tiny(name)
+  layers = layer_responses.three_by_three_bns(v["params"])
+  # 3x3 layers: the stem and two per block (3 blocks) = 7 = depth - 1 (the head is not 3x3).
+  assert len(layers) == 7
+  assert layers[0] == ("stem_bn",) and layers[1] == ("stage1_block0", "bn1")
+  assert layers[-1] == ("stage3_block0", "bn2")
+  stds = dict(layer_responses.response_stds(model, v, x))
+  # Independent: capture every module's output, pick the BN after stage2_block0/conv2.
+  _, inter = model.apply(v, x, train=False, capture_intermediates=True, mutable=["intermediates"])
+  bn = inter["intermediates"]["stage2_block0"]["bn2"]["__call__"][0]
+  np.testing.assert_allclose(stds["stage2_block0/bn2"], float(jnp.std(bn)), rtol=1e-6)
+  # ... and from first principles: BN(conv(...)) in inference mode.
+  blk_in = inter["intermediates"]["stage2_block0"]["conv2"]["__call__"][0]
+  p = v["params"]["stage2_block0"]["bn2"]
+  s = v["batch_stats"]["stage2_block0"]["bn2"]
+  manual = (blk_in - s["mean"]) / jnp.sqrt(s["var"] + 1e-5) * p["scale"] + p["bias"]
+  np.testing.assert_allclose(stds["stage2_block0/bn2"], float(jnp.std(manual)), rtol=1e-4)
+
+
+def test_bottleneck_picks_only_3x3_bn():
+  model = models.get_model("resnet50", num_classes=10, width_multiplier=1 / 16)
+  params = jax.eval_shape(lambda r: model.init(r, jnp.zeros((1, 32, 32, 3))),
+                          jax.random.key(0))["params"]
+  layers = layer_responses.three_by_three_bns(params)
+  assert len(layers) == 16 and all(l[-1] == "bn2" for l in layers)  # 7x7 stem is not 3x3
+
+
+def _rest_of_net(model, params, stats, x, start: int):
+  """Hand-built: blocks ``start..`` of a CIFAR ResNet-20 applied one by one, pool, head."""
+  names = gradient_flow.block_names(params)
+  for name in names[start:]:
+    i, j = (int(g) for g in gradient_flow._BLOCK.match(name).groups())
+    planes = max(1, int(round(model.stage_widths[i - 1] * model.width_multiplier)))
+    blk = blocks.BasicBlock(planes=planes, stride=2 if (i > 1 and j == 0) else 1,
+                            shortcut=model.shortcut)
+    x, _ = blk.apply({"params": params[name], "batch_stats": stats[name]}, x, train=True,
+                     mutable=["batch_stats"])
+  x = jnp.mean(x, axis=(1, 2))
+  return x @ params["head"]["kernel"] + params["head"]["bias"]
+
+
+@pytest.mark.parametrize("name", ["resnet20", "plain20"])
+def test_gradient_norms_equal_hand_built_loss(name):
+  model, v, x = _tiny(name)
+  labels = jnp.arange(x.shape[0]) % NUM_CLASSES
+  g = gradient_flow.gradient_norms(model, v, x, labels, NUM_CLASSES)
+  assert len(g["blocks"]) == 3
+
+  def xent(logits):
+    return optax.softmax_cross_entropy(logits, jax.nn.one_hot(labels, NUM_CLASSES)).mean()
+
+  # Parameters: jax.grad of the plain training loss.
+  def loss_p(params):
+    logits, _ = model.apply({"params": params, "batch_stats": v["batch_stats"]}, x, train=True,
+                            mutable=["batch_stats"])
+    return xent(logits)
+  gp = jax.grad(loss_p)(v["params"])
+  for k, n in enumerate(g["blocks"]):
+    np.testing.assert_allclose(g["param_grad_norm"][k], float(optax.global_norm(gp[n])),
+                               rtol=1e-4)
+  np.testing.assert_allclose(g["loss"], float(loss_p(v["params"])), rtol=1e-5)
+
+  # Block inputs: the block's input captured, the rest of the net rebuilt by hand, jax.grad.
+  _, inter = model.apply(v, x, train=True, capture_intermediates=True,
+                         mutable=["intermediates", "batch_stats"])
+  inter = inter["intermediates"]
+  for k in (0, 1, 2):
+    if k == 0:
+      block_in = nn.relu(inter["stem_bn"]["__call__"][0])
+    else:
+      block_in = inter[g["blocks"][k - 1]]["__call__"][0]
+    gx = jax.grad(lambda z: xent(_rest_of_net(model, v["params"], v["batch_stats"], z, k)))(
+        block_in)
+    np.testing.assert_allclose(g["input_grad_norm"][k], float(jnp.linalg.norm(gx)), rtol=1e-4)
+
+
+def test_cli_rejects_unknown_analysis(tmp_path):
+  with pytest.raises(ValueError, match="unknown analysis"):
+    cli.analyze_command("nope", [f"--out={tmp_path}"])
+  with pytest.raises(SystemExit):
+    cli.analyze_command("degradation", [])  # --out is required
+
+
+def test_recipe_scales_cifar_boundaries():
+  c = A.recipe("resnet20", dataset="cifar10", steps=640)
+  assert c.lr_boundaries == (320, 480) and c.num_train_steps == 640
+  assert c.train_split == "train[:45000]"
+  c = A.recipe("plain20", steps=10, width_multiplier=0.5,
+               overrides={"model_overrides.shortcut": "B"})
+  assert c.model_overrides.width_multiplier == 0.5 and c.model_overrides.shortcut == "B"
+  c = A.recipe("plain14", steps=10)
+  assert c.model == "plain20" and tuple(c.model_overrides.stage_sizes) == (2, 2, 2)
+  assert A.display_name(c) == "plain14" and A.depth_of(c) == 14 and A.is_plain(c)
+  with pytest.raises(ValueError, match="6n\\+2"):
+    A.recipe("resnet9")
+
+
+def _assert_outputs(out, stem):
+  assert os.path.getsize(os.path.join(out, f"{stem}.png")) > 1000
+  text = open(os.path.join(out, f"{stem}.md")).read()
+  assert text.count("|") > 10
+  return text
+
+
+def test_commands_end_to_end(tmp_path):
+  out = str(tmp_path)
+  tiny = ["--steps=4", "--width=0.25", "--batch-size=32", "--evals=2"]
+  deg = os.path.join(out, "deg")
+  res = cli.analyze_command("degradation", [f"--out={deg}", "--depths=8", *tiny])
+  text = _assert_outputs(deg, "degradation")
+  assert "| 8 |" in text
+  assert {r["model"] for r in res["rows"]} == {"plain8", "resnet8"}
+  assert all(r["final_step"] == 4 and r["test_top1_error"] is not None for r in res["rows"])
+  # Re-running finds the finished runs (no training) and writes the same table.
+  cli.analyze_command("degradation", [f"--out={deg}", "--depths=8", *tiny])
+  assert open(os.path.join(deg, "degradation.md")).read() == text
+
+  runs = os.path.join(deg, "runs")
+  res = cli.analyze_command("layer_responses", [f"--out={out}/lr", f"--runs={runs}",
+                                                "--num-images=16"])
+  _assert_outputs(f"{out}/lr", "layer_responses")
+  assert [len(r["std"]) for r in res["results"]] == [7, 7]
+
+  res = cli.analyze_command("gradient_flow", [f"--out={out}/gf", f"--runs={runs}",
+                                              "--num-images=8"])
+  _assert_outputs(f"{out}/gf", "gradient_flow")
+  assert sorted(r["when"] for r in res["results"]) == ["init", "init", "trained", "trained"]
+
+  res = cli.analyze_command("test_time", [f"--out={out}/tt",
+                                          f"--workdirs={runs}/resnet8", "--scales=28,32"])
+  _assert_outputs(f"{out}/tt", "test_time")
+  assert [r["method"] for r in res["rows"]] == ["center", "ten_crop", "full_conv"]
+  assert all(r["count"] == 1000 for r in res["rows"])
+  assert res["rows"][2]["scales"] == [28, 32]
+
+  res = cli.analyze_command("shortcuts", [f"--out={out}/sc", "--model=resnet8", "--options=A,B", *tiny])
+  _assert_outputs(f"{out}/sc", "shortcuts")
+  a, b = res["rows"]
+  assert a["params"] < b["params"]  # B adds 1x1 projections where the shape changes
