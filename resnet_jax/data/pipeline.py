@@ -194,18 +194,25 @@ def train_batches(dataset: str, *, global_batch_size: int, seed: int, start_step
     yield from _records_train(source, transform, seed, start_step, per_host, pi, pc, ldc)
     return
 
-  block = _host_block(source.num_examples, pi, pc)
-  n = len(block)
+  # In-memory and file datasets: one global stream of positions, permuted per epoch over the whole
+  # split. Global batch s is positions [s*G, (s+1)*G); host p takes its contiguous share. So the
+  # global batch is the same whatever the number of hosts (2 hosts x 2 devices train exactly like
+  # 1 host x 4), and within every step and every epoch the hosts read disjoint examples.
+  n = source.num_examples
   if n == 0:
-    raise ValueError(f'Split {source.split!r} of {dataset} has no examples for host {pi}.')
-  block_t = tf.constant(block)
+    raise ValueError(f'Split {source.split!r} of {dataset} has no examples.')
+  global_batch = per_host * pc
   labels_t = tf.constant(source.labels)
   load = _loader(source)
   slot_of = _stream_indices(seed, n)
 
-  def example(pos):
-    idx = tf.gather(block_t, slot_of(pos))
-    aug_seed = tf.stack([tf.constant(seed, tf.int64), pos * pc + pi])
+  def global_position(c):
+    return (c // per_host) * global_batch + pi * per_host + c % per_host
+
+  def example(c):
+    pos = global_position(c)
+    idx = slot_of(pos)
+    aug_seed = tf.stack([tf.constant(seed, tf.int64), pos])
     return {'image': transform(load(idx), aug_seed), 'label': tf.gather(labels_t, idx)}
 
   start = int(start_step) * per_host
@@ -215,8 +222,8 @@ def train_batches(dataset: str, *, global_batch_size: int, seed: int, start_step
   ds = _options(ds.prefetch(tf.data.AUTOTUNE))
 
   def batch_indices(step):
-    pos = range(start + step * per_host, start + (step + 1) * per_host)
-    return source, [int(block[int(slot_of(tf.constant(p, tf.int64)))]) for p in pos]
+    counters = range(start + step * per_host, start + (step + 1) * per_host)
+    return source, [int(slot_of(global_position(tf.constant(c, tf.int64)))) for c in counters]
   yield from _iterate(ds, batch_indices if source.kind == 'files' else None)
 
 
