@@ -56,7 +56,11 @@ def test_two_processes_match_one_process_with_the_same_devices(tmp_path):
   step_1, state_1, _ = final_params(single)
   step_2, state_2, meta = final_params(multi)
   assert step_1 == step_2 == 4 and meta["model"] == "resnet20"
-  # Same parameters up to float32 summation order (gloo's all-reduce adds in another order).
-  for a, b in zip(jax.tree_util.tree_leaves(state_1["params"]),
-                  jax.tree_util.tree_leaves(state_2["params"])):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+  # Same parameters up to float32 summation order: gloo's all-reduce adds in another order, and
+  # the difference grows about 3x per step in this 4-channel net with 8-image BN batches (loss
+  # differences: 0, 7e-7, 1.4e-6, 5e-6 over the 4 steps).
+  a = np.concatenate([x.ravel() for x in jax.tree_util.tree_leaves(state_1["params"])])
+  b = np.concatenate([x.ravel() for x in jax.tree_util.tree_leaves(state_2["params"])])
+  assert a.shape == b.shape
+  assert np.linalg.norm(a - b) / np.linalg.norm(a) < 1e-3
+  np.testing.assert_allclose(a, b, atol=2e-4)
