@@ -4,6 +4,9 @@
   resnet-jax train|eval --config=... --workdir=...
   resnet-jax models
   resnet-jax sweep SWEEP.py --workdir=ROOT [--parallel=N] [--emit=tpu|slurm|local]
+  resnet-jax bench --model=resnet50 --batch=16 --image_size=224 [--precision=bf16] [--compare=torch]
+  resnet-jax convert --from=torchvision --model=resnet50 --src=FILE.pth --workdir=DIR
+  resnet-jax analyze degradation|layer_responses|gradient_flow|shortcuts|test_time --out=DIR ...
 
 Bad input ends with one line on stderr naming the problem and the fix, and exit status 2.
 """
@@ -22,7 +25,9 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-SUBCOMMANDS = ("train", "eval", "models")
+SUBCOMMANDS = ("train", "eval", "models", "bench", "convert")
+# Subcommands with their own argument parsers: every argument after the name is theirs.
+PASSTHROUGH = ("sweep", "analyze")
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file (configs/NAME.py); override keys with --config.key=value.",
@@ -33,6 +38,19 @@ _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"], "Train (resuming i
 _EVAL_STEP = flags.DEFINE_integer("eval_step", None, "Checkpoint step for --mode=eval (default: latest).")
 _EVAL_METHOD = flags.DEFINE_enum("eval_method", None, ["center", "ten_crop", "full_conv"],
                                  "Test-time method for --mode=eval (default: config.eval_method).")
+
+
+# bench and convert.
+_MODEL = flags.DEFINE_string("model", None, "bench/convert: model name (`resnet-jax models`).")
+_BATCH = flags.DEFINE_integer("batch", 16, "bench: batch size.")
+_IMAGE_SIZE = flags.DEFINE_integer("image_size", 224, "bench: image side in pixels.")
+_PRECISION = flags.DEFINE_enum("precision", "fp32", ["fp32", "bf16", "fp16"], "bench: precision.")
+_COMPARE = flags.DEFINE_enum("compare", None, ["torch"], "bench: also time PyTorch eager.")
+_PEAK_TFLOPS = flags.DEFINE_float("peak_tflops", None, "bench: device peak, for MFU.")
+_STEPS = flags.DEFINE_integer("steps", 5, "bench: timed steps.")
+_JSONL = flags.DEFINE_string("jsonl", "runs/bench.jsonl", "bench: results file (appended).")
+_FROM = flags.DEFINE_enum("from", "torchvision", ["torchvision"], "convert: source format.")
+_SRC = flags.DEFINE_string("src", None, "convert: the .pth state dict to import.")
 
 
 class UsageError(ValueError):
@@ -74,6 +92,19 @@ def _dispatch(argv):
     return _train_or_eval(mode)
   if command == "models":
     return _models()
+  if command == "bench":
+    from resnet_jax import bench  # pylint: disable=g-import-not-at-top
+    report = bench.run_benchmark(_require(_MODEL, "model"), _BATCH.value, _IMAGE_SIZE.value,
+                                 _PRECISION.value, compare=_COMPARE.value,
+                                 peak_tflops=_PEAK_TFLOPS.value, steps=_STEPS.value,
+                                 jsonl=_JSONL.value)
+    print(bench.format_report(report))
+    return None
+  if command == "convert":
+    from resnet_jax import weights  # pylint: disable=g-import-not-at-top
+    print(weights.convert_command(flags.FLAGS["from"].value, _require(_MODEL, "model"),
+                                  _require(_SRC, "src"), _require(_WORKDIR, "workdir")))
+    return None
   raise UsageError(f"unknown command {command!r}; choose one of {', '.join(SUBCOMMANDS)}")
 
 
@@ -106,10 +137,13 @@ class _QuietLibraries(pylogging.Filter):
 def run():
   """Console script: ``resnet-jax [SUBCOMMAND] --flags``; the subcommand may come first."""
   argv = list(sys.argv)
-  if len(argv) > 1 and argv[1] == "sweep":
+  if len(argv) > 1 and argv[1] in PASSTHROUGH:
     # A sweep passes its members' --config.x flags through untouched, so absl must not parse them.
-    from resnet_jax import sweep  # pylint: disable=g-import-not-at-top
-    sys.exit(sweep.cli(argv[2:]))
+    if argv[1] == "sweep":
+      from resnet_jax import sweep  # pylint: disable=g-import-not-at-top
+      sys.exit(sweep.cli(argv[2:]))
+    from resnet_jax.analysis import cli  # pylint: disable=g-import-not-at-top
+    sys.exit(cli.main(argv[2:]))
   if len(argv) > 1 and argv[1] in SUBCOMMANDS:
     command = argv.pop(1)
     argv.append(command)  # absl leaves positional arguments in argv for main

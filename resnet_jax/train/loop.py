@@ -389,10 +389,18 @@ def evaluate(config, workdir: str, step: int | None = None, method: str | None =
   tx = optim.create_optimizer(config, abstract_params)
   template = state_lib.abstract_train_state(model, tx, image_shape,
                                             use_loss_scale=config.precision == "fp16")
-  restored, _ = ckpt.restore(template, step, expect_meta=_expect_meta(config))
   used_step = step if step is not None else ckpt.latest_step()
-  ckpt.close()
-  state = jax_utils.replicate(jax.tree_util.tree_map(jnp.asarray, restored))
+  if used_step is not None and ckpt.read_meta(used_step).get("kind") == "weights":
+    # A converted (e.g. torchvision) checkpoint holds only params and BN statistics.
+    ckpt.close()
+    state = jax.jit(functools.partial(state_lib.create_train_state, model, tx,
+                                      image_shape=image_shape))(jax.random.key(0))
+    state = _initialise_from(state, workdir)
+  else:
+    restored, _ = ckpt.restore(template, step, expect_meta=_expect_meta(config))
+    ckpt.close()
+    state = jax.tree_util.tree_map(jnp.asarray, restored)
+  state = jax_utils.replicate(state)
   result = {"step": used_step, "method": method, **Evaluator(config, model)(state, method)}
   if jax.process_index() == 0:
     _write_json(os.path.join(workdir, f"eval_{method}_step{used_step}.json"), result)
