@@ -40,6 +40,11 @@ _EVAL_METHOD = flags.DEFINE_enum("eval_method", None, ["center", "ten_crop", "fu
                                  "Test-time method for --mode=eval (default: config.eval_method).")
 
 
+_COMPILATION_CACHE = flags.DEFINE_string(
+    "compilation_cache", os.path.join(os.path.expanduser("~"), ".cache", "resnet_jax", "xla"),
+    "Persistent XLA compilation cache: a restarted or resumed run skips recompiling ('' = off; "
+    "JAX_COMPILATION_CACHE_DIR takes precedence).")
+
 # bench and convert.
 _MODEL = flags.DEFINE_string("model", None, "bench/convert: model name (`resnet-jax models`).")
 _BATCH = flags.DEFINE_integer("batch", 16, "bench: batch size.")
@@ -68,6 +73,9 @@ def _train_or_eval(mode: str):
   from resnet_jax.train import loop  # pylint: disable=g-import-not-at-top
   config = _require(_CONFIG, "config")
   workdir = _require(_WORKDIR, "workdir")
+  if _COMPILATION_CACHE.value and not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    import jax  # pylint: disable=g-import-not-at-top
+    jax.config.update("jax_compilation_cache_dir", _COMPILATION_CACHE.value)
   distributed.initialize()
   if mode == "eval":
     result = loop.evaluate(config, workdir, step=_EVAL_STEP.value, method=_EVAL_METHOD.value)

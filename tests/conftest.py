@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -12,8 +13,15 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_CONFIG = os.path.join(REPO, "tests", "configs", "tiny_digits.py")
 
 
+# One persistent XLA cache for every subprocess of this test session (not the user's): the same
+# tiny programs are compiled once instead of once per run.
+_CACHE = tempfile.mkdtemp(prefix="resnet_jax_xla_cache_")
+
+
 def command_env(devices: int = 1, **extra) -> dict:
   env = dict(os.environ)
+  env.setdefault("JAX_COMPILATION_CACHE_DIR", _CACHE)
+  env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
   env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
   env["PYTHONPATH"] = REPO
   env.update({k: str(v) for k, v in extra.items()})

@@ -118,8 +118,10 @@ def test_sigterm_saves_exits_zero_and_resumes(straight_run, tmp_path):
   try:
     wait_for_checkpoint(workdir, proc)
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=120) == 0
-    assert "preempted: saved step" in proc.stderr.read()
+    returncode = proc.wait(timeout=120)
+    stderr = proc.stderr.read()
+    assert returncode == 0, stderr[-3000:]
+    assert "preempted: saved step" in stderr
   finally:
     proc.kill()
   saved_at, _, _ = final_params(workdir)

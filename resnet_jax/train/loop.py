@@ -320,7 +320,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
         if preemption.requested or (jax.process_count() > 1 and step % config.log_every_steps == 0
                                     and preemption.any_process_requested()):
           if step < final_step:
-            save(step)
+            if last_good_checkpoint != step:
+              save(step)
             preempted = True
             logging.warning("preempted: saved step %d; rerun the same command to resume", step)
             break
