@@ -12,7 +12,7 @@ import pytest
 
 from resnet_jax import analysis as A
 from resnet_jax import models
-from resnet_jax.analysis import cli, gradient_flow, layer_responses
+from resnet_jax.analysis import cli, gradient_flow, layer_responses, shortcuts
 from resnet_jax.models import blocks
 
 NUM_CLASSES = 10
@@ -166,7 +166,19 @@ def test_commands_end_to_end(tmp_path):
   assert all(r["count"] == 1000 for r in res["rows"])
   assert res["rows"][2]["scales"] == [28, 32]
 
-  res = cli.analyze_command("shortcuts", [f"--out={out}/sc", "--model=resnet8", "--options=A,B", *tiny])
+  res = cli.analyze_command("shortcuts", [f"--out={out}/sc", "--model=resnet8", "--options=B",
+                                          *tiny])
   _assert_outputs(f"{out}/sc", "shortcuts")
-  a, b = res["rows"]
-  assert a["params"] < b["params"]  # B adds 1x1 projections where the shape changes
+  (b,) = res["rows"]
+  assert b["test_top1_error"] is not None and b["step"] == 4
+
+
+def test_shortcut_parameter_counts():
+  # Table 3's point about parameters: A adds none, B adds 1x1 projections where the shape changes
+  # (2 of them in a 3-stage net), C adds one per block.
+  counts = {o: shortcuts.param_count(A.recipe("resnet8", width_multiplier=0.25,
+                                              overrides={"model_overrides.shortcut": o}))
+            for o in ("none", "A", "B", "C")}
+  assert counts["none"] == counts["A"] < counts["B"] < counts["C"]
+  # B: 1x1 convs 4->8 and 8->16 plus their BNs (scale, bias).
+  assert counts["B"] - counts["A"] == (4 * 8 + 2 * 8) + (8 * 16 + 2 * 16)
