@@ -112,6 +112,8 @@ def test_cli_rejects_unknown_analysis(tmp_path):
     cli.analyze_command("nope", [f"--out={tmp_path}"])
   with pytest.raises(SystemExit):
     cli.analyze_command("degradation", [])  # --out is required
+  assert cli.main(["layer_responses", f"--out={tmp_path}", f"--runs={tmp_path}"]) == 2
+  assert cli.main(["nope", f"--out={tmp_path}"]) == 2
 
 
 def test_recipe_scales_cifar_boundaries():

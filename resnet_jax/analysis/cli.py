@@ -105,7 +105,12 @@ def main(argv: Sequence[str] | None = None) -> int:
   if not argv or argv[0] in ("-h", "--help"):
     print(__doc__)
     return 0 if argv else 2
-  analyze_command(argv[0], argv[1:])
+  from resnet_jax.checkpoint import CheckpointError  # pylint: disable=g-import-not-at-top
+  try:
+    analyze_command(argv[0], argv[1:])
+  except (ValueError, FileNotFoundError, CheckpointError) as e:  # one line the user can act on
+    print(f"error: {e}", file=sys.stderr)
+    return 2
   return 0
 
 
