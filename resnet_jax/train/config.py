@@ -18,6 +18,8 @@ def base_config() -> ml_collections.ConfigDict:
       "shortcut": "",            # 'A' | 'B' | 'C' | 'none' (paper §3.3, Table 3).
       "stride_on": "",           # '3x3' (v1.5, torchvision) | '1x1' (the paper's v1).
       "zero_init_last_bn": False,
+      "width_multiplier": 1.0,   # scales every width (narrow nets for quick studies).
+      "stage_sizes": (),         # blocks per stage, e.g. (1, 1, 1) for a 6n+2 net with n=1.
   })
   c.precision = "fp32"             # 'fp32' | 'bf16' (bf16 compute, fp32 params) | 'fp16' (+ loss scaling).
   c.cross_replica_bn = True        # BN statistics over the global batch (else per replica, synced at evals).

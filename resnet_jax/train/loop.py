@@ -71,7 +71,7 @@ class _Preemption:
 
 
 def model_kwargs(config) -> dict[str, Any]:
-  kwargs = {k: v for k, v in config.model_overrides.items() if v != ""}
+  kwargs = {k: v for k, v in config.model_overrides.items() if v not in ("", ())}
   if config.precision in ("bf16", "fp16"):
     kwargs["dtype"] = jnp.bfloat16 if config.precision == "bf16" else jnp.float16
   if config.cross_replica_bn:
