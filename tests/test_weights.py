@@ -273,7 +273,7 @@ def test_merge_keeps_a_fresh_head_and_lists_other_mismatches():
 
 def test_finetune_digits_from_converted_checkpoint(converted, tmp_path):
   from resnet_jax.train import loop  # pylint: disable=g-import-not-at-top
-  _, _, workdir, _ = converted
+  net, _, workdir, _ = converted
   spec = __import__("importlib.util").util.spec_from_file_location(
       "digits_finetune", os.path.join(os.path.dirname(__file__), "..", "configs",
                                       "digits_finetune.py"))
@@ -292,7 +292,8 @@ def test_finetune_digits_from_converted_checkpoint(converted, tmp_path):
   assert result["step"] == 3 and result["eval_count"] == 1000
   assert np.isfinite(result["eval_loss"])
   # The fine-tuned run's params started from the converted ones: the body moved only a little.
-  src_params, _, _ = weights.load_variables(str(workdir))
+  # (The converted checkpoint holds exactly these -- test_convert_writes_... -- so no 2nd restore.)
+  src_params, _ = weights.from_torchvision(net.state_dict(), "resnet18")
   ft_params, _, ft_meta = weights.load_variables(str(tmp_path / "ft"))
   assert ft_meta["model"] == "resnet18"
   w0 = src_params["stage4_block1"]["conv2"]["kernel"]
