@@ -132,7 +132,11 @@ def main(argv):
     message = e.args[0] if isinstance(e, KeyError) and e.args else e
     logging.flush()
     print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Not sys.exit: after a failed read, Orbax/TensorStore background threads can print tracebacks
+    # during interpreter shutdown, burying the one line that matters.
+    os._exit(2)  # pylint: disable=protected-access
 
 
 class _QuietLibraries(pylogging.Filter):

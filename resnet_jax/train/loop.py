@@ -178,6 +178,14 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   ckpt = checkpoint_lib.Checkpointer(
       os.path.join(workdir, CHECKPOINT_DIR), keep_last=config.keep_checkpoints,
       async_save=config.async_checkpoints)
+  try:
+    return _train(config, workdir, ckpt, info, model, primary)
+  finally:
+    # Also on errors: an open manager's background threads would die noisily at exit.
+    ckpt.close()
+
+
+def _train(config, workdir, ckpt, info, model, primary) -> dict[str, Any]:
   schedule = optim.create_schedule(config)
 
   # Shapes come from the data itself: the first batch of the step we start from.
@@ -332,7 +340,6 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
           save(step, final)
     finally:
       ckpt.wait()
-      ckpt.close()
       progress.close()
 
   result = {"step": step, "preempted": preempted, **last_eval}
@@ -390,17 +397,18 @@ def evaluate(config, workdir: str, step: int | None = None, method: str | None =
   tx = optim.create_optimizer(config, abstract_params)
   template = state_lib.abstract_train_state(model, tx, image_shape,
                                             use_loss_scale=config.precision == "fp16")
-  used_step = step if step is not None else ckpt.latest_step()
-  if used_step is not None and ckpt.read_meta(used_step).get("kind") == "weights":
-    # A converted (e.g. torchvision) checkpoint holds only params and BN statistics.
+  try:
+    used_step = step if step is not None else ckpt.latest_step()
+    if used_step is not None and ckpt.read_meta(used_step).get("kind") == "weights":
+      # A converted (e.g. torchvision) checkpoint holds only params and BN statistics.
+      state = jax.jit(functools.partial(state_lib.create_train_state, model, tx,
+                                        image_shape=image_shape))(jax.random.key(0))
+      state = _initialise_from(state, workdir)
+    else:
+      restored, _ = ckpt.restore(template, step, expect_meta=_expect_meta(config))
+      state = jax.tree_util.tree_map(jnp.asarray, restored)
+  finally:
     ckpt.close()
-    state = jax.jit(functools.partial(state_lib.create_train_state, model, tx,
-                                      image_shape=image_shape))(jax.random.key(0))
-    state = _initialise_from(state, workdir)
-  else:
-    restored, _ = ckpt.restore(template, step, expect_meta=_expect_meta(config))
-    ckpt.close()
-    state = jax.tree_util.tree_map(jnp.asarray, restored)
   state = jax_utils.replicate(state)
   result = {"step": used_step, "method": method, **Evaluator(config, model)(state, method)}
   if jax.process_index() == 0:
