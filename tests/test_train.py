@@ -64,6 +64,12 @@ def wait_for_checkpoint(workdir, proc, timeout=240):
   raise AssertionError("no checkpoint appeared in time")
 
 
+def start_long_run(workdir):
+  """A 1,000-step run in the background, to be interrupted once it has a checkpoint."""
+  return subprocess.Popen(train_command(workdir, "--config.num_train_steps=1000"), env=command_env(),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO)
+
+
 @pytest.fixture(scope="module")
 def straight_run(tmp_path_factory):
   """Twelve uninterrupted steps, the reference for the resume tests."""
@@ -87,8 +93,7 @@ def test_run_writes_config_metrics_curves_and_counts_every_test_example(straight
 def test_resume_after_sigkill_is_bit_identical(straight_run, tmp_path):
   workdir = str(tmp_path / "killed")
   # A long run, killed without warning once a checkpoint exists.
-  proc = subprocess.Popen(train_command(workdir, "--config.num_train_steps=1000"), env=command_env(),
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO)
+  proc = start_long_run(workdir)
   try:
     wait_for_checkpoint(workdir, proc)
     proc.send_signal(signal.SIGKILL)
@@ -113,8 +118,7 @@ def test_resume_after_sigkill_is_bit_identical(straight_run, tmp_path):
 
 def test_sigterm_saves_exits_zero_and_resumes(straight_run, tmp_path):
   workdir = str(tmp_path / "preempted")
-  proc = subprocess.Popen(train_command(workdir, "--config.num_train_steps=1000"), env=command_env(),
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO)
+  proc = start_long_run(workdir)
   try:
     wait_for_checkpoint(workdir, proc)
     proc.send_signal(signal.SIGTERM)
