@@ -20,6 +20,10 @@ def base_config() -> ml_collections.ConfigDict:
       "zero_init_last_bn": False,
       "width_multiplier": 1.0,   # scales every width (narrow nets for quick studies).
       "stage_sizes": (),         # blocks per stage, e.g. (1, 1, 1) for a 6n+2 net with n=1.
+      # Compile each stage's repeated block once (nn.scan): ResNet-1202's train step compiles in
+      # 6.7 s instead of > 400 s. Checkpoints then hold the stacked layout (resnet.to_unrolled).
+      "scan_blocks": False,
+      "remat": False,            # recompute block activations in the backward pass (memory).
   })
   c.precision = "fp32"             # 'fp32' | 'bf16' (bf16 compute, fp32 params) | 'fp16' (+ loss scaling).
   c.cross_replica_bn = True        # BN statistics over the global batch (else per replica, synced at evals).
@@ -119,6 +123,9 @@ def cifar10_table6(model: str) -> ml_collections.ConfigDict:
   c.momentum = 0.9
   c.schedule = "piecewise"
   c.lr_boundaries = (32_000, 48_000)
+  if model.endswith("1202"):
+    c.model_overrides.scan_blocks = True
+    c.model_overrides.remat = True
   if model.endswith(("110", "1202")):
     c.warmup_lr_scale = 0.1
     c.warmup_max_steps = 400
