@@ -193,7 +193,7 @@ def test_checkpoint_of_another_architecture_is_refused_and_nothing_is_touched(
   proc = run_main(workdir, "--config.num_train_steps=15", "--config.model_overrides.shortcut=B")
   assert proc.returncode == 2
   last = proc.stderr.strip().splitlines()[-1]
-  assert "model_overrides" in last and "fresh workdir" in last, last
+  assert "architecture" in last and "'shortcut': 'B'" in last and "fresh workdir" in last, last
   assert snapshot(workdir) == before
 
 

@@ -102,15 +102,25 @@ def _first_replica(tree):
   return jax.tree_util.tree_map(first, tree)
 
 
+# ResNet fields that change neither the function computed nor the parameters: a run may resume
+# with different values (e.g. switch on remat, or bf16 compute).
+_NOT_ARCHITECTURE = ("dtype", "param_dtype", "bn_axis_name", "bn_momentum", "zero_init_last_bn",
+                     "remat", "matmul_1x1")
+
+
+def _architecture(config) -> dict[str, Any]:
+  """The resolved network (registry defaults + overrides), through JSON as stored."""
+  num_classes = data_lib.dataset_info(config.dataset).num_classes
+  full = models.registry.model_config(config.model, num_classes=num_classes, **model_kwargs(config))
+  return json.loads(json.dumps({k: v for k, v in full.items() if k not in _NOT_ARCHITECTURE}))
+
+
 def _checkpoint_meta(config, controller: optim.LearningRateController) -> dict[str, Any]:
-  return {"model": config.model, "model_overrides": config.model_overrides.to_dict(),
-          "dataset": config.dataset, "lr_controller": controller.to_json()}
+  return {**_expect_meta(config), "dataset": config.dataset, "lr_controller": controller.to_json()}
 
 
 def _expect_meta(config) -> dict[str, Any]:
-  # Through JSON, as stored (tuples become lists), so equal configs compare equal.
-  return json.loads(json.dumps(
-      {"model": config.model, "model_overrides": config.model_overrides.to_dict()}))
+  return {"model": config.model, "architecture": _architecture(config)}
 
 
 def _data_kwargs(config) -> dict[str, Any]:
