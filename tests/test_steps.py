@@ -5,7 +5,6 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from flax import jax_utils
 from flax.training.dynamic_scale import DynamicScale

@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import REPO, TINY_CONFIG, command_env, train_command
+from conftest import REPO, command_env, train_command
 from resnet_jax.checkpoint import Checkpointer
 from resnet_jax.metrics import read_metrics
 

@@ -9,6 +9,7 @@ restored from step k continues exactly as if it had never stopped.
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import math
 import os
@@ -243,7 +244,7 @@ def _train(config, workdir, ckpt, info, model, primary) -> dict[str, Any]:
   progress = metrics_lib.Progress(config.num_train_steps, start_step, enabled=primary)
 
   state = jax_utils.replicate(state)
-  batches = jax_utils.prefetch_to_device(_chain_first(first, train_iter), 2)
+  batches = jax_utils.prefetch_to_device(itertools.chain([first], train_iter), 2)
   base_rng = jax.random.key(config.seed + 1)
   local_devices = jax.local_device_count()
   device_offset = jax.process_index() * local_devices
@@ -365,11 +366,6 @@ def _train(config, workdir, ckpt, info, model, primary) -> dict[str, Any]:
     result["curves"] = metrics_lib.plot_curves(workdir, title=f"{config.model} on {config.dataset}")
     _write_json(os.path.join(workdir, DONE_FILE), result)
   return result
-
-
-def _chain_first(first, rest):
-  yield first
-  yield from rest
 
 
 def _initialise_from(state, init_dir: str):

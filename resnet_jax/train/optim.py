@@ -31,8 +31,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import optax
 from flax import traverse_util
 
