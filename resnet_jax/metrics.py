@@ -20,16 +20,6 @@ METRICS_FILE = "metrics.jsonl"
 CURVES_FILE = "curves.png"
 
 
-def _tensorflow_on_cpu():
-  """TensorFlow writes the event files; it must never claim an accelerator that JAX owns."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  try:
-    tf.config.set_visible_devices([], "GPU")
-  except RuntimeError:  # already initialised (on CPU) by the input pipeline
-    pass
-  return tf
-
-
 class MetricWriter:
   """Appends metrics to ``metrics.jsonl`` and TensorBoard files in ``workdir``."""
 
@@ -40,7 +30,11 @@ class MetricWriter:
     if enabled:
       os.makedirs(workdir, exist_ok=True)
       if tensorboard:
-        tf = _tensorflow_on_cpu()
+        # Imported here, not at the top: the data package pulls in tensorflow_datasets, and a
+        # metrics-only import (sweeps, analyses, tensorboard=False) should not pay for it.
+        import tensorflow as tf  # pylint: disable=g-import-not-at-top
+        from resnet_jax.data import tf_device  # pylint: disable=g-import-not-at-top
+        tf_device.hide_gpus_from_tf()
         self._tf = tf
         self._summary = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
 

@@ -1,12 +1,13 @@
 """resnet_jax.data: dataset registry, tfds builders, augmentation and sharded batches.
 
-Imports nothing else of ours. TensorFlow is kept off accelerators (hide_gpus_from_tf).
+Imports nothing else of ours. TensorFlow is kept off accelerators (hide_gpus_from_tf, in
+tf_device: the one helper, also used by metrics' TensorBoard writer).
 """
 from resnet_jax.data.datasets import (REGISTRY, CorruptImageError, DatasetNotFoundError,
                                       DatasetSpec, dataset_info, default_data_dir,
-                                      hide_gpus_from_tf, list_datasets, load_source,
-                                      num_examples)
+                                      list_datasets, load_source, num_examples)
 from resnet_jax.data.pipeline import eval_batches, prefetch_to_device, train_batches
+from resnet_jax.data.tf_device import hide_gpus_from_tf
 
 __all__ = ['REGISTRY', 'CorruptImageError', 'DatasetNotFoundError', 'DatasetSpec',
            'dataset_info', 'default_data_dir', 'eval_batches', 'hide_gpus_from_tf',

@@ -36,24 +36,10 @@ except ImportError:  # download_and_prepare() fails. The stdlib module has the s
   import sys
   sys.modules['importlib_resources'] = importlib.resources
 
-import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from resnet_jax.data import digits as digits_lib
-
-_GPUS_HIDDEN = False
-
-
-def hide_gpus_from_tf() -> None:
-  """Keeps TensorFlow off every accelerator (JAX owns them). Idempotent."""
-  global _GPUS_HIDDEN
-  if _GPUS_HIDDEN:
-    return
-  try:
-    tf.config.set_visible_devices([], 'GPU')
-  except RuntimeError:  # TF already initialised its devices; nothing more to do.
-    pass
-  _GPUS_HIDDEN = True
+from resnet_jax.data.tf_device import hide_gpus_from_tf  # also re-exported: pipeline imports it here
 
 
 class DatasetNotFoundError(ValueError):
