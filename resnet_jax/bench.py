@@ -120,10 +120,11 @@ def _loop_throughput(p_train, state, batch, image_size: int, steps: int, seed: i
   from resnet_jax import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
 
   channels = batch["image"].shape[-1]
+  n_dev = batch["image"].shape[0]
   # 'digits' augmentation pads 28 -> 32 and crops; at larger sizes use the random-resized crop
   # (ImageNet recipe), which scales the 28x28 source to any size.
   augment = None if image_size <= 32 else "inception"
-  source = data_lib.train_batches(LOOP_DATASET, global_batch_size=batch["image"].shape[1],
+  source = data_lib.train_batches(LOOP_DATASET, global_batch_size=n_dev * batch["image"].shape[1],
                                   seed=seed, image_size=image_size, augment=augment)
 
   def rgb(it):  # digits are grayscale; the benchmarked step was compiled for `channels`.
@@ -142,13 +143,13 @@ def _loop_throughput(p_train, state, batch, image_size: int, steps: int, seed: i
   try:
     # Warm-up: fill the pipeline (first tf.data batches are slow) outside the window.
     for step in range(2):
-      rngs = jax.random.split(jax.random.fold_in(base_rng, step), 1)
+      rngs = jax.random.split(jax.random.fold_in(base_rng, step), n_dev)
       state, m = p_train(state, next(batches), rngs)
     jax.block_until_ready(m)
     t0 = time.perf_counter()
     pending = []
     for step in range(2, 2 + steps):
-      rngs = jax.random.split(jax.random.fold_in(base_rng, step), 1)
+      rngs = jax.random.split(jax.random.fold_in(base_rng, step), n_dev)
       state, m = p_train(state, next(batches), rngs)
       pending.append(m)
       if step == 2:
@@ -157,12 +158,13 @@ def _loop_throughput(p_train, state, batch, image_size: int, steps: int, seed: i
     fetched = [jax.tree_util.tree_map(lambda x: float(np.asarray(x)[0]), p) for p in pending]
     means = {k: float(np.mean([f[k] for f in fetched])) for k in fetched[0]}
     elapsed = time.perf_counter() - t0
-    writer.write(2 + steps, {**means, "images_per_sec": steps * batch["image"].shape[1] / elapsed})
+    writer.write(2 + steps, {**means,
+                             "images_per_sec": steps * n_dev * batch["image"].shape[1] / elapsed})
     ckpt.wait()
   finally:
     ckpt.close()
     writer.close()
-  return steps * batch["image"].shape[1] / elapsed, state
+  return steps * n_dev * batch["image"].shape[1] / elapsed, state
 
 
 def run_benchmark(model: str, batch: int, image_size: int, precision: str = "fp32",
@@ -190,16 +192,24 @@ def run_benchmark(model: str, batch: int, image_size: int, precision: str = "fp3
                                     image_shape=image_shape))(jax.random.key(seed))
   n_params = state_lib.count_params(state.params)
 
-  # pmap over one device: exactly what train.loop compiles (axis "batch", state donated).
+  # pmap over every local device: exactly what train.loop compiles (axis "batch", state donated,
+  # the batch split evenly across devices).
   from flax import jax_utils  # pylint: disable=g-import-not-at-top
-  device = jax.local_devices()[0]
-  replicate = functools.partial(jax_utils.replicate, devices=[device])
-  state = replicate(state)
+  devices = jax.local_devices()
+  n_dev = len(devices)
+  if batch % n_dev:
+    raise ValueError(f"batch {batch} is not divisible by the {n_dev} local devices; "
+                     f"use a multiple of {n_dev}")
+  device = devices[0]
+  state = jax_utils.replicate(state, devices=devices)
   rng = np.random.default_rng(seed)
-  images = replicate(jnp.asarray(rng.standard_normal((batch, *image_shape)), jnp.float32))
-  labels = replicate(jnp.asarray(rng.integers(0, min(num_classes, 10), batch), jnp.int32))
+  per_device = (n_dev, batch // n_dev)
+  images = jax.pmap(lambda x: x, devices=devices)(
+      np.asarray(rng.standard_normal((*per_device, *image_shape)), np.float32))
+  labels = jax.pmap(lambda x: x, devices=devices)(
+      np.asarray(rng.integers(0, min(num_classes, 10), per_device), np.int32))
   train_batch = {"image": images, "label": labels}
-  rngs = jax.random.split(jax.random.key(seed + 1), 1)
+  rngs = jax.random.split(jax.random.key(seed + 1), n_dev)
 
   p_train = jax.pmap(functools.partial(steps_lib.train_step, model=net, tx=tx, schedule=schedule,
                                        num_classes=num_classes), axis_name=steps_lib.AXIS,
@@ -210,12 +220,14 @@ def run_benchmark(model: str, batch: int, image_size: int, precision: str = "fp3
 
   p_eval = jax.pmap(functools.partial(steps_lib.eval_step, model=net), axis_name=steps_lib.AXIS)
   eval_batch = {"image": images[:, :, None], "label": labels,
-                "mask": jnp.ones((1, batch), jnp.float32)}
+                "mask": jnp.ones(per_device, jnp.float32)}
   t0 = time.perf_counter()
   p_eval.lower(state, eval_batch).compile()
   compile_eval_s = time.perf_counter() - t0
 
   flops = _cost_flops(train_compiled)
+  if flops:
+    flops *= n_dev  # XLA reports the cost of one replica of the pmapped step
   memory = _peak_memory(train_compiled)
 
   box = {"state": state}
@@ -243,7 +255,7 @@ def run_benchmark(model: str, batch: int, image_size: int, precision: str = "fp3
       **memory,
       "compare": compare or None, "torch_images_per_sec": None, "torch_ratio": None,
       "jax_version": jax.__version__, "backend": jax.default_backend(),
-      "device": str(device.device_kind), "host": platform.node(),
+      "device": str(device.device_kind), "num_devices": n_dev, "host": platform.node(),
       "cpu_count": os.cpu_count(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
       "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
   }
@@ -287,7 +299,7 @@ def format_report(r: dict) -> str:
       ("model", f"{r['model']}  batch {r['batch']}  {r['image_size']}²  {r['precision']}"
                 + (f"  {over}" if over else "")),
       ("parameters", f"{r['num_params']:,}"),
-      ("device", f"{r['backend']} ({r['device']}, {r['cpu_count']} cpus)"
+      ("device", f"{r['backend']} ({r.get('num_devices', 1)} × {r['device']}, {r['cpu_count']} cpus)"
                  + (f"  XLA_FLAGS={r['xla_flags']}" if r.get("xla_flags") else "")),
       ("compile train step", _fmt(r["compile_train_s"], " s", 1)),
       ("compile eval step", _fmt(r["compile_eval_s"], " s", 1)),
@@ -432,15 +444,24 @@ def main(argv=None):
   p.add_argument("--steps", type=int, default=5)
   p.add_argument("--jsonl", default=None)
   p.add_argument("--no_loop", action="store_true")
+  p.add_argument("--loop_steps", type=int, default=None,
+                 help="steps in the full-loop window (default: --steps); the window holds one "
+                      "asynchronous checkpoint, so longer windows amortise it as training does")
+  p.add_argument("--cpu_devices", default="auto",
+                 help="CPU only: single-threaded XLA devices to split the host into ('auto' = one "
+                      "per core; 1 = one device using every core), as in training")
   p.add_argument("--override", action="append", default=[],
                  help="ResNet field=value (e.g. scan_blocks=true, remat=true, matmul_1x1=false)")
   a = p.parse_args(argv)
+  from resnet_jax import distributed  # pylint: disable=g-import-not-at-top
+  distributed.split_cpu_into_devices(a.cpu_devices, [a.batch])
   overrides = {}
   for kv in a.override:
     k, v = kv.split("=", 1)
     overrides[k] = {"true": True, "false": False}.get(v.lower(), v)
   r = run_benchmark(a.model, a.batch, a.image_size, a.precision, a.compare, a.peak_tflops,
-                    a.steps, a.jsonl, overrides=overrides, loop=not a.no_loop)
+                    a.steps, a.jsonl, overrides=overrides, loop=not a.no_loop,
+                    loop_steps=a.loop_steps)
   print(format_report(r))
 
 

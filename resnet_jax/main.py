@@ -45,6 +45,12 @@ _COMPILATION_CACHE = flags.DEFINE_string(
     "Persistent XLA compilation cache: a restarted or resumed run skips recompiling ('' = off; "
     "JAX_COMPILATION_CACHE_DIR takes precedence).")
 
+_CPU_DEVICES = flags.DEFINE_string(
+    "cpu_devices", "auto",
+    "On a CPU-only machine: split the host into this many single-threaded XLA devices and train data "
+    "parallel over them ('auto' = one per core, lowered until it divides the batch; 1 = one device "
+    "using every core). Ignored on GPU/TPU, in multi-process runs and when XLA_FLAGS sets it.")
+
 # bench and convert.
 _MODEL = flags.DEFINE_string("model", None, "bench/convert: model name (`resnet-jax models`).")
 _BATCH = flags.DEFINE_integer("batch", 16, "bench: batch size.")
@@ -76,6 +82,9 @@ def _train_or_eval(mode: str):
   if _COMPILATION_CACHE.value and not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
     import jax  # pylint: disable=g-import-not-at-top
     jax.config.update("jax_compilation_cache_dir", _COMPILATION_CACHE.value)
+  split = distributed.split_cpu_into_devices(_CPU_DEVICES.value, [config.global_batch_size])
+  if split > 1:
+    logging.info("CPU split into %d single-threaded devices (--cpu_devices)", split)
   distributed.initialize()
   if mode == "eval":
     result = loop.evaluate(config, workdir, step=_EVAL_STEP.value, method=_EVAL_METHOD.value)
@@ -102,6 +111,8 @@ def _dispatch(argv):
     return _models()
   if command == "bench":
     from resnet_jax import bench  # pylint: disable=g-import-not-at-top
+    from resnet_jax import distributed  # pylint: disable=g-import-not-at-top
+    distributed.split_cpu_into_devices(_CPU_DEVICES.value, [_BATCH.value])
     report = bench.run_benchmark(_require(_MODEL, "model"), _BATCH.value, _IMAGE_SIZE.value,
                                  _PRECISION.value, compare=_COMPARE.value,
                                  peak_tflops=_PEAK_TFLOPS.value, steps=_STEPS.value,

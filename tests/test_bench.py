@@ -110,6 +110,27 @@ def test_bench_tiny_report_has_every_field_with_sane_values(tmp_path):
   assert "None" not in text
 
 
+def test_bench_command_splits_the_cpu_and_counts_the_whole_batch(tmp_path):
+  """`python -m resnet_jax.bench` on 2 single-threaded CPU devices: the global batch is split, the
+  FLOPs and images/s are those of the whole batch, and the run says how it was split."""
+  import subprocess
+  import sys
+  from conftest import REPO, command_env
+  env = command_env()
+  env.pop("XLA_FLAGS")
+  out = tmp_path / "bench.jsonl"
+  proc = subprocess.run(
+      [sys.executable, "-m", "resnet_jax.bench", "--model=resnet20", "--batch=8", "--image_size=32",
+       "--steps=1", "--loop_steps=1", "--cpu_devices=2", f"--jsonl={out}"],
+      env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  r = json.loads(out.read_text().splitlines()[-1])
+  assert r["num_devices"] == 2 and "--xla_cpu_multi_thread_eigen=false" in r["xla_flags"]
+  assert 0.1e9 < r["flops_per_step"] / 8 < 1e9   # the whole batch's FLOPs, not one replica's
+  assert r["images_per_sec"] == pytest.approx(8 / r["step_time_best_s"])
+  assert "2 × cpu" in proc.stdout
+
+
 @pytest.mark.skipif(not HAVE_TORCH, reason="PyTorch (the [bench] extra) is not installed")
 @pytest.mark.parametrize("name", ["resnet20", "resnet50", "plain20"])
 def test_torch_reference_has_the_same_parameter_count(name):

@@ -239,3 +239,55 @@ def test_two_processes_found_through_slurm_variables(tmp_path):
     r = json.loads(next(l for l in out.splitlines() if l.startswith("RESULT "))[7:])
     assert r["mode"] == "slurm" and (r["process"], r["count"], r["devices"]) == (pid, 2, 4)
     assert r["psum"] == [22.0, 22.0]
+
+
+# --- CPU split into one device per core ---------------------------------------------------------
+
+@pytest.mark.parametrize("requested, batches, cores, expected", [
+    ("auto", [128], 2, 2),      # one device per core
+    ("auto", [100], 8, 5),      # lowered until it divides the batch
+    ("auto", [128, 96], 16, 16),
+    ("auto", [7], 4, 1),        # a prime batch: no split
+    ("3", [128], 2, 2),         # an explicit count is lowered the same way
+    (1, [128], 2, 1),
+])
+def test_cpu_device_count(requested, batches, cores, expected):
+  assert distributed.cpu_device_count(requested, batches, cores=cores) == expected
+
+
+@pytest.mark.parametrize("bad", ["0", "-2", "many"])
+def test_cpu_device_count_rejects_bad_values(bad):
+  with pytest.raises(ValueError, match="--cpu_devices must be 'auto' or a positive integer"):
+    distributed.cpu_device_count(bad, [128])
+
+
+_SPLIT = textwrap.dedent("""
+    import json, os, sys
+    from resnet_jax import distributed
+    n = distributed.split_cpu_into_devices(sys.argv[1], [8])
+    import jax
+    print("RESULT " + json.dumps(dict(returned=n, local=jax.local_device_count(),
+                                      xla_flags=os.environ.get("XLA_FLAGS", ""))), flush=True)
+""")
+
+
+@pytest.mark.parametrize("requested, xla_flags, returned, local", [
+    ("2", None, 2, 2),                                              # split, single-threaded
+    ("1", None, 1, 1),                                              # asked for one device
+    ("2", "--xla_force_host_platform_device_count=3", 1, 3),        # the user's XLA_FLAGS win
+])
+def test_split_cpu_into_devices_before_backend_start(tmp_path, requested, xla_flags, returned,
+                                                     local):
+  script = tmp_path / "split.py"
+  script.write_text(_SPLIT)
+  env = _child_env()
+  env.pop("XLA_FLAGS", None)
+  env.pop("JAX_NUM_CPU_DEVICES", None)
+  if xla_flags:
+    env["XLA_FLAGS"] = xla_flags
+  proc = subprocess.run([sys.executable, str(script), requested], env=env, capture_output=True,
+                        text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr
+  result = json.loads(proc.stdout.split("RESULT ", 1)[1])
+  assert result["returned"] == returned and result["local"] == local
+  assert ("--xla_cpu_multi_thread_eigen=false" in result["xla_flags"]) == (returned > 1)
