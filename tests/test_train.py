@@ -236,3 +236,22 @@ def test_eval_mode_reads_the_checkpoint_with_each_test_time_method(straight_run,
     assert results[method]["eval_count"] == 1000
   done = json.load(open(os.path.join(straight_run, "DONE")))
   assert results["center"]["eval_top1_error"] == pytest.approx(done["eval_top1_error"], abs=1e-6)
+
+
+@pytest.mark.parametrize("dataset, image_size, scales", [
+    ("digits", 0, (28, 32, 40)),           # stored at 28 px: at most 1.5x, not ImageNet's 224-640
+    ("cifar10", 0, (32, 40, 48)),
+    ("imagenet2012", 0, (224, 256, 384, 480, 640)),  # the paper's (§3.4)
+    ("imagenet2012", 112, (112, 128, 192, 240, 320)),
+])
+def test_full_conv_eval_picks_scales_relative_to_the_image_size(dataset, image_size, scales):
+  from resnet_jax.train import loop
+  from resnet_jax.train.config import base_config
+  config = base_config()
+  config.dataset, config.image_size = dataset, image_size
+  assert loop.full_conv_scales(config) == scales
+  # The evaluator behind `resnet-jax eval --eval_method=full_conv` (and analyze test_time) uses it.
+  evaluator = loop.Evaluator(config, loop.build_model(config, num_classes=10))
+  assert evaluator.scales == scales
+  config.eval_scales = (30, 36)  # an explicit choice is kept as given
+  assert loop.Evaluator(config, loop.build_model(config, num_classes=10)).scales == (30, 36)

@@ -20,22 +20,18 @@ METHODS = ("center", "ten_crop", "full_conv")
 def run(out: str, workdirs: Sequence[str], *, methods: Sequence[str] = METHODS,
         scales: Sequence[int] | None = None, step: int | None = None) -> dict[str, Any]:
   """Writes ``test_time.png`` and ``test_time.md``. ``scales``: shorter sides for full_conv
-  (default: the run's config.eval_scales; for 28/32 px datasets (28, 32, 40) or (32, 40, 48))."""
-  from resnet_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+  (default: the run's config.eval_scales, and if that is empty ``train.loop.full_conv_scales``'
+  choice from the image size, as ``resnet-jax eval`` makes it)."""
   from resnet_jax.train import loop  # pylint: disable=g-import-not-at-top
   rows = []
   for w in workdirs:
     config = A.run_config(w)
-    info = data_lib.dataset_info(config.dataset)
     if scales:
       config.eval_scales = tuple(int(s) for s in scales)
-    elif info.image_size < 64 and max(config.eval_scales) > 4 * info.image_size:
-      s = info.image_size
-      config.eval_scales = (s, s + s // 7 * 1, s + s // 7 * 3) if s == 28 else (s, s + 8, s + 16)
     for method in methods:
       res = loop.evaluate(config, w, step=step, method=method)
       rows.append({"workdir": w, "label": A.model_label(config), "method": method,
-                   "scales": list(config.eval_scales) if method == "full_conv" else None,
+                   "scales": list(loop.full_conv_scales(config)) if method == "full_conv" else None,
                    "step": res["step"], "top1_error": res["eval_top1_error"],
                    "top5_error": res["eval_top5_error"], "count": res["eval_count"]})
 

@@ -35,7 +35,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval_split = ""                # '' = the dataset's default eval split.
   c.train_augment = ""             # '' = the dataset's default ('paper', 'inception', 'cifar', 'digits').
   c.eval_method = "center"         # 'center' | 'ten_crop' | 'full_conv' (paper §3.4).
-  c.eval_scales = (224, 256, 384, 480, 640)  # shorter sides for 'full_conv'.
+  # Shorter sides for 'full_conv'; () = chosen from the eval image size (train.loop.full_conv_scales:
+  # the paper's 224, 256, 384, 480, 640 at a 224 crop; 28, 32, 40 on 28 px digits).
+  c.eval_scales = ()
   c.image_size = 0                 # 0 = the dataset's native training crop.
   # Optimisation (resnet_jax.train.optim documents each).
   c.global_batch_size = 128

@@ -128,11 +128,36 @@ def _data_kwargs(config) -> dict[str, Any]:
   return {"data_dir": config.data_dir or None, "image_size": config.image_size or None}
 
 
+# The paper's full_conv scales (§3.4) for its 224 px crop.
+PAPER_SCALES = (224, 256, 384, 480, 640)
+
+
+def full_conv_scales(config) -> tuple[int, ...]:
+  """The shorter sides ``full_conv`` evaluates at: ``config.eval_scales``, or if that is empty,
+  scales relative to the eval crop side s (``config.image_size`` or the dataset's).
+
+  Datasets whose images are resized down to the crop (ImageNet, image folders) get the paper's
+  scales times s/224 (exactly the paper's at 224). Datasets stored at their crop size (28/32 px
+  digits, MNIST, CIFAR; no resize before the crop) get s and the next two multiples of 8 above it,
+  28 -> (28, 32, 40), 32 -> (32, 40, 48): at most 1.5x, not 640/224 = 2.9x upsampling of an
+  image that has no more detail to give.
+  """
+  if config.eval_scales:
+    return tuple(int(s) for s in config.eval_scales)
+  info = data_lib.dataset_info(config.dataset)
+  size = config.image_size or info.image_size
+  if info.resize_size:
+    return tuple(int(round(k * size / PAPER_SCALES[0])) for k in PAPER_SCALES)
+  above = (size // 8 + 1) * 8
+  return (size, above, above + 8)
+
+
 class Evaluator:
   """Runs one test-time method over the whole eval split; counts every example exactly once."""
 
   def __init__(self, config, model):
     self.config = config
+    self.scales = full_conv_scales(config)
     self._p_eval = jax.pmap(functools.partial(steps.eval_step, model=model),
                             axis_name=steps.AXIS)
     self._p_predict = jax.pmap(functools.partial(steps.predict_step, model=model),
@@ -155,7 +180,7 @@ class Evaluator:
     # Fully-convolutional multi-scale (§3.4): softmax scores averaged over scales, per example.
     # Eval order is deterministic, so the k-th batch of every scale holds the same examples.
     summed, labels, masks = [], [], []
-    for i, scale in enumerate(self.config.eval_scales):
+    for i, scale in enumerate(self.scales):
       for j, batch in enumerate(self._batches("full_conv", scale)):
         probs = self._p_predict(replicated_state, batch)
         if i == 0:
@@ -166,7 +191,7 @@ class Evaluator:
           summed[j] = summed[j] + probs
     total = None
     for probs, label, mask in zip(summed, labels, masks):
-      sums = _first_replica(self._p_metrics(probs / len(self.config.eval_scales), label, mask))
+      sums = _first_replica(self._p_metrics(probs / len(self.scales), label, mask))
       total = sums if total is None else jax.tree_util.tree_map(np.add, total, sums)
     return steps.summarize_eval(total)
 
