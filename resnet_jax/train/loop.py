@@ -234,12 +234,13 @@ def _train(config, workdir, ckpt, info, model, primary) -> dict[str, Any]:
   image_shape = first["image"].shape[2:]
 
   init_rng = jax.random.key(config.seed)
-  abstract_params = jax.eval_shape(
-      lambda r: model.init(r, jnp.zeros((1, *image_shape)), train=False), init_rng)["params"]
-  tx = optim.create_optimizer(config, abstract_params)
+  # One trace of model.init serves the optimizer's mask and the checkpoint template.
+  abstract_variables = state_lib.abstract_variables(model, image_shape)
+  tx = optim.create_optimizer(config, abstract_variables["params"])
   controller = optim.LearningRateController.from_config(config)
   template = state_lib.abstract_train_state(model, tx, image_shape, controller.lr_scale,
-                                            config.precision == "fp16")
+                                            config.precision == "fp16",
+                                            variables=abstract_variables)
   if start_step:
     restored, meta = ckpt.restore(template, expect_meta=_expect_meta(config))
     state = jax.tree_util.tree_map(jnp.asarray, restored)
@@ -422,12 +423,11 @@ def evaluate(config, workdir: str, step: int | None = None, method: str | None =
       config.dataset, global_batch_size=config.global_batch_size, method="center",
       split=config.eval_split or None, **_data_kwargs(config))))
   image_shape = first["image"].shape[3:]
-  abstract_params = jax.eval_shape(
-      lambda r: model.init(r, jnp.zeros((1, *image_shape)), train=False),
-      jax.random.key(0))["params"]
-  tx = optim.create_optimizer(config, abstract_params)
+  abstract_variables = state_lib.abstract_variables(model, image_shape)  # traced once, used twice
+  tx = optim.create_optimizer(config, abstract_variables["params"])
   template = state_lib.abstract_train_state(model, tx, image_shape,
-                                            use_loss_scale=config.precision == "fp16")
+                                            use_loss_scale=config.precision == "fp16",
+                                            variables=abstract_variables)
   try:
     used_step = step if step is not None else ckpt.latest_step()
     if used_step is not None and ckpt.read_meta(used_step).get("kind") == "weights":

@@ -25,10 +25,14 @@ class TrainState(struct.PyTreeNode):
   loss_scale: DynamicScale | None = None
 
 
-def create_train_state(model, tx: optax.GradientTransformation, rng, image_shape,
-                       lr_scale: float = 1.0, use_loss_scale: bool = False) -> TrainState:
-  """Initialises the model on a dummy batch of one image of ``image_shape`` (H, W, C)."""
-  variables = model.init(rng, jnp.zeros((1, *image_shape), jnp.float32), train=False)
+def init_variables(model, rng, image_shape):
+  """The model's variables, initialised on a dummy batch of one image of ``image_shape`` (H, W, C)."""
+  return model.init(rng, jnp.zeros((1, *image_shape), jnp.float32), train=False)
+
+
+def train_state_from_variables(variables, tx: optax.GradientTransformation, lr_scale: float = 1.0,
+                               use_loss_scale: bool = False) -> TrainState:
+  """A step-0 state around the model ``variables`` (params, and batch_stats if any)."""
   params = variables["params"]
   return TrainState(
       step=jnp.zeros((), jnp.int32),
@@ -39,11 +43,29 @@ def create_train_state(model, tx: optax.GradientTransformation, rng, image_shape
       loss_scale=DynamicScale() if use_loss_scale else None)
 
 
-def abstract_train_state(model, tx, image_shape, lr_scale=1.0, use_loss_scale=False):
-  """Shapes and dtypes of the state without computing it (nothing compiles)."""
+def create_train_state(model, tx: optax.GradientTransformation, rng, image_shape,
+                       lr_scale: float = 1.0, use_loss_scale: bool = False) -> TrainState:
+  """Initialises the model on a dummy batch of one image of ``image_shape`` (H, W, C)."""
+  return train_state_from_variables(init_variables(model, rng, image_shape), tx, lr_scale,
+                                    use_loss_scale)
+
+
+def abstract_variables(model, image_shape):
+  """Shapes and dtypes of the model's variables (one trace of ``model.init``; nothing compiles)."""
+  return jax.eval_shape(lambda rng: init_variables(model, rng, image_shape), jax.random.key(0))
+
+
+def abstract_train_state(model, tx, image_shape, lr_scale=1.0, use_loss_scale=False, *,
+                         variables=None):
+  """Shapes and dtypes of the state without computing it (nothing compiles).
+
+  ``variables``: the model's ``abstract_variables``, when the caller already has them (e.g. to
+  build the optimizer's mask from the params); the model is then not traced a second time.
+  """
+  if variables is None:
+    variables = abstract_variables(model, image_shape)
   return jax.eval_shape(
-      lambda rng: create_train_state(model, tx, rng, image_shape, lr_scale, use_loss_scale),
-      jax.random.key(0))
+      lambda v: train_state_from_variables(v, tx, lr_scale, use_loss_scale), variables)
 
 
 def count_params(params) -> int:
