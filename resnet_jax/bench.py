@@ -65,11 +65,10 @@ def _bench_config(model: str, batch: int, precision: str):
   return c
 
 
-def _model_kwargs(precision: str, overrides: dict | None) -> dict:
-  kwargs = dict(overrides or {})
-  if precision == "bf16":
-    kwargs["dtype"] = jnp.bfloat16
-  return kwargs
+def _model_kwargs(config, overrides: dict | None) -> dict:
+  """What ``train.loop`` builds the model with (precision, cross-replica BN), plus ``overrides``."""
+  from resnet_jax.train import loop  # pylint: disable=g-import-not-at-top
+  return {**loop.model_kwargs(config), **(overrides or {})}
 
 
 def _cost_flops(compiled) -> float | None:
@@ -180,7 +179,7 @@ def run_benchmark(model: str, batch: int, image_size: int, precision: str = "fp3
   spec = models.model_spec(model)
   num_classes = num_classes or spec.num_classes
   config = _bench_config(model, batch, precision)
-  kwargs = _model_kwargs(precision, overrides)
+  kwargs = _model_kwargs(config, overrides)
   net = models.get_model(model, num_classes=num_classes, **kwargs)
   image_shape = (image_size, image_size, 3)
 
