@@ -227,6 +227,8 @@ def run_benchmark(model: str, batch: int, image_size: int, precision: str = "fp3
   flops = _cost_flops(train_compiled)
   if flops:
     flops *= n_dev  # XLA reports the cost of one replica of the pmapped step
+  if net.scan_blocks:
+    flops = None  # XLA's cost analysis counts a while loop's body once: not the step's FLOPs
   memory = _peak_memory(train_compiled)
 
   box = {"state": state}

@@ -181,6 +181,34 @@ def test_matmul_1x1_model_matches_conv_model_with_the_same_params():
   assert max_diff(g_f, g_s) < 1e-4
 
 
+# --- convolution gradients in forward form (used inside nn.scan) ------------------------------------
+@pytest.mark.parametrize("k, stride, size", [(3, 1, 8), (3, 2, 8), (3, 2, 9), (1, 2, 7), (7, 2, 12),
+                                             (1, 1, 5)])
+def test_forward_form_conv_has_the_values_and_gradients_of_lax_conv(k, stride, size):
+  from resnet_jax.models.blocks import conv_forward_form_grads
+  rng = np.random.default_rng(k * 100 + stride * 10 + size)
+  x = jnp.asarray(rng.standard_normal((3, size, size + 1, 5)), jnp.float32)
+  w = jnp.asarray(rng.standard_normal((k, k, 5, 4)), jnp.float32)
+  pad = ((k // 2, k // 2), (k // 2, k // 2))
+
+  def reference(x, w):
+    return jax.lax.conv_general_dilated(x, w, (stride, stride), pad,
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+  def ours(x, w):
+    return conv_forward_form_grads(x, w, stride, pad)
+
+  def value_and_grads(f):
+    return jax.jit(lambda x, w: (f(x, w), jax.grad(lambda x, w: jnp.sum(jnp.sin(f(x, w))),
+                                                   argnums=(0, 1))(x, w)))(x, w)
+
+  (y_ref, g_ref), (y, g) = value_and_grads(reference), value_and_grads(ours)
+  assert y.shape == y_ref.shape and g[0].shape == x.shape and g[1].shape == w.shape
+  assert max_diff(y, y_ref) < 1e-5
+  assert max_diff(g[0], g_ref[0]) < 1e-4 and max_diff(g[1], g_ref[1]) < 1e-4
+  assert np.max(np.abs(np.asarray(g[1]))) > 1e-2   # non-trivial gradients
+
+
 # --- scan over repeated blocks ---------------------------------------------------------------------
 # Narrow widths (the property does not depend on width); every first stage has 3 blocks, i.e.
 # block0 + a scan over 2 identical blocks.

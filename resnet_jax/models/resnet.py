@@ -177,7 +177,10 @@ class ResNet(nn.Module):
                     body = nn.remat(body, prevent_cse=False)
                 scanned = nn.scan(body, variable_axes={"params": 0, "batch_stats": 0},
                                   split_rngs={"params": True}, length=n_blocks - 1)
-                x, _ = scanned(block=self.block, fields=tuple(sorted(fields.items())),
+                # Inside the scan's while loop XLA:CPU needs the gradient convolutions written
+                # in forward form (blocks.conv_forward_form_grads); same parameters and values.
+                body_fields = {**fields, "forward_form_grads": True}
+                x, _ = scanned(block=self.block, fields=tuple(sorted(body_fields.items())),
                                train=train, name=f"stage{i + 1}_blocks")(x, None)
             else:
                 for j in range(1, n_blocks):
