@@ -10,8 +10,9 @@ One call of :func:`run_benchmark` measures, for one model / batch / image size /
   on the bundled ``digits`` dataset at ``image_size`` (random-resized crop above 32) and repeated to
   3 channels, prefetched
   to the device as ``train.loop`` does), per-step rng, metrics fetched and written to
-  ``metrics.jsonl``, and one asynchronous Orbax checkpoint inside the timed window; the overhead
-  is ``1 - loop / bare(median)`` in %;
+  ``metrics.jsonl``, and one asynchronous Orbax checkpoint inside every timed window.  Bare and
+  full-loop windows of ``loop_steps`` steps alternate ``loop_rounds`` times (the machine's speed
+  drifts more than the overhead) and the overhead is ``1 - bare time / loop time`` in %;
 * FLOPs of one step from XLA's cost analysis -> achieved FLOP/s (at the best step time), and MFU
   when ``peak_tflops`` is given;
 * peak device memory of the train step from XLA's memory analysis (arguments + outputs - donated
@@ -170,7 +171,8 @@ def run_benchmark(model: str, batch: int, image_size: int, precision: str = "fp3
                   compare: str | None = None, peak_tflops: float | None = None, steps: int = 5,
                   jsonl: str | None = None, *, overrides: dict | None = None,
                   num_classes: int | None = None, loop: bool = True,
-                  loop_steps: int | None = None, seed: int = 0) -> dict[str, Any]:
+                  loop_steps: int | None = None, loop_rounds: int = 3,
+                  seed: int = 0) -> dict[str, Any]:
   """Benchmarks the real train step of ``model``; returns the report dict (see module doc)."""
   if precision not in PRECISIONS:
     raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
@@ -262,10 +264,19 @@ def run_benchmark(model: str, batch: int, image_size: int, precision: str = "fp3
   }
 
   if loop:
-    loop_ips, box["state"] = _loop_throughput(train_compiled, box["state"], train_batch,
-                                              image_size, loop_steps or steps, seed)
-    result["loop_images_per_sec"] = loop_ips
-    result["loop_overhead_pct"] = 100.0 * (1.0 - loop_ips / result["images_per_sec_median"])
+    # The machine's speed drifts by more than the overhead being measured, so bare and full-loop
+    # windows of the same length alternate and the overhead compares their summed times.
+    n_loop = loop_steps or steps
+    bare_s, loop_s = 0.0, 0.0
+    for r in range(loop_rounds):
+      bare_s += sum(_time_steps(one_step, n_loop))
+      loop_ips, box["state"] = _loop_throughput(train_compiled, box["state"], train_batch,
+                                                image_size, n_loop, seed + r)
+      loop_s += n_loop * batch / loop_ips
+    result["loop_images_per_sec"] = loop_rounds * n_loop * batch / loop_s
+    result["loop_bare_images_per_sec"] = loop_rounds * n_loop * batch / bare_s
+    result["loop_overhead_pct"] = 100.0 * (1.0 - bare_s / loop_s)
+    result["loop_steps"], result["loop_rounds"] = n_loop, loop_rounds
   del box
 
   if compare == "torch":
@@ -308,7 +319,9 @@ def format_report(r: dict) -> str:
                                      f"{_fmt(r['step_time_median_s'] * 1e3, ' ms', 1)}"),
       (f"bare images/s (best of {r['steps']})", _fmt(r["images_per_sec"])),
       ("full-loop images/s", _fmt(r["loop_images_per_sec"])),
-      ("loop overhead vs median", _fmt(r["loop_overhead_pct"], " %", 1)),
+      ("loop overhead (interleaved)", _fmt(r["loop_overhead_pct"], " %", 1)
+                                      + (f"  ({r['loop_rounds']} x {r['loop_steps']} steps each)"
+                                         if r.get("loop_rounds") else "")),
       ("FLOPs / step (XLA)", _fmt(None if r["flops_per_step"] is None
                                   else r["flops_per_step"] / 1e9, " GFLOP", 1)),
       ("achieved", _fmt(None if r["achieved_tflops"] is None else r["achieved_tflops"] * 1e3,
@@ -446,8 +459,10 @@ def main(argv=None):
   p.add_argument("--jsonl", default=None)
   p.add_argument("--no_loop", action="store_true")
   p.add_argument("--loop_steps", type=int, default=None,
-                 help="steps in the full-loop window (default: --steps); the window holds one "
+                 help="steps in each full-loop window (default: --steps); every window holds one "
                       "asynchronous checkpoint, so longer windows amortise it as training does")
+  p.add_argument("--loop_rounds", type=int, default=3,
+                 help="bare and full-loop windows alternate this many times")
   p.add_argument("--cpu_devices", default="auto",
                  help="CPU only: single-threaded XLA devices to split the host into ('auto' = one "
                       "per core; 1 = one device using every core), as in training")
@@ -462,7 +477,7 @@ def main(argv=None):
     overrides[k] = {"true": True, "false": False}.get(v.lower(), v)
   r = run_benchmark(a.model, a.batch, a.image_size, a.precision, a.compare, a.peak_tflops,
                     a.steps, a.jsonl, overrides=overrides, loop=not a.no_loop,
-                    loop_steps=a.loop_steps)
+                    loop_steps=a.loop_steps, loop_rounds=a.loop_rounds)
   print(format_report(r))
 
 

@@ -82,7 +82,7 @@ def test_bench_tiny_report_has_every_field_with_sane_values(tmp_path):
   out = tmp_path / "bench.jsonl"
   compare = "torch" if HAVE_TORCH else None
   r = bench.run_benchmark("resnet20", 8, 32, "fp32", compare=compare, peak_tflops=1.0, steps=2,
-                          jsonl=str(out), loop_steps=2)
+                          jsonl=str(out), loop_steps=2, loop_rounds=2)
   assert r["model"] == "resnet20" and r["batch"] == 8 and r["image_size"] == 32
   assert r["num_params"] == 269722  # paper §4.2: 0.27M
   for k in ("compile_train_s", "compile_eval_s", "step_time_best_s", "step_time_median_s",
@@ -93,7 +93,8 @@ def test_bench_tiny_report_has_every_field_with_sane_values(tmp_path):
   assert r["step_time_best_s"] <= r["step_time_median_s"]
   assert r["images_per_sec"] == pytest.approx(8 / r["step_time_best_s"])
   assert r["mfu"] == pytest.approx(r["achieved_tflops"] / 1.0)
-  assert r["loop_overhead_pct"] < 100
+  assert r["loop_overhead_pct"] < 100 and r["loop_rounds"] == 2 and r["loop_steps"] == 2
+  assert r["loop_images_per_sec"] > 0 and r["loop_bare_images_per_sec"] > 0
   # XLA's count of one train step: forward + backward ~ 3 x the forward's 2 x 41M MACs per image.
   assert 0.1e9 < r["flops_per_step"] / 8 < 1e9
   # Memory: at least the donated state (params + momentum) and at most a few hundred MiB.
