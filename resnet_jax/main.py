@@ -142,11 +142,15 @@ def main(argv):
   except _known_errors() as e:  # one line, no traceback: the user can act on it
     message = e.args[0] if isinstance(e, KeyError) and e.args else e
     logging.flush()
-    print(f"error: {message}", file=sys.stderr)
     sys.stdout.flush()
     sys.stderr.flush()
-    # Not sys.exit: after a failed read, Orbax/TensorStore background threads can print tracebacks
-    # during interpreter shutdown, burying the one line that matters.
+    # After a failed read, Orbax/TensorStore background threads can print tracebacks at any moment
+    # until the process ends, burying the one line that matters: point the process's stderr at
+    # /dev/null, write the line to the real one, and exit without interpreter shutdown.
+    real_stderr = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.write(real_stderr, f"error: {message}\n".encode())
     os._exit(2)  # pylint: disable=protected-access
 
 
