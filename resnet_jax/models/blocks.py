@@ -70,12 +70,12 @@ def _nn_conv(features: int, kernel: int, stride: int = 1, *, groups: int = 1, na
                    param_dtype=param_dtype, name=name)
 
 
-class Conv1x1(nn.Module):
-    """A bias-free 1x1 conv (padding 0) computed as a matmul over channels.
+class _ConvKernel(nn.Module):
+    """Fields and parameter shared by our replacements for a bias-free, ungrouped ``nn.Conv``.
 
-    Same parameter as ``nn.Conv(features, (1, 1))``: ``kernel`` of shape ``(1, 1, cin, features)``
-    with the same initialiser, so the two are interchangeable in a checkpoint.  ``stride`` s keeps
-    every s-th row and column first (what a 1x1 conv with stride s and no padding computes).
+    The ``kernel`` parameter is the one ``nn.Conv(features, (k, k))`` creates -- shape
+    ``(k, k, cin, features)``, same initialiser -- so a replacement is interchangeable with
+    ``nn.Conv`` in a checkpoint, in parameter counts and in weight import.
     """
 
     features: int
@@ -84,10 +84,21 @@ class Conv1x1(nn.Module):
     param_dtype: Dtype = jnp.float32
     kernel_init: Any = conv_kernel_init
 
+    def _kernel(self, x, size: int):
+        return self.param("kernel", self.kernel_init, (size, size, x.shape[-1], self.features),
+                          self.param_dtype)
+
+
+class Conv1x1(_ConvKernel):
+    """A bias-free 1x1 conv (padding 0) computed as a matmul over channels.
+
+    ``stride`` s keeps every s-th row and column first (what a 1x1 conv with stride s and no
+    padding computes).
+    """
+
     @nn.compact
     def __call__(self, x):
-        kernel = self.param("kernel", self.kernel_init, (1, 1, x.shape[-1], self.features),
-                            self.param_dtype)
+        kernel = self._kernel(x, 1)
         if self.stride > 1:
             x = x[:, ::self.stride, ::self.stride, :]
         x = jnp.asarray(x, self.dtype)
@@ -145,25 +156,19 @@ def _conv_bwd(stride, padding, residuals, dy):
 conv_forward_form_grads.defvjp(_conv_fwd, _conv_bwd)
 
 
-class ConvForwardFormGrads(nn.Module):
+class ConvForwardFormGrads(_ConvKernel):
     """A bias-free, ungrouped k x k conv (padding k // 2) computed by :func:`conv_forward_form_grads`.
 
-    Same ``kernel`` parameter, initialiser and outputs as ``nn.Conv``; used for the blocks inside
-    ``nn.scan`` (``scan_blocks=True``), where it keeps XLA:CPU's gradient convolutions fast.
+    Same outputs as ``nn.Conv``; used for the blocks inside ``nn.scan`` (``scan_blocks=True``),
+    where it keeps XLA:CPU's gradient convolutions fast.
     """
 
-    features: int
-    kernel_size: int
-    stride: int = 1
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
-    kernel_init: Any = conv_kernel_init
+    kernel_size: int = 3
 
     @nn.compact
     def __call__(self, x):
         k = self.kernel_size
-        kernel = self.param("kernel", self.kernel_init, (k, k, x.shape[-1], self.features),
-                            self.param_dtype)
+        kernel = self._kernel(x, k)
         pad = ((k // 2, k // 2), (k // 2, k // 2))
         return conv_forward_form_grads(jnp.asarray(x, self.dtype), jnp.asarray(kernel, self.dtype),
                                        self.stride, pad)
@@ -182,8 +187,9 @@ def conv(features: int, kernel: int, stride: int = 1, *, groups: int = 1, name: 
         return Conv1x1(features, stride, dtype=dtype, param_dtype=param_dtype,
                        kernel_init=kernel_init or conv_kernel_init, name=name)
     if forward_form_grads and groups == 1:
-        return ConvForwardFormGrads(features, kernel, stride, dtype=dtype, param_dtype=param_dtype,
-                                    kernel_init=kernel_init or conv_kernel_init, name=name)
+        return ConvForwardFormGrads(features, stride, dtype=dtype, param_dtype=param_dtype,
+                                    kernel_init=kernel_init or conv_kernel_init,
+                                    kernel_size=kernel, name=name)
     return _nn_conv(features, kernel, stride, groups=groups, name=name, dtype=dtype,
                     param_dtype=param_dtype, kernel_init=kernel_init)
 
