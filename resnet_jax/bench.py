@@ -120,11 +120,12 @@ def _loop_throughput(p_train, state, batch, image_size: int, steps: int, seed: i
   from resnet_jax import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
 
   channels = batch["image"].shape[-1]
-  n_dev = batch["image"].shape[0]
+  n_dev, per_device = batch["image"].shape[:2]
+  global_batch = n_dev * per_device
   # 'digits' augmentation pads 28 -> 32 and crops; at larger sizes use the random-resized crop
   # (ImageNet recipe), which scales the 28x28 source to any size.
   augment = None if image_size <= 32 else "inception"
-  source = data_lib.train_batches(LOOP_DATASET, global_batch_size=n_dev * batch["image"].shape[1],
+  source = data_lib.train_batches(LOOP_DATASET, global_batch_size=global_batch,
                                   seed=seed, image_size=image_size, augment=augment)
 
   def rgb(it):  # digits are grayscale; the benchmarked step was compiled for `channels`.
@@ -158,13 +159,12 @@ def _loop_throughput(p_train, state, batch, image_size: int, steps: int, seed: i
     fetched = [jax.tree_util.tree_map(lambda x: float(np.asarray(x)[0]), p) for p in pending]
     means = {k: float(np.mean([f[k] for f in fetched])) for k in fetched[0]}
     elapsed = time.perf_counter() - t0
-    writer.write(2 + steps, {**means,
-                             "images_per_sec": steps * n_dev * batch["image"].shape[1] / elapsed})
+    writer.write(2 + steps, {**means, "images_per_sec": steps * global_batch / elapsed})
     ckpt.wait()
   finally:
     ckpt.close()
     writer.close()
-  return steps * n_dev * batch["image"].shape[1] / elapsed, state
+  return steps * global_batch / elapsed, state
 
 
 def run_benchmark(model: str, batch: int, image_size: int, precision: str = "fp32",
@@ -185,9 +185,7 @@ def run_benchmark(model: str, batch: int, image_size: int, precision: str = "fp3
   net = models.get_model(model, num_classes=num_classes, **kwargs)
   image_shape = (image_size, image_size, 3)
 
-  abstract = jax.eval_shape(lambda r: net.init(r, jnp.zeros((1, *image_shape)), train=False),
-                            jax.random.key(0))["params"]
-  tx = optim.create_optimizer(config, abstract)
+  tx = optim.create_optimizer(config, state_lib.abstract_variables(net, image_shape)["params"])
   schedule = optim.create_schedule(config)
   state = jax.jit(functools.partial(state_lib.create_train_state, net, tx,
                                     image_shape=image_shape))(jax.random.key(seed))
@@ -205,11 +203,10 @@ def run_benchmark(model: str, batch: int, image_size: int, precision: str = "fp3
   state = jax_utils.replicate(state, devices=devices)
   rng = np.random.default_rng(seed)
   per_device = (n_dev, batch // n_dev)
-  images = jax.pmap(lambda x: x, devices=devices)(
-      np.asarray(rng.standard_normal((*per_device, *image_shape)), np.float32))
-  labels = jax.pmap(lambda x: x, devices=devices)(
-      np.asarray(rng.integers(0, min(num_classes, 10), per_device), np.int32))
-  train_batch = {"image": images, "label": labels}
+  train_batch = jax.pmap(lambda b: b, devices=devices)({  # one shard of the batch per device
+      "image": np.asarray(rng.standard_normal((*per_device, *image_shape)), np.float32),
+      "label": np.asarray(rng.integers(0, min(num_classes, 10), per_device), np.int32)})
+  images, labels = train_batch["image"], train_batch["label"]
   rngs = jax.random.split(jax.random.key(seed + 1), n_dev)
 
   p_train = jax.pmap(functools.partial(steps_lib.train_step, model=net, tx=tx, schedule=schedule,

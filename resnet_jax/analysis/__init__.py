@@ -172,11 +172,11 @@ def load_run(workdir: str, step: int | None = None):
   config = run_config(workdir)
   model, info = build_model(config)
   image_shape = image_shape_of(config, info)
-  abstract = jax.eval_shape(lambda r: model.init(r, jnp.zeros((1, *image_shape)), train=False),
-                            jax.random.key(0))["params"]
-  tx = optim.create_optimizer(config, abstract)
+  abstract_variables = state_lib.abstract_variables(model, image_shape)  # traced once, used twice
+  tx = optim.create_optimizer(config, abstract_variables["params"])
   template = state_lib.abstract_train_state(model, tx, image_shape,
-                                            use_loss_scale=config.precision == "fp16")
+                                            use_loss_scale=config.precision == "fp16",
+                                            variables=abstract_variables)
   ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True,
                                      async_save=False)
   try:

@@ -6,9 +6,6 @@ from __future__ import annotations
 import os
 from typing import Any, Sequence
 
-import jax
-import jax.numpy as jnp
-
 from resnet_jax import analysis as A
 from resnet_jax.train import state as state_lib
 
@@ -18,9 +15,7 @@ OPTIONS = ("A", "B", "C")
 def param_count(config) -> int:
   model, info = A.build_model(config)
   shape = A.image_shape_of(config, info)
-  params = jax.eval_shape(lambda r: model.init(r, jnp.zeros((1, *shape)), train=False),
-                          jax.random.key(0))["params"]
-  return state_lib.count_params(params)
+  return state_lib.count_params(state_lib.abstract_variables(model, shape)["params"])
 
 
 def run(out: str, *, model: str = "resnet20", options: Sequence[str] = OPTIONS,
