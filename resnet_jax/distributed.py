@@ -369,8 +369,8 @@ def split_cpu_into_devices(requested: str | int = "auto", batch_sizes: Sequence[
 
   XLA:CPU spreads one convolution over the cores badly for the small tensors of a ResNet step
   (a 3x3 conv over 16-64 channels runs about as fast on one core as on two), so a step split into
-  per-core replicas of half the batch is faster: ResNet-56, batch 128, on 2 cores went from 56 to
-  82 images/s (docs/benchmarks.md). With cross-replica BatchNorm (the default) the maths of the
+  per-core replicas of half the batch is faster: ResNet-56, batch 128, on 2 cores took 1534-1598
+  instead of 1984-2015 ms a step, +27% (docs/benchmarks.md). With cross-replica BatchNorm (the default) the maths of the
   step is unchanged. Must run before the JAX backend starts; it leaves alone an explicit
   ``XLA_FLAGS`` device count or threading flag, ``JAX_NUM_CPU_DEVICES``, and multi-process runs
   (their launcher decides the devices per process).  Has no effect on GPU or TPU backends.
