@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 WORKDIR ?= runs/digits
 CONFIG ?= configs/digits.py
 
-.PHONY: install test train clean
+.PHONY: install test lint format train clean
 
 install: $(STAMP)
 
@@ -19,8 +19,17 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
-test: $(STAMP)
+# CI runs this target: style and lint first (seconds), then the suite.
+test: lint
 	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff format --check --quiet .
+	$(VENV)/bin/ruff check --quiet .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
 
 train: $(STAMP)
 	$(PY) -m resnet_jax.main --config=$(CONFIG) --workdir=$(WORKDIR)

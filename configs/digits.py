@@ -13,7 +13,7 @@ def get_config():
   c.model = "resnet20"
   c.dataset = "digits"
   c.global_batch_size = 128
-  c.num_train_steps = 200          # 6.4 epochs of 4,000 images
+  c.num_train_steps = 200  # 6.4 epochs of 4,000 images
   c.learning_rate = 0.1
   c.schedule = "warmup_cosine"
   c.warmup_steps = 20

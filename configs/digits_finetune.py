@@ -21,10 +21,10 @@ def get_config():
   c = base_config()
   c.model = "resnet18"
   c.dataset = "digits"
-  c.init_from = ""                 # set on the command line: the --workdir of `resnet-jax convert`.
+  c.init_from = ""  # set on the command line: the --workdir of `resnet-jax convert`.
   c.global_batch_size = 64
-  c.num_train_steps = 200          # 3.2 epochs of 4,000 images
-  c.learning_rate = 0.01           # fine-tuning: 10x below the from-scratch rate
+  c.num_train_steps = 200  # 3.2 epochs of 4,000 images
+  c.learning_rate = 0.01  # fine-tuning: 10x below the from-scratch rate
   c.schedule = "warmup_cosine"
   c.warmup_steps = 20
   c.weight_decay = 1e-4

@@ -8,7 +8,7 @@ def get_config():
   c.model = "resnet20"
   c.dataset = "mnist"
   c.global_batch_size = 128
-  c.num_train_steps = 5_000       # about 10.7 epochs of 60k images
+  c.num_train_steps = 5_000  # about 10.7 epochs of 60k images
   c.learning_rate = 0.1
   c.schedule = "warmup_cosine"
   c.warmup_steps = 200

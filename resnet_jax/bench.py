@@ -69,6 +69,7 @@ def _bench_config(model: str, batch: int, precision: str):
 def _model_kwargs(config, overrides: dict | None) -> dict:
   """What ``train.loop`` builds the model with (precision, cross-replica BN), plus ``overrides``."""
   from resnet_jax.train import loop  # pylint: disable=g-import-not-at-top
+
   return {**loop.model_kwargs(config), **(overrides or {})}
 
 
@@ -94,8 +95,13 @@ def _peak_memory(compiled) -> dict[str, int | None]:
   arg, out = int(m.argument_size_in_bytes), int(m.output_size_in_bytes)
   alias, temp = int(m.alias_size_in_bytes), int(m.temp_size_in_bytes)
   # Live at once at worst: inputs, outputs not written in place of a donated input, temporaries.
-  return {"peak_memory_bytes": arg + out - alias + temp,
-          "argument_bytes": arg, "output_bytes": out, "alias_bytes": alias, "temp_bytes": temp}
+  return {
+    "peak_memory_bytes": arg + out - alias + temp,
+    "argument_bytes": arg,
+    "output_bytes": out,
+    "alias_bytes": alias,
+    "temp_bytes": temp,
+  }
 
 
 def _time_steps(step_fn, n: int) -> list[float]:
@@ -125,8 +131,9 @@ def _loop_throughput(p_train, state, batch, image_size: int, steps: int, seed: i
   # 'digits' augmentation pads 28 -> 32 and crops; at larger sizes use the random-resized crop
   # (ImageNet recipe), which scales the 28x28 source to any size.
   augment = None if image_size <= 32 else "inception"
-  source = data_lib.train_batches(LOOP_DATASET, global_batch_size=global_batch,
-                                  seed=seed, image_size=image_size, augment=augment)
+  source = data_lib.train_batches(
+    LOOP_DATASET, global_batch_size=global_batch, seed=seed, image_size=image_size, augment=augment
+  )
 
   def rgb(it):  # digits are grayscale; the benchmarked step was compiled for `channels`.
     for b in it:
@@ -138,8 +145,9 @@ def _loop_throughput(p_train, state, batch, image_size: int, steps: int, seed: i
   batches = jax_utils.prefetch_to_device(rgb(source), 2)
   base_rng = jax.random.key(seed + 1)
   workdir = tempfile.mkdtemp(prefix="resnet_jax_bench_")
-  ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep_last=1,
-                                     async_save=True)
+  ckpt = checkpoint_lib.Checkpointer(
+    os.path.join(workdir, "checkpoints"), keep_last=1, async_save=True
+  )
   writer = metrics_lib.MetricWriter(workdir, tensorboard=False)
   try:
     # Warm-up: fill the pipeline (first tf.data batches are slow) outside the window.
@@ -154,8 +162,9 @@ def _loop_throughput(p_train, state, batch, image_size: int, steps: int, seed: i
       state, m = p_train(state, next(batches), rngs)
       pending.append(m)
       if step == 2:
-        ckpt.save(step, jax.tree_util.tree_map(lambda x: np.asarray(x[0]), state),
-                  {"model": "bench"})
+        ckpt.save(
+          step, jax.tree_util.tree_map(lambda x: np.asarray(x[0]), state), {"model": "bench"}
+        )
     fetched = [jax.tree_util.tree_map(lambda x: float(np.asarray(x)[0]), p) for p in pending]
     means = {k: float(np.mean([f[k] for f in fetched])) for k in fetched[0]}
     elapsed = time.perf_counter() - t0
@@ -167,12 +176,23 @@ def _loop_throughput(p_train, state, batch, image_size: int, steps: int, seed: i
   return steps * global_batch / elapsed, state
 
 
-def run_benchmark(model: str, batch: int, image_size: int, precision: str = "fp32",
-                  compare: str | None = None, peak_tflops: float | None = None, steps: int = 5,
-                  jsonl: str | None = None, *, overrides: dict | None = None,
-                  num_classes: int | None = None, loop: bool = True,
-                  loop_steps: int | None = None, loop_rounds: int = 3,
-                  seed: int = 0) -> dict[str, Any]:
+def run_benchmark(
+  model: str,
+  batch: int,
+  image_size: int,
+  precision: str = "fp32",
+  compare: str | None = None,
+  peak_tflops: float | None = None,
+  steps: int = 5,
+  jsonl: str | None = None,
+  *,
+  overrides: dict | None = None,
+  num_classes: int | None = None,
+  loop: bool = True,
+  loop_steps: int | None = None,
+  loop_rounds: int = 3,
+  seed: int = 0,
+) -> dict[str, Any]:
   """Benchmarks the real train step of ``model``; returns the report dict (see module doc)."""
   if precision not in PRECISIONS:
     raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
@@ -187,38 +207,51 @@ def run_benchmark(model: str, batch: int, image_size: int, precision: str = "fp3
 
   tx = optim.create_optimizer(config, state_lib.abstract_variables(net, image_shape)["params"])
   schedule = optim.create_schedule(config)
-  state = jax.jit(functools.partial(state_lib.create_train_state, net, tx,
-                                    image_shape=image_shape))(jax.random.key(seed))
+  state = jax.jit(
+    functools.partial(state_lib.create_train_state, net, tx, image_shape=image_shape)
+  )(jax.random.key(seed))
   n_params = state_lib.count_params(state.params)
 
   # pmap over every local device: exactly what train.loop compiles (axis "batch", state donated,
   # the batch split evenly across devices).
   from flax import jax_utils  # pylint: disable=g-import-not-at-top
+
   devices = jax.local_devices()
   n_dev = len(devices)
   if batch % n_dev:
-    raise ValueError(f"batch {batch} is not divisible by the {n_dev} local devices; "
-                     f"use a multiple of {n_dev}")
+    raise ValueError(
+      f"batch {batch} is not divisible by the {n_dev} local devices; use a multiple of {n_dev}"
+    )
   device = devices[0]
   state = jax_utils.replicate(state, devices=devices)
   rng = np.random.default_rng(seed)
   per_device = (n_dev, batch // n_dev)
-  train_batch = jax.pmap(lambda b: b, devices=devices)({  # one shard of the batch per device
+  train_batch = jax.pmap(lambda b: b, devices=devices)(
+    {  # one shard of the batch per device
       "image": np.asarray(rng.standard_normal((*per_device, *image_shape)), np.float32),
-      "label": np.asarray(rng.integers(0, min(num_classes, 10), per_device), np.int32)})
+      "label": np.asarray(rng.integers(0, min(num_classes, 10), per_device), np.int32),
+    }
+  )
   images, labels = train_batch["image"], train_batch["label"]
   rngs = jax.random.split(jax.random.key(seed + 1), n_dev)
 
-  p_train = jax.pmap(functools.partial(steps_lib.train_step, model=net, tx=tx, schedule=schedule,
-                                       num_classes=num_classes), axis_name=steps_lib.AXIS,
-                     donate_argnums=(0,))
+  p_train = jax.pmap(
+    functools.partial(
+      steps_lib.train_step, model=net, tx=tx, schedule=schedule, num_classes=num_classes
+    ),
+    axis_name=steps_lib.AXIS,
+    donate_argnums=(0,),
+  )
   t0 = time.perf_counter()
   train_compiled = p_train.lower(state, train_batch, rngs).compile()
   compile_train_s = time.perf_counter() - t0
 
   p_eval = jax.pmap(functools.partial(steps_lib.eval_step, model=net), axis_name=steps_lib.AXIS)
-  eval_batch = {"image": images[:, :, None], "label": labels,
-                "mask": jnp.ones(per_device, jnp.float32)}
+  eval_batch = {
+    "image": images[:, :, None],
+    "label": labels,
+    "mask": jnp.ones(per_device, jnp.float32),
+  }
   t0 = time.perf_counter()
   p_eval.lower(state, eval_batch).compile()
   compile_eval_s = time.perf_counter() - t0
@@ -241,23 +274,37 @@ def run_benchmark(model: str, batch: int, image_size: int, precision: str = "fp3
   best, median = min(times), statistics.median(times)
 
   result: dict[str, Any] = {
-      "model": model, "batch": batch, "image_size": image_size, "precision": precision,
-      "overrides": {k: str(v) for k, v in (overrides or {}).items()},
-      "num_params": n_params, "steps": steps,
-      "compile_train_s": compile_train_s, "compile_eval_s": compile_eval_s,
-      "step_time_best_s": best, "step_time_median_s": median,
-      "images_per_sec": batch / best, "images_per_sec_median": batch / median,
-      "loop_images_per_sec": None, "loop_overhead_pct": None,
-      "flops_per_step": flops,
-      "achieved_tflops": flops / best / 1e12 if flops else None,
-      "peak_tflops": peak_tflops,
-      "mfu": (flops / best / 1e12 / peak_tflops) if (flops and peak_tflops) else None,
-      **memory,
-      "compare": compare or None, "torch_images_per_sec": None, "torch_ratio": None,
-      "jax_version": jax.__version__, "backend": jax.default_backend(),
-      "device": str(device.device_kind), "num_devices": n_dev, "host": platform.node(),
-      "cpu_count": os.cpu_count(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
-      "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    "model": model,
+    "batch": batch,
+    "image_size": image_size,
+    "precision": precision,
+    "overrides": {k: str(v) for k, v in (overrides or {}).items()},
+    "num_params": n_params,
+    "steps": steps,
+    "compile_train_s": compile_train_s,
+    "compile_eval_s": compile_eval_s,
+    "step_time_best_s": best,
+    "step_time_median_s": median,
+    "images_per_sec": batch / best,
+    "images_per_sec_median": batch / median,
+    "loop_images_per_sec": None,
+    "loop_overhead_pct": None,
+    "flops_per_step": flops,
+    "achieved_tflops": flops / best / 1e12 if flops else None,
+    "peak_tflops": peak_tflops,
+    "mfu": (flops / best / 1e12 / peak_tflops) if (flops and peak_tflops) else None,
+    **memory,
+    "compare": compare or None,
+    "torch_images_per_sec": None,
+    "torch_ratio": None,
+    "jax_version": jax.__version__,
+    "backend": jax.default_backend(),
+    "device": str(device.device_kind),
+    "num_devices": n_dev,
+    "host": platform.node(),
+    "cpu_count": os.cpu_count(),
+    "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
   }
 
   if loop:
@@ -267,18 +314,26 @@ def run_benchmark(model: str, batch: int, image_size: int, precision: str = "fp3
     bare_s, loop_s = 0.0, 0.0
     for r in range(loop_rounds):
       bare_s += sum(_time_steps(one_step, n_loop))
-      loop_ips, box["state"] = _loop_throughput(train_compiled, box["state"], train_batch,
-                                                image_size, n_loop, seed + r)
+      loop_ips, box["state"] = _loop_throughput(
+        train_compiled, box["state"], train_batch, image_size, n_loop, seed + r
+      )
       loop_s += n_loop * batch / loop_ips
     result["loop_images_per_sec"] = loop_rounds * n_loop * batch / loop_s
     result["loop_bare_images_per_sec"] = loop_rounds * n_loop * batch / bare_s
     result["loop_overhead_pct"] = 100.0 * (1.0 - bare_s / loop_s)
     result["loop_steps"], result["loop_rounds"] = n_loop, loop_rounds
-  del box
+  box.clear()  # drop the last state before the PyTorch comparison allocates
 
   if compare == "torch":
-    t = torch_benchmark(model, batch, image_size, precision=precision, steps=steps,
-                        num_classes=num_classes, overrides=overrides)
+    t = torch_benchmark(
+      model,
+      batch,
+      image_size,
+      precision=precision,
+      steps=steps,
+      num_classes=num_classes,
+      overrides=overrides,
+    )
     result["torch_version"] = t["torch_version"]
     result["torch_threads"] = t["threads"]
     result["torch_images_per_sec"] = t["images_per_sec"]
@@ -305,32 +360,51 @@ def format_report(r: dict) -> str:
   gib = lambda b: None if b is None else b / 2**30  # noqa: E731
   over = r.get("overrides") or {}
   rows = [
-      ("model", f"{r['model']}  batch {r['batch']}  {r['image_size']}²  {r['precision']}"
-                + (f"  {over}" if over else "")),
-      ("parameters", f"{r['num_params']:,}"),
-      ("device", f"{r['backend']} ({r.get('num_devices', 1)} × {r['device']}, {r['cpu_count']} cpus)"
-                 + (f"  XLA_FLAGS={r['xla_flags']}" if r.get("xla_flags") else "")),
-      ("compile train step", _fmt(r["compile_train_s"], " s", 1)),
-      ("compile eval step", _fmt(r["compile_eval_s"], " s", 1)),
-      ("train step (best / median)", f"{_fmt(r['step_time_best_s'] * 1e3, ' ms', 1)} / "
-                                     f"{_fmt(r['step_time_median_s'] * 1e3, ' ms', 1)}"),
-      (f"bare images/s (best of {r['steps']})", _fmt(r["images_per_sec"])),
-      ("full-loop images/s", _fmt(r["loop_images_per_sec"])),
-      ("loop overhead (interleaved)", _fmt(r["loop_overhead_pct"], " %", 1)
-                                      + (f"  ({r['loop_rounds']} x {r['loop_steps']} steps each)"
-                                         if r.get("loop_rounds") else "")),
-      ("FLOPs / step (XLA)", _fmt(None if r["flops_per_step"] is None
-                                  else r["flops_per_step"] / 1e9, " GFLOP", 1)),
-      ("achieved", _fmt(None if r["achieved_tflops"] is None else r["achieved_tflops"] * 1e3,
-                        " GFLOP/s", 1)),
-      ("MFU", _fmt(None if r["mfu"] is None else 100 * r["mfu"], " %", 1)
-              + (f" of {r['peak_tflops']} TFLOP/s" if r.get("peak_tflops") else "")),
-      ("peak memory (XLA)", _fmt(gib(r["peak_memory_bytes"]), " GiB", 2)),
+    (
+      "model",
+      f"{r['model']}  batch {r['batch']}  {r['image_size']}²  {r['precision']}"
+      + (f"  {over}" if over else ""),
+    ),
+    ("parameters", f"{r['num_params']:,}"),
+    (
+      "device",
+      f"{r['backend']} ({r.get('num_devices', 1)} × {r['device']}, {r['cpu_count']} cpus)"
+      + (f"  XLA_FLAGS={r['xla_flags']}" if r.get("xla_flags") else ""),
+    ),
+    ("compile train step", _fmt(r["compile_train_s"], " s", 1)),
+    ("compile eval step", _fmt(r["compile_eval_s"], " s", 1)),
+    (
+      "train step (best / median)",
+      f"{_fmt(r['step_time_best_s'] * 1e3, ' ms', 1)} / "
+      f"{_fmt(r['step_time_median_s'] * 1e3, ' ms', 1)}",
+    ),
+    (f"bare images/s (best of {r['steps']})", _fmt(r["images_per_sec"])),
+    ("full-loop images/s", _fmt(r["loop_images_per_sec"])),
+    (
+      "loop overhead (interleaved)",
+      _fmt(r["loop_overhead_pct"], " %", 1)
+      + (f"  ({r['loop_rounds']} x {r['loop_steps']} steps each)" if r.get("loop_rounds") else ""),
+    ),
+    (
+      "FLOPs / step (XLA)",
+      _fmt(None if r["flops_per_step"] is None else r["flops_per_step"] / 1e9, " GFLOP", 1),
+    ),
+    (
+      "achieved",
+      _fmt(None if r["achieved_tflops"] is None else r["achieved_tflops"] * 1e3, " GFLOP/s", 1),
+    ),
+    (
+      "MFU",
+      _fmt(None if r["mfu"] is None else 100 * r["mfu"], " %", 1)
+      + (f" of {r['peak_tflops']} TFLOP/s" if r.get("peak_tflops") else ""),
+    ),
+    ("peak memory (XLA)", _fmt(gib(r["peak_memory_bytes"]), " GiB", 2)),
   ]
   if r.get("compare") == "torch":
-    rows += [(f"PyTorch {r.get('torch_version', '')} eager images/s",
-              _fmt(r["torch_images_per_sec"])),
-             ("JAX / PyTorch", _fmt(r["torch_ratio"], "×"))]
+    rows += [
+      (f"PyTorch {r.get('torch_version', '')} eager images/s", _fmt(r["torch_images_per_sec"])),
+      ("JAX / PyTorch", _fmt(r["torch_ratio"], "×")),
+    ]
   width = max(len(k) for k, _ in rows)
   lines = [f"{'':-<{width}}-+-{'':-<40}"]
   lines += [f"{k:<{width}} | {v}" for k, v in rows]
@@ -344,17 +418,22 @@ def torch_resnet(model: str, num_classes: int | None = None, overrides: dict | N
   from torch import nn  # pylint: disable=g-import-not-at-top
 
   import dataclasses  # pylint: disable=g-import-not-at-top
-  cfg = {f.name: f.default for f in dataclasses.fields(models.ResNet)
-         if f.name not in ("parent", "name")}
-  cfg.update(models.registry.model_config(model, num_classes=num_classes,
-                                          **{k: v for k, v in (overrides or {}).items()
-                                             if k in models.registry.OVERRIDABLE}))
+
+  cfg = {
+    f.name: f.default for f in dataclasses.fields(models.ResNet) if f.name not in ("parent", "name")
+  }
+  cfg.update(
+    models.registry.model_config(
+      model,
+      num_classes=num_classes,
+      **{k: v for k, v in (overrides or {}).items() if k in models.registry.OVERRIDABLE},
+    )
+  )
   if cfg.get("preact"):
     raise ValueError("--compare=torch covers post-activation nets only (no preact)")
   width = lambda w: max(1, int(round(w * cfg["width_multiplier"])))  # noqa: E731
 
   class Block(nn.Module):
-
     def __init__(self, cin, planes, stride, bottleneck):
       super().__init__()
       exp = 4 if bottleneck else 1
@@ -362,8 +441,7 @@ def torch_resnet(model: str, num_classes: int | None = None, overrides: dict | N
       if bottleneck:
         inner = int(planes * cfg["width_per_group"] / 64) * cfg["groups"]
         s1, s3 = (stride, 1) if cfg["stride_on"] == "1x1" else (1, stride)
-        spec = [(cin, inner, 1, s1, 1), (inner, inner, 3, s3, cfg["groups"]),
-                (inner, out, 1, 1, 1)]
+        spec = [(cin, inner, 1, s1, 1), (inner, inner, 3, s3, cfg["groups"]), (inner, out, 1, 1, 1)]
       else:
         spec = [(cin, planes, 3, stride, 1), (planes, planes, 3, 1, 1)]
       layers = []
@@ -387,7 +465,7 @@ def torch_resnet(model: str, num_classes: int | None = None, overrides: dict | N
       if self.project:
         idn = self.down(x)
       elif self.kind == "A":
-        idn = x[:, :, ::self.stride, ::self.stride] if self.stride > 1 else x
+        idn = x[:, :, :: self.stride, :: self.stride] if self.stride > 1 else x
         if self.extra:
           idn = nn.functional.pad(idn, (0, 0, 0, 0, 0, self.extra))
       else:
@@ -397,8 +475,12 @@ def torch_resnet(model: str, num_classes: int | None = None, overrides: dict | N
   layers: list = []
   stem = width(cfg["stem_width"])
   if cfg["stem"] == "imagenet":
-    layers += [nn.Conv2d(3, stem, 7, 2, 3, bias=False), nn.BatchNorm2d(stem), nn.ReLU(inplace=True),
-               nn.MaxPool2d(3, 2, 1)]
+    layers += [
+      nn.Conv2d(3, stem, 7, 2, 3, bias=False),
+      nn.BatchNorm2d(stem),
+      nn.ReLU(inplace=True),
+      nn.MaxPool2d(3, 2, 1),
+    ]
   else:
     layers += [nn.Conv2d(3, stem, 3, 1, 1, bias=False), nn.BatchNorm2d(stem), nn.ReLU(inplace=True)]
   cin, bottleneck = stem, cfg["block"] == "bottleneck"
@@ -410,15 +492,22 @@ def torch_resnet(model: str, num_classes: int | None = None, overrides: dict | N
   return nn.Sequential(*layers)
 
 
-def torch_benchmark(model: str, batch: int, image_size: int, precision: str = "fp32",
-                    steps: int = 5, num_classes: int | None = None,
-                    overrides: dict | None = None) -> dict[str, Any]:
+def torch_benchmark(
+  model: str,
+  batch: int,
+  image_size: int,
+  precision: str = "fp32",
+  steps: int = 5,
+  num_classes: int | None = None,
+  overrides: dict | None = None,
+) -> dict[str, Any]:
   """PyTorch eager, channels_last, SGD(momentum 0.9, weight decay 1e-4): best-of-``steps``."""
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError as e:
-    raise ImportError("--compare=torch needs PyTorch: pip install 'resnet-jax[bench]' "
-                      "(torch==2.13.0, CPU build)") from e
+    raise ImportError(
+      "--compare=torch needs PyTorch: pip install 'resnet-jax[bench]' (torch==2.13.0, CPU build)"
+    ) from e
   torch.manual_seed(0)
   net = torch_resnet(model, num_classes, overrides).to(memory_format=torch.channels_last)
   net.train()
@@ -438,13 +527,17 @@ def torch_benchmark(model: str, batch: int, image_size: int, precision: str = "f
 
   one_step()
   times = _time_steps(one_step, steps)
-  return {"torch_version": torch.__version__, "threads": torch.get_num_threads(),
-          "images_per_sec": batch / min(times),
-          "images_per_sec_median": batch / statistics.median(times)}
+  return {
+    "torch_version": torch.__version__,
+    "threads": torch.get_num_threads(),
+    "images_per_sec": batch / min(times),
+    "images_per_sec_median": batch / statistics.median(times),
+  }
 
 
 def main(argv=None):
   import argparse  # pylint: disable=g-import-not-at-top
+
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--model", default="resnet50")
   p.add_argument("--batch", type=int, default=16)
@@ -455,26 +548,53 @@ def main(argv=None):
   p.add_argument("--steps", type=int, default=5)
   p.add_argument("--jsonl", default=None)
   p.add_argument("--no_loop", action="store_true")
-  p.add_argument("--loop_steps", type=int, default=None,
-                 help="steps in each full-loop window (default: --steps); every window holds one "
-                      "asynchronous checkpoint, so longer windows amortise it as training does")
-  p.add_argument("--loop_rounds", type=int, default=3,
-                 help="bare and full-loop windows alternate this many times")
-  p.add_argument("--cpu_devices", default="auto",
-                 help="CPU only: single-threaded XLA devices to split the host into ('auto' = one "
-                      "per core; 1 = one device using every core), as in training")
-  p.add_argument("--override", action="append", default=[],
-                 help="ResNet field=value (e.g. scan_blocks=true, remat=true, matmul_1x1=false)")
+  p.add_argument(
+    "--loop_steps",
+    type=int,
+    default=None,
+    help="steps in each full-loop window (default: --steps); every window holds one "
+    "asynchronous checkpoint, so longer windows amortise it as training does",
+  )
+  p.add_argument(
+    "--loop_rounds",
+    type=int,
+    default=3,
+    help="bare and full-loop windows alternate this many times",
+  )
+  p.add_argument(
+    "--cpu_devices",
+    default="auto",
+    help="CPU only: single-threaded XLA devices to split the host into ('auto' = one "
+    "per core; 1 = one device using every core), as in training",
+  )
+  p.add_argument(
+    "--override",
+    action="append",
+    default=[],
+    help="ResNet field=value (e.g. scan_blocks=true, remat=true, matmul_1x1=false)",
+  )
   a = p.parse_args(argv)
   from resnet_jax import distributed  # pylint: disable=g-import-not-at-top
+
   distributed.split_cpu_into_devices(a.cpu_devices, [a.batch])
   overrides = {}
   for kv in a.override:
     k, v = kv.split("=", 1)
     overrides[k] = {"true": True, "false": False}.get(v.lower(), v)
-  r = run_benchmark(a.model, a.batch, a.image_size, a.precision, a.compare, a.peak_tflops,
-                    a.steps, a.jsonl, overrides=overrides, loop=not a.no_loop,
-                    loop_steps=a.loop_steps, loop_rounds=a.loop_rounds)
+  r = run_benchmark(
+    a.model,
+    a.batch,
+    a.image_size,
+    a.precision,
+    a.compare,
+    a.peak_tflops,
+    a.steps,
+    a.jsonl,
+    overrides=overrides,
+    loop=not a.no_loop,
+    loop_steps=a.loop_steps,
+    loop_rounds=a.loop_rounds,
+  )
   print(format_report(r))
 
 

@@ -35,27 +35,47 @@ def _key_name(entry) -> str:
 def _tree_paths(tree) -> dict[str, tuple]:
   """``{"params/stage1_block0/conv1/kernel": shape}``: dataclass fields and dict keys alike."""
   flat, _ = jax.tree_util.tree_flatten_with_path(tree)
-  return {"/".join(_key_name(k) for k in path): tuple(getattr(leaf, "shape", ()))
-          for path, leaf in flat}
+  return {
+    "/".join(_key_name(k) for k in path): tuple(getattr(leaf, "shape", ())) for path, leaf in flat
+  }
 
 
 class Checkpointer:
   """Keeps the latest ``keep_last`` steps plus the ``keep_best`` best by ``best_metric``."""
 
-  def __init__(self, directory: str, *, keep_last: int = 3, keep_best: int = 1,
-               best_metric: str = "eval_top1_error", best_mode: str = "min",
-               async_save: bool = True, read_only: bool = False):
+  def __init__(
+    self,
+    directory: str,
+    *,
+    keep_last: int = 3,
+    keep_best: int = 1,
+    best_metric: str = "eval_top1_error",
+    best_mode: str = "min",
+    async_save: bool = True,
+    read_only: bool = False,
+  ):
     self.directory = os.path.abspath(directory)
     policies = [ocm.LatestN(n=keep_last)]
     if keep_best:
-      policies.append(ocm.BestN(get_metric_fn=lambda m: m[best_metric], reverse=best_mode == "min",
-                                n=keep_best, keep_checkpoints_without_metrics=False))
+      policies.append(
+        ocm.BestN(
+          get_metric_fn=lambda m: m[best_metric],
+          reverse=best_mode == "min",
+          n=keep_best,
+          keep_checkpoints_without_metrics=False,
+        )
+      )
     options = ocp.CheckpointManagerOptions(
-        preservation_policy=ocm.AnyPreservationPolicy(policies),
-        enable_async_checkpointing=async_save, read_only=read_only, create=not read_only)
-    self._manager = ocp.CheckpointManager(self.directory, options=options,
-                                          item_handlers={"state": ocp.StandardCheckpointHandler(),
-                                                         "meta": ocp.JsonCheckpointHandler()})
+      preservation_policy=ocm.AnyPreservationPolicy(policies),
+      enable_async_checkpointing=async_save,
+      read_only=read_only,
+      create=not read_only,
+    )
+    self._manager = ocp.CheckpointManager(
+      self.directory,
+      options=options,
+      item_handlers={"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()},
+    )
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -67,9 +87,13 @@ class Checkpointer:
     """Starts an async save of ``state`` (any pytree of arrays) at ``step``."""
     host_state = jax.tree_util.tree_map(np.asarray, jax.device_get(state))
     self._manager.save(
-        step, args=ocp.args.Composite(state=ocp.args.StandardSave(host_state),
-                                      meta=ocp.args.JsonSave(meta)),
-        metrics=metrics, force=True)
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardSave(host_state), meta=ocp.args.JsonSave(meta)
+      ),
+      metrics=metrics,
+      force=True,
+    )
 
   def wait(self):
     self._manager.wait_until_finished()
@@ -79,13 +103,18 @@ class Checkpointer:
 
   def read_meta(self, step: int) -> dict[str, Any]:
     try:
-      return self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+      return self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))[
+        "meta"
+      ]
     except Exception as e:  # noqa: BLE001 - any failure to read means an unusable checkpoint
       raise CheckpointError(
-          f"checkpoint {self.directory} step {step} is unreadable ({type(e).__name__}); "
-          f"it may be corrupt: move it aside or choose another workdir") from None
+        f"checkpoint {self.directory} step {step} is unreadable ({type(e).__name__}); "
+        f"it may be corrupt: move it aside or choose another workdir"
+      ) from None
 
-  def restore(self, template, step: int | None = None, *, expect_meta: dict[str, Any] | None = None):
+  def restore(
+    self, template, step: int | None = None, *, expect_meta: dict[str, Any] | None = None
+  ):
     """Restores ``(state, meta)`` at ``step`` (default: latest) into the structure of ``template``.
 
     ``expect_meta`` entries (e.g. the model name) must equal the checkpoint's; parameter names and
@@ -96,24 +125,29 @@ class Checkpointer:
     if step is None:
       raise CheckpointError(f"no checkpoint in {self.directory}")
     if step not in self.all_steps():
-      raise CheckpointError(f"no checkpoint at step {step} in {self.directory}; "
-                            f"available: {self.all_steps()}")
+      raise CheckpointError(
+        f"no checkpoint at step {step} in {self.directory}; available: {self.all_steps()}"
+      )
     meta = self.read_meta(step)
     for key, want in (expect_meta or {}).items():
       if meta.get(key) != want:
         raise CheckpointError(
-            f"checkpoint {self.directory} step {step} was written with {key}={meta.get(key)!r} but "
-            f"this run has {key}={want!r}; use a fresh workdir or the matching config")
+          f"checkpoint {self.directory} step {step} was written with {key}={meta.get(key)!r} but "
+          f"this run has {key}={want!r}; use a fresh workdir or the matching config"
+        )
     self._check_structure(step, template)
     abstract = jax.tree_util.tree_map(
-        lambda x: np.empty(x.shape, x.dtype) if hasattr(x, "shape") else x, template)
+      lambda x: np.empty(x.shape, x.dtype) if hasattr(x, "shape") else x, template
+    )
     try:
       restored = self._manager.restore(
-          step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))["state"]
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
+      )["state"]
     except Exception as e:  # noqa: BLE001
       raise CheckpointError(
-          f"checkpoint {self.directory} step {step} could not be restored ({type(e).__name__}: "
-          f"{str(e).splitlines()[0][:200] if str(e) else ''}); it may be corrupt") from None
+        f"checkpoint {self.directory} step {step} could not be restored ({type(e).__name__}: "
+        f"{str(e).splitlines()[0][:200] if str(e) else ''}); it may be corrupt"
+      ) from None
     return restored, meta
 
   def _check_structure(self, step: int, template):
@@ -121,11 +155,13 @@ class Checkpointer:
       saved_tree = self._manager.item_metadata(step)["state"]
     except Exception as e:  # noqa: BLE001
       raise CheckpointError(
-          f"checkpoint {self.directory} step {step} is unreadable ({type(e).__name__}); "
-          f"it may be corrupt: move it aside or choose another workdir") from None
+        f"checkpoint {self.directory} step {step} is unreadable ({type(e).__name__}); "
+        f"it may be corrupt: move it aside or choose another workdir"
+      ) from None
     if saved_tree is None:
-      raise CheckpointError(f"checkpoint {self.directory} step {step} has no readable state metadata;"
-                            f" it may be corrupt")
+      raise CheckpointError(
+        f"checkpoint {self.directory} step {step} has no readable state metadata; it may be corrupt"
+      )
     saved = _tree_paths(saved_tree)
     wanted = _tree_paths(template)
     missing = sorted(set(wanted) - set(saved))
@@ -139,8 +175,11 @@ class Checkpointer:
         parts.append(f"unexpected {len(unexpected)} (e.g. {unexpected[0]})")
       if reshaped:
         k = reshaped[0]
-        parts.append(f"{len(reshaped)} of different shape (e.g. {k}: {saved[k]} in checkpoint, "
-                     f"{wanted[k]} in this model)")
+        parts.append(
+          f"{len(reshaped)} of different shape (e.g. {k}: {saved[k]} in checkpoint, "
+          f"{wanted[k]} in this model)"
+        )
       raise CheckpointError(
-          f"checkpoint {self.directory} step {step} does not match this model's state: "
-          + "; ".join(parts))
+        f"checkpoint {self.directory} step {step} does not match this model's state: "
+        + "; ".join(parts)
+      )

@@ -60,8 +60,13 @@ ENV_MODE = "RESNET_JAX_DISTRIBUTED"
 
 DEFAULT_TIMEOUT_S = 300
 
-_SLURM_VARS = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID",
-               "SLURM_LOCALID")
+_SLURM_VARS = (
+  "SLURM_JOB_ID",
+  "SLURM_STEP_NODELIST",
+  "SLURM_NTASKS",
+  "SLURM_PROCID",
+  "SLURM_LOCALID",
+)
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +78,7 @@ class DistributedInitError(RuntimeError):
 @dataclasses.dataclass(frozen=True)
 class Runtime:
   """How this process was started. `mode`: 'single', 'explicit', or the detected cluster name."""
+
   mode: str
   coordinator_address: str | None = None
   num_processes: int = 1
@@ -103,7 +109,8 @@ def _parse_ids(raw: str | Sequence[int] | int | None) -> tuple[int, ...] | None:
       return tuple(int(x) for x in raw.split(",") if x.strip())
     except ValueError:
       raise DistributedInitError(
-          f"{ENV_LOCAL_DEVICE_IDS}={raw!r}: expected comma separated integers") from None
+        f"{ENV_LOCAL_DEVICE_IDS}={raw!r}: expected comma separated integers"
+      ) from None
   return tuple(int(x) for x in raw)
 
 
@@ -126,6 +133,7 @@ def detect_cluster() -> str | None:
       return "ompi"
   try:  # set by `import jax` when libtpu finds TPU chips on a Cloud TPU VM
     from jax._src import cloud_tpu_init
+
     if getattr(cloud_tpu_init, "running_in_cloud_tpu_vm", False):
       return "tpu"
   except ImportError:  # pragma: no cover - private module moved
@@ -137,24 +145,29 @@ def _resolve(coordinator_address, num_processes, process_id, local_device_ids) -
   coordinator_address = coordinator_address or os.environ.get(ENV_COORDINATOR) or None
   num_processes = num_processes if num_processes is not None else _env_int(ENV_NUM_PROCESSES)
   process_id = process_id if process_id is not None else _env_int(ENV_PROCESS_ID)
-  ids = _parse_ids(local_device_ids if local_device_ids is not None
-                   else os.environ.get(ENV_LOCAL_DEVICE_IDS))
+  ids = _parse_ids(
+    local_device_ids if local_device_ids is not None else os.environ.get(ENV_LOCAL_DEVICE_IDS)
+  )
   explicit = (coordinator_address, num_processes, process_id)
   if any(v is not None for v in explicit):
     if num_processes == 1 and coordinator_address is None:
       return Runtime("single", local_device_ids=ids)
-    missing = [name for name, v in zip((ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID),
-                                       explicit) if v is None]
+    missing = [
+      name
+      for name, v in zip((ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID), explicit)
+      if v is None
+    ]
     if missing:
       raise DistributedInitError(
-          "explicit multi-process run needs coordinator, num_processes and process_id; "
-          f"missing: {', '.join(missing)}")
+        "explicit multi-process run needs coordinator, num_processes and process_id; "
+        f"missing: {', '.join(missing)}"
+      )
     if num_processes < 1 or not 0 <= process_id < num_processes:
       raise DistributedInitError(
-          f"process_id={process_id} must be in [0, num_processes={num_processes})")
+        f"process_id={process_id} must be in [0, num_processes={num_processes})"
+      )
     if ":" not in coordinator_address:
-      raise DistributedInitError(
-          f"coordinator address {coordinator_address!r} must be host:port")
+      raise DistributedInitError(f"coordinator address {coordinator_address!r} must be host:port")
     return Runtime("explicit", coordinator_address, num_processes, process_id, ids)
   cluster = detect_cluster()
   if cluster is not None:
@@ -162,11 +175,13 @@ def _resolve(coordinator_address, num_processes, process_id, local_device_ids) -
   return Runtime("single", local_device_ids=ids)
 
 
-def initialize(coordinator_address: str | None = None,
-               num_processes: int | None = None,
-               process_id: int | None = None,
-               local_device_ids: Sequence[int] | str | None = None,
-               timeout_s: int | None = None) -> Runtime:
+def initialize(
+  coordinator_address: str | None = None,
+  num_processes: int | None = None,
+  process_id: int | None = None,
+  local_device_ids: Sequence[int] | str | None = None,
+  timeout_s: int | None = None,
+) -> Runtime:
   """Starts JAX's distributed runtime if this is a multi-process run; idempotent.
 
   Call before any JAX computation or device query. Returns the `Runtime` chosen (see module doc).
@@ -178,8 +193,9 @@ def initialize(coordinator_address: str | None = None,
   if _RUNTIME is not None:
     return _RUNTIME
   if jax.distributed.is_initialized():  # someone (a notebook, a test) did it already
-    _RUNTIME = Runtime("external", num_processes=jax.process_count(),
-                       process_id=jax.process_index())
+    _RUNTIME = Runtime(
+      "external", num_processes=jax.process_count(), process_id=jax.process_index()
+    )
     return _RUNTIME
   rt = _resolve(coordinator_address, num_processes, process_id, local_device_ids)
   if timeout_s is None:
@@ -192,8 +208,9 @@ def initialize(coordinator_address: str | None = None,
 
   if _backend_started():
     raise DistributedInitError(
-        f"{rt.mode} multi-process run: distributed.initialize() must run before any JAX "
-        "computation or device query (call it first thing in main)")
+      f"{rt.mode} multi-process run: distributed.initialize() must run before any JAX "
+      "computation or device query (call it first thing in main)"
+    )
 
   if not os.environ.get("JAX_CPU_COLLECTIVES_IMPLEMENTATION"):
     # Only affects the CPU client; GPUs use NCCL and TPUs ICI regardless.
@@ -202,14 +219,21 @@ def initialize(coordinator_address: str | None = None,
   ids = list(rt.local_device_ids) if rt.local_device_ids else None
   params = inspect.signature(jax.distributed.initialize).parameters
   if rt.mode == "explicit":
-    kwargs = dict(coordinator_address=rt.coordinator_address, num_processes=rt.num_processes,
-                  process_id=rt.process_id, local_device_ids=ids)
+    kwargs = dict(
+      coordinator_address=rt.coordinator_address,
+      num_processes=rt.num_processes,
+      process_id=rt.process_id,
+      local_device_ids=ids,
+    )
     if "cluster_detection_method" in params:  # what we were told, not what SLURM_* says
       kwargs["cluster_detection_method"] = "deactivate"
   else:
     kwargs = dict(local_device_ids=ids)
-  where = (f"coordinator {rt.coordinator_address} as process {rt.process_id}/{rt.num_processes}"
-           if rt.mode == "explicit" else f"the {rt.mode} cluster's coordinator")
+  where = (
+    f"coordinator {rt.coordinator_address} as process {rt.process_id}/{rt.num_processes}"
+    if rt.mode == "explicit"
+    else f"the {rt.mode} cluster's coordinator"
+  )
   deadline = time.monotonic() + timeout_s
   probe = _coordinator_to_probe(rt)
   if probe is not None:
@@ -219,16 +243,21 @@ def initialize(coordinator_address: str | None = None,
     err = wait_for_port(probe, timeout_s)
     if err is not None:
       raise DistributedInitError(
-          f"could not reach {where} within {timeout_s}s ({err}); check the address/port, that "
-          "process 0 is running, and the firewall")
+        f"could not reach {where} within {timeout_s}s ({err}); check the address/port, that "
+        "process 0 is running, and the firewall"
+      )
   if "initialization_timeout" in params:
-    kwargs["initialization_timeout"] = max(int(deadline - time.monotonic()),
-                                           min(10, int(timeout_s)), 1)
+    kwargs["initialization_timeout"] = max(
+      int(deadline - time.monotonic()), min(10, int(timeout_s)), 1
+    )
   # If some process never arrives, JAX's client aborts after the timeout with DEADLINE_EXCEEDED on
   # RegisterTask and a stack trace; this line says what it was waiting for.
-  print(f"resnet_jax.distributed: joining {where} (mode {rt.mode}, up to {timeout_s}s; an abort "
-        "with DEADLINE_EXCEEDED below means not every process arrived in time)",
-        file=sys.stderr, flush=True)
+  print(
+    f"resnet_jax.distributed: joining {where} (mode {rt.mode}, up to {timeout_s}s; an abort "
+    "with DEADLINE_EXCEEDED below means not every process arrived in time)",
+    file=sys.stderr,
+    flush=True,
+  )
   try:
     jax.distributed.initialize(**kwargs)
   except Exception as e:  # XlaRuntimeError, ValueError, RuntimeError from the C++ client
@@ -236,8 +265,9 @@ def initialize(coordinator_address: str | None = None,
     if len(cause) > 300:
       cause = cause[:300] + "..."
     raise DistributedInitError(
-        f"could not join {where} within {timeout_s}s ({type(e).__name__}: {cause}); "
-        "check the address/port, that process 0 is running, and the firewall") from e
+      f"could not join {where} within {timeout_s}s ({type(e).__name__}: {cause}); "
+      "check the address/port, that process 0 is running, and the firewall"
+    ) from e
   if rt.mode != "explicit":  # what JAX detected; read without starting the backend
     rt = dataclasses.replace(rt, **_jax_detected())
   _RUNTIME = rt
@@ -248,6 +278,7 @@ def initialize(coordinator_address: str | None = None,
 def _backend_started() -> bool:
   try:
     from jax._src import xla_bridge
+
     return bool(xla_bridge.backends_are_initialized())
   except Exception:  # pragma: no cover - private API moved: let JAX complain itself
     return False
@@ -260,8 +291,8 @@ def _coordinator_to_probe(rt: Runtime) -> str | None:
   if rt.mode == "slurm" and int(os.environ.get("SLURM_PROCID", "0")) != 0:
     try:
       from jax._src.clusters.slurm_cluster import SlurmCluster
-      return SlurmCluster.get_coordinator_address(
-          None, os.environ.get("JAX_COORDINATOR_PORT"))
+
+      return SlurmCluster.get_coordinator_address(None, os.environ.get("JAX_COORDINATOR_PORT"))
     except Exception:  # pragma: no cover - private API changed: let JAX find it
       return None
   return None
@@ -293,9 +324,13 @@ def wait_for_port(address: str, timeout_s: float, interval_s: float = 0.5) -> st
 def _jax_detected() -> dict:
   try:
     from jax._src import distributed as _d
+
     st = _d.global_state
-    return dict(coordinator_address=st.coordinator_address, num_processes=int(st.num_processes),
-                process_id=int(st.process_id))
+    return dict(
+      coordinator_address=st.coordinator_address,
+      num_processes=int(st.num_processes),
+      process_id=int(st.process_id),
+    )
   except Exception:  # pragma: no cover - private API moved
     return {}
 
@@ -314,22 +349,24 @@ def facts() -> dict:
   """Process and device facts as a dict (for metrics headers and logs)."""
   local = jax.local_devices()
   return {
-      "process_index": jax.process_index(),
-      "process_count": jax.process_count(),
-      "local_device_count": len(local),
-      "global_device_count": jax.device_count(),
-      "platform": local[0].platform if local else jax.default_backend(),
-      "device_kind": local[0].device_kind if local else "",
-      "mode": _RUNTIME.mode if _RUNTIME else "uninitialized",
+    "process_index": jax.process_index(),
+    "process_count": jax.process_count(),
+    "local_device_count": len(local),
+    "global_device_count": jax.device_count(),
+    "platform": local[0].platform if local else jax.default_backend(),
+    "device_kind": local[0].device_kind if local else "",
+    "mode": _RUNTIME.mode if _RUNTIME else "uninitialized",
   }
 
 
 def describe() -> str:
   """One line for logging, e.g. 'process 0/2: 2 local / 4 global cpu devices (explicit)'."""
   f = facts()
-  return (f"process {f['process_index']}/{f['process_count']}: {f['local_device_count']} local / "
-          f"{f['global_device_count']} global {f['platform']} devices ({f['device_kind']}; "
-          f"{f['mode']})")
+  return (
+    f"process {f['process_index']}/{f['process_count']}: {f['local_device_count']} local / "
+    f"{f['global_device_count']} global {f['platform']} devices ({f['device_kind']}; "
+    f"{f['mode']})"
+  )
 
 
 # --- CPU: one XLA device per core -------------------------------------------------------------------
@@ -343,8 +380,9 @@ def usable_cores() -> int:
     return os.cpu_count() or 1
 
 
-def cpu_device_count(requested: str | int, batch_sizes: Sequence[int] = (),
-                     cores: int | None = None) -> int:
+def cpu_device_count(
+  requested: str | int, batch_sizes: Sequence[int] = (), cores: int | None = None
+) -> int:
   """How many CPU devices a single-process run should use.
 
   ``requested`` is ``"auto"`` (one per usable core) or a number. The result is lowered to the
@@ -377,8 +415,12 @@ def split_cpu_into_devices(requested: str | int = "auto", batch_sizes: Sequence[
   """
   flags = os.environ.get("XLA_FLAGS", "")
   n = cpu_device_count(requested, batch_sizes)
-  user_decided = (any(f in flags for f in CPU_SPLIT_FLAGS) or os.environ.get("JAX_NUM_CPU_DEVICES")
-                  or (_env_int(ENV_NUM_PROCESSES) or 1) > 1 or detect_cluster() is not None)
+  user_decided = (
+    any(f in flags for f in CPU_SPLIT_FLAGS)
+    or os.environ.get("JAX_NUM_CPU_DEVICES")
+    or (_env_int(ENV_NUM_PROCESSES) or 1) > 1
+    or detect_cluster() is not None
+  )
   if n <= 1 or user_decided or _accelerator_expected() or _backend_started():
     return 1
   jax.config.update("jax_num_cpu_devices", n)
@@ -392,6 +434,14 @@ def _accelerator_expected() -> bool:
   if platforms:
     return not platforms.startswith("cpu")
   import importlib.util  # pylint: disable=g-import-not-at-top
-  return any(importlib.util.find_spec(m) is not None
-             for m in ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm60_plugin",
-                       "jax_rocm7_plugin", "libtpu"))
+
+  return any(
+    importlib.util.find_spec(m) is not None
+    for m in (
+      "jax_cuda12_plugin",
+      "jax_cuda13_plugin",
+      "jax_rocm60_plugin",
+      "jax_rocm7_plugin",
+      "libtpu",
+    )
+  )

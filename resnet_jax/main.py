@@ -30,26 +30,40 @@ SUBCOMMANDS = ("train", "eval", "models", "bench", "convert")
 PASSTHROUGH = ("sweep", "analyze")
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Experiment config file (configs/NAME.py); override keys with --config.key=value.",
-    lock_config=True)
+  "config",
+  None,
+  "Experiment config file (configs/NAME.py); override keys with --config.key=value.",
+  lock_config=True,
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and plots.")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"], "Train (resuming if possible) or "
-                          "evaluate a checkpoint.")
-_EVAL_STEP = flags.DEFINE_integer("eval_step", None, "Checkpoint step for --mode=eval (default: latest).")
-_EVAL_METHOD = flags.DEFINE_enum("eval_method", None, ["center", "ten_crop", "full_conv"],
-                                 "Test-time method for --mode=eval (default: config.eval_method).")
+_MODE = flags.DEFINE_enum(
+  "mode", "train", ["train", "eval"], "Train (resuming if possible) or evaluate a checkpoint."
+)
+_EVAL_STEP = flags.DEFINE_integer(
+  "eval_step", None, "Checkpoint step for --mode=eval (default: latest)."
+)
+_EVAL_METHOD = flags.DEFINE_enum(
+  "eval_method",
+  None,
+  ["center", "ten_crop", "full_conv"],
+  "Test-time method for --mode=eval (default: config.eval_method).",
+)
 
 
 _COMPILATION_CACHE = flags.DEFINE_string(
-    "compilation_cache", os.path.join(os.path.expanduser("~"), ".cache", "resnet_jax", "xla"),
-    "Persistent XLA compilation cache: a restarted or resumed run skips recompiling ('' = off; "
-    "JAX_COMPILATION_CACHE_DIR takes precedence).")
+  "compilation_cache",
+  os.path.join(os.path.expanduser("~"), ".cache", "resnet_jax", "xla"),
+  "Persistent XLA compilation cache: a restarted or resumed run skips recompiling ('' = off; "
+  "JAX_COMPILATION_CACHE_DIR takes precedence).",
+)
 
 _CPU_DEVICES = flags.DEFINE_string(
-    "cpu_devices", "auto",
-    "On a CPU-only machine: split the host into this many single-threaded XLA devices and train data "
-    "parallel over them ('auto' = one per core, lowered until it divides the batch; 1 = one device "
-    "using every core). Ignored on GPU/TPU, in multi-process runs and when XLA_FLAGS sets it.")
+  "cpu_devices",
+  "auto",
+  "On a CPU-only machine: split the host into this many single-threaded XLA devices and train data "
+  "parallel over them ('auto' = one per core, lowered until it divides the batch; 1 = one device "
+  "using every core). Ignored on GPU/TPU, in multi-process runs and when XLA_FLAGS sets it.",
+)
 
 # bench and convert.
 _MODEL = flags.DEFINE_string("model", None, "bench/convert: model name (`resnet-jax models`).")
@@ -77,10 +91,12 @@ def _require(flag, name):
 def _train_or_eval(mode: str):
   from resnet_jax import distributed  # pylint: disable=g-import-not-at-top
   from resnet_jax.train import loop  # pylint: disable=g-import-not-at-top
+
   config = _require(_CONFIG, "config")
   workdir = _require(_WORKDIR, "workdir")
   if _COMPILATION_CACHE.value and not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
     import jax  # pylint: disable=g-import-not-at-top
+
     jax.config.update("jax_compilation_cache_dir", _COMPILATION_CACHE.value)
   split = distributed.split_cpu_into_devices(_CPU_DEVICES.value, [config.global_batch_size])
   if split > 1:
@@ -97,6 +113,7 @@ def _train_or_eval(mode: str):
 
 def _models():
   from resnet_jax.models import flops  # pylint: disable=g-import-not-at-top
+
   print(flops.format_model_table())
 
 
@@ -112,17 +129,31 @@ def _dispatch(argv):
   if command == "bench":
     from resnet_jax import bench  # pylint: disable=g-import-not-at-top
     from resnet_jax import distributed  # pylint: disable=g-import-not-at-top
+
     distributed.split_cpu_into_devices(_CPU_DEVICES.value, [_BATCH.value])
-    report = bench.run_benchmark(_require(_MODEL, "model"), _BATCH.value, _IMAGE_SIZE.value,
-                                 _PRECISION.value, compare=_COMPARE.value,
-                                 peak_tflops=_PEAK_TFLOPS.value, steps=_STEPS.value,
-                                 jsonl=_JSONL.value)
+    report = bench.run_benchmark(
+      _require(_MODEL, "model"),
+      _BATCH.value,
+      _IMAGE_SIZE.value,
+      _PRECISION.value,
+      compare=_COMPARE.value,
+      peak_tflops=_PEAK_TFLOPS.value,
+      steps=_STEPS.value,
+      jsonl=_JSONL.value,
+    )
     print(bench.format_report(report))
     return None
   if command == "convert":
     from resnet_jax import weights  # pylint: disable=g-import-not-at-top
-    print(weights.convert_command(flags.FLAGS["from"].value, _require(_MODEL, "model"),
-                                  _require(_SRC, "src"), _require(_WORKDIR, "workdir")))
+
+    print(
+      weights.convert_command(
+        flags.FLAGS["from"].value,
+        _require(_MODEL, "model"),
+        _require(_SRC, "src"),
+        _require(_WORKDIR, "workdir"),
+      )
+    )
     return None
   raise UsageError(f"unknown command {command!r}; choose one of {', '.join(SUBCOMMANDS)}")
 
@@ -131,8 +162,15 @@ def _known_errors():
   from resnet_jax.checkpoint import CheckpointError  # pylint: disable=g-import-not-at-top
   from resnet_jax.distributed import DistributedInitError  # pylint: disable=g-import-not-at-top
   from resnet_jax.train.loop import NonFiniteLossError  # pylint: disable=g-import-not-at-top
-  return (ValueError, KeyError, CheckpointError, NonFiniteLossError, FileNotFoundError,
-          DistributedInitError)
+
+  return (
+    ValueError,
+    KeyError,
+    CheckpointError,
+    NonFiniteLossError,
+    FileNotFoundError,
+    DistributedInitError,
+  )
 
 
 def main(argv):
@@ -168,8 +206,10 @@ def run():
     # A sweep passes its members' --config.x flags through untouched, so absl must not parse them.
     if argv[1] == "sweep":
       from resnet_jax import sweep  # pylint: disable=g-import-not-at-top
+
       sys.exit(sweep.cli(argv[2:]))
     from resnet_jax.analysis import cli  # pylint: disable=g-import-not-at-top
+
     sys.exit(cli.main(argv[2:]))
   if len(argv) > 1 and argv[1] in SUBCOMMANDS:
     command = argv.pop(1)
@@ -188,7 +228,9 @@ def _parse_flags(argv):
   except flags.Error as e:
     message = str(e)
   except OSError as e:
-    message = f"--config: {str(e).splitlines()[-1].strip()} (give the path of a configs/NAME.py file)"
+    message = (
+      f"--config: {str(e).splitlines()[-1].strip()} (give the path of a configs/NAME.py file)"
+    )
   except (AttributeError, KeyError, TypeError, ValueError) as e:
     text = str(e.args[0] if e.args else e).replace("\\n", " ").replace("\\", "")
     message = "bad --config override: " + text.strip("'\"").replace("''", "'")

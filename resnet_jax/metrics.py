@@ -34,6 +34,7 @@ class MetricWriter:
         # metrics-only import (sweeps, analyses, tensorboard=False) should not pay for it.
         import tensorflow as tf  # pylint: disable=g-import-not-at-top
         from resnet_jax.data import tf_device  # pylint: disable=g-import-not-at-top
+
         tf_device.hide_gpus_from_tf()
         self._tf = tf
         self._summary = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
@@ -80,6 +81,7 @@ class Progress:
     self._t0, self._s0 = time.time(), initial
     if enabled and sys.stderr.isatty():
       from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+
       self._bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
     self.enabled = enabled
 
@@ -89,8 +91,9 @@ class Progress:
     if self._bar is not None:
       self._bar.update(step - self.step)
       if metrics:
-        self._bar.set_postfix({k: f"{v:.4g}" for k, v in metrics.items()
-                               if isinstance(v, (int, float))}, refresh=False)
+        self._bar.set_postfix(
+          {k: f"{v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float))}, refresh=False
+        )
     elif metrics:
       done = step - self._s0
       rate = done / max(time.time() - self._t0, 1e-9)
@@ -118,6 +121,7 @@ def plot_curves(workdir: str, title: str = "") -> str | None:
   if not records:
     return None
   import matplotlib  # pylint: disable=g-import-not-at-top
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 

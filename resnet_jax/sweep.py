@@ -49,9 +49,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-DONE_FILE = "DONE"                # written by the training program after its last step
-METRICS_FILE = "metrics.jsonl"    # one JSON object per line, written by the training program
-LOG_FILE = "sweep.log"            # the member's stdout+stderr, appended on every run
+DONE_FILE = "DONE"  # written by the training program after its last step
+METRICS_FILE = "metrics.jsonl"  # one JSON object per line, written by the training program
+LOG_FILE = "sweep.log"  # the member's stdout+stderr, appended on every run
 MEMBER_FILE = "sweep_member.json"  # config, overrides and command of the member
 DEFAULT_CONFIG = "configs/digits.py"
 EMIT_KINDS = ("tpu", "slurm", "local")
@@ -61,7 +61,10 @@ _MAX_NAME = 150
 
 # --- building sweeps --------------------------------------------------------------------------------
 
-def _as_sweep(parts: Sequence[Any], axes: Mapping[str, Sequence[Any]], how: str) -> list[list[dict]]:
+
+def _as_sweep(
+  parts: Sequence[Any], axes: Mapping[str, Sequence[Any]], how: str
+) -> list[list[dict]]:
   """Each positional part (a mapping of axes, or an already built sweep) and each keyword axis as a
   list of single-key dicts (or a sweep: a list of dicts)."""
   out = []
@@ -74,8 +77,9 @@ def _as_sweep(parts: Sequence[Any], axes: Mapping[str, Sequence[Any]], how: str)
     elif isinstance(part, Sequence) and all(isinstance(m, Mapping) for m in part):
       out.append([dict(m) for m in part])
     else:
-      raise TypeError(f"{how}: expected axes (a dict of lists) or a sweep (a list of dicts), "
-                      f"got {part!r}")
+      raise TypeError(
+        f"{how}: expected axes (a dict of lists) or a sweep (a list of dicts), got {part!r}"
+      )
   return out
 
 
@@ -111,6 +115,7 @@ zip_ = zipped
 
 # --- members ----------------------------------------------------------------------------------------
 
+
 def format_value(v: Any) -> str:
   """A value as ``--config.k=`` text that ml_collections parses back to it."""
   if isinstance(v, bool):
@@ -143,7 +148,7 @@ def member_name(overrides: Mapping[str, Any], config: str | None = None) -> str:
     name = "_" + name
   if len(name) > _MAX_NAME:
     digest = hashlib.sha1(name.encode()).hexdigest()[:10]
-    name = f"{name[:_MAX_NAME - 11]}-{digest}"
+    name = f"{name[: _MAX_NAME - 11]}-{digest}"
   return name
 
 
@@ -155,8 +160,9 @@ class Member:
 
   def train_args(self, workdir: str) -> list[str]:
     """Arguments of ``python -m resnet_jax.main`` (and of the launch scripts)."""
-    return ([f"--config={self.config}", f"--workdir={workdir}"]
-            + [f"--config.{k}={format_value(v)}" for k, v in self.overrides.items()])
+    return [f"--config={self.config}", f"--workdir={workdir}"] + [
+      f"--config.{k}={format_value(v)}" for k, v in self.overrides.items()
+    ]
 
 
 def load_sweep(sweep_file: str | os.PathLike) -> list[Member]:
@@ -193,6 +199,7 @@ def load_sweep(sweep_file: str | os.PathLike) -> list[Member]:
 
 # --- results ----------------------------------------------------------------------------------------
 
+
 def read_results(workdir: str | os.PathLike) -> dict:
   """Final metrics of a member's workdir: step, train/eval error and loss, done flag.
 
@@ -227,17 +234,33 @@ def read_results(workdir: str | os.PathLike) -> dict:
       if isinstance(final.get("step"), (int, float)):
         step = final["step"]
       last.update({k: v for k, v in final.items() if k != "step" and _is_number(v)})
-  return {"done": done, "step": step, "train_top1_error": last.get("train_top1_error"),
-          "test_top1_error": last.get("eval_top1_error"), "train_loss": last.get("train_loss"),
-          "test_loss": last.get("eval_loss")}
+  return {
+    "done": done,
+    "step": step,
+    "train_top1_error": last.get("train_top1_error"),
+    "test_top1_error": last.get("eval_top1_error"),
+    "train_loss": last.get("train_loss"),
+    "test_loss": last.get("eval_loss"),
+  }
 
 
 def _is_number(v) -> bool:
   return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-SUMMARY_COLUMNS = ("name", "status", "final_step", "train_top1_error", "test_top1_error",
-                   "train_loss", "test_loss", "seconds", "overrides", "config", "workdir")
+SUMMARY_COLUMNS = (
+  "name",
+  "status",
+  "final_step",
+  "train_top1_error",
+  "test_top1_error",
+  "train_loss",
+  "test_loss",
+  "seconds",
+  "overrides",
+  "config",
+  "workdir",
+)
 
 
 def write_summary(rows: list[dict], root: str | os.PathLike) -> tuple[Path, Path]:
@@ -248,14 +271,22 @@ def write_summary(rows: list[dict], root: str | os.PathLike) -> tuple[Path, Path
   w.writeheader()
   for r in rows:
     w.writerow({k: ("" if r.get(k) is None else r[k]) for k in SUMMARY_COLUMNS})
-  md = ["| member | status | step | train err | test err | train loss | test loss |",
-        "|---|---|---:|---:|---:|---:|---:|"]
+  md = [
+    "| member | status | step | train err | test err | train loss | test loss |",
+    "|---|---|---:|---:|---:|---:|---:|",
+  ]
   pct = lambda v: "" if not _is_number(v) or math.isnan(v) else f"{100 * v:.2f}%"
   num = lambda v: "" if not _is_number(v) else f"{v:.4g}"
   for r in rows:
-    cells = [r["name"], r["status"], "" if r.get("final_step") is None else str(r["final_step"]),
-             pct(r.get("train_top1_error")), pct(r.get("test_top1_error")),
-             num(r.get("train_loss")), num(r.get("test_loss"))]
+    cells = [
+      r["name"],
+      r["status"],
+      "" if r.get("final_step") is None else str(r["final_step"]),
+      pct(r.get("train_top1_error")),
+      pct(r.get("test_top1_error")),
+      num(r.get("train_loss")),
+      num(r.get("test_loss")),
+    ]
     md.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
   paths = root / "summary.csv", root / "summary.md"
   for path, text in zip(paths, (buf.getvalue(), "\n".join(md) + "\n")):
@@ -268,15 +299,23 @@ def write_summary(rows: list[dict], root: str | os.PathLike) -> tuple[Path, Path
 def _row(member: Member, root: str, status: str, seconds: float | None) -> dict:
   workdir = os.path.join(root, member.name)
   res = read_results(workdir)
-  return {"name": member.name, "status": status, "final_step": res["step"],
-          "train_top1_error": res["train_top1_error"], "test_top1_error": res["test_top1_error"],
-          "train_loss": res["train_loss"], "test_loss": res["test_loss"],
-          "seconds": None if seconds is None else round(seconds, 1),
-          "overrides": json.dumps(member.overrides, sort_keys=True, default=str),
-          "config": member.config, "workdir": workdir}
+  return {
+    "name": member.name,
+    "status": status,
+    "final_step": res["step"],
+    "train_top1_error": res["train_top1_error"],
+    "test_top1_error": res["test_top1_error"],
+    "train_loss": res["train_loss"],
+    "test_loss": res["test_loss"],
+    "seconds": None if seconds is None else round(seconds, 1),
+    "overrides": json.dumps(member.overrides, sort_keys=True, default=str),
+    "config": member.config,
+    "workdir": workdir,
+  }
 
 
 # --- running ----------------------------------------------------------------------------------------
+
 
 def _resolve_config(config: str, sweep_file: Path) -> str:
   """An existing config path for a local run: as given (from the cwd), else next to the sweep
@@ -286,8 +325,9 @@ def _resolve_config(config: str, sweep_file: Path) -> str:
     cand = base / path
     if cand.is_file():
       return (path if base == Path.cwd() else str(cand)) + sep + arg
-  raise FileNotFoundError(f"config file {path!r} not found (from {Path.cwd()}, {sweep_file.parent}"
-                          f" or {_REPO})")
+  raise FileNotFoundError(
+    f"config file {path!r} not found (from {Path.cwd()}, {sweep_file.parent} or {_REPO})"
+  )
 
 
 def _launch_script(name: str) -> str:
@@ -295,9 +335,15 @@ def _launch_script(name: str) -> str:
   return str(rel) if (Path.cwd() / rel).is_file() else str(_REPO / rel)
 
 
-def emit_commands(members: Sequence[Member], root: str, emit: str, *,
-                  extra_args: Sequence[str] = (), launcher_args: Sequence[str] = (),
-                  python: str | Sequence[str] = "python") -> list[list[str]]:
+def emit_commands(
+  members: Sequence[Member],
+  root: str,
+  emit: str,
+  *,
+  extra_args: Sequence[str] = (),
+  launcher_args: Sequence[str] = (),
+  python: str | Sequence[str] = "python",
+) -> list[list[str]]:
   """One launch command (argument list) per member.
 
   ``tpu``: ``launch/tpu_vm.sh LAUNCHER_ARGS --config=.. --workdir=ROOT/NAME --config.k=v ..``
@@ -313,8 +359,15 @@ def emit_commands(members: Sequence[Member], root: str, emit: str, *,
     if emit == "tpu":
       cmds.append([_launch_script("tpu_vm.sh"), *launcher_args, *args])
     elif emit == "slurm":
-      cmds.append(["sbatch", f"--job-name=resnet-{m.name}"[:128], *launcher_args,
-                   _launch_script("slurm.sbatch"), *args])
+      cmds.append(
+        [
+          "sbatch",
+          f"--job-name=resnet-{m.name}"[:128],
+          *launcher_args,
+          _launch_script("slurm.sbatch"),
+          *args,
+        ]
+      )
     else:
       cmds.append([*_python_cmd(python), *launcher_args, "-m", "resnet_jax.main", *args])
   return cmds
@@ -328,10 +381,17 @@ class _Stop(Exception):
   pass
 
 
-def run_sweep(sweep_file: str | os.PathLike, root: str | os.PathLike, *, parallel: int = 1,
-              emit: str | None = None, extra_args: Sequence[str] = (),
-              python: str | Sequence[str] = sys.executable, launcher_args: Sequence[str] = (),
-              out=None) -> int:
+def run_sweep(
+  sweep_file: str | os.PathLike,
+  root: str | os.PathLike,
+  *,
+  parallel: int = 1,
+  emit: str | None = None,
+  extra_args: Sequence[str] = (),
+  python: str | Sequence[str] = sys.executable,
+  launcher_args: Sequence[str] = (),
+  out=None,
+) -> int:
   """Runs (or, with `emit`, prints launch commands for) every member of a sweep file.
 
   Local runs: `parallel` members at a time, each ``python -m resnet_jax.main`` with its stdout and
@@ -346,8 +406,9 @@ def run_sweep(sweep_file: str | os.PathLike, root: str | os.PathLike, *, paralle
   members = load_sweep(sweep_file)
   root = os.fspath(root)
   if emit:
-    for cmd in emit_commands(members, root, emit, extra_args=extra_args,
-                             launcher_args=launcher_args, python=python):
+    for cmd in emit_commands(
+      members, root, emit, extra_args=extra_args, launcher_args=launcher_args, python=python
+    ):
       print(shlex.join(cmd), file=out)
     return 0
   if parallel < 1:
@@ -365,8 +426,10 @@ def run_sweep(sweep_file: str | os.PathLike, root: str | os.PathLike, *, paralle
       todo.append(m)
   n = len(members)
   say = lambda msg: print(f"sweep: {msg}", file=out, flush=True)
-  say(f"{n} members, {n - len(todo)} already done, {len(todo)} to run, {parallel} at a time; "
-      f"root {root}")
+  say(
+    f"{n} members, {n - len(todo)} already done, {len(todo)} to run, {parallel} at a time; "
+    f"root {root}"
+  )
 
   def summary():
     write_summary([_row(m, root, status[m.name], seconds.get(m.name)) for m in members], root)
@@ -376,8 +439,10 @@ def run_sweep(sweep_file: str | os.PathLike, root: str | os.PathLike, *, paralle
   queue = list(todo)
   previous = None
   if threading.current_thread() is threading.main_thread():
+
     def on_term(signum, frame):
       raise _Stop(f"signal {signum}")
+
     previous = signal.signal(signal.SIGTERM, on_term)
   try:
     summary()
@@ -386,17 +451,28 @@ def run_sweep(sweep_file: str | os.PathLike, root: str | os.PathLike, *, paralle
         m = queue.pop(0)
         workdir = os.path.join(root, m.name)
         os.makedirs(workdir, exist_ok=True)
-        cmd = [*_python_cmd(python), "-m", "resnet_jax.main",
-               *Member(m.name, configs[m.config], m.overrides).train_args(workdir),
-               *extra_args]
+        cmd = [
+          *_python_cmd(python),
+          "-m",
+          "resnet_jax.main",
+          *Member(m.name, configs[m.config], m.overrides).train_args(workdir),
+          *extra_args,
+        ]
         with open(os.path.join(workdir, MEMBER_FILE), "w") as f:
-          json.dump({"name": m.name, "config": m.config, "overrides": m.overrides,
-                     "command": cmd}, f, indent=1, default=str)
+          json.dump(
+            {"name": m.name, "config": m.config, "overrides": m.overrides, "command": cmd},
+            f,
+            indent=1,
+            default=str,
+          )
         log = open(os.path.join(workdir, LOG_FILE), "a")
         log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(cmd)}\n")
         log.flush()
-        running[subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                 stdin=subprocess.DEVNULL)] = (m, time.monotonic(), log)
+        running[
+          subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL
+          )
+        ] = (m, time.monotonic(), log)
         status[m.name] = "running"
         say(f"start {m.name}")
       time.sleep(0.05)
@@ -412,7 +488,8 @@ def run_sweep(sweep_file: str | os.PathLike, root: str | os.PathLike, *, paralle
         msg = f"{status[m.name]}: {m.name} after {seconds[m.name]:.1f}s"
         if status[m.name] != "ok":
           msg += f"; log {os.path.join(root, m.name, LOG_FILE)}:\n" + _tail(
-              os.path.join(root, m.name, LOG_FILE))
+            os.path.join(root, m.name, LOG_FILE)
+          )
         say(msg)
         summary()
   except (KeyboardInterrupt, _Stop):
@@ -427,8 +504,11 @@ def run_sweep(sweep_file: str | os.PathLike, root: str | os.PathLike, *, paralle
   counts: dict[str, int] = {}
   for s in status.values():
     counts[s.split(" ")[0]] = counts.get(s.split(" ")[0], 0) + 1
-  say("finished: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
-      + f"; summary in {os.path.join(root, 'summary.md')}")
+  say(
+    "finished: "
+    + ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
+    + f"; summary in {os.path.join(root, 'summary.md')}"
+  )
   return 0 if all(s in ("ok", "done") for s in status.values()) else 1
 
 
@@ -456,6 +536,7 @@ def _stop_all(running: dict, grace_s: float = 30.0) -> None:
 
 # --- command line (`resnet-jax sweep` can delegate here) --------------------------------------------
 
+
 def cli(argv: Sequence[str] | None = None) -> int:
   """``python -m resnet_jax.sweep SWEEP.py --workdir=ROOT [--parallel=N] [--emit=tpu|slurm|local]
   [--launcher-arg=X ...] [-- extra --config.k=v ...]``."""
@@ -464,13 +545,24 @@ def cli(argv: Sequence[str] | None = None) -> int:
   p.add_argument("--workdir", required=True, help="sweep root; members in ROOT/NAME")
   p.add_argument("--parallel", type=int, default=1, help="members at a time (local runs)")
   p.add_argument("--emit", choices=EMIT_KINDS, help="print launch commands instead of running")
-  p.add_argument("--launcher-arg", action="append", default=[],
-                 help="argument for the launcher (tpu_vm.sh / sbatch), repeatable")
+  p.add_argument(
+    "--launcher-arg",
+    action="append",
+    default=[],
+    help="argument for the launcher (tpu_vm.sh / sbatch), repeatable",
+  )
   p.add_argument("--python", default=sys.executable, help="interpreter for local runs")
   args, extra = p.parse_known_args(argv)
   extra = [a for a in extra if a != "--"]
-  return run_sweep(args.sweep_file, args.workdir, parallel=args.parallel, emit=args.emit,
-                   extra_args=extra, python=args.python, launcher_args=args.launcher_arg)
+  return run_sweep(
+    args.sweep_file,
+    args.workdir,
+    parallel=args.parallel,
+    emit=args.emit,
+    extra_args=extra,
+    python=args.python,
+    launcher_args=args.launcher_arg,
+  )
 
 
 if __name__ == "__main__":

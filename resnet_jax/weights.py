@@ -42,10 +42,20 @@ from absl import logging
 from resnet_jax import checkpoint as checkpoint_lib
 from resnet_jax import models
 
-SUPPORTED = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
-             "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2")
+SUPPORTED = (
+  "resnet18",
+  "resnet34",
+  "resnet50",
+  "resnet101",
+  "resnet152",
+  "resnext50_32x4d",
+  "resnext101_32x8d",
+  "resnext101_64x4d",
+  "wide_resnet50_2",
+  "wide_resnet101_2",
+)
 SOURCES = ("torchvision",)
-CHECKPOINT_DIR = "checkpoints"   # same sub-directory as train.loop.CHECKPOINT_DIR
+CHECKPOINT_DIR = "checkpoints"  # same sub-directory as train.loop.CHECKPOINT_DIR
 _IGNORED_SUFFIXES = ("num_batches_tracked",)
 _MAX_LISTED = 12
 
@@ -55,8 +65,12 @@ class WeightImportError(ValueError):
 
 
 # --- torchvision key <-> our path -----------------------------------------------------------------
-_BN_LEAVES = {("params", "scale"): "weight", ("params", "bias"): "bias",
-              ("batch_stats", "mean"): "running_mean", ("batch_stats", "var"): "running_var"}
+_BN_LEAVES = {
+  ("params", "scale"): "weight",
+  ("params", "bias"): "bias",
+  ("batch_stats", "mean"): "running_mean",
+  ("batch_stats", "var"): "running_var",
+}
 
 
 def _torch_module(module: str) -> str:
@@ -69,8 +83,10 @@ def _torch_module(module: str) -> str:
     return "fc"
   m = re.fullmatch(r"stage(\d+)_block(\d+)/(conv\d+|bn\d+|shortcut_conv|shortcut_bn)", module)
   if not m:
-    raise WeightImportError(f"parameter {module!r} has no torchvision counterpart "
-                            f"(pre-activation/plain/CIFAR nets cannot be imported)")
+    raise WeightImportError(
+      f"parameter {module!r} has no torchvision counterpart "
+      f"(pre-activation/plain/CIFAR nets cannot be imported)"
+    )
   layer = {"shortcut_conv": "downsample.0", "shortcut_bn": "downsample.1"}.get(m[3], m[3])
   return f"layer{m[1]}.{m[2]}.{layer}"
 
@@ -87,12 +103,13 @@ def _torch_key(collection: str, path: tuple[str, ...]) -> tuple[str, str]:
   try:
     return f"{prefix}.{_BN_LEAVES[(collection, leaf)]}", "none"
   except KeyError:
-    raise WeightImportError(f"{collection}/{'/'.join(path)} has no torchvision counterpart"
-                            ) from None
+    raise WeightImportError(
+      f"{collection}/{'/'.join(path)} has no torchvision counterpart"
+    ) from None
 
 
 def _torch_shape(shape: tuple[int, ...], transform: str) -> tuple[int, ...]:
-  if transform == "conv":   # ours (kh, kw, cin/groups, cout) <- torch (cout, cin/groups, kh, kw)
+  if transform == "conv":  # ours (kh, kw, cin/groups, cout) <- torch (cout, cin/groups, kh, kw)
     return (shape[3], shape[2], shape[0], shape[1])
   if transform == "linear":
     return (shape[1], shape[0])
@@ -116,23 +133,26 @@ def _load_state_dict(state_dict_or_path) -> Mapping[str, Any]:
     try:
       import torch  # pylint: disable=g-import-not-at-top
     except ImportError:
-      raise ImportError("reading a .pth file needs PyTorch: pip install 'resnet-jax[torch]'"
-                        ) from None
+      raise ImportError(
+        "reading a .pth file needs PyTorch: pip install 'resnet-jax[torch]'"
+      ) from None
     loaded = torch.load(path, map_location="cpu", weights_only=True)
   else:
     loaded = state_dict_or_path
   if not isinstance(loaded, Mapping):
-    raise WeightImportError(f"expected a state dict (a mapping of name -> tensor), got "
-                            f"{type(loaded).__name__}")
+    raise WeightImportError(
+      f"expected a state dict (a mapping of name -> tensor), got {type(loaded).__name__}"
+    )
   # Common wrappers: {'state_dict': ...} / {'model': ...}; DataParallel's 'module.' prefix.
   for wrapper in ("state_dict", "model"):
-    if set(loaded) == {wrapper} or (wrapper in loaded and isinstance(loaded[wrapper], Mapping)
-                                    and "fc.weight" not in loaded):
+    if set(loaded) == {wrapper} or (
+      wrapper in loaded and isinstance(loaded[wrapper], Mapping) and "fc.weight" not in loaded
+    ):
       loaded = loaded[wrapper]
       break
   keys = list(loaded)
   if keys and all(k.startswith("module.") for k in keys):
-    loaded = {k[len("module."):]: v for k, v in loaded.items()}
+    loaded = {k[len("module.") :]: v for k, v in loaded.items()}
   return loaded
 
 
@@ -141,7 +161,7 @@ def _shape(value) -> tuple[int, ...]:
 
 
 def _numpy(value, dtype) -> np.ndarray:
-  if hasattr(value, "detach"):   # a torch tensor (torch is already imported if we have one)
+  if hasattr(value, "detach"):  # a torch tensor (torch is already imported if we have one)
     value = value.detach().cpu()
     if str(value.dtype) in ("torch.bfloat16", "torch.float16"):
       value = value.float()
@@ -153,8 +173,8 @@ def expected_tree(model_name: str, num_classes: int | None = None, **model_overr
   """Shapes/dtypes of ``{'params', 'batch_stats'}`` of the model (``jax.eval_shape``: no compute)."""
   model = models.get_model(model_name, num_classes=num_classes, **model_overrides)
   variables = jax.eval_shape(
-      lambda r: model.init(r, jnp.zeros((1, 64, 64, 3), jnp.float32), train=False),
-      jax.random.key(0))
+    lambda r: model.init(r, jnp.zeros((1, 64, 64, 3), jnp.float32), train=False), jax.random.key(0)
+  )
   return {"params": variables["params"], "batch_stats": variables["batch_stats"]}
 
 
@@ -184,8 +204,9 @@ def _listing(label: str, items: list[str]) -> str:
   return f"{len(items)} {label}: {shown}{more}"
 
 
-def from_torchvision(state_dict_or_path, model_name: str, *, num_classes: int | None = None,
-                     **model_overrides) -> tuple[dict, dict]:
+def from_torchvision(
+  state_dict_or_path, model_name: str, *, num_classes: int | None = None, **model_overrides
+) -> tuple[dict, dict]:
   """A torchvision ResNet state dict (or a ``.pth`` file of one) -> ``(params, batch_stats)``.
 
   ``model_name``: one of :data:`SUPPORTED`.  ``num_classes`` defaults to the length of ``fc.bias`` (so a
@@ -195,14 +216,17 @@ def from_torchvision(state_dict_or_path, model_name: str, *, num_classes: int | 
   :class:`WeightImportError`; values are only converted once everything fits.
   """
   if model_name not in SUPPORTED:
-    raise WeightImportError(f"model {model_name!r} has no torchvision counterpart; supported: "
-                            f"{', '.join(SUPPORTED)}")
+    raise WeightImportError(
+      f"model {model_name!r} has no torchvision counterpart; supported: {', '.join(SUPPORTED)}"
+    )
   state_dict = _load_state_dict(state_dict_or_path)
   if num_classes is None and "fc.bias" in state_dict and len(_shape(state_dict["fc.bias"])) == 1:
-    num_classes = _shape(state_dict["fc.bias"])[0]   # the bias: unambiguous if fc.weight is transposed
+    num_classes = _shape(state_dict["fc.bias"])[
+      0
+    ]  # the bias: unambiguous if fc.weight is transposed
   expected = _flat(expected_tree(model_name, num_classes, **model_overrides))
 
-  plan = {}          # our path -> (torch key, transform, dtype)
+  plan = {}  # our path -> (torch key, transform, dtype)
   missing, reshaped = [], []
   for path, leaf in expected.items():
     key, transform = _torch_key(path[0], path[1:])
@@ -217,18 +241,26 @@ def from_torchvision(state_dict_or_path, model_name: str, *, num_classes: int | 
       continue
     plan[path] = (key, transform, leaf.dtype)
   known = {_torch_key(p[0], p[1:])[0] for p in expected}
-  unexpected = sorted(k for k in state_dict
-                      if k not in known and not k.endswith(_IGNORED_SUFFIXES))
+  unexpected = sorted(k for k in state_dict if k not in known and not k.endswith(_IGNORED_SUFFIXES))
   if missing or unexpected or reshaped:
-    parts = [_listing(label, items) for label, items in
-             (("missing", missing), ("unexpected", unexpected), ("of the wrong shape", reshaped))
-             if items]
+    parts = [
+      _listing(label, items)
+      for label, items in (
+        ("missing", missing),
+        ("unexpected", unexpected),
+        ("of the wrong shape", reshaped),
+      )
+      if items
+    ]
     raise WeightImportError(
-        f"state dict does not match torchvision {model_name} "
-        f"({num_classes} classes): " + "; ".join(parts) + ". Nothing was converted.")
+      f"state dict does not match torchvision {model_name} "
+      f"({num_classes} classes): " + "; ".join(parts) + ". Nothing was converted."
+    )
 
-  converted = {path: _to_ours(_numpy(state_dict[key], dtype), transform)
-               for path, (key, transform, dtype) in plan.items()}
+  converted = {
+    path: _to_ours(_numpy(state_dict[key], dtype), transform)
+    for path, (key, transform, dtype) in plan.items()
+  }
   variables = _unflatten(converted)
   return variables["params"], variables["batch_stats"]
 
@@ -238,8 +270,9 @@ def _has_checkpoints(directory: str) -> bool:
   return os.path.isdir(directory) and bool(os.listdir(directory))
 
 
-def convert(src, model_name: str, workdir: str, *, source: str = "torchvision",
-            **model_overrides) -> dict[str, Any]:
+def convert(
+  src, model_name: str, workdir: str, *, source: str = "torchvision", **model_overrides
+) -> dict[str, Any]:
   """Imports ``src`` (a ``.pth`` path or a state dict) and saves it at step 0 of
   ``<workdir>/checkpoints``.  Refuses a workdir that already has checkpoints; nothing is written
   unless the import succeeded.  Returns a summary dict (directory, step, parameter count, ...)."""
@@ -247,8 +280,10 @@ def convert(src, model_name: str, workdir: str, *, source: str = "torchvision",
     raise ValueError(f"--from={source!r}: supported sources are {', '.join(SOURCES)}")
   ckpt_dir = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
   if _has_checkpoints(ckpt_dir):
-    raise FileExistsError(f"{ckpt_dir} already has checkpoints; convert into a fresh --workdir "
-                          f"(nothing was overwritten)")
+    raise FileExistsError(
+      f"{ckpt_dir} already has checkpoints; convert into a fresh --workdir "
+      f"(nothing was overwritten)"
+    )
   params, batch_stats = from_torchvision(src, model_name, **model_overrides)
   num_classes = int(params["head"]["bias"].shape[0])
   meta = {"model": model_name, "source": source, "kind": "weights", "num_classes": num_classes}
@@ -261,17 +296,25 @@ def convert(src, model_name: str, workdir: str, *, source: str = "torchvision",
   finally:
     ckpt.close()
   n_params = sum(int(np.size(x)) for x in jax.tree_util.tree_leaves(params))
-  return {"directory": ckpt_dir, "step": 0, "model": model_name, "source": source,
-          "num_classes": num_classes, "num_params": n_params}
+  return {
+    "directory": ckpt_dir,
+    "step": 0,
+    "model": model_name,
+    "source": source,
+    "num_classes": num_classes,
+    "num_params": n_params,
+  }
 
 
 def convert_command(source: str, model: str, src: str, workdir: str) -> str:
   """``resnet-jax convert --from=SOURCE --model=MODEL --src=FILE.pth --workdir=DIR``: returns the
   one summary line to print."""
   info = convert(src, model, workdir, source=source)
-  return (f"converted {source} {model} ({info['num_params']:,} parameters, "
-          f"{info['num_classes']} classes) from {src} -> {info['directory']} step 0; "
-          f"start from it with --config.init_from={os.path.abspath(workdir)}")
+  return (
+    f"converted {source} {model} ({info['num_params']:,} parameters, "
+    f"{info['num_classes']} classes) from {src} -> {info['directory']} step 0; "
+    f"start from it with --config.init_from={os.path.abspath(workdir)}"
+  )
 
 
 def _checkpoint_dir(init_dir: str) -> str:
@@ -282,8 +325,9 @@ def _checkpoint_dir(init_dir: str) -> str:
   if os.path.isdir(init_dir) and any(n.isdigit() for n in os.listdir(init_dir)):
     return init_dir
   raise checkpoint_lib.CheckpointError(
-      f"config.init_from={init_dir!r} has no checkpoints: pass the --workdir of `resnet-jax "
-      f"convert` or of a training run")
+    f"config.init_from={init_dir!r} has no checkpoints: pass the --workdir of `resnet-jax "
+    f"convert` or of a training run"
+  )
 
 
 def load_variables(init_dir: str) -> tuple[dict, dict, dict]:
@@ -303,8 +347,9 @@ def load_variables(init_dir: str) -> tuple[dict, dict, dict]:
       state = ocp.StandardCheckpointer().restore(os.path.join(directory, str(step), "state"))
     except Exception as e:  # noqa: BLE001
       raise checkpoint_lib.CheckpointError(
-          f"checkpoint {directory} step {step} could not be read ({type(e).__name__}: "
-          f"{str(e).splitlines()[0][:200] if str(e) else ''}); it may be corrupt") from None
+        f"checkpoint {directory} step {step} could not be read ({type(e).__name__}: "
+        f"{str(e).splitlines()[0][:200] if str(e) else ''}); it may be corrupt"
+      ) from None
   finally:
     ckpt.close()
   if not isinstance(state, Mapping) or "params" not in state:
@@ -324,15 +369,20 @@ def merge_into(params, batch_stats, source_params, source_batch_stats, *, descri
 
   Returns ``(params, batch_stats, notes)``; ``notes`` lists what was adapted.
   """
-  target = {**{("params",) + p: v for p, v in _flat(params).items()},
-            **{("batch_stats",) + p: v for p, v in _flat(batch_stats).items()}}
-  source = {**{("params",) + p: v for p, v in _flat(source_params).items()},
-            **{("batch_stats",) + p: v for p, v in _flat(source_batch_stats).items()}}
+  target = {
+    **{("params",) + p: v for p, v in _flat(params).items()},
+    **{("batch_stats",) + p: v for p, v in _flat(batch_stats).items()},
+  }
+  source = {
+    **{("params",) + p: v for p, v in _flat(source_params).items()},
+    **{("batch_stats",) + p: v for p, v in _flat(source_batch_stats).items()},
+  }
   name = lambda p: "/".join(p)  # noqa: E731
   is_head = lambda p: len(p) > 1 and p[1] == "head"  # noqa: E731
 
-  head_fits = all(p in source and np.shape(source[p]) == np.shape(v)
-                  for p, v in target.items() if is_head(p))
+  head_fits = all(
+    p in source and np.shape(source[p]) == np.shape(v) for p, v in target.items() if is_head(p)
+  )
   out, notes, missing, reshaped = {}, [], [], []
   for path, leaf in target.items():
     shape = tuple(np.shape(leaf))
@@ -343,9 +393,14 @@ def merge_into(params, batch_stats, source_params, source_batch_stats, *, descri
       missing.append(name(path))
       continue
     value = np.asarray(source[path])
-    if value.shape != shape and path[1:] == ("stem_conv", "kernel") and value.ndim == 4 and \
-        value.shape[2] == 3 and shape[2] == 1 and value.shape[:2] + value.shape[3:] == \
-        shape[:2] + shape[3:]:
+    if (
+      value.shape != shape
+      and path[1:] == ("stem_conv", "kernel")
+      and value.ndim == 4
+      and value.shape[2] == 3
+      and shape[2] == 1
+      and value.shape[:2] + value.shape[3:] == shape[:2] + shape[3:]
+    ):
       value = value.sum(axis=2, keepdims=True)
       notes.append("stem_conv/kernel summed over its 3 input channels for 1-channel images")
     if value.shape != shape:
@@ -354,15 +409,22 @@ def merge_into(params, batch_stats, source_params, source_batch_stats, *, descri
     out[path] = jnp.asarray(value, dtype=getattr(leaf, "dtype", None))
   unexpected = sorted(name(p) for p in source if p not in target and not is_head(p))
   if missing or unexpected or reshaped:
-    parts = [_listing(label, items) for label, items in
-             (("missing", missing), ("unexpected", unexpected), ("of another shape", reshaped))
-             if items]
-    raise WeightImportError(f"{describe} does not fit this model (head aside): "
-                            + "; ".join(parts))
+    parts = [
+      _listing(label, items)
+      for label, items in (
+        ("missing", missing),
+        ("unexpected", unexpected),
+        ("of another shape", reshaped),
+      )
+      if items
+    ]
+    raise WeightImportError(f"{describe} does not fit this model (head aside): " + "; ".join(parts))
   if not head_fits:
     src_head = {name(p[2:]): tuple(np.shape(v)) for p, v in source.items() if is_head(p)}
-    notes.append(f"head re-initialised: {describe} has {src_head or 'no head'}, model has "
-                 f"{ {name(p[2:]): tuple(np.shape(v)) for p, v in target.items() if is_head(p)} }")
+    notes.append(
+      f"head re-initialised: {describe} has {src_head or 'no head'}, model has "
+      f"{ {name(p[2:]): tuple(np.shape(v)) for p, v in target.items() if is_head(p)} }"
+    )
   new = _unflatten(out)
   return new["params"], new.get("batch_stats", {}), notes
 
@@ -371,8 +433,9 @@ def initialise_from(params, batch_stats, init_dir: str):
   """:func:`load_variables` + :func:`merge_into`; logs what was adapted.  For ``train.loop``."""
   src_params, src_stats, meta = load_variables(init_dir)
   describe = f"checkpoint {init_dir} ({meta.get('model', '?')})"
-  params, batch_stats, notes = merge_into(params, batch_stats, src_params, src_stats,
-                                          describe=describe)
+  params, batch_stats, notes = merge_into(
+    params, batch_stats, src_params, src_stats, describe=describe
+  )
   logging.info("initialised from %s", describe)
   for note in notes:
     logging.info("init_from: %s", note)

@@ -29,14 +29,28 @@ def command_env(devices: int = 1, **extra) -> dict:
 
 
 def train_command(workdir, *overrides, config=TINY_CONFIG):
-  return [sys.executable, "-m", "resnet_jax.main", f"--config={config}", f"--workdir={workdir}",
-          *overrides]
+  return [
+    sys.executable,
+    "-m",
+    "resnet_jax.main",
+    f"--config={config}",
+    f"--workdir={workdir}",
+    *overrides,
+  ]
 
 
 @pytest.fixture
 def run_main():
   """Runs ``resnet_jax.main`` to completion (bounded in time); returns the CompletedProcess."""
+
   def run(workdir, *overrides, devices=1, timeout=300, config=TINY_CONFIG):
-    return subprocess.run(train_command(workdir, *overrides, config=config), env=command_env(devices),
-                          capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    return subprocess.run(
+      train_command(workdir, *overrides, config=config),
+      env=command_env(devices),
+      capture_output=True,
+      text=True,
+      timeout=timeout,
+      cwd=REPO,
+    )
+
   return run

@@ -20,8 +20,9 @@ NUM_CLASSES = 10
 
 def _tiny(name, **kw):
   # 8-layer CIFAR nets (one block per stage) at 2-4-8 channels on 8x8 single-channel images.
-  model = models.get_model(name, num_classes=NUM_CLASSES, width_multiplier=0.125,
-                           stage_sizes=(1, 1, 1), **kw)
+  model = models.get_model(
+    name, num_classes=NUM_CLASSES, width_multiplier=0.125, stage_sizes=(1, 1, 1), **kw
+  )
   x = jax.random.normal(jax.random.key(1), (6, 8, 8, 1))
   v = model.init(jax.random.key(0), x, train=False)
   # Non-trivial BN statistics, as after training.
@@ -52,8 +53,9 @@ def test_response_std_equals_independent_capture(name):
 
 def test_bottleneck_picks_only_3x3_bn():
   model = models.get_model("resnet50", num_classes=10, width_multiplier=1 / 16)
-  params = jax.eval_shape(lambda r: model.init(r, jnp.zeros((1, 32, 32, 3))),
-                          jax.random.key(0))["params"]
+  params = jax.eval_shape(lambda r: model.init(r, jnp.zeros((1, 32, 32, 3))), jax.random.key(0))[
+    "params"
+  ]
   layers = layer_responses.three_by_three_bns(params)
   assert len(layers) == 16 and all(l[-1] == "bn2" for l in layers)  # 7x7 stem is not 3x3
 
@@ -64,10 +66,12 @@ def _rest_of_net(model, params, stats, x, start: int):
   for name in names[start:]:
     i, j = (int(g) for g in gradient_flow._BLOCK.match(name).groups())
     planes = max(1, int(round(model.stage_widths[i - 1] * model.width_multiplier)))
-    blk = blocks.BasicBlock(planes=planes, stride=2 if (i > 1 and j == 0) else 1,
-                            shortcut=model.shortcut)
-    x, _ = blk.apply({"params": params[name], "batch_stats": stats[name]}, x, train=True,
-                     mutable=["batch_stats"])
+    blk = blocks.BasicBlock(
+      planes=planes, stride=2 if (i > 1 and j == 0) else 1, shortcut=model.shortcut
+    )
+    x, _ = blk.apply(
+      {"params": params[name], "batch_stats": stats[name]}, x, train=True, mutable=["batch_stats"]
+    )
   x = jnp.mean(x, axis=(1, 2))
   return x @ params["head"]["kernel"] + params["head"]["bias"]
 
@@ -84,26 +88,29 @@ def test_gradient_norms_equal_hand_built_loss(name):
 
   # Parameters: jax.grad of the plain training loss.
   def loss_p(params):
-    logits, _ = model.apply({"params": params, "batch_stats": v["batch_stats"]}, x, train=True,
-                            mutable=["batch_stats"])
+    logits, _ = model.apply(
+      {"params": params, "batch_stats": v["batch_stats"]}, x, train=True, mutable=["batch_stats"]
+    )
     return xent(logits)
+
   gp = jax.grad(loss_p)(v["params"])
   for k, n in enumerate(g["blocks"]):
-    np.testing.assert_allclose(g["param_grad_norm"][k], float(optax.global_norm(gp[n])),
-                               rtol=1e-4)
+    np.testing.assert_allclose(g["param_grad_norm"][k], float(optax.global_norm(gp[n])), rtol=1e-4)
   np.testing.assert_allclose(g["loss"], float(loss_p(v["params"])), rtol=1e-5)
 
   # Block inputs: the block's input captured, the rest of the net rebuilt by hand, jax.grad.
-  _, inter = model.apply(v, x, train=True, capture_intermediates=True,
-                         mutable=["intermediates", "batch_stats"])
+  _, inter = model.apply(
+    v, x, train=True, capture_intermediates=True, mutable=["intermediates", "batch_stats"]
+  )
   inter = inter["intermediates"]
   for k in (0, 1, 2):
     if k == 0:
       block_in = nn.relu(inter["stem_bn"]["__call__"][0])
     else:
       block_in = inter[g["blocks"][k - 1]]["__call__"][0]
-    gx = jax.grad(lambda z: xent(_rest_of_net(model, v["params"], v["batch_stats"], z, k)))(
-        block_in)
+    gx = jax.grad(lambda z, k=k: xent(_rest_of_net(model, v["params"], v["batch_stats"], z, k)))(
+      block_in
+    )
     np.testing.assert_allclose(g["input_grad_norm"][k], float(jnp.linalg.norm(gx)), rtol=1e-4)
 
 
@@ -120,8 +127,9 @@ def test_recipe_scales_cifar_boundaries():
   c = A.recipe("resnet20", dataset="cifar10", steps=640)
   assert c.lr_boundaries == (320, 480) and c.num_train_steps == 640
   assert c.train_split == "train[:45000]"
-  c = A.recipe("plain20", steps=10, width_multiplier=0.5,
-               overrides={"model_overrides.shortcut": "B"})
+  c = A.recipe(
+    "plain20", steps=10, width_multiplier=0.5, overrides={"model_overrides.shortcut": "B"}
+  )
   assert c.model_overrides.width_multiplier == 0.5 and c.model_overrides.shortcut == "B"
   c = A.recipe("plain14", steps=10)
   assert c.model == "plain20" and tuple(c.model_overrides.stage_sizes) == (2, 2, 2)
@@ -151,25 +159,29 @@ def test_commands_end_to_end(tmp_path):
   assert open(os.path.join(deg, "degradation.md")).read() == text
 
   runs = os.path.join(deg, "runs")
-  res = cli.analyze_command("layer_responses", [f"--out={out}/lr", f"--runs={runs}",
-                                                "--num-images=16"])
+  res = cli.analyze_command(
+    "layer_responses", [f"--out={out}/lr", f"--runs={runs}", "--num-images=16"]
+  )
   _assert_outputs(f"{out}/lr", "layer_responses")
   assert [len(r["std"]) for r in res["results"]] == [7, 7]
 
-  res = cli.analyze_command("gradient_flow", [f"--out={out}/gf", f"--runs={runs}",
-                                              "--num-images=8"])
+  res = cli.analyze_command(
+    "gradient_flow", [f"--out={out}/gf", f"--runs={runs}", "--num-images=8"]
+  )
   _assert_outputs(f"{out}/gf", "gradient_flow")
   assert sorted(r["when"] for r in res["results"]) == ["init", "init", "trained", "trained"]
 
-  res = cli.analyze_command("test_time", [f"--out={out}/tt",
-                                          f"--workdirs={runs}/resnet8", "--scales=28,32"])
+  res = cli.analyze_command(
+    "test_time", [f"--out={out}/tt", f"--workdirs={runs}/resnet8", "--scales=28,32"]
+  )
   _assert_outputs(f"{out}/tt", "test_time")
   assert [r["method"] for r in res["rows"]] == ["center", "ten_crop", "full_conv"]
   assert all(r["count"] == 1000 for r in res["rows"])
   assert res["rows"][2]["scales"] == [28, 32]
 
-  res = cli.analyze_command("shortcuts", [f"--out={out}/sc", "--model=resnet8", "--options=B",
-                                          *tiny])
+  res = cli.analyze_command(
+    "shortcuts", [f"--out={out}/sc", "--model=resnet8", "--options=B", *tiny]
+  )
   _assert_outputs(f"{out}/sc", "shortcuts")
   (b,) = res["rows"]
   assert b["test_top1_error"] is not None and b["step"] == 4
@@ -178,9 +190,12 @@ def test_commands_end_to_end(tmp_path):
 def test_shortcut_parameter_counts():
   # Table 3's point about parameters: A adds none, B adds 1x1 projections where the shape changes
   # (2 of them in a 3-stage net), C adds one per block.
-  counts = {o: shortcuts.param_count(A.recipe("resnet8", width_multiplier=0.25,
-                                              overrides={"model_overrides.shortcut": o}))
-            for o in ("none", "A", "B", "C")}
+  counts = {
+    o: shortcuts.param_count(
+      A.recipe("resnet8", width_multiplier=0.25, overrides={"model_overrides.shortcut": o})
+    )
+    for o in ("none", "A", "B", "C")
+  }
   assert counts["none"] == counts["A"] < counts["B"] < counts["C"]
   # B: 1x1 convs 4->8 and 8->16 plus their BNs (scale, bias).
   assert counts["B"] - counts["A"] == (4 * 8 + 2 * 8) + (8 * 16 + 2 * 16)

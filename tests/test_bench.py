@@ -21,6 +21,7 @@ KEY = jax.random.key(0, impl="unsafe_rbg")
 
 try:
   import torch  # noqa: F401
+
   HAVE_TORCH = True
 except ImportError:
   HAVE_TORCH = False
@@ -28,22 +29,26 @@ except ImportError:
 
 def leaves_equal(a, b):
   la, lb = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
-  return (jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
-          and all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(la, lb)))
+  return jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b) and all(
+    np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(la, lb)
+  )
 
 
 def same_shapes(a, b):
-  return (jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
-          and all(x.shape == y.shape and x.dtype == y.dtype for x, y in
-                  zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b))))
+  return jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b) and all(
+    x.shape == y.shape and x.dtype == y.dtype
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b))
+  )
 
 
 def max_diff(a, b):
   # numpy, not eager jnp: eager ops compile one tiny XLA program per leaf shape (seconds in all).
   la, lb = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
   assert len(la) == len(lb)
-  return max(float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))))
-             for x, y in zip(la, lb))
+  return max(
+    float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))))
+    for x, y in zip(la, lb)
+  )
 
 
 # Compile-time only (LLVM optimisation level; same HLO, same XLA fusions): these tests compare two
@@ -71,9 +76,10 @@ def random_variables(shapes, seed=0):
       x = rng.standard_normal(s.shape) / np.sqrt(fan_in)
     elif name in ("scale", "var"):
       x = 0.5 + rng.random(s.shape)
-    else:   # bias, mean
+    else:  # bias, mean
       x = 0.2 * rng.standard_normal(s.shape)
     return np.asarray(x, s.dtype)
+
   return jax.tree_util.tree_map_with_path(fill, shapes)
 
 
@@ -81,13 +87,33 @@ def random_variables(shapes, seed=0):
 def test_bench_tiny_report_has_every_field_with_sane_values(tmp_path):
   out = tmp_path / "bench.jsonl"
   compare = "torch" if HAVE_TORCH else None
-  r = bench.run_benchmark("resnet20", 8, 32, "fp32", compare=compare, peak_tflops=1.0, steps=2,
-                          jsonl=str(out), loop_steps=2, loop_rounds=2)
+  r = bench.run_benchmark(
+    "resnet20",
+    8,
+    32,
+    "fp32",
+    compare=compare,
+    peak_tflops=1.0,
+    steps=2,
+    jsonl=str(out),
+    loop_steps=2,
+    loop_rounds=2,
+  )
   assert r["model"] == "resnet20" and r["batch"] == 8 and r["image_size"] == 32
   assert r["num_params"] == 269722  # paper §4.2: 0.27M
-  for k in ("compile_train_s", "compile_eval_s", "step_time_best_s", "step_time_median_s",
-            "images_per_sec", "loop_images_per_sec", "flops_per_step", "achieved_tflops", "mfu",
-            "peak_memory_bytes", "temp_bytes"):
+  for k in (
+    "compile_train_s",
+    "compile_eval_s",
+    "step_time_best_s",
+    "step_time_median_s",
+    "images_per_sec",
+    "loop_images_per_sec",
+    "flops_per_step",
+    "achieved_tflops",
+    "mfu",
+    "peak_memory_bytes",
+    "temp_bytes",
+  ):
     assert isinstance(r[k], float if k != "peak_memory_bytes" and k != "temp_bytes" else int), k
     assert r[k] > 0 and math.isfinite(r[k]), k
   assert r["step_time_best_s"] <= r["step_time_median_s"]
@@ -105,8 +131,16 @@ def test_bench_tiny_report_has_every_field_with_sane_values(tmp_path):
   line = json.loads(out.read_text().splitlines()[-1])
   assert line["model"] == "resnet20" and line["compile_train_s"] == r["compile_train_s"]
   text = bench.format_report(r)
-  for label in ("compile train step", "compile eval step", "bare images/s", "full-loop images/s",
-                "loop overhead", "GFLOP/s", "MFU", "peak memory"):
+  for label in (
+    "compile train step",
+    "compile eval step",
+    "bare images/s",
+    "full-loop images/s",
+    "loop overhead",
+    "GFLOP/s",
+    "MFU",
+    "peak memory",
+  ):
     assert label in text, label
   assert "None" not in text
 
@@ -117,17 +151,33 @@ def test_bench_command_splits_the_cpu_and_counts_the_whole_batch(tmp_path):
   import subprocess
   import sys
   from conftest import REPO, command_env
+
   env = command_env()
   env.pop("XLA_FLAGS")
   out = tmp_path / "bench.jsonl"
   proc = subprocess.run(
-      [sys.executable, "-m", "resnet_jax.bench", "--model=resnet20", "--batch=8", "--image_size=32",
-       "--steps=1", "--loop_steps=1", "--cpu_devices=2", f"--jsonl={out}"],
-      env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
+    [
+      sys.executable,
+      "-m",
+      "resnet_jax.bench",
+      "--model=resnet20",
+      "--batch=8",
+      "--image_size=32",
+      "--steps=1",
+      "--loop_steps=1",
+      "--cpu_devices=2",
+      f"--jsonl={out}",
+    ],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    cwd=REPO,
+  )
   assert proc.returncode == 0, proc.stderr[-2000:]
   r = json.loads(out.read_text().splitlines()[-1])
   assert r["num_devices"] == 2 and "--xla_cpu_multi_thread_eigen=false" in r["xla_flags"]
-  assert 0.1e9 < r["flops_per_step"] / 8 < 1e9   # the whole batch's FLOPs, not one replica's
+  assert 0.1e9 < r["flops_per_step"] / 8 < 1e9  # the whole batch's FLOPs, not one replica's
   assert r["images_per_sec"] == pytest.approx(8 / r["step_time_best_s"])
   assert "2 × cpu" in proc.stdout
 
@@ -136,6 +186,7 @@ def test_bench_command_splits_the_cpu_and_counts_the_whole_batch(tmp_path):
 @pytest.mark.parametrize("name", ["resnet20", "resnet50", "plain20"])
 def test_torch_reference_has_the_same_parameter_count(name):
   from resnet_jax.models import count_params
+
   net = bench.torch_resnet(name)
   assert sum(p.numel() for p in net.parameters()) == count_params(name)
 
@@ -144,8 +195,14 @@ def test_torch_reference_has_the_same_parameter_count(name):
 @pytest.mark.parametrize("stride,size", [(1, 7), (2, 7), (2, 8)])
 def test_matmul_1x1_matches_nn_conv_outputs_and_gradients(stride, size):
   x = jax.random.normal(jax.random.key(1), (2, size, size, 5))
-  ref = nn.Conv(6, (1, 1), strides=(stride, stride), padding=((0, 0), (0, 0)), use_bias=False,
-                kernel_init=conv_kernel_init)
+  ref = nn.Conv(
+    6,
+    (1, 1),
+    strides=(stride, stride),
+    padding=((0, 0), (0, 0)),
+    use_bias=False,
+    kernel_init=conv_kernel_init,
+  )
   mm = Conv1x1(6, stride)
   v = ref.init(KEY, x)
   assert same_shapes(jax.eval_shape(mm.init, KEY, x), jax.eval_shape(ref.init, KEY, x))
@@ -162,8 +219,16 @@ def test_matmul_1x1_matches_nn_conv_outputs_and_gradients(stride, size):
 
 
 def test_matmul_1x1_model_matches_conv_model_with_the_same_params():
-  kw = dict(stage_sizes=(1, 2), block="bottleneck", stage_widths=(4, 8), stem="cifar",
-            stem_width=8, num_classes=3, shortcut="B", stride_on="1x1")
+  kw = dict(
+    stage_sizes=(1, 2),
+    block="bottleneck",
+    stage_widths=(4, 8),
+    stem="cifar",
+    stem_width=8,
+    num_classes=3,
+    shortcut="B",
+    stride_on="1x1",
+  )
   fast, slow = ResNet(**kw), ResNet(**kw, matmul_1x1=False)
   x = jax.random.normal(jax.random.key(2), (2, 9, 9, 3))
   shapes = jax.eval_shape(lambda k: slow.init(k, x, train=False), KEY)
@@ -172,9 +237,11 @@ def test_matmul_1x1_model_matches_conv_model_with_the_same_params():
 
   def loss(m):
     def f(p):
-      y, s = m.apply({"params": p, "batch_stats": v["batch_stats"]}, x, train=True,
-                     mutable=["batch_stats"])
-      return jnp.sum(y ** 2), (y, s)
+      y, s = m.apply(
+        {"params": p, "batch_stats": v["batch_stats"]}, x, train=True, mutable=["batch_stats"]
+      )
+      return jnp.sum(y**2), (y, s)
+
     return run_fast(jax.grad(f, has_aux=True), v["params"])
 
   (g_f, (y_f, s_f)), (g_s, (y_s, s_s)) = loss(fast), loss(slow)
@@ -183,42 +250,52 @@ def test_matmul_1x1_model_matches_conv_model_with_the_same_params():
 
 
 # --- convolution gradients in forward form (used inside nn.scan) ------------------------------------
-@pytest.mark.parametrize("k, stride, size", [(3, 1, 8), (3, 2, 8), (3, 2, 9), (1, 2, 7), (7, 2, 12),
-                                             (1, 1, 5)])
+@pytest.mark.parametrize(
+  "k, stride, size", [(3, 1, 8), (3, 2, 8), (3, 2, 9), (1, 2, 7), (7, 2, 12), (1, 1, 5)]
+)
 def test_forward_form_conv_has_the_values_and_gradients_of_lax_conv(k, stride, size):
   from resnet_jax.models.blocks import conv_forward_form_grads
+
   rng = np.random.default_rng(k * 100 + stride * 10 + size)
   x = jnp.asarray(rng.standard_normal((3, size, size + 1, 5)), jnp.float32)
   w = jnp.asarray(rng.standard_normal((k, k, 5, 4)), jnp.float32)
   pad = ((k // 2, k // 2), (k // 2, k // 2))
 
   def reference(x, w):
-    return jax.lax.conv_general_dilated(x, w, (stride, stride), pad,
-                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return jax.lax.conv_general_dilated(
+      x, w, (stride, stride), pad, dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
 
   def ours(x, w):
     return conv_forward_form_grads(x, w, stride, pad)
 
   def value_and_grads(f):
-    return jax.jit(lambda x, w: (f(x, w), jax.grad(lambda x, w: jnp.sum(jnp.sin(f(x, w))),
-                                                   argnums=(0, 1))(x, w)))(x, w)
+    return jax.jit(
+      lambda x, w: (f(x, w), jax.grad(lambda x, w: jnp.sum(jnp.sin(f(x, w))), argnums=(0, 1))(x, w))
+    )(x, w)
 
   (y_ref, g_ref), (y, g) = value_and_grads(reference), value_and_grads(ours)
   assert y.shape == y_ref.shape and g[0].shape == x.shape and g[1].shape == w.shape
   assert max_diff(y, y_ref) < 1e-5
   assert max_diff(g[0], g_ref[0]) < 1e-4 and max_diff(g[1], g_ref[1]) < 1e-4
-  assert np.max(np.abs(np.asarray(g[1]))) > 1e-2   # non-trivial gradients
+  assert np.max(np.abs(np.asarray(g[1]))) > 1e-2  # non-trivial gradients
 
 
 # --- scan over repeated blocks ---------------------------------------------------------------------
 # Narrow widths (the property does not depend on width); every first stage has 3 blocks, i.e.
 # block0 + a scan over 2 identical blocks.
 SCAN_CASES = {
-    "cifar_basic_A": dict(name="resnet20", stage_widths=(4, 8, 16), stem_width=4),
-    "bottleneck_B_preact": dict(name="preact_resnet20", stage_sizes=(3, 2), block="bottleneck",
-                                stage_widths=(4, 8), stem_width=8),
-    "imagenet_stem_C": dict(name="resnet18", stage_sizes=(3, 2), stage_widths=(8, 16),
-                            stem_width=8, shortcut="C"),
+  "cifar_basic_A": dict(name="resnet20", stage_widths=(4, 8, 16), stem_width=4),
+  "bottleneck_B_preact": dict(
+    name="preact_resnet20",
+    stage_sizes=(3, 2),
+    block="bottleneck",
+    stage_widths=(4, 8),
+    stem_width=8,
+  ),
+  "imagenet_stem_C": dict(
+    name="resnet18", stage_sizes=(3, 2), stage_widths=(8, 16), stem_width=8, shortcut="C"
+  ),
 }
 
 
@@ -235,30 +312,37 @@ def test_scan_and_unrolled_give_the_same_outputs_and_params_convert_both_ways(ca
   # The scanned layout is exactly what the scanned model initialises ...
   shapes = jax.eval_shape(lambda k: scanned.init(k, x, train=False), KEY)
   assert jax.tree_util.tree_structure(shapes) == jax.tree_util.tree_structure(vs)
-  assert all(a.shape == b.shape for a, b in
-             zip(jax.tree_util.tree_leaves(shapes), jax.tree_util.tree_leaves(vs)))
+  assert all(
+    a.shape == b.shape
+    for a, b in zip(jax.tree_util.tree_leaves(shapes), jax.tree_util.tree_leaves(vs))
+  )
   assert jax.eval_shape(lambda k: scanned_remat.init(k, x, train=False), KEY) == shapes
   # ... with the same number of parameters, and the conversion round-trips exactly both ways.
   n = lambda t: sum(a.size for a in jax.tree_util.tree_leaves(t["params"]))  # noqa: E731
   assert n(vs) == n(v)
   assert leaves_equal(to_unrolled(vs), v)
-  own = random_variables(shapes, seed=4)   # any values in the scanned model's own layout
+  own = random_variables(shapes, seed=4)  # any values in the scanned model's own layout
   assert leaves_equal(to_scanned(to_unrolled(own)), own)
 
   def run(m, variables):
     def f(p):
-      y, s = m.apply({"params": p, "batch_stats": variables["batch_stats"]}, x, train=True,
-                     mutable=["batch_stats"])
+      y, s = m.apply(
+        {"params": p, "batch_stats": variables["batch_stats"]},
+        x,
+        train=True,
+        mutable=["batch_stats"],
+      )
       return jnp.sum(jnp.sin(y)), (y, s["batch_stats"])
 
     # Train (value and grad) and eval in one compiled program per model.
     def both(variables):
       (_, (y, s)), g = jax.value_and_grad(f, has_aux=True)(variables["params"])
       return y, m.apply(variables, x, train=False), s, g
+
     return run_fast(both, variables)
 
   y, ye, s, g = run(unrolled, v)
-  assert np.all(np.isfinite(ye)) and np.max(np.abs(ye)) > 1e-3   # non-trivial outputs
+  assert np.all(np.isfinite(ye)) and np.max(np.abs(ye)) > 1e-3  # non-trivial outputs
   for m in (scanned, scanned_remat):
     y2, ye2, s2, g2 = run(m, vs)
     assert max_diff(y, y2) <= 1e-6 and max_diff(ye, ye2) <= 1e-6
@@ -272,7 +356,14 @@ def test_remat_unrolled_keeps_names_and_outputs():
   shapes = jax.eval_shape(lambda k: plain.init(k, x, train=False), KEY)
   assert same_shapes(jax.eval_shape(lambda k: remat.init(k, x, train=False), KEY), shapes)
   v = random_variables(shapes, seed=5)
-  f = lambda m: run_fast(jax.grad(lambda p: jnp.sum(m.apply(  # noqa: E731
-      {"params": p, "batch_stats": v["batch_stats"]}, x, train=True, mutable=["batch_stats"])[0])),
-      v["params"])
+  f = lambda m: run_fast(
+    jax.grad(
+      lambda p: jnp.sum(
+        m.apply(  # noqa: E731
+          {"params": p, "batch_stats": v["batch_stats"]}, x, train=True, mutable=["batch_stats"]
+        )[0]
+      )
+    ),
+    v["params"],
+  )
   assert max_diff(f(plain), f(remat)) <= 1e-5

@@ -7,8 +7,10 @@ from resnet_jax.checkpoint import CheckpointError, Checkpointer
 
 
 def state(scale=1.0):
-  return {"params": {"conv": {"kernel": np.full((3, 3, 1, 4), scale, np.float32)}},
-          "step": np.int32(7)}
+  return {
+    "params": {"conv": {"kernel": np.full((3, 3, 1, 4), scale, np.float32)}},
+    "step": np.int32(7),
+  }
 
 
 def test_keeps_the_latest_k_plus_the_best_by_validation_error(tmp_path):
@@ -27,8 +29,9 @@ def test_round_trip_is_exact_and_meta_is_kept(tmp_path):
   ckpt.save(3, original, {"model": "resnet20", "lr_controller": {"lr_scale": 0.1}})
   ckpt.wait()
   restored, meta = ckpt.restore(original, expect_meta={"model": "resnet20"})
-  np.testing.assert_array_equal(restored["params"]["conv"]["kernel"],
-                                original["params"]["conv"]["kernel"])
+  np.testing.assert_array_equal(
+    restored["params"]["conv"]["kernel"], original["params"]["conv"]["kernel"]
+  )
   assert meta["lr_controller"] == {"lr_scale": 0.1}
   ckpt.close()
 
@@ -39,7 +42,9 @@ def test_another_model_or_shape_is_refused_naming_the_difference(tmp_path):
   with pytest.raises(CheckpointError, match="model='resnet20' but this run has model='resnet56'"):
     ckpt.restore(state(), expect_meta={"model": "resnet56"})
   wider = {"params": {"conv": {"kernel": np.zeros((3, 3, 1, 8), np.float32)}}, "step": np.int32(0)}
-  with pytest.raises(CheckpointError, match=r"conv/kernel: \(3, 3, 1, 4\) in checkpoint, \(3, 3, 1, 8\)"):
+  with pytest.raises(
+    CheckpointError, match=r"conv/kernel: \(3, 3, 1, 4\) in checkpoint, \(3, 3, 1, 8\)"
+  ):
     ckpt.restore(wider)
   with pytest.raises(CheckpointError, match="no checkpoint at step 5"):
     ckpt.restore(state(), step=5)

@@ -36,13 +36,16 @@ def test_every_experiment_of_the_paper_has_a_config():
 @pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: os.path.basename(p)[:-3])
 def test_config_builds(path):
   config = load(path)
-  config_lib.validate(config, known_models=models.list_models(), known_datasets=data.list_datasets())
+  config_lib.validate(
+    config, known_models=models.list_models(), known_datasets=data.list_datasets()
+  )
   info = data.dataset_info(config.dataset)
   model = loop.build_model(config, info.num_classes)
   size = config.image_size or models.model_spec(config.model).image_size
   shape = (1, size, size, 3)
-  variables = jax.eval_shape(lambda r: model.init(r, jnp.zeros(shape), train=False),
-                             jax.random.key(0))
+  variables = jax.eval_shape(
+    lambda r: model.init(r, jnp.zeros(shape), train=False), jax.random.key(0)
+  )
   assert variables["params"]["head"]["kernel"].shape[-1] == info.num_classes
   schedule = optim.create_schedule(config)
   lrs = [float(schedule(s)) for s in (0, config.num_train_steps // 2, config.num_train_steps - 1)]
@@ -53,24 +56,35 @@ def test_config_builds(path):
 
 def test_table6_recipe_matches_the_paper():
   c = load(os.path.join(CONFIG_DIR, "cifar10_resnet110.py"))
-  assert (c.global_batch_size, c.learning_rate, tuple(c.lr_boundaries), c.num_train_steps) == \
-      (128, 0.1, (32_000, 48_000), 64_000)
-  assert (c.weight_decay, c.momentum, c.train_split, c.eval_split) == \
-      (1e-4, 0.9, "train[:45000]", "train[45000:]")
+  assert (c.global_batch_size, c.learning_rate, tuple(c.lr_boundaries), c.num_train_steps) == (
+    128,
+    0.1,
+    (32_000, 48_000),
+    64_000,
+  )
+  assert (c.weight_decay, c.momentum, c.train_split, c.eval_split) == (
+    1e-4,
+    0.9,
+    "train[:45000]",
+    "train[45000:]",
+  )
   assert c.warmup_lr_scale == 0.1  # 0.01 until training error < 80% (§4.2)
   schedule = optim.create_schedule(c)
-  assert [float(schedule(s)) for s in (0, 31_999, 32_000, 48_000)] == \
-      pytest.approx([0.1, 0.1, 0.01, 0.001])
+  assert [float(schedule(s)) for s in (0, 31_999, 32_000, 48_000)] == pytest.approx(
+    [0.1, 0.1, 0.01, 0.001]
+  )
   assert load(os.path.join(CONFIG_DIR, "cifar10_resnet56.py")).warmup_lr_scale == 0
 
 
 def test_bad_values_are_rejected_with_the_key_named():
   known = dict(known_models=models.list_models(), known_datasets=data.list_datasets())
-  for key, value, words in (("learning_rate", -0.1, "must be positive"),
-                            ("optimizer", "adamax", "unknown optimizer"),
-                            ("model", "resnet51", "resnet50"),
-                            ("dataset", "cifar11", "cifar10"),
-                            ("schedule", "cosine", "unknown schedule")):
+  for key, value, words in (
+    ("learning_rate", -0.1, "must be positive"),
+    ("optimizer", "adamax", "unknown optimizer"),
+    ("model", "resnet51", "resnet50"),
+    ("dataset", "cifar11", "cifar10"),
+    ("schedule", "cosine", "unknown schedule"),
+  ):
     c = config_lib.base_config()
     c[key] = value
     with pytest.raises(ValueError, match=f"config.{key}=") as e:

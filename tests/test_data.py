@@ -13,52 +13,54 @@ from resnet_jax import data
 from resnet_jax.data import augment, datasets, digits
 
 
-@pytest.fixture(scope='session')
+@pytest.fixture(scope="session")
 def data_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp('tfds'))
+  return str(tmp_path_factory.mktemp("tfds"))
 
 
-@pytest.fixture(scope='session')
+@pytest.fixture(scope="session")
 def digits_train(data_dir):
-  return datasets.load_source('digits', 'train', data_dir)
+  return datasets.load_source("digits", "train", data_dir)
 
 
-@pytest.fixture(scope='session')
+@pytest.fixture(scope="session")
 def digits_test(data_dir):
-  return datasets.load_source('digits', 'test', data_dir)
+  return datasets.load_source("digits", "test", data_dir)
 
 
 def _photo_crops(rng, n, size=48):
   """Real photographs: random crops of sklearn's china/flower sample images."""
   from sklearn.datasets import load_sample_images
+
   photos = load_sample_images().images
   out = []
   for _ in range(n):
     p = photos[rng.integers(len(photos))]
     h, w = rng.integers(size, 2 * size, size=2)
     y, x = rng.integers(0, p.shape[0] - h), rng.integers(0, p.shape[1] - w)
-    out.append(np.ascontiguousarray(p[y:y + h, x:x + w]))
+    out.append(np.ascontiguousarray(p[y : y + h, x : x + w]))
   return out
 
 
-def _write_folder(root, per_class=6, splits=('train', 'test'), classes=('china', 'flower')):
+def _write_folder(root, per_class=6, splits=("train", "test"), classes=("china", "flower")):
   rng = np.random.default_rng(0)
   for split in splits:
     for c in classes:
       os.makedirs(os.path.join(root, split, c), exist_ok=True)
       for i, img in enumerate(_photo_crops(rng, per_class)):
         jpg = tf.io.encode_jpeg(img).numpy()
-        with open(os.path.join(root, split, c, f'{i:03d}.jpg'), 'wb') as f:
+        with open(os.path.join(root, split, c, f"{i:03d}.jpg"), "wb") as f:
           f.write(jpg)
   return root
 
 
-@pytest.fixture(scope='session')
+@pytest.fixture(scope="session")
 def folder(tmp_path_factory):
-  return _write_folder(str(tmp_path_factory.mktemp('folder')))
+  return _write_folder(str(tmp_path_factory.mktemp("folder")))
 
 
 # ------------------------------------------------------------------ datasets
+
 
 def test_digits_builder_has_4000_train_1000_test_real_digits(digits_train, digits_test):
   assert digits_train.num_examples == 4000 and digits_test.num_examples == 1000
@@ -73,45 +75,61 @@ def test_digits_builder_has_4000_train_1000_test_real_digits(digits_train, digit
 def test_digits_split_is_stratified_and_documented():
   _, labels = digits.load_arrays()
   idx = digits.split_indices(labels)
-  assert np.bincount(labels[idx['train']]).tolist() == [400] * 10
-  assert np.bincount(labels[idx['test']]).tolist() == [100] * 10
+  assert np.bincount(labels[idx["train"]]).tolist() == [400] * 10
+  assert np.bincount(labels[idx["test"]]).tolist() == [100] * 10
 
 
 def test_unknown_dataset_lists_known_ones():
-  with pytest.raises(ValueError, match='cifar10.*digits'):
-    data.dataset_info('svhn')
+  with pytest.raises(ValueError, match="cifar10.*digits"):
+    data.dataset_info("svhn")
 
 
 def test_registry_exposes_cifar_45k_5k_split():
-  spec = data.dataset_info('cifar10')
-  assert spec.splits['train45k'] == 'train[:45000]'
-  assert spec.splits['val5k'] == 'train[45000:]'
+  spec = data.dataset_info("cifar10")
+  assert spec.splits["train45k"] == "train[:45000]"
+  assert spec.splits["val5k"] == "train[45000:]"
 
 
 def test_imagenet_missing_raises_one_clear_line(tmp_path):
   with pytest.raises(data.DatasetNotFoundError) as e:
-    next(data.train_batches('imagenet2012', global_batch_size=8, seed=0,
-                            data_dir=str(tmp_path), process_index=0, process_count=1,
-                            local_device_count=1))
+    next(
+      data.train_batches(
+        "imagenet2012",
+        global_batch_size=8,
+        seed=0,
+        data_dir=str(tmp_path),
+        process_index=0,
+        process_count=1,
+        local_device_count=1,
+      )
+    )
   msg = str(e.value)
-  assert '\n' not in msg
-  for needle in ('ILSVRC2012_img_train.tar', 'ILSVRC2012_img_val.tar',
-                 os.path.join(str(tmp_path), 'downloads', 'manual'), '--config.data_dir'):
+  assert "\n" not in msg
+  for needle in (
+    "ILSVRC2012_img_train.tar",
+    "ILSVRC2012_img_val.tar",
+    os.path.join(str(tmp_path), "downloads", "manual"),
+    "--config.data_dir",
+  ):
     assert needle in msg
 
 
 # ------------------------------------------------------------------ augmentation
 
+
 def test_paper_resize_keeps_shorter_side_in_256_480():
   image = tf.zeros([300, 500, 3], tf.uint8)
-  sides = {min(augment.random_resize_shorter_side(image, [0, i]).shape[:2])
-           for i in range(60)}
+  sides = {min(augment.random_resize_shorter_side(image, [0, i]).shape[:2]) for i in range(60)}
   assert min(sides) >= 256 and max(sides) <= 480 and len(sides) > 20
 
 
 def test_paper_train_crops_224():
-  out = augment.paper_train(tf.zeros([300, 260, 3], tf.uint8), [1, 2],
-                            mean=datasets.IMAGENET_MEAN, std=datasets.IMAGENET_STD)
+  out = augment.paper_train(
+    tf.zeros([300, 260, 3], tf.uint8),
+    [1, 2],
+    mean=datasets.IMAGENET_MEAN,
+    std=datasets.IMAGENET_STD,
+  )
   assert out.shape == (224, 224, 3) and out.dtype == tf.float32
 
 
@@ -132,8 +150,9 @@ def test_ten_crop_has_10_views_whose_flips_match():
 
 
 def test_full_conv_resizes_shorter_side_to_scale_and_takes_centre_square():
-  out = augment.full_conv_eval(tf.zeros([30, 60, 3], tf.uint8), scale=40, mean=(0,) * 3,
-                               std=(1,) * 3)
+  out = augment.full_conv_eval(
+    tf.zeros([30, 60, 3], tf.uint8), scale=40, mean=(0,) * 3, std=(1,) * 3
+  )
   assert out.shape == (1, 40, 40, 3)
 
 
@@ -145,31 +164,47 @@ def test_inception_crop_from_jpeg_bytes():
 
 # ------------------------------------------------------------------ train batches
 
+
 def _train(data_dir, **kw):
-  args = dict(global_batch_size=64, seed=0, data_dir=data_dir, process_index=0,
-              process_count=1, local_device_count=2)
+  args = dict(
+    global_batch_size=64,
+    seed=0,
+    data_dir=data_dir,
+    process_index=0,
+    process_count=1,
+    local_device_count=2,
+  )
   args.update(kw)
-  return data.train_batches('digits', **args)
+  return data.train_batches("digits", **args)
 
 
 def test_train_batches_shape_and_contract(data_dir):
   b = next(_train(data_dir))
-  assert b['image'].shape == (2, 32, 28, 28, 1) and b['image'].dtype == np.float32
-  assert b['label'].shape == (2, 32) and b['label'].dtype == np.int32
-  assert abs(b['image'].mean()) < 0.5
+  assert b["image"].shape == (2, 32, 28, 28, 1) and b["image"].dtype == np.float32
+  assert b["label"].shape == (2, 32) and b["label"].dtype == np.int32
+  assert abs(b["image"].mean()) < 0.5
 
 
 def test_indivisible_batch_fails_before_reading(tmp_path):
-  with pytest.raises(ValueError, match='multiple of'):
-    next(data.train_batches('digits', global_batch_size=30, seed=0, data_dir=str(tmp_path),
-                            process_index=0, process_count=2, local_device_count=4))
+  with pytest.raises(ValueError, match="multiple of"):
+    next(
+      data.train_batches(
+        "digits",
+        global_batch_size=30,
+        seed=0,
+        data_dir=str(tmp_path),
+        process_index=0,
+        process_count=2,
+        local_device_count=4,
+      )
+    )
   assert not os.listdir(tmp_path)
 
 
 def test_same_seed_same_batches_different_seed_different(data_dir):
   a, b, c = (next(_train(data_dir, seed=s)) for s in (7, 7, 8))
-  np.testing.assert_array_equal(a['image'], b['image'])
-  assert not np.array_equal(a['image'], c['image'])
+  np.testing.assert_array_equal(a["image"], b["image"])
+  assert not np.array_equal(a["image"], c["image"])
 
 
 def test_start_step_equals_kth_batch_of_uninterrupted_run(data_dir):
@@ -179,55 +214,75 @@ def test_start_step_equals_kth_batch_of_uninterrupted_run(data_dir):
     next(it)
   expected = next(it)
   resumed = next(_train(data_dir, seed=3, start_step=70))
-  np.testing.assert_array_equal(expected['image'], resumed['image'])
-  np.testing.assert_array_equal(expected['label'], resumed['label'])
+  np.testing.assert_array_equal(expected["image"], resumed["image"])
+  np.testing.assert_array_equal(expected["label"], resumed["label"])
 
 
 def test_epoch_visits_every_example_once_and_reshuffles(data_dir, digits_train):
-  it = _train(data_dir, global_batch_size=100, augment='digits', seed=5)
+  it = _train(data_dir, global_batch_size=100, augment="digits", seed=5)
   # Labels of one epoch (40 steps) have the class counts of the split.
-  epoch = np.concatenate([next(it)['label'].ravel() for _ in range(40)])
+  epoch = np.concatenate([next(it)["label"].ravel() for _ in range(40)])
   assert np.bincount(epoch).tolist() == np.bincount(digits_train.labels).tolist()
-  second = np.concatenate([next(it)['label'].ravel() for _ in range(40)])
+  second = np.concatenate([next(it)["label"].ravel() for _ in range(40)])
   assert not np.array_equal(epoch, second)
 
 
 def test_hosts_read_disjoint_examples(data_dir, digits_train):
   # One step of 4000 on 2 hosts = each host's whole 2000-example block, unaugmented.
-  raw = {im.tobytes(): i for i, im in enumerate(
-      (digits_train.images.astype(np.float32) - datasets.MNIST_MEAN[0]) /
-      datasets.MNIST_STD[0])}
+  raw = {
+    im.tobytes(): i
+    for i, im in enumerate(
+      (digits_train.images.astype(np.float32) - datasets.MNIST_MEAN[0]) / datasets.MNIST_STD[0]
+    )
+  }
   seen = []
   for h in range(2):
-    b = next(_train(data_dir, process_index=h, process_count=2, local_device_count=1,
-                    global_batch_size=4000, augment='none'))
-    seen.append({raw[im.tobytes()] for im in b['image'].reshape(-1, 28, 28, 1)})
+    b = next(
+      _train(
+        data_dir,
+        process_index=h,
+        process_count=2,
+        local_device_count=1,
+        global_batch_size=4000,
+        augment="none",
+      )
+    )
+    seen.append({raw[im.tobytes()] for im in b["image"].reshape(-1, 28, 28, 1)})
     assert len(seen[-1]) == 2000
   assert not seen[0] & seen[1]
 
 
 # ------------------------------------------------------------------ eval batches
 
-@pytest.mark.parametrize('devices', [1, 2, 4])
-@pytest.mark.parametrize('hosts', [1, 2])
+
+@pytest.mark.parametrize("devices", [1, 2, 4])
+@pytest.mark.parametrize("hosts", [1, 2])
 def test_eval_is_exact_across_hosts_and_devices(data_dir, digits_test, devices, hosts):
   seen, counts = [], []
   for h in range(hosts):
-    batches = list(data.eval_batches('digits', global_batch_size=96, data_dir=data_dir,
-                                     process_index=h, process_count=hosts,
-                                     local_device_count=devices))
+    batches = list(
+      data.eval_batches(
+        "digits",
+        global_batch_size=96,
+        data_dir=data_dir,
+        process_index=h,
+        process_count=hosts,
+        local_device_count=devices,
+      )
+    )
     counts.append(len(batches))
     for b in batches:
-      assert b['image'].shape == (devices, 96 // hosts // devices, 1, 28, 28, 1)
-      m = b['mask']
-      seen.append((b['image'][m][:, 0], b['label'][m]))
+      assert b["image"].shape == (devices, 96 // hosts // devices, 1, 28, 28, 1)
+      m = b["mask"]
+      seen.append((b["image"][m][:, 0], b["label"][m]))
   assert len(set(counts)) == 1
   assert counts[0] == int(np.ceil(np.ceil(1000 / hosts) / (96 // hosts)))
   images = np.concatenate([s[0] for s in seen])
   labels = np.concatenate([s[1] for s in seen])
   assert len(images) == 1000
-  expected = (digits_test.images.astype(np.float32) - datasets.MNIST_MEAN[0]) / \
-      datasets.MNIST_STD[0]
+  expected = (digits_test.images.astype(np.float32) - datasets.MNIST_MEAN[0]) / datasets.MNIST_STD[
+    0
+  ]
   order = np.lexsort(images.reshape(1000, -1).T)
   order_expected = np.lexsort(expected.reshape(1000, -1).T)
   np.testing.assert_allclose(images[order], expected[order_expected], atol=1e-5)
@@ -236,62 +291,120 @@ def test_eval_is_exact_across_hosts_and_devices(data_dir, digits_test, devices, 
 
 # ------------------------------------------------------------------ image folders
 
+
 def test_image_folder_of_real_jpegs_flows_through(folder):
-  b = next(data.train_batches('image_folder', global_batch_size=8, seed=0, data_dir=folder,
-                              image_size=32, process_index=0, process_count=1,
-                              local_device_count=2))
-  assert b['image'].shape == (2, 4, 32, 32, 3) and set(b['label'].ravel()) <= {0, 1}
-  for method, views in (('center', 1), ('ten_crop', 10)):
-    ev = list(data.eval_batches('image_folder', global_batch_size=8, method=method,
-                                data_dir=folder, image_size=32, process_index=0,
-                                process_count=1, local_device_count=2))
-    assert ev[0]['image'].shape == (2, 4, views, 32, 32, 3)
-    assert sum(int(e['mask'].sum()) for e in ev) == 12
-  ev = next(data.eval_batches('image_folder', global_batch_size=4, method='full_conv',
-                              scale=40, data_dir=folder, image_size=32, process_index=0,
-                              process_count=1, local_device_count=1))
-  assert ev['image'].shape == (1, 4, 1, 40, 40, 3)
+  b = next(
+    data.train_batches(
+      "image_folder",
+      global_batch_size=8,
+      seed=0,
+      data_dir=folder,
+      image_size=32,
+      process_index=0,
+      process_count=1,
+      local_device_count=2,
+    )
+  )
+  assert b["image"].shape == (2, 4, 32, 32, 3) and set(b["label"].ravel()) <= {0, 1}
+  for method, views in (("center", 1), ("ten_crop", 10)):
+    ev = list(
+      data.eval_batches(
+        "image_folder",
+        global_batch_size=8,
+        method=method,
+        data_dir=folder,
+        image_size=32,
+        process_index=0,
+        process_count=1,
+        local_device_count=2,
+      )
+    )
+    assert ev[0]["image"].shape == (2, 4, views, 32, 32, 3)
+    assert sum(int(e["mask"].sum()) for e in ev) == 12
+  ev = next(
+    data.eval_batches(
+      "image_folder",
+      global_batch_size=4,
+      method="full_conv",
+      scale=40,
+      data_dir=folder,
+      image_size=32,
+      process_index=0,
+      process_count=1,
+      local_device_count=1,
+    )
+  )
+  assert ev["image"].shape == (1, 4, 1, 40, 40, 3)
 
 
 def test_corrupt_jpeg_names_the_file_or_is_skipped_and_counted(tmp_path, caplog):
   def hang(*_):
-    raise TimeoutError('corrupt JPEG made the pipeline hang')
+    raise TimeoutError("corrupt JPEG made the pipeline hang")
+
   signal.signal(signal.SIGALRM, hang)
   signal.alarm(60)
-  root = _write_folder(str(tmp_path), per_class=3, splits=('train',))
-  bad = os.path.join(root, 'train', 'flower', '001.jpg')
-  with open(bad, 'wb') as f:
-    f.write(b'\xff\xd8\xff\xe0 this is not really a jpeg')
-  kw = dict(global_batch_size=6, seed=0, data_dir=root, image_size=16, process_index=0,
-            process_count=1, local_device_count=1)
-  with pytest.raises(data.CorruptImageError, match='001.jpg'):
+  root = _write_folder(str(tmp_path), per_class=3, splits=("train",))
+  bad = os.path.join(root, "train", "flower", "001.jpg")
+  with open(bad, "wb") as f:
+    f.write(b"\xff\xd8\xff\xe0 this is not really a jpeg")
+  kw = dict(
+    global_batch_size=6,
+    seed=0,
+    data_dir=root,
+    image_size=16,
+    process_index=0,
+    process_count=1,
+    local_device_count=1,
+  )
+  with pytest.raises(data.CorruptImageError, match="001.jpg"):
     for _ in range(3):  # 6 examples, batch 6: the bad file is in every batch.
-      next(data.train_batches('image_folder', **kw))
+      next(data.train_batches("image_folder", **kw))
   with caplog.at_level(logging.WARNING):
-    b = next(data.train_batches('image_folder', skip_corrupt=True, **kw))
-  assert b['image'].shape == (1, 6, 16, 16, 3)
-  assert 'Skipped 1 corrupt' in caplog.text
+    b = next(data.train_batches("image_folder", skip_corrupt=True, **kw))
+  assert b["image"].shape == (1, 6, 16, 16, 3)
+  assert "Skipped 1 corrupt" in caplog.text
   signal.alarm(0)
 
 
 # ------------------------------------------------------------------ mocked tfds datasets
 
+
 # cifar10 goes through the in-memory path (host block = half of the 12 examples: 2 batches
 # of 4, 6 real); imagenet2012 through the tfrecord stream, where mock_data ignores the
 # tfds subsplit of each host and serves all 12 examples (3 batches, all real).
-@pytest.mark.parametrize('name,train_shape,eval_shape,num_batches,num_real', [
-    ('cifar10', (2, 4, 32, 32, 3), (2, 2, 1, 32, 32, 3), 2, 6),
-    ('imagenet2012', (2, 4, 24, 24, 3), (2, 2, 1, 24, 24, 3), 3, 12),
-])
+@pytest.mark.parametrize(
+  "name,train_shape,eval_shape,num_batches,num_real",
+  [
+    ("cifar10", (2, 4, 32, 32, 3), (2, 2, 1, 32, 32, 3), 2, 6),
+    ("imagenet2012", (2, 4, 24, 24, 3), (2, 2, 1, 24, 24, 3), 3, 12),
+  ],
+)
 def test_mocked_tfds_code_paths(name, train_shape, eval_shape, num_batches, num_real):
   datasets.clear_cache()
-  size = 24 if name == 'imagenet2012' else None
+  size = 24 if name == "imagenet2012" else None
   with tfds.testing.mock_data(num_examples=12):
-    b = next(data.train_batches(name, global_batch_size=8, seed=0, image_size=size,
-                                process_index=0, process_count=1, local_device_count=2))
-    assert b['image'].shape == train_shape and b['label'].shape == train_shape[:2]
-    ev = list(data.eval_batches(name, global_batch_size=8, image_size=size,
-                                process_index=1, process_count=2, local_device_count=2))
-    assert ev[0]['image'].shape == eval_shape and len(ev) == num_batches
-    assert sum(int(e['mask'].sum()) for e in ev) == num_real
+    b = next(
+      data.train_batches(
+        name,
+        global_batch_size=8,
+        seed=0,
+        image_size=size,
+        process_index=0,
+        process_count=1,
+        local_device_count=2,
+      )
+    )
+    assert b["image"].shape == train_shape and b["label"].shape == train_shape[:2]
+    ev = list(
+      data.eval_batches(
+        name,
+        global_batch_size=8,
+        image_size=size,
+        process_index=1,
+        process_count=2,
+        local_device_count=2,
+      )
+    )
+    assert ev[0]["image"].shape == eval_shape and len(ev) == num_batches
+    assert sum(int(e["mask"].sum()) for e in ev) == num_real
   datasets.clear_cache()

@@ -19,10 +19,22 @@ import pytest
 from resnet_jax import distributed
 
 REPO = Path(__file__).resolve().parents[1]
-_ENV_VARS = (distributed.ENV_COORDINATOR, distributed.ENV_NUM_PROCESSES, distributed.ENV_PROCESS_ID,
-             distributed.ENV_LOCAL_DEVICE_IDS, distributed.ENV_INIT_TIMEOUT, distributed.ENV_MODE,
-             "SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID",
-             "OMPI_MCA_orte_hnp_uri", "OMPI_COMM_WORLD_SIZE", "JAX_COORDINATOR_ADDRESS")
+_ENV_VARS = (
+  distributed.ENV_COORDINATOR,
+  distributed.ENV_NUM_PROCESSES,
+  distributed.ENV_PROCESS_ID,
+  distributed.ENV_LOCAL_DEVICE_IDS,
+  distributed.ENV_INIT_TIMEOUT,
+  distributed.ENV_MODE,
+  "SLURM_JOB_ID",
+  "SLURM_STEP_NODELIST",
+  "SLURM_NTASKS",
+  "SLURM_PROCID",
+  "SLURM_LOCALID",
+  "OMPI_MCA_orte_hnp_uri",
+  "OMPI_COMM_WORLD_SIZE",
+  "JAX_COORDINATOR_ADDRESS",
+)
 
 
 @pytest.fixture
@@ -41,13 +53,17 @@ def _free_port() -> int:
 
 def _child_env(**extra) -> dict:
   env = {k: v for k, v in os.environ.items() if k not in _ENV_VARS}
-  env.update(JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO) + os.pathsep + env.get("PYTHONPATH", ""),
-             PYTHONUNBUFFERED="1")
+  env.update(
+    JAX_PLATFORMS="cpu",
+    PYTHONPATH=str(REPO) + os.pathsep + env.get("PYTHONPATH", ""),
+    PYTHONUNBUFFERED="1",
+  )
   env.update({k: str(v) for k, v in extra.items()})
   return env
 
 
 # --- mode selection (no runtime started) -------------------------------------------------------
+
 
 def test_nothing_set_is_single_process(clean_env):
   rt = distributed.initialize()
@@ -69,14 +85,19 @@ def test_explicit_env_is_parsed(clean_env):
   rt = distributed._resolve(None, None, None, None)
   assert rt == distributed.Runtime("explicit", "10.0.0.1:1234", 4, 3, (0, 1))
   # arguments win over the environment
-  assert distributed._resolve("h:1", 2, 0, [5]) == distributed.Runtime("explicit", "h:1", 2, 0, (5,))
+  assert distributed._resolve("h:1", 2, 0, [5]) == distributed.Runtime(
+    "explicit", "h:1", 2, 0, (5,)
+  )
 
 
-@pytest.mark.parametrize("args, match", [
+@pytest.mark.parametrize(
+  "args, match",
+  [
     (dict(coordinator_address="h:1", num_processes=2), "missing: RESNET_JAX_PROCESS_ID"),
     (dict(coordinator_address="h:1", num_processes=2, process_id=2), "must be in"),
     (dict(coordinator_address="nohostport", num_processes=2, process_id=1), "host:port"),
-])
+  ],
+)
 def test_inconsistent_settings_fail_clearly(clean_env, args, match):
   with pytest.raises(distributed.DistributedInitError, match=match):
     distributed.initialize(**args)
@@ -89,8 +110,13 @@ def test_bad_env_integer(clean_env):
 
 
 def test_cluster_detection(clean_env):
-  slurm = dict(SLURM_JOB_ID="77", SLURM_STEP_NODELIST="node[003-004]", SLURM_NTASKS="8",
-               SLURM_PROCID="5", SLURM_LOCALID="1")
+  slurm = dict(
+    SLURM_JOB_ID="77",
+    SLURM_STEP_NODELIST="node[003-004]",
+    SLURM_NTASKS="8",
+    SLURM_PROCID="5",
+    SLURM_LOCALID="1",
+  )
   for k, v in slurm.items():
     clean_env.setenv(k, v)
   assert distributed.detect_cluster() == "slurm"
@@ -109,6 +135,7 @@ def test_cluster_detection(clean_env):
 
 def test_initialize_after_jax_started_fails_clearly(clean_env):
   import jax
+
   jax.devices()  # the backend is up (as after any computation)
   with pytest.raises(distributed.DistributedInitError, match="must run before any JAX"):
     distributed.initialize(coordinator_address="127.0.0.1:1", num_processes=2, process_id=0)
@@ -149,11 +176,16 @@ def test_unreachable_coordinator_fails_clearly_within_bound(tmp_path):
   script = tmp_path / "join.py"
   script.write_text(_UNREACHABLE)
   port = _free_port()  # nobody listens here
-  env = _child_env(RESNET_JAX_COORDINATOR=f"127.0.0.1:{port}", RESNET_JAX_NUM_PROCESSES=2,
-                   RESNET_JAX_PROCESS_ID=1, RESNET_JAX_INIT_TIMEOUT=5)
+  env = _child_env(
+    RESNET_JAX_COORDINATOR=f"127.0.0.1:{port}",
+    RESNET_JAX_NUM_PROCESSES=2,
+    RESNET_JAX_PROCESS_ID=1,
+    RESNET_JAX_INIT_TIMEOUT=5,
+  )
   t = time.monotonic()
-  proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True,
-                        timeout=60)
+  proc = subprocess.run(
+    [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=60
+  )
   elapsed = time.monotonic() - t
   assert proc.returncode == 1, proc.stderr
   lines = [l for l in proc.stderr.splitlines() if l.startswith("error: ")]
@@ -188,12 +220,23 @@ def test_two_processes_gloo_psum(tmp_path):
   procs = []
   try:
     for pid in range(2):
-      env = _child_env(RESNET_JAX_COORDINATOR=f"127.0.0.1:{port}", RESNET_JAX_NUM_PROCESSES=2,
-                       RESNET_JAX_PROCESS_ID=pid, RESNET_JAX_INIT_TIMEOUT=60,
-                       XLA_FLAGS="--xla_force_host_platform_device_count=2")
-      procs.append(subprocess.Popen([sys.executable, str(script)], env=env, text=True,
-                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                    start_new_session=True))
+      env = _child_env(
+        RESNET_JAX_COORDINATOR=f"127.0.0.1:{port}",
+        RESNET_JAX_NUM_PROCESSES=2,
+        RESNET_JAX_PROCESS_ID=pid,
+        RESNET_JAX_INIT_TIMEOUT=60,
+        XLA_FLAGS="--xla_force_host_platform_device_count=2",
+      )
+      procs.append(
+        subprocess.Popen(
+          [sys.executable, str(script)],
+          env=env,
+          text=True,
+          stdout=subprocess.PIPE,
+          stderr=subprocess.STDOUT,
+          start_new_session=True,
+        )
+      )
     outs = [p.communicate(timeout=120)[0] for p in procs]
   finally:
     for p in procs:
@@ -221,13 +264,26 @@ def test_two_processes_found_through_slurm_variables(tmp_path):
   procs = []
   try:
     for pid in range(2):
-      env = _child_env(SLURM_JOB_ID=4242, SLURM_STEP_NODELIST="127.0.0.1", SLURM_NTASKS=2,
-                       SLURM_PROCID=pid, SLURM_LOCALID=pid, JAX_COORDINATOR_PORT=port,
-                       RESNET_JAX_INIT_TIMEOUT=60,
-                       XLA_FLAGS="--xla_force_host_platform_device_count=2")
-      procs.append(subprocess.Popen([sys.executable, str(script)], env=env, text=True,
-                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                    start_new_session=True))
+      env = _child_env(
+        SLURM_JOB_ID=4242,
+        SLURM_STEP_NODELIST="127.0.0.1",
+        SLURM_NTASKS=2,
+        SLURM_PROCID=pid,
+        SLURM_LOCALID=pid,
+        JAX_COORDINATOR_PORT=port,
+        RESNET_JAX_INIT_TIMEOUT=60,
+        XLA_FLAGS="--xla_force_host_platform_device_count=2",
+      )
+      procs.append(
+        subprocess.Popen(
+          [sys.executable, str(script)],
+          env=env,
+          text=True,
+          stdout=subprocess.PIPE,
+          stderr=subprocess.STDOUT,
+          start_new_session=True,
+        )
+      )
     outs = [p.communicate(timeout=120)[0] for p in procs]
   finally:
     for p in procs:
@@ -243,14 +299,18 @@ def test_two_processes_found_through_slurm_variables(tmp_path):
 
 # --- CPU split into one device per core ---------------------------------------------------------
 
-@pytest.mark.parametrize("requested, batches, cores, expected", [
-    ("auto", [128], 2, 2),      # one device per core
-    ("auto", [100], 8, 5),      # lowered until it divides the batch
+
+@pytest.mark.parametrize(
+  "requested, batches, cores, expected",
+  [
+    ("auto", [128], 2, 2),  # one device per core
+    ("auto", [100], 8, 5),  # lowered until it divides the batch
     ("auto", [128, 96], 16, 16),
-    ("auto", [7], 4, 1),        # a prime batch: no split
-    ("3", [128], 2, 2),         # an explicit count is lowered the same way
+    ("auto", [7], 4, 1),  # a prime batch: no split
+    ("3", [128], 2, 2),  # an explicit count is lowered the same way
     (1, [128], 2, 1),
-])
+  ],
+)
 def test_cpu_device_count(requested, batches, cores, expected):
   assert distributed.cpu_device_count(requested, batches, cores=cores) == expected
 
@@ -271,13 +331,17 @@ _SPLIT = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("requested, xla_flags, returned, local", [
-    ("2", None, 2, 2),                                              # split, single-threaded
-    ("1", None, 1, 1),                                              # asked for one device
-    ("2", "--xla_force_host_platform_device_count=3", 1, 3),        # the user's XLA_FLAGS win
-])
-def test_split_cpu_into_devices_before_backend_start(tmp_path, requested, xla_flags, returned,
-                                                     local):
+@pytest.mark.parametrize(
+  "requested, xla_flags, returned, local",
+  [
+    ("2", None, 2, 2),  # split, single-threaded
+    ("1", None, 1, 1),  # asked for one device
+    ("2", "--xla_force_host_platform_device_count=3", 1, 3),  # the user's XLA_FLAGS win
+  ],
+)
+def test_split_cpu_into_devices_before_backend_start(
+  tmp_path, requested, xla_flags, returned, local
+):
   script = tmp_path / "split.py"
   script.write_text(_SPLIT)
   env = _child_env()
@@ -285,8 +349,9 @@ def test_split_cpu_into_devices_before_backend_start(tmp_path, requested, xla_fl
   env.pop("JAX_NUM_CPU_DEVICES", None)
   if xla_flags:
     env["XLA_FLAGS"] = xla_flags
-  proc = subprocess.run([sys.executable, str(script), requested], env=env, capture_output=True,
-                        text=True, timeout=120)
+  proc = subprocess.run(
+    [sys.executable, str(script), requested], env=env, capture_output=True, text=True, timeout=120
+  )
   assert proc.returncode == 0, proc.stderr
   result = json.loads(proc.stdout.split("RESULT ", 1)[1])
   assert result["returned"] == returned and result["local"] == local

@@ -5,8 +5,6 @@ all processes, stops them all when one fails, and joins a real 2-process JAX run
 import json
 import os
 import shlex
-import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -17,13 +15,14 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH = REPO / "launch"
-NASTY = ["--config.note=it's a \"test\" $(touch /tmp/pwned-launch) `id`; *", "--workdir=a b"]
+NASTY = ['--config.note=it\'s a "test" $(touch /tmp/pwned-launch) `id`; *', "--workdir=a b"]
 SCRIPTS = ["local.sh", "tpu_vm.sh", "slurm.sbatch"]
 
 
 def _run(args, env=None, timeout=60, **kw):
-  return subprocess.run(["bash", *map(str, args)], capture_output=True, text=True, timeout=timeout,
-                        env=env, **kw)
+  return subprocess.run(
+    ["bash", *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env, **kw
+  )
 
 
 def _commands(stdout):
@@ -38,11 +37,12 @@ def fake_bin(tmp_path):
   calls = tmp_path / "calls.jsonl"
   for tool in ("gcloud", "srun", "sbatch"):
     p = bindir / tool
-    p.write_text(f"#!{sys.executable}\nimport json, sys\n"
-                 f"open({str(calls)!r}, 'a').write(json.dumps([{tool!r}, *sys.argv[1:]]) + '\\n')\n")
+    p.write_text(
+      f"#!{sys.executable}\nimport json, sys\n"
+      f"open({str(calls)!r}, 'a').write(json.dumps([{tool!r}, *sys.argv[1:]]) + '\\n')\n"
+    )
     p.chmod(0o755)
-  env = {k: v for k, v in os.environ.items()
-         if not k.startswith(("SLURM_", "TPU_", "RESNET_JAX_"))}
+  env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "TPU_", "RESNET_JAX_"))}
   env.update(PATH=f"{bindir}{os.pathsep}{env['PATH']}", TMPDIR=str(tmp_path))
 
   def recorded():
@@ -63,18 +63,41 @@ def test_scripts_are_strict_bash_with_help(script):
 
 # --- local.sh --------------------------------------------------------------------------------------------
 
+
 def test_local_dry_run(fake_bin):
   env, _ = fake_bin
-  r = _run([LAUNCH / "local.sh", "--dry-run", "-n", "3", "--port=4567", "--devices-per-process=2",
-            "--python=/opt/py thon", "--config=configs/digits.py", *NASTY], env=env)
+  r = _run(
+    [
+      LAUNCH / "local.sh",
+      "--dry-run",
+      "-n",
+      "3",
+      "--port=4567",
+      "--devices-per-process=2",
+      "--python=/opt/py thon",
+      "--config=configs/digits.py",
+      *NASTY,
+    ],
+    env=env,
+  )
   assert r.returncode == 0, r.stderr
   cmds = _commands(r.stdout)
   assert len(cmds) == 3
   for i, argv in enumerate(cmds):
-    assert argv == ["env", "RESNET_JAX_COORDINATOR=127.0.0.1:4567", "RESNET_JAX_NUM_PROCESSES=3",
-                    f"RESNET_JAX_PROCESS_ID={i}", "RESNET_JAX_INIT_TIMEOUT=60", "JAX_PLATFORMS=cpu",
-                    "XLA_FLAGS=--xla_force_host_platform_device_count=2", "/opt/py thon", "-m",
-                    "resnet_jax.main", "--config=configs/digits.py", *NASTY]
+    assert argv == [
+      "env",
+      "RESNET_JAX_COORDINATOR=127.0.0.1:4567",
+      "RESNET_JAX_NUM_PROCESSES=3",
+      f"RESNET_JAX_PROCESS_ID={i}",
+      "RESNET_JAX_INIT_TIMEOUT=60",
+      "JAX_PLATFORMS=cpu",
+      "XLA_FLAGS=--xla_force_host_platform_device_count=2",
+      "/opt/py thon",
+      "-m",
+      "resnet_jax.main",
+      "--config=configs/digits.py",
+      *NASTY,
+    ]
   assert not Path("/tmp/pwned-launch").exists()
   bad = _run([LAUNCH / "local.sh", "--dry-run", "-n", "two"], env=env)
   assert bad.returncode == 2 and "integer" in bad.stderr
@@ -106,28 +129,55 @@ def test_local_runs_all_and_stops_all_when_one_fails(tmp_path, fake_bin):
   env, _ = fake_bin
   (tmp_path / "fakemod.py").write_text(_FAKE_MODULE)
   env = dict(env, OUT=str(tmp_path), PYTHONPATH=str(tmp_path))
-  ok = _run([LAUNCH / "local.sh", "-n", "3", "--module=fakemod", f"--python={sys.executable}",
-             "--", *NASTY], env=env)
+  ok = _run(
+    [
+      LAUNCH / "local.sh",
+      "-n",
+      "3",
+      "--module=fakemod",
+      f"--python={sys.executable}",
+      "--",
+      *NASTY,
+    ],
+    env=env,
+  )
   assert ok.returncode == 0, ok.stderr
   seen = [json.loads((tmp_path / f"p{i}.json").read_text()) for i in range(3)]
   port = seen[0]["env"]["RESNET_JAX_COORDINATOR"].rsplit(":", 1)[1]
   for i, s in enumerate(seen):
     assert s["argv"] == NASTY
-    assert s["env"] == {"RESNET_JAX_COORDINATOR": f"127.0.0.1:{port}",
-                        "RESNET_JAX_NUM_PROCESSES": "3", "RESNET_JAX_PROCESS_ID": str(i),
-                        "RESNET_JAX_INIT_TIMEOUT": "60"}
+    assert s["env"] == {
+      "RESNET_JAX_COORDINATOR": f"127.0.0.1:{port}",
+      "RESNET_JAX_NUM_PROCESSES": "3",
+      "RESNET_JAX_PROCESS_ID": str(i),
+      "RESNET_JAX_INIT_TIMEOUT": "60",
+    }
 
   t = time.monotonic()
   env.update(FAIL_ID="1", SLEEP="120")
-  failed = _run([LAUNCH / "local.sh", "-n", "3", "--module=fakemod", f"--python={sys.executable}",
-                 "--grace=2", f"--log-dir={tmp_path / 'logs'}"], env=env, timeout=60)
+  failed = _run(
+    [
+      LAUNCH / "local.sh",
+      "-n",
+      "3",
+      "--module=fakemod",
+      f"--python={sys.executable}",
+      "--grace=2",
+      f"--log-dir={tmp_path / 'logs'}",
+    ],
+    env=env,
+    timeout=60,
+  )
   assert failed.returncode == 7, failed.stderr
   assert "process 1" in failed.stderr and "stopping the others" in failed.stderr
   assert time.monotonic() - t < 30
   for i in range(3):
     assert not _alive(json.loads((tmp_path / f"p{i}.json").read_text())["os_pid"])
   assert sorted(p.name for p in (tmp_path / "logs").iterdir()) == [
-      "process_0.log", "process_1.log", "process_2.log"]
+    "process_0.log",
+    "process_1.log",
+    "process_2.log",
+  ]
 
 
 _PSUM = textwrap.dedent("""
@@ -147,8 +197,20 @@ def test_local_two_process_jax_job(tmp_path):
   (tmp_path / "psum_job.py").write_text(_PSUM)
   env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "RESNET_JAX_"))}
   env.update(OUT=str(tmp_path), PYTHONPATH=f"{tmp_path}{os.pathsep}{REPO}")
-  r = _run([LAUNCH / "local.sh", "-n", "2", "--devices-per-process=2", "--module=psum_job",
-            f"--python={sys.executable}", "--init-timeout=60", "--grace=2"], env=env, timeout=180)
+  r = _run(
+    [
+      LAUNCH / "local.sh",
+      "-n",
+      "2",
+      "--devices-per-process=2",
+      "--module=psum_job",
+      f"--python={sys.executable}",
+      "--init-timeout=60",
+      "--grace=2",
+    ],
+    env=env,
+    timeout=180,
+  )
   assert r.returncode == 0, r.stderr[-3000:]
   for i in range(2):
     assert json.loads((tmp_path / f"psum{i}.json").read_text()) == [2, 4, [6.0, 6.0]]
@@ -156,9 +218,18 @@ def test_local_two_process_jax_job(tmp_path):
 
 # --- tpu_vm.sh -------------------------------------------------------------------------------------------
 
+
 def _tpu_args(*extra):
-  return ["--name=my tpu", "--zone=us-central2-b", "--project=p", "--create",
-          "--accelerator-type=v4-32", "--config=configs/imagenet.py", *extra, NASTY[0]]
+  return [
+    "--name=my tpu",
+    "--zone=us-central2-b",
+    "--project=p",
+    "--create",
+    "--accelerator-type=v4-32",
+    "--config=configs/imagenet.py",
+    *extra,
+    NASTY[0],
+  ]
 
 
 def test_tpu_vm_dry_run_quotes_through_ssh(fake_bin):
@@ -168,18 +239,37 @@ def test_tpu_vm_dry_run_quotes_through_ssh(fake_bin):
   assert recorded() == []  # nothing ran
   create, archive, scp, ssh = _commands(r.stdout)
   where = ["--zone=us-central2-b", "--project=p"]
-  assert create == ["gcloud", "compute", "tpus", "tpu-vm", "create", "my tpu", *where,
-                    "--accelerator-type=v4-32", "--version=tpu-ubuntu2204-base"]
-  assert archive[:3] == ["git", "-C", str(REPO)] and archive[3:6] == ["archive", "--format=tar.gz", "-o"]
+  assert create == [
+    "gcloud",
+    "compute",
+    "tpus",
+    "tpu-vm",
+    "create",
+    "my tpu",
+    *where,
+    "--accelerator-type=v4-32",
+    "--version=tpu-ubuntu2204-base",
+  ]
+  assert archive[:3] == ["git", "-C", str(REPO)] and archive[3:6] == [
+    "archive",
+    "--format=tar.gz",
+    "-o",
+  ]
   assert scp[:5] == ["gcloud", "compute", "tpus", "tpu-vm", "scp"] and scp[5] == archive[6]
   assert scp[-3:] == [*where, "--worker=all"]
   assert ssh[:6] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "my tpu"]
   assert ssh[6:9] == [*where, "--worker=all"]
   assert ssh[9].startswith("--command=") and len(ssh) == 10
-  remote = shlex.split(ssh[9][len("--command="):])  # what the workers' shell will see
+  remote = shlex.split(ssh[9][len("--command=") :])  # what the workers' shell will see
   i = remote.index("resnet_jax.main")
-  assert remote[i - 2:] == [".venv/bin/python", "-m", "resnet_jax.main",
-                            "--config=configs/imagenet.py", "--workdir=gs://b/r $(x)", NASTY[0]]
+  assert remote[i - 2 :] == [
+    ".venv/bin/python",
+    "-m",
+    "resnet_jax.main",
+    "--config=configs/imagenet.py",
+    "--workdir=gs://b/r $(x)",
+    NASTY[0],
+  ]
   assert "pip" in remote and "--worker=all" not in remote
 
 
@@ -193,16 +283,20 @@ def test_tpu_vm_real_run_matches_dry_run(fake_bin):
   gcloud_dry = [c for c in _commands(dry.stdout) if c[0] == "gcloud"]
   assert recorded() == gcloud_dry and len(gcloud_dry) == 2  # scp + ssh, no create
   assert gcloud_dry[1][5:8] == ["env-tpu", "--zone=europe-west4-a", "--worker=all"]
-  remote = shlex.split(gcloud_dry[1][-1][len("--command="):])
-  assert "pip" not in remote and remote[-3:] == ["--config=c.py", "--workdir=gs://b/x y",
-                                                 "--config.seed=3"]
+  remote = shlex.split(gcloud_dry[1][-1][len("--command=") :])
+  assert "pip" not in remote and remote[-3:] == [
+    "--config=c.py",
+    "--workdir=gs://b/x y",
+    "--config.seed=3",
+  ]
   assert Path(gcloud_dry[0][5]).is_file()  # the archive was really built
 
 
 def test_tpu_vm_requires_its_arguments(fake_bin):
   env, recorded = fake_bin
-  r = _run([LAUNCH / "tpu_vm.sh", "--dry-run", "--zone=z", "--config=c.py", "--workdir=gs://b"],
-           env=env)
+  r = _run(
+    [LAUNCH / "tpu_vm.sh", "--dry-run", "--zone=z", "--config=c.py", "--workdir=gs://b"], env=env
+  )
   assert r.returncode == 2 and "--name" in r.stderr
   r = _run([LAUNCH / "tpu_vm.sh", "--name=n", "--zone=z", "--config=c.py"], env=env)
   assert r.returncode == 2 and "--workdir is required" in r.stderr
@@ -213,21 +307,32 @@ def test_sweep_emitted_tpu_commands_run_as_is(tmp_path, fake_bin):
   """`resnet-jax sweep --emit=tpu` lines are runnable tpu_vm.sh commands (here with --dry-run)."""
   env, _ = fake_bin
   from resnet_jax import sweep
+
   path = tmp_path / "s.py"
-  path.write_text("from resnet_jax.sweep import product\nCONFIG = 'configs/cifar10.py'\n"
-                  "def get_sweep():\n  return product(model=['plain20', 'resnet20'])\n")
-  cmds = sweep.emit_commands(sweep.load_sweep(path), "gs://b/sweep", "tpu",
-                             launcher_args=["--dry-run", "--name=t", "--zone=z", "--no-copy"])
+  path.write_text(
+    "from resnet_jax.sweep import product\nCONFIG = 'configs/cifar10.py'\n"
+    "def get_sweep():\n  return product(model=['plain20', 'resnet20'])\n"
+  )
+  cmds = sweep.emit_commands(
+    sweep.load_sweep(path),
+    "gs://b/sweep",
+    "tpu",
+    launcher_args=["--dry-run", "--name=t", "--zone=z", "--no-copy"],
+  )
   for cmd, model in zip(cmds, ["plain20", "resnet20"]):
     r = subprocess.run(["bash", *cmd], capture_output=True, text=True, env=env, timeout=60)
     assert r.returncode == 0, r.stderr
     (ssh,) = _commands(r.stdout)
-    remote = shlex.split(ssh[-1][len("--command="):])
-    assert remote[-3:] == ["--config=configs/cifar10.py", f"--workdir=gs://b/sweep/model={model}",
-                           f"--config.model={model}"]
+    remote = shlex.split(ssh[-1][len("--command=") :])
+    assert remote[-3:] == [
+      "--config=configs/cifar10.py",
+      f"--workdir=gs://b/sweep/model={model}",
+      f"--config.model={model}",
+    ]
 
 
 # --- slurm.sbatch ----------------------------------------------------------------------------------------
+
 
 def test_slurm_dry_run_and_real_run_agree(fake_bin):
   env, recorded = fake_bin
@@ -237,8 +342,16 @@ def test_slurm_dry_run_and_real_run_agree(fake_bin):
   (cmd,) = _commands(dry.stdout)
   j = cmd.index("srun")
   assert cmd[0] == "env" and "RESNET_JAX_DISTRIBUTED=auto" in cmd[1:j]
-  assert cmd[j:] == ["srun", "--kill-on-bad-exit=1", "--cpu-bind=none", "/venv/bin/py thon", "-m",
-                     "resnet_jax.main", "--config=configs/imagenet.py", *NASTY]
+  assert cmd[j:] == [
+    "srun",
+    "--kill-on-bad-exit=1",
+    "--cpu-bind=none",
+    "/venv/bin/py thon",
+    "-m",
+    "resnet_jax.main",
+    "--config=configs/imagenet.py",
+    *NASTY,
+  ]
   outside = _run([LAUNCH / "slurm.sbatch", *args], env=env)
   assert outside.returncode == 2 and "sbatch" in outside.stderr and recorded() == []
   # inside a job: it runs exactly the srun it printed (fake srun records it)
@@ -249,8 +362,10 @@ def test_slurm_dry_run_and_real_run_agree(fake_bin):
 
 def test_slurm_per_node(fake_bin):
   env, _ = fake_bin
-  r = _run([LAUNCH / "slurm.sbatch", "--dry-run", "--per-node", "--", "--config.seed=1"],
-           env=dict(env, SLURM_GPUS_ON_NODE="4", JAX_COORDINATOR_PORT="9999"))
+  r = _run(
+    [LAUNCH / "slurm.sbatch", "--dry-run", "--per-node", "--", "--config.seed=1"],
+    env=dict(env, SLURM_GPUS_ON_NODE="4", JAX_COORDINATOR_PORT="9999"),
+  )
   (cmd,) = _commands(r.stdout)
   assert "RESNET_JAX_LOCAL_DEVICE_IDS=0,1,2,3" in cmd and "JAX_COORDINATOR_PORT=9999" in cmd
   assert "--ntasks-per-node=1" in cmd and cmd[-1] == "--config.seed=1"

@@ -12,8 +12,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resnet_jax.models import (count_macs, count_params, format_model_table, get_model,
-                               layer_table, list_models, model_spec)
+from resnet_jax.models import (
+  count_macs,
+  count_params,
+  format_model_table,
+  get_model,
+  layer_table,
+  list_models,
+  model_spec,
+)
 
 # XLA's RngBitGenerator: compiling an init with it takes ~1/5 of the time threefry takes on CPU.
 KEY = jax.random.key(0, impl="unsafe_rbg")
@@ -21,100 +28,108 @@ KEY = jax.random.key(0, impl="unsafe_rbg")
 
 # --- helpers --------------------------------------------------------------------------------------
 def shapes_of(model, size=32, channels=3):
-    x = jax.ShapeDtypeStruct((1, size, size, channels), jnp.float32)
-    return jax.eval_shape(lambda k, x: model.init(k, x, train=False), KEY, x)
+  x = jax.ShapeDtypeStruct((1, size, size, channels), jnp.float32)
+  return jax.eval_shape(lambda k, x: model.init(k, x, train=False), KEY, x)
 
 
 def n_params(tree):
-    return sum(math.prod(a.shape) for a in jax.tree_util.tree_leaves(tree))
+  return sum(math.prod(a.shape) for a in jax.tree_util.tree_leaves(tree))
 
 
 def flat_names(tree):
-    return {"/".join(k.key for k in path)
-            for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  return {
+    "/".join(k.key for k in path) for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]
+  }
 
 
 def init(model, x):
-    """Jitted init: one compile of a tiny model is far cheaper than op-by-op eager init."""
-    return jax.jit(lambda k, x: model.init(k, x, train=False))(KEY, x)
+  """Jitted init: one compile of a tiny model is far cheaper than op-by-op eager init."""
+  return jax.jit(lambda k, x: model.init(k, x, train=False))(KEY, x)
 
 
 def forward(model, **kwargs):
-    """A jitted ``model.apply`` (compile once, call many times)."""
-    return jax.jit(lambda v, x: model.apply(v, x, **kwargs))
+  """A jitted ``model.apply`` (compile once, call many times)."""
+  return jax.jit(lambda v, x: model.apply(v, x, **kwargs))
 
 
 def apply(model, variables, x, **kwargs):
-    return forward(model, **kwargs)(variables, x)
+  return forward(model, **kwargs)(variables, x)
 
 
 def cheap_variables(model, size, channels=3, seed=0):
-    """Variables with init's shapes filled from numpy (He-normal kernels, BN 1/0): no compiling."""
-    rng = np.random.default_rng(seed)
+  """Variables with init's shapes filled from numpy (He-normal kernels, BN 1/0): no compiling."""
+  rng = np.random.default_rng(seed)
 
-    def fill(path, s):
-        leaf = path[-1].key
-        if leaf == "kernel":
-            return jnp.asarray(rng.standard_normal(s.shape) * np.sqrt(2 / math.prod(s.shape[:-1])),
-                               s.dtype)
-        return jnp.ones(s.shape, s.dtype) if leaf in ("scale", "var") else jnp.zeros(s.shape, s.dtype)
+  def fill(path, s):
+    leaf = path[-1].key
+    if leaf == "kernel":
+      return jnp.asarray(
+        rng.standard_normal(s.shape) * np.sqrt(2 / math.prod(s.shape[:-1])), s.dtype
+      )
+    return jnp.ones(s.shape, s.dtype) if leaf in ("scale", "var") else jnp.zeros(s.shape, s.dtype)
 
-    return jax.tree_util.tree_map_with_path(fill, shapes_of(model, size, channels))
+  return jax.tree_util.tree_map_with_path(fill, shapes_of(model, size, channels))
 
 
 # --- closed forms written from the architecture (independent of the package) --------------------
 def conv_p(k, cin, cout, groups=1):
-    return k * k * cin // groups * cout
+  return k * k * cin // groups * cout
 
 
 def bn_p(c):
-    return 2 * c  # scale + bias; running mean/var are batch_stats, not params
+  return 2 * c  # scale + bias; running mean/var are batch_stats, not params
 
 
 def imagenet_closed_form(block, sizes, groups=1, width_per_group=64, num_classes=1000, cin=3):
-    """Table 1: 7x7 stem (64) + BN, four stages at 64-128-256-512 planes, fc; option B shortcuts."""
-    total, inp = conv_p(7, cin, 64) + bn_p(64), 64
-    for stage, (n, planes) in enumerate(zip(sizes, (64, 128, 256, 512))):
-        for j in range(n):
-            if block == "basic":
-                out = planes
-                total += 2 * bn_p(planes) + conv_p(3, inp, planes) + conv_p(3, planes, planes)
-            else:
-                width, out = int(planes * width_per_group / 64) * groups, 4 * planes
-                total += (conv_p(1, inp, width) + bn_p(width) + conv_p(3, width, width, groups)
-                          + bn_p(width) + conv_p(1, width, out) + bn_p(out))
-            if (stage > 0 and j == 0) or inp != out:
-                total += conv_p(1, inp, out) + bn_p(out)
-            inp = out
-    return total + inp * num_classes + num_classes
+  """Table 1: 7x7 stem (64) + BN, four stages at 64-128-256-512 planes, fc; option B shortcuts."""
+  total, inp = conv_p(7, cin, 64) + bn_p(64), 64
+  for stage, (n, planes) in enumerate(zip(sizes, (64, 128, 256, 512))):
+    for j in range(n):
+      if block == "basic":
+        out = planes
+        total += 2 * bn_p(planes) + conv_p(3, inp, planes) + conv_p(3, planes, planes)
+      else:
+        width, out = int(planes * width_per_group / 64) * groups, 4 * planes
+        total += (
+          conv_p(1, inp, width)
+          + bn_p(width)
+          + conv_p(3, width, width, groups)
+          + bn_p(width)
+          + conv_p(1, width, out)
+          + bn_p(out)
+        )
+      if (stage > 0 and j == 0) or inp != out:
+        total += conv_p(1, inp, out) + bn_p(out)
+      inp = out
+  return total + inp * num_classes + num_classes
 
 
 def cifar_closed_form(n, num_classes=10):
-    """§4.2, option A: 3x3 stem (16) + BN; 3 stages of n basic blocks at 16/32/64; fc.  6n+2 layers."""
-    block = lambda cin, w: conv_p(3, cin, w) + conv_p(3, w, w) + 2 * bn_p(w)  # noqa: E731
-    stem = conv_p(3, 3, 16) + bn_p(16)
-    stages = sum(block(cin, w) + (n - 1) * block(w, w) for cin, w in ((16, 16), (16, 32), (32, 64)))
-    return stem + stages + 64 * num_classes + num_classes
+  """§4.2, option A: 3x3 stem (16) + BN; 3 stages of n basic blocks at 16/32/64; fc.  6n+2 layers."""
+  block = lambda cin, w: conv_p(3, cin, w) + conv_p(3, w, w) + 2 * bn_p(w)  # noqa: E731
+  stem = conv_p(3, 3, 16) + bn_p(16)
+  stages = sum(block(cin, w) + (n - 1) * block(w, w) for cin, w in ((16, 16), (16, 32), (32, 64)))
+  return stem + stages + 64 * num_classes + num_classes
 
 
 # --- parameter counts -----------------------------------------------------------------------------
 TORCHVISION = {  # sum(p.numel() for p in torchvision.models.<name>().parameters())
-    "resnet18": (11689512, ("basic", (2, 2, 2, 2))),
-    "resnet34": (21797672, ("basic", (3, 4, 6, 3))),
-    "resnet50": (25557032, ("bottleneck", (3, 4, 6, 3))),
-    "resnet101": (44549160, ("bottleneck", (3, 4, 23, 3))),
-    "resnet152": (60192808, ("bottleneck", (3, 8, 36, 3))),
-    "resnext50_32x4d": (25028904, ("bottleneck", (3, 4, 6, 3), 32, 4)),
-    "wide_resnet50_2": (68883240, ("bottleneck", (3, 4, 6, 3), 1, 128)),
+  "resnet18": (11689512, ("basic", (2, 2, 2, 2))),
+  "resnet34": (21797672, ("basic", (3, 4, 6, 3))),
+  "resnet50": (25557032, ("bottleneck", (3, 4, 6, 3))),
+  "resnet101": (44549160, ("bottleneck", (3, 4, 23, 3))),
+  "resnet152": (60192808, ("bottleneck", (3, 8, 36, 3))),
+  "resnext50_32x4d": (25028904, ("bottleneck", (3, 4, 6, 3), 32, 4)),
+  "wide_resnet50_2": (68883240, ("bottleneck", (3, 4, 6, 3), 1, 128)),
 }
 
 
 @pytest.mark.parametrize("name", list(TORCHVISION))
 def test_imagenet_param_counts_equal_torchvision_and_closed_form(name):
-    expected, arch = TORCHVISION[name]
-    assert imagenet_closed_form(*arch) == expected
-    assert n_params(shapes_of(get_model(name))["params"]) == expected
-    assert count_params(name) == expected
+  expected, arch = TORCHVISION[name]
+  assert imagenet_closed_form(*arch) == expected
+  assert n_params(shapes_of(get_model(name))["params"]) == expected
+  assert count_params(name) == expected
 
 
 # Paper §4.2 / Table 6: 0.27M, 0.46M, 0.66M, 0.85M, 1.7M, 19.4M parameters.
@@ -123,147 +138,168 @@ CIFAR_PAPER = {20: 0.27, 32: 0.46, 44: 0.66, 56: 0.85, 110: 1.7, 1202: 19.4}
 
 @pytest.mark.parametrize("depth", list(CIFAR_PAPER))
 def test_cifar_param_counts_match_paper(depth):
-    n = (depth - 2) // 6
-    exact = cifar_closed_form(n)
-    digits = 2 if CIFAR_PAPER[depth] < 1 else 1
-    assert round(exact / 1e6, digits) == CIFAR_PAPER[depth]
-    assert count_params(f"resnet{depth}") == exact
-    if depth <= 110:  # resnet1202 is traced once, in the forward-shape test
-        assert n_params(shapes_of(get_model(f"resnet{depth}"))["params"]) == exact
+  n = (depth - 2) // 6
+  exact = cifar_closed_form(n)
+  digits = 2 if CIFAR_PAPER[depth] < 1 else 1
+  assert round(exact / 1e6, digits) == CIFAR_PAPER[depth]
+  assert count_params(f"resnet{depth}") == exact
+  if depth <= 110:  # resnet1202 is traced once, in the forward-shape test
+    assert n_params(shapes_of(get_model(f"resnet{depth}"))["params"]) == exact
 
 
 def test_analytic_param_count_matches_init_for_every_other_family():
-    for name in ["plain18", "plain20", "preact_resnet18", "preact_resnet50", "preact_resnet20",
-                 "preact_resnet164", "resnext101_32x8d", "wide_resnet101_2"]:
-        assert count_params(name) == n_params(shapes_of(get_model(name))["params"]), name
-    # He et al. 2016 (v2), Table 2: ResNet-164 has 1.7M and ResNet-1001 10.2M parameters; the
-    # 10.2M counts conv + fc weights (with BN scale/bias it is 10.33M).
-    weights = lambda name: sum(l.params for l in layer_table(name) if l.kind != "bn")  # noqa: E731
-    assert round(count_params("preact_resnet164") / 1e6, 1) == 1.7
-    assert round(weights("preact_resnet164") / 1e6, 1) == 1.7
-    assert round(weights("preact_resnet1001") / 1e6, 1) == 10.2
+  for name in [
+    "plain18",
+    "plain20",
+    "preact_resnet18",
+    "preact_resnet50",
+    "preact_resnet20",
+    "preact_resnet164",
+    "resnext101_32x8d",
+    "wide_resnet101_2",
+  ]:
+    assert count_params(name) == n_params(shapes_of(get_model(name))["params"]), name
+  # He et al. 2016 (v2), Table 2: ResNet-164 has 1.7M and ResNet-1001 10.2M parameters; the
+  # 10.2M counts conv + fc weights (with BN scale/bias it is 10.33M).
+  weights = lambda name: sum(l.params for l in layer_table(name) if l.kind != "bn")  # noqa: E731
+  assert round(count_params("preact_resnet164") / 1e6, 1) == 1.7
+  assert round(weights("preact_resnet164") / 1e6, 1) == 1.7
+  assert round(weights("preact_resnet1001") / 1e6, 1) == 10.2
 
 
 # --- shortcut options -----------------------------------------------------------------------------
 def test_option_a_has_no_shortcut_parameters():
-    params = shapes_of(get_model("resnet20"))["params"]
-    assert not [p for p in flat_names(params) if "shortcut" in p]
-    # B adds exactly the two projections where the shape changes (16->32, 32->64), with BN.
-    b = n_params(shapes_of(get_model("resnet20", shortcut="B"))["params"])
-    assert b - n_params(params) == conv_p(1, 16, 32) + bn_p(32) + conv_p(1, 32, 64) + bn_p(64)
+  params = shapes_of(get_model("resnet20"))["params"]
+  assert not [p for p in flat_names(params) if "shortcut" in p]
+  # B adds exactly the two projections where the shape changes (16->32, 32->64), with BN.
+  b = n_params(shapes_of(get_model("resnet20", shortcut="B"))["params"])
+  assert b - n_params(params) == conv_p(1, 16, 32) + bn_p(32) + conv_p(1, 32, 64) + bn_p(64)
 
 
 def test_option_c_projects_every_block_and_has_more_parameters_than_b():
-    b = shapes_of(get_model("resnet18", shortcut="B"))["params"]
-    c = shapes_of(get_model("resnet18", shortcut="C"))["params"]
-    blocks = [k for k in c if k.startswith("stage")]
-    assert all("shortcut_conv" in c[k] and "shortcut_bn" in c[k] for k in blocks)
-    assert sorted(k for k in b if "shortcut_conv" in b[k]) == [
-        "stage2_block0", "stage3_block0", "stage4_block0"]
-    # C adds a 1x1 projection + BN to each of the 5 blocks that keep their shape.
-    extra = sum(conv_p(1, w, w) + bn_p(w) for w in (64, 64, 128, 256, 512))
-    assert n_params(c) - n_params(b) == extra
-    assert count_params("resnet18", shortcut="C") == n_params(c)
+  b = shapes_of(get_model("resnet18", shortcut="B"))["params"]
+  c = shapes_of(get_model("resnet18", shortcut="C"))["params"]
+  blocks = [k for k in c if k.startswith("stage")]
+  assert all("shortcut_conv" in c[k] and "shortcut_bn" in c[k] for k in blocks)
+  assert sorted(k for k in b if "shortcut_conv" in b[k]) == [
+    "stage2_block0",
+    "stage3_block0",
+    "stage4_block0",
+  ]
+  # C adds a 1x1 projection + BN to each of the 5 blocks that keep their shape.
+  extra = sum(conv_p(1, w, w) + bn_p(w) for w in (64, 64, 128, 256, 512))
+  assert n_params(c) - n_params(b) == extra
+  assert count_params("resnet18", shortcut="C") == n_params(c)
 
 
 def _count_adds(model, variables, x):
-    """Number of `add` primitives in the forward pass, nested jaxprs (jitted helpers) included."""
-    def count(jaxpr):
-        total = 0
-        for eqn in jaxpr.eqns:
-            total += eqn.primitive.name == "add"
-            for param in eqn.params.values():
-                inner = getattr(param, "jaxpr", param)
-                if hasattr(inner, "eqns"):
-                    total += count(inner)
-        return total
+  """Number of `add` primitives in the forward pass, nested jaxprs (jitted helpers) included."""
 
-    return count(jax.make_jaxpr(lambda v, x: model.apply(v, x))(variables, x).jaxpr)
+  def count(jaxpr):
+    total = 0
+    for eqn in jaxpr.eqns:
+      total += eqn.primitive.name == "add"
+      for param in eqn.params.values():
+        inner = getattr(param, "jaxpr", param)
+        if hasattr(inner, "eqns"):
+          total += count(inner)
+    return total
+
+  return count(jax.make_jaxpr(lambda v, x: model.apply(v, x))(variables, x).jaxpr)
 
 
 def test_plain_nets_have_no_shortcut_additions():
-    x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 8, 8, 3)), jnp.float32)
-    residual, plain = get_model("resnet20"), get_model("plain20")
-    v_res, v_plain = cheap_variables(residual, 8), cheap_variables(plain, 8)
-    assert shapes_of(residual)["params"].keys() == shapes_of(plain)["params"].keys()
-    # Same layers; the residual net has exactly one more `add` per block (9 blocks).
-    assert _count_adds(residual, v_res, x) - _count_adds(plain, v_plain, x) == 9
-    # Behaviour: with every block's last BN scale zeroed, a plain net's first block outputs
-    # relu(0) = 0, so the logits cannot depend on the image; a residual net still passes it on.
-    def zero_last_bn(path, a):
-        names = [k.key for k in path]
-        return jnp.zeros_like(a) if names[-2:] == ["bn2", "scale"] else a
+  x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 8, 8, 3)), jnp.float32)
+  residual, plain = get_model("resnet20"), get_model("plain20")
+  v_res, v_plain = cheap_variables(residual, 8), cheap_variables(plain, 8)
+  assert shapes_of(residual)["params"].keys() == shapes_of(plain)["params"].keys()
+  # Same layers; the residual net has exactly one more `add` per block (9 blocks).
+  assert _count_adds(residual, v_res, x) - _count_adds(plain, v_plain, x) == 9
 
-    for model, variables, depends in ((plain, v_plain, False), (residual, v_res, True)):
-        variables = jax.tree_util.tree_map_with_path(zero_last_bn, variables)
-        y = apply(model, variables, x)
-        assert np.allclose(y[0], y[1]) != depends
+  # Behaviour: with every block's last BN scale zeroed, a plain net's first block outputs
+  # relu(0) = 0, so the logits cannot depend on the image; a residual net still passes it on.
+  def zero_last_bn(path, a):
+    names = [k.key for k in path]
+    return jnp.zeros_like(a) if names[-2:] == ["bn2", "scale"] else a
+
+  for model, variables, depends in ((plain, v_plain, False), (residual, v_res, True)):
+    variables = jax.tree_util.tree_map_with_path(zero_last_bn, variables)
+    y = apply(model, variables, x)
+    assert np.allclose(y[0], y[1]) != depends
 
 
 def test_zero_init_last_bn_zeroes_exactly_the_last_bn_of_each_block():
-    model = get_model("resnet50", zero_init_last_bn=True)
-    names = flat_names(shapes_of(model)["params"])
-    assert "stage1_block0/bn3/scale" in names
-    # Which scales are zero is decided by the initialiser; check it on a tiny bottleneck net.
-    tiny = get_model("resnet50", zero_init_last_bn=True, stage_sizes=(1, 1, 1, 1),
-                     width_multiplier=1 / 16)
-    p = init(tiny, jnp.zeros((1, 16, 16, 1)))["params"]
-    for k, block in p.items():
-        if k.startswith("stage"):
-            assert not np.any(block["bn3"]["scale"]) and np.all(block["bn2"]["scale"] == 1)
-            assert np.all(block["shortcut_bn"]["scale"] == 1)
+  model = get_model("resnet50", zero_init_last_bn=True)
+  names = flat_names(shapes_of(model)["params"])
+  assert "stage1_block0/bn3/scale" in names
+  # Which scales are zero is decided by the initialiser; check it on a tiny bottleneck net.
+  tiny = get_model(
+    "resnet50", zero_init_last_bn=True, stage_sizes=(1, 1, 1, 1), width_multiplier=1 / 16
+  )
+  p = init(tiny, jnp.zeros((1, 16, 16, 1)))["params"]
+  for k, block in p.items():
+    if k.startswith("stage"):
+      assert not np.any(block["bn3"]["scale"]) and np.all(block["bn2"]["scale"] == 1)
+      assert np.all(block["shortcut_bn"]["scale"] == 1)
 
 
 # --- multiply-adds --------------------------------------------------------------------------------
 # Paper Table 1 "FLOPs" (multiply-adds), stride on the first 1x1 of the bottleneck (v1).
-PAPER_GMACS = {"resnet18": 1.8, "resnet34": 3.6, "resnet50": 3.8, "resnet101": 7.6,
-               "resnet152": 11.3}
+PAPER_GMACS = {
+  "resnet18": 1.8,
+  "resnet34": 3.6,
+  "resnet50": 3.8,
+  "resnet101": 7.6,
+  "resnet152": 11.3,
+}
 
 
 @pytest.mark.parametrize("name", list(PAPER_GMACS))
 def test_multiply_adds_match_paper_table1(name):
-    macs = count_macs(name, 224, stride_on="1x1")
-    assert macs / 1e9 == pytest.approx(PAPER_GMACS[name], rel=0.03)
+  macs = count_macs(name, 224, stride_on="1x1")
+  assert macs / 1e9 == pytest.approx(PAPER_GMACS[name], rel=0.03)
 
 
 def test_v15_resnet50_multiply_adds():
-    assert count_macs("resnet50") / 1e9 == pytest.approx(4.1, rel=0.01)  # torchvision's 4.09G
-    assert count_macs("resnet50") > count_macs("resnet50", stride_on="1x1")
+  assert count_macs("resnet50") / 1e9 == pytest.approx(4.1, rel=0.01)  # torchvision's 4.09G
+  assert count_macs("resnet50") > count_macs("resnet50", stride_on="1x1")
 
 
 def test_analytic_macs_agree_with_xla_cost_analysis():
-    """XLA counts 2 flops per multiply-add, skips taps on zero padding, and adds BN/ReLU/pool/add
-    flops; the padding-aware analytic count must explain all but those few percent."""
-    for name, size, tol in [("resnet20", 32, 0.04), ("resnet18", 64, 0.02)]:
-        model = get_model(name)
-        x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
-        compiled = jax.jit(lambda v, x: model.apply(v, x)).lower(shapes_of(model, size), x).compile()
-        cost = compiled.cost_analysis()
-        flops = (cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"]
-        valid = count_macs(name, size, exclude_padding=True)
-        assert 1.0 <= flops / (2 * valid) <= 1.0 + tol, (name, flops, valid)
-        assert valid < count_macs(name, size)
+  """XLA counts 2 flops per multiply-add, skips taps on zero padding, and adds BN/ReLU/pool/add
+  flops; the padding-aware analytic count must explain all but those few percent."""
+  for name, size, tol in [("resnet20", 32, 0.04), ("resnet18", 64, 0.02)]:
+    model = get_model(name)
+    x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
+    compiled = jax.jit(model.apply).lower(shapes_of(model, size), x).compile()
+    cost = compiled.cost_analysis()
+    flops = (cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"]
+    valid = count_macs(name, size, exclude_padding=True)
+    assert 1.0 <= flops / (2 * valid) <= 1.0 + tol, (name, flops, valid)
+    assert valid < count_macs(name, size)
 
 
 @pytest.mark.parametrize("stride_on", ["3x3", "1x1"])
 def test_layer_table_spatial_sizes_match_the_flax_model(stride_on):
-    """The analytic walk and the Flax model agree conv by conv (so the MAC count is of this model)."""
-    model = get_model("resnext50_32x4d", stride_on=stride_on)
-    x = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
-    _, state = jax.eval_shape(
-        lambda v, x: model.apply(v, x, capture_intermediates=True, mutable=["intermediates"]),
-        shapes_of(model, 64), x)
-    inter = state["intermediates"]
-    for layer in layer_table(model, 64):
-        if layer.kind != "conv":
-            continue
-        node = inter
-        for part in layer.name.split("/"):
-            node = node[part]
-        (out,) = node["__call__"]
-        assert out.shape == (1, *layer.out_hw, layer.cout), layer.name
-    s = 2 if stride_on == "1x1" else 1  # paper v1: the first 1x1 of conv3_1 strides
-    assert inter["stage2_block0"]["conv1"]["__call__"][0].shape[1] == 16 // s
+  """The analytic walk and the Flax model agree conv by conv (so the MAC count is of this model)."""
+  model = get_model("resnext50_32x4d", stride_on=stride_on)
+  x = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
+  _, state = jax.eval_shape(
+    lambda v, x: model.apply(v, x, capture_intermediates=True, mutable=["intermediates"]),
+    shapes_of(model, 64),
+    x,
+  )
+  inter = state["intermediates"]
+  for layer in layer_table(model, 64):
+    if layer.kind != "conv":
+      continue
+    node = inter
+    for part in layer.name.split("/"):
+      node = node[part]
+    (out,) = node["__call__"]
+    assert out.shape == (1, *layer.out_hw, layer.cout), layer.name
+  s = 2 if stride_on == "1x1" else 1  # paper v1: the first 1x1 of conv3_1 strides
+  assert inter["stage2_block0"]["conv1"]["__call__"][0].shape[1] == 16 // s
 
 
 # --- forward passes -------------------------------------------------------------------------------
@@ -271,31 +307,34 @@ CIFAR_NAMES = [n for n in list_models() if model_spec(n).family == "cifar"]
 
 
 def test_every_cifar_model_gives_logits_of_the_right_shape():
-    x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 32, 32, 3)), jnp.float32)
-    for name in CIFAR_NAMES:
-        model = get_model(name)
-        if name in ("resnet20", "plain20", "preact_resnet20"):  # real (compiled) forward passes
-            y = apply(model, cheap_variables(model, 32), x)
-            assert np.all(np.isfinite(y))
-        else:  # traced only (one trace of init + forward): resnet1202 etc. are slow on one core
-            y, variables = jax.eval_shape(lambda k, x: model.init_with_output(k, x), KEY, x)
-            if name == "resnet1202":
-                assert n_params(variables["params"]) == cifar_closed_form(200)
-        assert y.shape == (2, 10) and y.dtype == jnp.float32, name
+  x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 32, 32, 3)), jnp.float32)
+  for name in CIFAR_NAMES:
+    model = get_model(name)
+    if name in ("resnet20", "plain20", "preact_resnet20"):  # real (compiled) forward passes
+      y = apply(model, cheap_variables(model, 32), x)
+      assert np.all(np.isfinite(y))
+    else:  # traced only (one trace of init + forward): resnet1202 etc. are slow on one core
+      y, variables = jax.eval_shape(model.init_with_output, KEY, x)
+      if name == "resnet1202":
+        assert n_params(variables["params"]) == cifar_closed_form(200)
+    assert y.shape == (2, 10) and y.dtype == jnp.float32, name
 
 
 @pytest.mark.parametrize("name", ["resnet18", "resnet50"])
 def test_imagenet_models_run_on_small_and_grayscale_images(name):
-    model = get_model(name)
-    x = jnp.asarray(np.random.default_rng(0).standard_normal((1, 64, 64, 3)), jnp.float32)
-    y = apply(model, cheap_variables(model, 64), x)
-    assert y.shape == (1, 1000) and np.all(np.isfinite(y))
-    # The bundled digits: 28x28x1 grayscale, 10 classes.
-    digits = get_model(name, num_classes=10)
-    y = jax.eval_shape(lambda v, x: digits.apply(v, x), shapes_of(digits, 28, 1),
-                       jax.ShapeDtypeStruct((4, 28, 28, 1), jnp.float32))
-    assert y.shape == (4, 10)
-    assert shapes_of(digits, 28, 1)["params"]["stem_conv"]["kernel"].shape == (7, 7, 1, 64)
+  model = get_model(name)
+  x = jnp.asarray(np.random.default_rng(0).standard_normal((1, 64, 64, 3)), jnp.float32)
+  y = apply(model, cheap_variables(model, 64), x)
+  assert y.shape == (1, 1000) and np.all(np.isfinite(y))
+  # The bundled digits: 28x28x1 grayscale, 10 classes.
+  digits = get_model(name, num_classes=10)
+  y = jax.eval_shape(
+    lambda v, x: digits.apply(v, x),
+    shapes_of(digits, 28, 1),
+    jax.ShapeDtypeStruct((4, 28, 28, 1), jnp.float32),
+  )
+  assert y.shape == (4, 10)
+  assert shapes_of(digits, 28, 1)["params"]["stem_conv"]["kernel"].shape == (7, 7, 1, 64)
 
 
 TINY = dict(stage_sizes=(1, 1, 1))  # a 3-block CIFAR net: every code path, a fraction of the time
@@ -303,124 +342,144 @@ TINY = dict(stage_sizes=(1, 1, 1))  # a 3-block CIFAR net: every code path, a fr
 
 @functools.lru_cache(maxsize=None)
 def tiny_variables():
-    """Real (initialiser-made) variables of the tiny net, shared: init compiles once."""
-    return init(get_model("resnet20", **TINY), jnp.zeros((1, 8, 8, 3)))
+  """Real (initialiser-made) variables of the tiny net, shared: init compiles once."""
+  return init(get_model("resnet20", **TINY), jnp.zeros((1, 8, 8, 3)))
 
 
 def test_train_and_eval_differ_only_in_batchnorm_statistics():
-    """With momentum 0 one train step stores the batch's own statistics; evaluating with them
-    reproduces the train-mode output, so BN is the only train/eval difference."""
-    model = get_model("resnet20", bn_momentum=0.0, **TINY)
-    x = jnp.asarray(np.random.default_rng(1).standard_normal((8, 16, 16, 3)), jnp.float32)
-    variables = tiny_variables()
-    y_train, updated = apply(model, variables, x, train=True, mutable=["batch_stats"])
-    evaluate = forward(model, train=False)
-    y_eval_init = evaluate(variables, x)
-    y_eval_batch = evaluate({"params": variables["params"], **updated}, x)
-    np.testing.assert_allclose(y_eval_batch, y_train, rtol=1e-4, atol=1e-4)
-    assert not np.allclose(y_eval_init, y_train, atol=1e-3)
-    assert updated["batch_stats"].keys() == variables["batch_stats"].keys()
+  """With momentum 0 one train step stores the batch's own statistics; evaluating with them
+  reproduces the train-mode output, so BN is the only train/eval difference."""
+  model = get_model("resnet20", bn_momentum=0.0, **TINY)
+  x = jnp.asarray(np.random.default_rng(1).standard_normal((8, 16, 16, 3)), jnp.float32)
+  variables = tiny_variables()
+  y_train, updated = apply(model, variables, x, train=True, mutable=["batch_stats"])
+  evaluate = forward(model, train=False)
+  y_eval_init = evaluate(variables, x)
+  y_eval_batch = evaluate({"params": variables["params"], **updated}, x)
+  np.testing.assert_allclose(y_eval_batch, y_train, rtol=1e-4, atol=1e-4)
+  assert not np.allclose(y_eval_init, y_train, atol=1e-3)
+  assert updated["batch_stats"].keys() == variables["batch_stats"].keys()
 
 
 def test_bn_axis_name_gives_cross_replica_statistics():
-    """Two replicas (vmap stands in for pmap) with bn_axis_name see the statistics of the whole
-    batch: the same outputs and running stats as one replica holding both halves."""
-    x = jnp.asarray(np.random.default_rng(4).standard_normal((8, 8, 8, 3)), jnp.float32)
-    variables = tiny_variables()
-    one = get_model("resnet20", **TINY)
-    y_one, s_one = apply(one, variables, x, train=True, mutable=["batch_stats"])
-    synced = get_model("resnet20", bn_axis_name="batch", **TINY)
-    step = lambda xr: synced.apply(variables, xr, train=True, mutable=["batch_stats"])  # noqa: E731
-    y_rep, s_rep = jax.jit(jax.vmap(step, axis_name="batch"))(x.reshape(2, 4, 8, 8, 3))
-    np.testing.assert_allclose(y_rep.reshape(8, 10), y_one, rtol=1e-4, atol=1e-4)
-    for a, b in zip(jax.tree_util.tree_leaves(s_rep), jax.tree_util.tree_leaves(s_one)):
-        np.testing.assert_allclose(a[0], b, rtol=1e-4, atol=1e-5)
-        np.testing.assert_allclose(a[1], b, rtol=1e-4, atol=1e-5)
+  """Two replicas (vmap stands in for pmap) with bn_axis_name see the statistics of the whole
+  batch: the same outputs and running stats as one replica holding both halves."""
+  x = jnp.asarray(np.random.default_rng(4).standard_normal((8, 8, 8, 3)), jnp.float32)
+  variables = tiny_variables()
+  one = get_model("resnet20", **TINY)
+  y_one, s_one = apply(one, variables, x, train=True, mutable=["batch_stats"])
+  synced = get_model("resnet20", bn_axis_name="batch", **TINY)
+  step = lambda xr: synced.apply(variables, xr, train=True, mutable=["batch_stats"])  # noqa: E731
+  y_rep, s_rep = jax.jit(jax.vmap(step, axis_name="batch"))(x.reshape(2, 4, 8, 8, 3))
+  np.testing.assert_allclose(y_rep.reshape(8, 10), y_one, rtol=1e-4, atol=1e-4)
+  for a, b in zip(jax.tree_util.tree_leaves(s_rep), jax.tree_util.tree_leaves(s_one)):
+    np.testing.assert_allclose(a[0], b, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(a[1], b, rtol=1e-4, atol=1e-5)
 
 
 def test_tiny_model_gradients_are_finite_and_reach_the_stem():
-    model = get_model("resnet20", **TINY)
-    x = jnp.asarray(np.random.default_rng(2).standard_normal((4, 8, 8, 3)), jnp.float32)
-    labels = jnp.arange(4) % 10
-    variables = tiny_variables()
+  model = get_model("resnet20", **TINY)
+  x = jnp.asarray(np.random.default_rng(2).standard_normal((4, 8, 8, 3)), jnp.float32)
+  labels = jnp.arange(4) % 10
+  variables = tiny_variables()
 
-    def loss(params):
-        logits, _ = model.apply({"params": params, "batch_stats": variables["batch_stats"]}, x,
-                                train=True, mutable=["batch_stats"])
-        return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(4), labels])
+  def loss(params):
+    logits, _ = model.apply(
+      {"params": params, "batch_stats": variables["batch_stats"]},
+      x,
+      train=True,
+      mutable=["batch_stats"],
+    )
+    return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(4), labels])
 
-    grads = jax.jit(jax.grad(loss))(variables["params"])
-    leaves = jax.tree_util.tree_leaves(grads)
-    assert all(np.all(np.isfinite(g)) for g in leaves)
-    assert np.any(grads["stem_conv"]["kernel"] != 0)
+  grads = jax.jit(jax.grad(loss))(variables["params"])
+  leaves = jax.tree_util.tree_leaves(grads)
+  assert all(np.all(np.isfinite(g)) for g in leaves)
+  assert np.any(grads["stem_conv"]["kernel"] != 0)
 
 
 def test_bfloat16_compute_keeps_float32_params_and_logits():
-    x = jnp.asarray(np.random.default_rng(3).standard_normal((2, 8, 8, 3)), jnp.float32)
-    f32 = get_model("resnet20", **TINY)
-    bf16 = get_model("resnet20", dtype=jnp.bfloat16, **TINY)
-    variables = tiny_variables()
-    assert {a.dtype for a in jax.tree_util.tree_leaves(variables)} == {jnp.dtype(jnp.float32)}
-    y16, y32 = apply(bf16, variables, x), apply(f32, variables, x)
-    assert y16.dtype == jnp.float32
-    np.testing.assert_allclose(y16, y32, rtol=0.1, atol=0.1)
-    assert not np.array_equal(y16, y32)  # it really computed in bfloat16
-    jaxpr = jax.make_jaxpr(lambda v, x: bf16.apply(v, x))(variables, x)
-    convs = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "conv_general_dilated"]
-    assert convs and all(e.invars[0].aval.dtype == jnp.bfloat16 for e in convs)
+  x = jnp.asarray(np.random.default_rng(3).standard_normal((2, 8, 8, 3)), jnp.float32)
+  f32 = get_model("resnet20", **TINY)
+  bf16 = get_model("resnet20", dtype=jnp.bfloat16, **TINY)
+  variables = tiny_variables()
+  assert {a.dtype for a in jax.tree_util.tree_leaves(variables)} == {jnp.dtype(jnp.float32)}
+  y16, y32 = apply(bf16, variables, x), apply(f32, variables, x)
+  assert y16.dtype == jnp.float32
+  np.testing.assert_allclose(y16, y32, rtol=0.1, atol=0.1)
+  assert not np.array_equal(y16, y32)  # it really computed in bfloat16
+  jaxpr = jax.make_jaxpr(lambda v, x: bf16.apply(v, x))(variables, x)
+  convs = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "conv_general_dilated"]
+  assert convs and all(e.invars[0].aval.dtype == jnp.bfloat16 for e in convs)
 
 
 def test_conv_kernels_are_standard_shapes_and_named_for_import():
-    p = shapes_of(get_model("resnext50_32x4d"))["params"]
-    assert p["stem_conv"]["kernel"].shape == (7, 7, 3, 64)
-    assert p["stage1_block0"]["conv2"]["kernel"].shape == (3, 3, 128 // 32, 128)  # grouped 3x3
-    assert p["head"]["kernel"].shape == (2048, 1000) and p["head"]["bias"].shape == (1000,)
-    names = flat_names(shapes_of(get_model("resnet50"))["params"])
-    assert {f"stage1_block0/{m}/{w}" for m in ("bn1", "bn2", "bn3", "shortcut_bn")
-            for w in ("scale", "bias")} <= names
-    assert not [n for n in names if "conv" in n and n.endswith("bias")]  # convs are bias-free
-    assert "final_bn/scale" in flat_names(shapes_of(get_model("preact_resnet18"))["params"])
+  p = shapes_of(get_model("resnext50_32x4d"))["params"]
+  assert p["stem_conv"]["kernel"].shape == (7, 7, 3, 64)
+  assert p["stage1_block0"]["conv2"]["kernel"].shape == (3, 3, 128 // 32, 128)  # grouped 3x3
+  assert p["head"]["kernel"].shape == (2048, 1000) and p["head"]["bias"].shape == (1000,)
+  names = flat_names(shapes_of(get_model("resnet50"))["params"])
+  assert {
+    f"stage1_block0/{m}/{w}"
+    for m in ("bn1", "bn2", "bn3", "shortcut_bn")
+    for w in ("scale", "bias")
+  } <= names
+  assert not [n for n in names if "conv" in n and n.endswith("bias")]  # convs are bias-free
+  assert "final_bn/scale" in flat_names(shapes_of(get_model("preact_resnet18"))["params"])
 
 
 # --- registry -------------------------------------------------------------------------------------
 def test_registry_lists_the_zoo_with_native_sizes():
-    names = set(list_models())
-    for depth in (18, 34, 50, 101, 152):
-        assert {f"resnet{depth}", f"plain{depth}", f"preact_resnet{depth}"} <= names
-    for depth in (20, 32, 44, 56, 110, 1202):
-        assert {f"resnet{depth}", f"plain{depth}"} <= names
-    assert {"preact_resnet164", "preact_resnet1001", "resnext50_32x4d", "resnext101_32x8d",
-            "wide_resnet50_2", "wide_resnet101_2"} <= names
-    s = model_spec("resnet50")
-    assert (s.family, s.image_size, s.num_classes) == ("imagenet", 224, 1000)
-    s = model_spec("resnet110")
-    assert (s.family, s.image_size, s.num_classes) == ("cifar", 32, 10)
-    m = get_model("resnet50")
-    assert (m.shortcut, m.stride_on, m.num_classes) == ("B", "3x3", 1000)
-    assert get_model("resnet20").shortcut == "A"
-    assert get_model("resnet18", num_classes=10).num_classes == 10
+  names = set(list_models())
+  for depth in (18, 34, 50, 101, 152):
+    assert {f"resnet{depth}", f"plain{depth}", f"preact_resnet{depth}"} <= names
+  for depth in (20, 32, 44, 56, 110, 1202):
+    assert {f"resnet{depth}", f"plain{depth}"} <= names
+  assert {
+    "preact_resnet164",
+    "preact_resnet1001",
+    "resnext50_32x4d",
+    "resnext101_32x8d",
+    "wide_resnet50_2",
+    "wide_resnet101_2",
+  } <= names
+  s = model_spec("resnet50")
+  assert (s.family, s.image_size, s.num_classes) == ("imagenet", 224, 1000)
+  s = model_spec("resnet110")
+  assert (s.family, s.image_size, s.num_classes) == ("cifar", 32, 10)
+  m = get_model("resnet50")
+  assert (m.shortcut, m.stride_on, m.num_classes) == ("B", "3x3", 1000)
+  assert get_model("resnet20").shortcut == "A"
+  assert get_model("resnet18", num_classes=10).num_classes == 10
 
 
 def test_overrides_are_resnet_fields():
-    m = get_model("resnet50", shortcut="C", stride_on="1x1", zero_init_last_bn=True,
-                  bn_axis_name="batch", width_multiplier=0.5, param_dtype=jnp.float32)
-    assert (m.shortcut, m.stride_on, m.bn_axis_name, m.width_multiplier) == ("C", "1x1", "batch", 0.5)
-    with pytest.raises(ValueError, match="shortcutt.*valid keys.*shortcut"):
-        get_model("resnet50", shortcutt="A")
+  m = get_model(
+    "resnet50",
+    shortcut="C",
+    stride_on="1x1",
+    zero_init_last_bn=True,
+    bn_axis_name="batch",
+    width_multiplier=0.5,
+    param_dtype=jnp.float32,
+  )
+  assert (m.shortcut, m.stride_on, m.bn_axis_name, m.width_multiplier) == ("C", "1x1", "batch", 0.5)
+  with pytest.raises(ValueError, match="shortcutt.*valid keys.*shortcut"):
+    get_model("resnet50", shortcutt="A")
 
 
 def test_unknown_model_name_lists_close_matches():
-    with pytest.raises(ValueError, match="resnet50") as err:
-        get_model("resnet51")
-    assert "Did you mean" in str(err.value)
-    with pytest.raises(ValueError, match="resnext50_32x4d"):
-        model_spec("resnext50")
+  with pytest.raises(ValueError, match="resnet50") as err:
+    get_model("resnet51")
+  assert "Did you mean" in str(err.value)
+  with pytest.raises(ValueError, match="resnext50_32x4d"):
+    model_spec("resnext50")
 
 
 def test_model_table_lists_params_and_multiply_adds():
-    table = format_model_table(["resnet18", "resnet50", "resnet20"])
-    lines = table.splitlines()
-    assert "params" in lines[0] and "mult-adds" in lines[0]
-    assert any(l.startswith("resnet18") and "11,689,512" in l and "1.81G" in l for l in lines)
-    assert any(l.startswith("resnet50") and "25,557,032" in l and "4.09G" in l for l in lines)
-    assert any(l.startswith("resnet20") and "269,722" in l and "40.6M" in l for l in lines)
+  table = format_model_table(["resnet18", "resnet50", "resnet20"])
+  lines = table.splitlines()
+  assert "params" in lines[0] and "mult-adds" in lines[0]
+  assert any(l.startswith("resnet18") and "11,689,512" in l and "1.81G" in l for l in lines)
+  assert any(l.startswith("resnet50") and "25,557,032" in l and "4.09G" in l for l in lines)
+  assert any(l.startswith("resnet20") and "269,722" in l and "40.6M" in l for l in lines)

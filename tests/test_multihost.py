@@ -13,8 +13,11 @@ import numpy as np
 from conftest import REPO, command_env, train_command
 from test_train import final_params, losses
 
-STEPS = ("--config.num_train_steps=4", "--config.global_batch_size=32",
-         "--config.checkpoint_every_steps=2")
+STEPS = (
+  "--config.num_train_steps=4",
+  "--config.global_batch_size=32",
+  "--config.checkpoint_every_steps=2",
+)
 
 
 def free_port():
@@ -26,15 +29,36 @@ def free_port():
 def test_two_processes_match_one_process_with_the_same_devices(tmp_path):
   single, multi = str(tmp_path / "one_process"), str(tmp_path / "two_processes")
   port = free_port()
-  procs = [subprocess.Popen(train_command(single, *STEPS), env=command_env(4), cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)]
+  procs = [
+    subprocess.Popen(
+      train_command(single, *STEPS),
+      env=command_env(4),
+      cwd=REPO,
+      stdout=subprocess.DEVNULL,
+      stderr=subprocess.PIPE,
+      text=True,
+      start_new_session=True,
+    )
+  ]
   for pid in range(2):
-    env = command_env(2, RESNET_JAX_COORDINATOR=f"127.0.0.1:{port}", RESNET_JAX_NUM_PROCESSES=2,
-                      RESNET_JAX_PROCESS_ID=pid, RESNET_JAX_INIT_TIMEOUT=60)
-    procs.append(subprocess.Popen(train_command(multi, *STEPS), env=env, cwd=REPO,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                  start_new_session=True))
+    env = command_env(
+      2,
+      RESNET_JAX_COORDINATOR=f"127.0.0.1:{port}",
+      RESNET_JAX_NUM_PROCESSES=2,
+      RESNET_JAX_PROCESS_ID=pid,
+      RESNET_JAX_INIT_TIMEOUT=60,
+    )
+    procs.append(
+      subprocess.Popen(
+        train_command(multi, *STEPS),
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+      )
+    )
   try:
     for p in procs:
       assert p.wait(timeout=480) == 0, p.stderr.read()[-3000:]
@@ -46,8 +70,9 @@ def test_two_processes_match_one_process_with_the_same_devices(tmp_path):
   # Only process 0 writes the record; its losses are those of the single process.
   one, two = losses(single), losses(multi)
   assert sorted(one) == sorted(two) == [1, 2, 3, 4]
-  np.testing.assert_allclose([two[s] for s in sorted(two)], [one[s] for s in sorted(one)],
-                             atol=1e-5)
+  np.testing.assert_allclose(
+    [two[s] for s in sorted(two)], [one[s] for s in sorted(one)], atol=1e-5
+  )
   # Exact evaluation across hosts: all 1,000 test digits, each once.
   for workdir in (single, multi):
     assert json.load(open(os.path.join(workdir, "DONE")))["eval_count"] == 1000

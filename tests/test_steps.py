@@ -21,23 +21,33 @@ def setup(dtype=jnp.float32, loss_scale=False, lr=0.1, wd=1e-2):
   model = get_model("resnet20", num_classes=10, dtype=dtype, **TINY)
   c = config_lib.base_config()
   c.update(learning_rate=lr, weight_decay=wd, schedule="constant")
-  params = jax.eval_shape(lambda r: model.init(r, jnp.zeros((1, *IMAGE)), train=False),
-                          jax.random.key(0))["params"]
+  params = jax.eval_shape(
+    lambda r: model.init(r, jnp.zeros((1, *IMAGE)), train=False), jax.random.key(0)
+  )["params"]
   tx = optim.create_optimizer(c, params)
-  state = state_lib.create_train_state(model, tx, jax.random.key(0), IMAGE,
-                                       use_loss_scale=loss_scale)
+  state = state_lib.create_train_state(
+    model, tx, jax.random.key(0), IMAGE, use_loss_scale=loss_scale
+  )
   rng = np.random.default_rng(0)
-  batch = {"image": rng.normal(size=(4, *IMAGE)).astype(np.float32),
-           "label": np.array([1, 3, 3, 7], np.int32)}
-  step = jax.pmap(functools.partial(steps.train_step, model=model, tx=tx,
-                                    schedule=optim.create_schedule(c), num_classes=10),
-                  axis_name=steps.AXIS)
+  batch = {
+    "image": rng.normal(size=(4, *IMAGE)).astype(np.float32),
+    "label": np.array([1, 3, 3, 7], np.int32),
+  }
+  step = jax.pmap(
+    functools.partial(
+      steps.train_step, model=model, tx=tx, schedule=optim.create_schedule(c), num_classes=10
+    ),
+    axis_name=steps.AXIS,
+  )
   return model, state, batch, step
 
 
 def run_step(state, batch, step):
-  new, metrics = step(jax_utils.replicate(state), jax.tree_util.tree_map(lambda x: x[None], batch),
-                      jax.random.split(jax.random.key(1), 1))
+  new, metrics = step(
+    jax_utils.replicate(state),
+    jax.tree_util.tree_map(lambda x: x[None], batch),
+    jax.random.split(jax.random.key(1), 1),
+  )
   return jax_utils.unreplicate(new), jax_utils.unreplicate(metrics)
 
 
@@ -46,8 +56,12 @@ def test_one_step_is_sgd_with_l2_on_the_gradient_of_the_cross_entropy():
   new, metrics = run_step(state, batch, step)
 
   def loss(params):
-    logits, updates = model.apply({"params": params, "batch_stats": state.batch_stats},
-                                  batch["image"], train=True, mutable=["batch_stats"])
+    logits, updates = model.apply(
+      {"params": params, "batch_stats": state.batch_stats},
+      batch["image"],
+      train=True,
+      mutable=["batch_stats"],
+    )
     labels = jax.nn.one_hot(batch["label"], 10)
     return -jnp.mean(jnp.sum(labels * jax.nn.log_softmax(logits), -1)), updates["batch_stats"]
 
@@ -56,8 +70,9 @@ def test_one_step_is_sgd_with_l2_on_the_gradient_of_the_cross_entropy():
   expected = jax.tree_util.tree_map(lambda w, g: w - 0.1 * (g + 1e-2 * w), state.params, grads)
   for got, want in zip(jax.tree_util.tree_leaves(new.params), jax.tree_util.tree_leaves(expected)):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
-  for got, want in zip(jax.tree_util.tree_leaves(new.batch_stats),
-                       jax.tree_util.tree_leaves(batch_stats)):
+  for got, want in zip(
+    jax.tree_util.tree_leaves(new.batch_stats), jax.tree_util.tree_leaves(batch_stats)
+  ):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
   assert float(metrics["train_loss"]) == pytest.approx(float(value), rel=1e-6)
   assert float(metrics["learning_rate"]) == pytest.approx(0.1)
@@ -73,14 +88,18 @@ def test_bf16_compute_keeps_float32_parameters():
 
 def test_fp16_overflowing_step_is_skipped_and_the_loss_scale_shrinks():
   _, state, batch, step = setup(dtype=jnp.float16, loss_scale=True)
-  state = state.replace(loss_scale=DynamicScale(scale=jnp.float32(2.0 ** 100)))  # overflows fp16
+  state = state.replace(loss_scale=DynamicScale(scale=jnp.float32(2.0**100)))  # overflows fp16
   new, _ = run_step(state, batch, step)
-  for got, old in zip(jax.tree_util.tree_leaves(new.params), jax.tree_util.tree_leaves(state.params)):
+  for got, old in zip(
+    jax.tree_util.tree_leaves(new.params), jax.tree_util.tree_leaves(state.params)
+  ):
     np.testing.assert_array_equal(got, old)
-  assert float(new.loss_scale.scale) == pytest.approx(2.0 ** 99)
+  assert float(new.loss_scale.scale) == pytest.approx(2.0**99)
   fine, _ = run_step(new.replace(loss_scale=DynamicScale(scale=jnp.float32(128.0))), batch, step)
-  assert any(not np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(fine.params),
-                                                      jax.tree_util.tree_leaves(state.params)))
+  assert any(
+    not np.array_equal(a, b)
+    for a, b in zip(jax.tree_util.tree_leaves(fine.params), jax.tree_util.tree_leaves(state.params))
+  )
 
 
 def test_eval_averages_softmax_over_views_and_ignores_padding():
@@ -88,13 +107,19 @@ def test_eval_averages_softmax_over_views_and_ignores_padding():
   p_eval = jax.pmap(functools.partial(steps.eval_step, model=model), axis_name=steps.AXIS)
   views = np.stack([batch["image"], batch["image"][:, ::-1]], axis=1)  # 2 views per image
   mask = np.array([True, True, True, False])
-  sums = jax_utils.unreplicate(p_eval(jax_utils.replicate(state), {
-      "image": views[None], "label": batch["label"][None], "mask": mask[None]}))
+  sums = jax_utils.unreplicate(
+    p_eval(
+      jax_utils.replicate(state),
+      {"image": views[None], "label": batch["label"][None], "mask": mask[None]},
+    )
+  )
   variables = {"params": state.params, "batch_stats": state.batch_stats}
-  probs = np.mean([jax.nn.softmax(model.apply(variables, views[:, v], train=False))
-                   for v in range(2)], axis=0)[:3]
+  probs = np.mean(
+    [jax.nn.softmax(model.apply(variables, views[:, v], train=False)) for v in range(2)], axis=0
+  )[:3]
   labels = batch["label"][:3]
   assert float(sums["count"]) == 3
   assert float(sums["top1_correct"]) == np.sum(probs.argmax(-1) == labels)
-  np.testing.assert_allclose(float(sums["loss_sum"]),
-                             -np.sum(np.log(probs[np.arange(3), labels])), rtol=1e-5)
+  np.testing.assert_allclose(
+    float(sums["loss_sum"]), -np.sum(np.log(probs[np.arange(3), labels])), rtol=1e-5
+  )

@@ -88,14 +88,23 @@ def _summary(root):
 
 # --- grids and names ---------------------------------------------------------------------------------
 
+
 def test_product_and_zip_expand_in_order():
   assert product(model=["a", "b"], seed=[0, 1]) == [
-      {"model": "a", "seed": 0}, {"model": "a", "seed": 1},
-      {"model": "b", "seed": 0}, {"model": "b", "seed": 1}]
-  assert zipped(model=["a", "b"], lr=[0.1, 0.2]) == [{"model": "a", "lr": 0.1},
-                                                     {"model": "b", "lr": 0.2}]
-  grid = product(zipped(model=["plain20", "resnet20"], lr=[0.1, 0.2]),
-                 {"model_overrides.shortcut": ["A", "B"]}, seed=[0])
+    {"model": "a", "seed": 0},
+    {"model": "a", "seed": 1},
+    {"model": "b", "seed": 0},
+    {"model": "b", "seed": 1},
+  ]
+  assert zipped(model=["a", "b"], lr=[0.1, 0.2]) == [
+    {"model": "a", "lr": 0.1},
+    {"model": "b", "lr": 0.2},
+  ]
+  grid = product(
+    zipped(model=["plain20", "resnet20"], lr=[0.1, 0.2]),
+    {"model_overrides.shortcut": ["A", "B"]},
+    seed=[0],
+  )
   assert len(grid) == 4
   assert grid[1] == {"model": "plain20", "lr": 0.1, "model_overrides.shortcut": "B", "seed": 0}
   assert product(model=["x"]) + zipped(model=["y"]) == [{"model": "x"}, {"model": "y"}]
@@ -122,7 +131,14 @@ def test_member_names_are_stable_and_safe():
 
 def test_format_value_round_trips_through_the_flag_parser():
   assert [sweep.format_value(v) for v in (True, False, 0.1, 3, "x", (32000, 48000), [1])] == [
-      "true", "false", "0.1", "3", "x", "(32000, 48000)", "(1,)"]
+    "true",
+    "false",
+    "0.1",
+    "3",
+    "x",
+    "(32000, 48000)",
+    "(1,)",
+  ]
 
 
 def test_load_sweep(fake):
@@ -138,8 +154,12 @@ def test_load_sweep(fake):
   assert members[0].config == "configs/tiny.py" and members[2].config == "configs/other.py"
   assert members[0].overrides == {"num_train_steps": 3, "model": "b", "seed": 1}
   assert members[0].train_args("R/x") == [
-      "--config=configs/tiny.py", "--workdir=R/x", "--config.num_train_steps=3",
-      "--config.model=b", "--config.seed=1"]
+    "--config=configs/tiny.py",
+    "--workdir=R/x",
+    "--config.num_train_steps=3",
+    "--config.model=b",
+    "--config.seed=1",
+  ]
   dup = write_sweep("def get_sweep():\n  return [{'seed': 0}, {'seed': 0}]\n", "dup.py")
   with pytest.raises(ValueError, match="share the workdir name"):
     sweep.load_sweep(dup)
@@ -149,10 +169,13 @@ def test_load_sweep(fake):
 
 
 def test_example_sweep_files_load():
-  names = {f.name: [m.name for m in sweep.load_sweep(f)]
-           for f in sorted((REPO / "launch" / "sweeps").glob("*.py"))}
-  assert names["degradation.py"] == [f"config=cifar10_{f}{d},seed=0" for f in ("plain", "resnet")
-                                     for d in (20, 32, 44, 56)]
+  names = {
+    f.name: [m.name for m in sweep.load_sweep(f)]
+    for f in sorted((REPO / "launch" / "sweeps").glob("*.py"))
+  }
+  assert names["degradation.py"] == [
+    f"config=cifar10_{f}{d},seed=0" for f in ("plain", "resnet") for d in (20, 32, 44, 56)
+  ]
   for f in sorted((REPO / "launch" / "sweeps").glob("*.py")):  # every config file exists
     for m in sweep.load_sweep(f):
       assert (REPO / m.config).is_file(), (f.name, m.config)
@@ -160,6 +183,7 @@ def test_example_sweep_files_load():
 
 
 # --- local runs ----------------------------------------------------------------------------------------
+
 
 def test_local_sweep_of_two_members_writes_summary(fake, tmp_path):
   python, write_sweep, invocations = fake
@@ -169,8 +193,12 @@ def test_local_sweep_of_two_members_writes_summary(fake, tmp_path):
         return product(model=["resnet20"], seed=[0, 1])
   """)
   root = tmp_path / "runs"
-  assert sweep.run_sweep(path, root, python=python, extra_args=["--config.num_train_steps=3"],
-                         parallel=2) == 0
+  assert (
+    sweep.run_sweep(
+      path, root, python=python, extra_args=["--config.num_train_steps=3"], parallel=2
+    )
+    == 0
+  )
   assert invocations(root) == {"model=resnet20,seed=0": 1, "model=resnet20,seed=1": 1}
   rows = _summary(root)
   assert list(rows) == ["model=resnet20,seed=0", "model=resnet20,seed=1"]
@@ -185,12 +213,17 @@ def test_local_sweep_of_two_members_writes_summary(fake, tmp_path):
   # the trainer got exactly the member's arguments, overrides before extra args
   argv = json.loads((root / "invocations.log").read_text().splitlines()[0])["argv"]
   assert argv[2] == "--config=configs/tiny.py"
-  assert argv[3] in (f"--workdir={root}/model=resnet20,seed=0", f"--workdir={root}/model=resnet20,seed=1")
+  assert argv[3] in (
+    f"--workdir={root}/model=resnet20,seed=0",
+    f"--workdir={root}/model=resnet20,seed=1",
+  )
   assert argv[-1] == "--config.num_train_steps=3"
   assert (root / "model=resnet20,seed=0" / "sweep.log").exists()
 
 
-def test_failed_member_is_reported_others_go_on_rerun_completes_it(fake, tmp_path, monkeypatch, capsys):
+def test_failed_member_is_reported_others_go_on_rerun_completes_it(
+  fake, tmp_path, monkeypatch, capsys
+):
   python, write_sweep, invocations = fake
   path = write_sweep("""
       CONFIG = "configs/tiny.py"
@@ -204,7 +237,10 @@ def test_failed_member_is_reported_others_go_on_rerun_completes_it(fake, tmp_pat
   assert "failed (exit 1): seed=1" in out and "crashing on request" in out
   rows = _summary(root)
   assert [rows[n]["status"] for n in ("seed=0", "seed=1", "seed=2")] == [
-      "ok", "failed (exit 1)", "ok"]
+    "ok",
+    "failed (exit 1)",
+    "ok",
+  ]
   assert rows["seed=1"]["final_step"] == "2" and rows["seed=1"]["test_top1_error"] == ""
 
   monkeypatch.delenv("FAKE_FAIL")
@@ -223,12 +259,22 @@ def test_killed_sweep_rerun_completes_only_what_was_missing(fake, tmp_path):
         return product(model=["a", "b", "c"])
   """)
   root = tmp_path / "runs"
-  code = (f"import sys; from resnet_jax.sweep import run_sweep; "
-          f"sys.exit(run_sweep({str(path)!r}, {str(root)!r}, python={python!r}))")
-  env = dict(os.environ, FAKE_BLOCK="model=b",
-             PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-  proc = subprocess.Popen([sys.executable, "-c", code], env=env, start_new_session=True,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  code = (
+    f"import sys; from resnet_jax.sweep import run_sweep; "
+    f"sys.exit(run_sweep({str(path)!r}, {str(root)!r}, python={python!r}))"
+  )
+  env = dict(
+    os.environ,
+    FAKE_BLOCK="model=b",
+    PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+  )
+  proc = subprocess.Popen(
+    [sys.executable, "-c", code],
+    env=env,
+    start_new_session=True,
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.DEVNULL,
+  )
   try:
     deadline = time.monotonic() + 60
     while not (root / "blocked").exists():
@@ -255,7 +301,7 @@ def test_missing_config_fails_before_running(fake, tmp_path):
 
 # --- emitted launch commands ---------------------------------------------------------------------------
 
-NASTY = "it's a \"test\" $(touch /tmp/pwned) `id`; *"
+NASTY = 'it\'s a "test" $(touch /tmp/pwned) `id`; *'
 
 
 @pytest.mark.parametrize("emit", ["tpu", "slurm", "local"])
@@ -267,15 +313,24 @@ def test_emit_prints_one_quoted_command_per_member(fake, emit, capsys):
         return product(model=["resnet20"], note=[{NASTY!r}, "plain"])
   """)
   launcher = ["--zone=us central"] if emit != "local" else []
-  assert sweep.run_sweep(path, "gs://bucket/sw eep", emit=emit, launcher_args=launcher,
-                         extra_args=["--config.x=$(y)"], python="python3") == 0
+  assert (
+    sweep.run_sweep(
+      path,
+      "gs://bucket/sw eep",
+      emit=emit,
+      launcher_args=launcher,
+      extra_args=["--config.x=$(y)"],
+      python="python3",
+    )
+    == 0
+  )
   lines = capsys.readouterr().out.splitlines()
   assert len(lines) == 2
   members = sweep.load_sweep(path)
   for line, m in zip(lines, members):
     expected_tail = m.train_args(f"gs://bucket/sw eep/{m.name}") + ["--config.x=$(y)"]
     argv = shlex.split(line)
-    assert argv[-len(expected_tail):] == expected_tail
+    assert argv[-len(expected_tail) :] == expected_tail
     if emit == "tpu":
       assert argv[0].endswith("launch/tpu_vm.sh") and argv[1] == "--zone=us central"
     elif emit == "slurm":
@@ -291,8 +346,25 @@ def test_emit_prints_one_quoted_command_per_member(fake, emit, capsys):
 def test_cli(fake, capsys):
   _, write_sweep, _ = fake
   path = write_sweep("def get_sweep():\n  return product(seed=[3])\n")
-  assert sweep.cli([str(path), "--workdir=gs://b/r", "--emit=local", "--python=py", "--",
-                    "--config.num_train_steps=5"]) == 0
+  assert (
+    sweep.cli(
+      [
+        str(path),
+        "--workdir=gs://b/r",
+        "--emit=local",
+        "--python=py",
+        "--",
+        "--config.num_train_steps=5",
+      ]
+    )
+    == 0
+  )
   assert shlex.split(capsys.readouterr().out) == [
-      "py", "-m", "resnet_jax.main", "--config=configs/digits.py", "--workdir=gs://b/r/seed=3",
-      "--config.seed=3", "--config.num_train_steps=5"]
+    "py",
+    "-m",
+    "resnet_jax.main",
+    "--config=configs/digits.py",
+    "--workdir=gs://b/r/seed=3",
+    "--config.seed=3",
+    "--config.num_train_steps=5",
+  ]

@@ -28,6 +28,7 @@ def final_params(workdir, step=None):
   step = ckpt.latest_step() if step is None else step
   meta = ckpt.read_meta(step)
   import orbax.checkpoint as ocp
+
   state = ckpt._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
   ckpt.close()
   return step, state["state"], meta
@@ -35,6 +36,7 @@ def final_params(workdir, step=None):
 
 def tree_equal(a, b):
   import jax
+
   la, lb = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
   return len(la) == len(lb) and all(np.array_equal(x, y) for x, y in zip(la, lb))
 
@@ -57,8 +59,10 @@ def wait_for_checkpoint(workdir, proc, timeout=240):
     if proc.poll() is not None:
       raise AssertionError(f"run ended early: {proc.stderr.read()[-2000:]}")
     if os.path.isdir(directory) and any(
-        os.path.exists(os.path.join(directory, d, "_CHECKPOINT_METADATA"))
-        for d in os.listdir(directory) if d.isdigit()):
+      os.path.exists(os.path.join(directory, d, "_CHECKPOINT_METADATA"))
+      for d in os.listdir(directory)
+      if d.isdigit()
+    ):
       return
     time.sleep(0.05)
   raise AssertionError("no checkpoint appeared in time")
@@ -66,16 +70,28 @@ def wait_for_checkpoint(workdir, proc, timeout=240):
 
 def start_long_run(workdir):
   """A 1,000-step run in the background, to be interrupted once it has a checkpoint."""
-  return subprocess.Popen(train_command(workdir, "--config.num_train_steps=1000"), env=command_env(),
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO)
+  return subprocess.Popen(
+    train_command(workdir, "--config.num_train_steps=1000"),
+    env=command_env(),
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.PIPE,
+    text=True,
+    cwd=REPO,
+  )
 
 
 @pytest.fixture(scope="module")
 def straight_run(tmp_path_factory):
   """Twelve uninterrupted steps, the reference for the resume tests."""
   workdir = str(tmp_path_factory.mktemp("straight"))
-  proc = subprocess.run(train_command(workdir, "--config.num_train_steps=12"), env=command_env(),
-                        capture_output=True, text=True, timeout=300, cwd=REPO)
+  proc = subprocess.run(
+    train_command(workdir, "--config.num_train_steps=12"),
+    env=command_env(),
+    capture_output=True,
+    text=True,
+    timeout=300,
+    cwd=REPO,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   return workdir
 
@@ -102,8 +118,14 @@ def test_resume_after_sigkill_is_bit_identical(straight_run, tmp_path):
     proc.kill()
   killed_at, _, _ = final_params(workdir)
   assert 3 <= killed_at < 12, killed_at
-  resumed = subprocess.run(train_command(workdir, "--config.num_train_steps=12"), env=command_env(),
-                           capture_output=True, text=True, timeout=300, cwd=REPO)
+  resumed = subprocess.run(
+    train_command(workdir, "--config.num_train_steps=12"),
+    env=command_env(),
+    capture_output=True,
+    text=True,
+    timeout=300,
+    cwd=REPO,
+  )
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert "resumed" in resumed.stderr
   step_a, state_a, _ = final_params(straight_run)
@@ -132,8 +154,14 @@ def test_sigterm_saves_exits_zero_and_resumes(straight_run, tmp_path):
   assert 3 <= saved_at < 1000
   assert not os.path.exists(os.path.join(workdir, "DONE"))
   finish = max(saved_at + 2, 12)
-  resumed = subprocess.run(train_command(workdir, f"--config.num_train_steps={finish}"),
-                           env=command_env(), capture_output=True, text=True, timeout=300, cwd=REPO)
+  resumed = subprocess.run(
+    train_command(workdir, f"--config.num_train_steps={finish}"),
+    env=command_env(),
+    capture_output=True,
+    text=True,
+    timeout=300,
+    cwd=REPO,
+  )
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert json.load(open(os.path.join(workdir, "DONE")))["step"] == finish
   if finish == 12:
@@ -146,10 +174,16 @@ def test_same_global_batch_on_1_2_4_devices_gives_the_same_losses(tmp_path):
   for devices in (1, 2, 4):
     workdir = str(tmp_path / f"d{devices}")
     dirs.append(workdir)
-    procs.append(subprocess.Popen(
+    procs.append(
+      subprocess.Popen(
         train_command(workdir, "--config.num_train_steps=4", "--config.checkpoint_every_steps=100"),
-        env=command_env(devices), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        cwd=REPO))
+        env=command_env(devices),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+      )
+    )
   try:
     for p in procs:
       assert p.wait(timeout=400) == 0, p.stderr.read()[-3000:]
@@ -161,13 +195,15 @@ def test_same_global_batch_on_1_2_4_devices_gives_the_same_losses(tmp_path):
   for workdir in dirs[1:]:
     got = losses(workdir)
     assert got.keys() == reference.keys()
-    np.testing.assert_allclose([got[s] for s in sorted(got)],
-                               [reference[s] for s in sorted(reference)], atol=1e-5)
+    np.testing.assert_allclose(
+      [got[s] for s in sorted(got)], [reference[s] for s in sorted(reference)], atol=1e-5
+    )
     assert json.load(open(os.path.join(workdir, "DONE")))["eval_count"] == 1000
 
 
 def test_corrupt_checkpoint_is_named_and_nothing_is_touched(straight_run, tmp_path, run_main):
   import shutil
+
   workdir = str(tmp_path / "corrupt")
   shutil.copytree(straight_run, workdir)
   state_dir = os.path.join(workdir, "checkpoints", "12", "state")
@@ -185,8 +221,10 @@ def test_corrupt_checkpoint_is_named_and_nothing_is_touched(straight_run, tmp_pa
 
 
 def test_checkpoint_of_another_architecture_is_refused_and_nothing_is_touched(
-    straight_run, tmp_path, run_main):
+  straight_run, tmp_path, run_main
+):
   import shutil
+
   workdir = str(tmp_path / "mismatch")
   shutil.copytree(straight_run, workdir)
   before = snapshot(workdir)
@@ -206,21 +244,31 @@ def test_diverging_run_stops_with_the_step_and_writes_no_checkpoint(tmp_path, ru
   assert "step" in last and "stopped without saving" in last, last
   ckpts = os.path.join(workdir, "checkpoints")
   import jax
+
   for step in [int(d) for d in os.listdir(ckpts) if d.isdigit()] if os.path.isdir(ckpts) else []:
     params = final_params(workdir, step)[1]["params"]
     assert all(np.isfinite(x).all() for x in jax.tree_util.tree_leaves(params)), step
 
 
-@pytest.mark.parametrize("override, words", [
+@pytest.mark.parametrize(
+  "override, words",
+  [
     ("--config.optimizer=adamax", "config.optimizer='adamax': unknown optimizer"),
     ("--config.learnin_rate=0.1", "learning_rate"),
     ("--config.model=resnet21", "close matches"),
     ("--config.global_batch_size=6", "not divisible by the 4 devices"),
-])
+  ],
+)
 def test_bad_input_is_one_line_before_anything_compiles(tmp_path, override, words):
   workdir = str(tmp_path / "bad")
-  proc = subprocess.run(train_command(workdir, override), env=command_env(4), capture_output=True,
-                        text=True, timeout=120, cwd=REPO)
+  proc = subprocess.run(
+    train_command(workdir, override),
+    env=command_env(4),
+    capture_output=True,
+    text=True,
+    timeout=120,
+    cwd=REPO,
+  )
   assert proc.returncode == 2
   last = proc.stderr.strip().splitlines()[-1]
   assert last.startswith("error: ") and words in last, last
@@ -238,15 +286,19 @@ def test_eval_mode_reads_the_checkpoint_with_each_test_time_method(straight_run,
   assert results["center"]["eval_top1_error"] == pytest.approx(done["eval_top1_error"], abs=1e-6)
 
 
-@pytest.mark.parametrize("dataset, image_size, scales", [
-    ("digits", 0, (28, 32, 40)),           # stored at 28 px: at most 1.5x, not ImageNet's 224-640
+@pytest.mark.parametrize(
+  "dataset, image_size, scales",
+  [
+    ("digits", 0, (28, 32, 40)),  # stored at 28 px: at most 1.5x, not ImageNet's 224-640
     ("cifar10", 0, (32, 40, 48)),
     ("imagenet2012", 0, (224, 256, 384, 480, 640)),  # the paper's (§3.4)
     ("imagenet2012", 112, (112, 128, 192, 240, 320)),
-])
+  ],
+)
 def test_full_conv_eval_picks_scales_relative_to_the_image_size(dataset, image_size, scales):
   from resnet_jax.train import loop
   from resnet_jax.train.config import base_config
+
   config = base_config()
   config.dataset, config.image_size = dataset, image_size
   assert loop.full_conv_scales(config) == scales

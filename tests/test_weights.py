@@ -25,16 +25,16 @@ torch.set_num_threads(1)
 
 # name -> (block, stage_sizes, groups, width_per_group), as torchvision builds them.
 TORCHVISION = {
-    "resnet18": ("basic", (2, 2, 2, 2), 1, 64),
-    "resnet34": ("basic", (3, 4, 6, 3), 1, 64),
-    "resnet50": ("bottleneck", (3, 4, 6, 3), 1, 64),
-    "resnet101": ("bottleneck", (3, 4, 23, 3), 1, 64),
-    "resnet152": ("bottleneck", (3, 8, 36, 3), 1, 64),
-    "resnext50_32x4d": ("bottleneck", (3, 4, 6, 3), 32, 4),
-    "resnext101_32x8d": ("bottleneck", (3, 4, 23, 3), 32, 8),
-    "resnext101_64x4d": ("bottleneck", (3, 4, 23, 3), 64, 4),
-    "wide_resnet50_2": ("bottleneck", (3, 4, 6, 3), 1, 128),
-    "wide_resnet101_2": ("bottleneck", (3, 4, 23, 3), 1, 128),
+  "resnet18": ("basic", (2, 2, 2, 2), 1, 64),
+  "resnet34": ("basic", (3, 4, 6, 3), 1, 64),
+  "resnet50": ("bottleneck", (3, 4, 6, 3), 1, 64),
+  "resnet101": ("bottleneck", (3, 4, 23, 3), 1, 64),
+  "resnet152": ("bottleneck", (3, 8, 36, 3), 1, 64),
+  "resnext50_32x4d": ("bottleneck", (3, 4, 6, 3), 32, 4),
+  "resnext101_32x8d": ("bottleneck", (3, 4, 23, 3), 32, 8),
+  "resnext101_64x4d": ("bottleneck", (3, 4, 23, 3), 64, 4),
+  "wide_resnet50_2": ("bottleneck", (3, 4, 6, 3), 1, 128),
+  "wide_resnet101_2": ("bottleneck", (3, 4, 23, 3), 1, 128),
 }
 # Numeric parity at reduced depth for the deep nets (same stage_sizes on both sides); resnet101
 # keeps 11 stage-3 blocks so two-digit block indices (layer3.10) are checked numerically too.
@@ -78,7 +78,7 @@ class Bottleneck(nn.Module):
     width = int(planes * (base_width / 64.0)) * groups
     self.conv1 = conv1x1(inplanes, width)
     self.bn1 = nn.BatchNorm2d(width)
-    self.conv2 = conv3x3(width, width, stride, groups)   # v1.5: stride on the 3x3
+    self.conv2 = conv3x3(width, width, stride, groups)  # v1.5: stride on the 3x3
     self.bn2 = nn.BatchNorm2d(width)
     self.conv3 = conv1x1(width, planes * self.expansion)
     self.bn3 = nn.BatchNorm2d(planes * self.expansion)
@@ -94,7 +94,6 @@ class Bottleneck(nn.Module):
 
 
 class TorchResNet(nn.Module):
-
   def __init__(self, block, layers, num_classes=1000, groups=1, width_per_group=64):
     super().__init__()
     block = {"basic": BasicBlock, "bottleneck": Bottleneck}[block]
@@ -113,12 +112,16 @@ class TorchResNet(nn.Module):
   def _make_layer(self, block, planes, blocks, stride=1):
     downsample = None
     if stride != 1 or self.inplanes != planes * block.expansion:
-      downsample = nn.Sequential(conv1x1(self.inplanes, planes * block.expansion, stride),
-                                 nn.BatchNorm2d(planes * block.expansion))
+      downsample = nn.Sequential(
+        conv1x1(self.inplanes, planes * block.expansion, stride),
+        nn.BatchNorm2d(planes * block.expansion),
+      )
     layers = [block(self.inplanes, planes, stride, downsample, self.groups, self.base_width)]
     self.inplanes = planes * block.expansion
-    layers += [block(self.inplanes, planes, groups=self.groups, base_width=self.base_width)
-               for _ in range(1, blocks)]
+    layers += [
+      block(self.inplanes, planes, groups=self.groups, base_width=self.base_width)
+      for _ in range(1, blocks)
+    ]
     return nn.Sequential(*layers)
 
   def forward(self, x):
@@ -137,10 +140,10 @@ def torch_model(name, stage_sizes=None, num_classes=1000, seed=0, device=None):
   gen = torch.Generator().manual_seed(seed + 1)
   with torch.no_grad():
     for m in net.modules():
-      if isinstance(m, nn.Conv2d):   # variance-preserving, so logits stay O(1) through depth
+      if isinstance(m, nn.Conv2d):  # variance-preserving, so logits stay O(1) through depth
         fan_in = m.weight[0].numel()
         m.weight.copy_(torch.randn(m.weight.shape, generator=gen) * (1.0 / fan_in) ** 0.5)
-      elif isinstance(m, nn.BatchNorm2d):   # non-trivial affine and running statistics
+      elif isinstance(m, nn.BatchNorm2d):  # non-trivial affine and running statistics
         c = m.num_features
         m.weight.copy_(0.5 + torch.rand(c, generator=gen))
         m.bias.copy_(0.2 * torch.randn(c, generator=gen))
@@ -159,7 +162,8 @@ def parity(name, stage_sizes=None):
   params, batch_stats = weights.from_torchvision(net.state_dict(), name, **overrides)
   model = models.get_model(name, **overrides)
   got = jax.jit(lambda v, im: model.apply(v, im, train=False))(
-      {"params": params, "batch_stats": batch_stats}, jnp.asarray(x.transpose(0, 2, 3, 1)))
+    {"params": params, "batch_stats": batch_stats}, jnp.asarray(x.transpose(0, 2, 3, 1))
+  )
   return float(np.max(np.abs(np.asarray(got) - want))), float(np.max(np.abs(want)))
 
 
@@ -167,9 +171,11 @@ def parity(name, stage_sizes=None):
 def test_eval_logits_match_torchvision(name):
   stage_sizes = None if name in FULL_DEPTH_PARITY else SHALLOW.get(name, (1, 1, 2, 1))
   diff, scale = parity(name, stage_sizes)
-  print(f"{name} stage_sizes={stage_sizes or TORCHVISION[name][1]}: max|diff| {diff:.2e} "
-        f"(max|logit| {scale:.2f})")
-  assert scale > 0.1   # the logits are not trivially small
+  print(
+    f"{name} stage_sizes={stage_sizes or TORCHVISION[name][1]}: max|diff| {diff:.2e} "
+    f"(max|logit| {scale:.2f})"
+  )
+  assert scale > 0.1  # the logits are not trivially small
   assert diff <= 1e-4
 
 
@@ -207,7 +213,7 @@ def test_tampered_state_dicts_give_one_clear_error(tmp_path):
   assert "layer1.0.conv1.weight (3, 3, 64, 64) != expected (64, 64, 3, 3) (transposed?)" in msg
 
   both = dict(missing, extra_head=sd["fc.bias"], **{"layer3.0.conv2.weight": sd["fc.weight"]})
-  msg = _tamper_error(both)   # all three kinds in one message
+  msg = _tamper_error(both)  # all three kinds in one message
   assert "missing" in msg and "1 unexpected: extra_head" in msg and "wrong shape" in msg
 
   # Wrong model for the weights: a resnet18 state dict is not a resnet34.
@@ -240,11 +246,16 @@ def test_convert_writes_a_weights_checkpoint_and_refuses_to_overwrite(converted)
   assert "11,689,512 parameters" in line and "--config.init_from=" in line
   params, batch_stats, meta = weights.load_variables(str(workdir))
   assert {k: meta[k] for k in ("model", "source", "kind")} == {
-      "model": "resnet18", "source": "torchvision", "kind": "weights"}
+    "model": "resnet18",
+    "source": "torchvision",
+    "kind": "weights",
+  }
   sd = net.state_dict()
   np.testing.assert_array_equal(params["head"]["kernel"], sd["fc.weight"].numpy().T)
-  np.testing.assert_array_equal(batch_stats["stage2_block0"]["shortcut_bn"]["var"],
-                                sd["layer2.0.downsample.1.running_var"].numpy())
+  np.testing.assert_array_equal(
+    batch_stats["stage2_block0"]["shortcut_bn"]["var"],
+    sd["layer2.0.downsample.1.running_var"].numpy(),
+  )
   before = sorted(os.listdir(workdir / "checkpoints"))
   with pytest.raises(FileExistsError, match="already has checkpoints"):
     weights.convert_command("torchvision", "resnet18", str(pth), str(workdir))
@@ -254,36 +265,44 @@ def test_convert_writes_a_weights_checkpoint_and_refuses_to_overwrite(converted)
 def test_merge_keeps_a_fresh_head_and_lists_other_mismatches():
   src_params, src_stats = weights.from_torchvision(torch_model("resnet18").state_dict(), "resnet18")
   model = models.get_model("resnet18", num_classes=10)
-  fresh = jax.eval_shape(lambda r: model.init(r, jnp.zeros((1, 28, 28, 1)), train=False),
-                         jax.random.key(0))
+  fresh = jax.eval_shape(
+    lambda r: model.init(r, jnp.zeros((1, 28, 28, 1)), train=False), jax.random.key(0)
+  )
   fresh = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), fresh)
-  params, stats, notes = weights.merge_into(fresh["params"], fresh["batch_stats"], src_params,
-                                            src_stats)
-  assert not np.any(params["head"]["kernel"])                     # fresh head kept
-  np.testing.assert_allclose(params["stem_conv"]["kernel"][:, :, 0],
-                             src_params["stem_conv"]["kernel"].sum(axis=2), rtol=1e-6)
+  params, stats, notes = weights.merge_into(
+    fresh["params"], fresh["batch_stats"], src_params, src_stats
+  )
+  assert not np.any(params["head"]["kernel"])  # fresh head kept
+  np.testing.assert_allclose(
+    params["stem_conv"]["kernel"][:, :, 0], src_params["stem_conv"]["kernel"].sum(axis=2), rtol=1e-6
+  )
   assert any("head re-initialised" in n for n in notes)
   assert any("summed over its 3 input channels" in n for n in notes)
   other = models.get_model("resnet34", num_classes=10)
-  fresh34 = jax.eval_shape(lambda r: other.init(r, jnp.zeros((1, 28, 28, 3)), train=False),
-                           jax.random.key(0))
-  with pytest.raises(weights.WeightImportError, match=r"80 missing: batch_stats/stage1_block2/bn1/mean"):
+  fresh34 = jax.eval_shape(
+    lambda r: other.init(r, jnp.zeros((1, 28, 28, 3)), train=False), jax.random.key(0)
+  )
+  with pytest.raises(
+    weights.WeightImportError, match=r"80 missing: batch_stats/stage1_block2/bn1/mean"
+  ):
     weights.merge_into(fresh34["params"], fresh34["batch_stats"], src_params, src_stats)
 
 
 def test_finetune_digits_from_converted_checkpoint(converted, tmp_path):
   from resnet_jax.train import loop  # pylint: disable=g-import-not-at-top
+
   net, _, workdir, _ = converted
   spec = __import__("importlib.util").util.spec_from_file_location(
-      "digits_finetune", os.path.join(os.path.dirname(__file__), "..", "configs",
-                                      "digits_finetune.py"))
+    "digits_finetune",
+    os.path.join(os.path.dirname(__file__), "..", "configs", "digits_finetune.py"),
+  )
   module = __import__("importlib.util").util.module_from_spec(spec)
   spec.loader.exec_module(module)
   config = module.get_config()
   config.init_from = str(workdir)
   config.num_train_steps = 3
   config.warmup_steps = 1
-  config.global_batch_size = 50   # 20 eval batches of 50
+  config.global_batch_size = 50  # 20 eval batches of 50
   config.log_every_steps = 1
   config.eval_every_steps = 1000
   config.checkpoint_every_steps = 1000
@@ -302,10 +321,12 @@ def test_finetune_digits_from_converted_checkpoint(converted, tmp_path):
   assert ft_params["head"]["kernel"].shape == (512, 10)
   # init_from a training run's workdir (state with opt_state etc.): now the 10-way head fits too.
   model = models.get_model("resnet18", num_classes=10)
-  fresh = jax.eval_shape(lambda r: model.init(r, jnp.zeros((1, 28, 28, 1)), train=False),
-                         jax.random.key(0))
+  fresh = jax.eval_shape(
+    lambda r: model.init(r, jnp.zeros((1, 28, 28, 1)), train=False), jax.random.key(0)
+  )
   fresh = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), fresh)
-  params, _, notes = weights.initialise_from(fresh["params"], fresh["batch_stats"],
-                                             str(tmp_path / "ft"))
+  params, _, notes = weights.initialise_from(
+    fresh["params"], fresh["batch_stats"], str(tmp_path / "ft")
+  )
   assert notes == []
   np.testing.assert_array_equal(params["head"]["kernel"], ft_params["head"]["kernel"])

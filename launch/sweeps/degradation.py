@@ -6,6 +6,7 @@ uses the paper-recipe config of its model (configs/cifar10_<model>.py).
   python -m resnet_jax.sweep launch/sweeps/degradation.py --workdir=gs://BUCKET/degradation \
       --emit=tpu --launcher-arg=--name=my-tpu --launcher-arg=--zone=us-central2-b
 """
+
 from resnet_jax.sweep import product
 
 DEPTHS = (20, 32, 44, 56)
@@ -13,6 +14,9 @@ DEPTHS = (20, 32, 44, 56)
 
 def get_sweep():
   # 8 members, workdirs config=cifar10_plain20,seed=0 ... config=cifar10_resnet56,seed=0
-  return product(config=[f"configs/cifar10_{family}{depth}.py"
-                         for family in ("plain", "resnet") for depth in DEPTHS],
-                 seed=[0])
+  return product(
+    config=[
+      f"configs/cifar10_{family}{depth}.py" for family in ("plain", "resnet") for depth in DEPTHS
+    ],
+    seed=[0],
+  )

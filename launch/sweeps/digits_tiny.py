@@ -1,7 +1,8 @@
 """A minute-scale sweep on the bundled offline digits data: plain20 vs resnet20, two seeds.
 
-  resnet-jax sweep launch/sweeps/digits_tiny.py --workdir=runs/digits_tiny --parallel=2
+resnet-jax sweep launch/sweeps/digits_tiny.py --workdir=runs/digits_tiny --parallel=2
 """
+
 from resnet_jax.sweep import product
 
 CONFIG = "configs/digits.py"

@@ -5,6 +5,7 @@ ConfigDict of ResNet fields).
   python -m resnet_jax.sweep launch/sweeps/shortcuts.py --workdir=gs://BUCKET/shortcuts --emit=tpu \
       --launcher-arg=--name=my-v4-32 --launcher-arg=--zone=us-central2-b
 """
+
 from resnet_jax.sweep import product
 
 CONFIG = "configs/imagenet_resnet34.py"

@@ -28,6 +28,7 @@ CONFIG_FILE = "config.json"
 
 # --- recipes --------------------------------------------------------------------------------------
 
+
 def load_config_file(path: str | os.PathLike) -> ml_collections.ConfigDict:
   """``get_config()`` of a config file (path from the cwd, else from the repository)."""
   path = Path(path)
@@ -45,14 +46,17 @@ def resolve_model(name: str) -> tuple[str, dict[str, Any]]:
   """A registry name, or a CIFAR 6n+2 depth the registry lacks (``resnet8``, ``plain14``): then
   ``(family + '20', {'stage_sizes': (n, n, n)})`` -- the same net with n blocks per stage."""
   from resnet_jax import models  # pylint: disable=g-import-not-at-top
+
   if name in models.list_models():
     return name, {}
   m = re.fullmatch(r"(resnet|plain)(\d+)", name)
   if m and (int(m.group(2)) - 2) % 6 == 0 and int(m.group(2)) >= 8:
     n = (int(m.group(2)) - 2) // 6
     return f"{m.group(1)}20", {"stage_sizes": (n, n, n)}
-  raise ValueError(f"unknown model {name!r}: a registry name (`resnet-jax models`) or a CIFAR "
-                   f"depth 6n+2 such as resnet8, plain14")
+  raise ValueError(
+    f"unknown model {name!r}: a registry name (`resnet-jax models`) or a CIFAR "
+    f"depth 6n+2 such as resnet8, plain14"
+  )
 
 
 def display_name(config) -> str:
@@ -66,12 +70,21 @@ def display_name(config) -> str:
 
 def _cifar_names():
   from resnet_jax import models  # pylint: disable=g-import-not-at-top
+
   return [n for n in models.list_models() if models.model_spec(n).family == "cifar"]
 
 
-def recipe(model: str, *, dataset: str = "digits", steps: int | None = None,
-           width_multiplier: float = 1.0, seed: int = 0, batch_size: int | None = None,
-           evals: int = 4, overrides: dict[str, Any] | None = None) -> ml_collections.ConfigDict:
+def recipe(
+  model: str,
+  *,
+  dataset: str = "digits",
+  steps: int | None = None,
+  width_multiplier: float = 1.0,
+  seed: int = 0,
+  batch_size: int | None = None,
+  evals: int = 4,
+  overrides: dict[str, Any] | None = None,
+) -> ml_collections.ConfigDict:
   """The config of one run: the same recipe for every depth/family so runs compare.
 
   ``dataset='digits'``: configs/digits.py (warm-up + cosine, minutes on a CPU).
@@ -82,8 +95,11 @@ def recipe(model: str, *, dataset: str = "digits", steps: int | None = None,
   """
   model, net_overrides = resolve_model(model)
   if dataset == "cifar10":
-    c = load_config_file(f"configs/cifar10_{model}.py") \
-        if (REPO / f"configs/cifar10_{model}.py").is_file() else _cifar_recipe(model)
+    c = (
+      load_config_file(f"configs/cifar10_{model}.py")
+      if (REPO / f"configs/cifar10_{model}.py").is_file()
+      else _cifar_recipe(model)
+    )
   elif dataset == "digits":
     c = load_config_file("configs/digits.py")
   else:
@@ -117,12 +133,14 @@ def recipe(model: str, *, dataset: str = "digits", steps: int | None = None,
 
 def _cifar_recipe(model):
   from resnet_jax.train.config import cifar10_table6  # pylint: disable=g-import-not-at-top
+
   return cifar10_table6(model)
 
 
 def train(config, workdir: str) -> dict[str, Any]:
   """Trains (or resumes, or skips a finished) run in ``workdir``; returns its final metrics."""
   from resnet_jax.train import loop  # pylint: disable=g-import-not-at-top
+
   done = os.path.join(workdir, loop.DONE_FILE)
   if os.path.exists(done):
     with open(done) as f:
@@ -146,10 +164,12 @@ def run_config(workdir: str) -> ml_collections.ConfigDict:
 def build_model(config):
   from resnet_jax import data as data_lib  # pylint: disable=g-import-not-at-top
   from resnet_jax.train import loop  # pylint: disable=g-import-not-at-top
+
   info = data_lib.dataset_info(config.dataset)
   kwargs = loop.model_kwargs(config)
   kwargs.pop("bn_axis_name", None)  # analyses run unreplicated
   from resnet_jax import models  # pylint: disable=g-import-not-at-top
+
   return models.get_model(config.model, num_classes=info.num_classes, **kwargs), info
 
 
@@ -157,8 +177,10 @@ def init_variables(model, config, image_shape):
   """The variables training starts from (same key as ``train_and_evaluate``)."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  v = model.init(jax.random.key(config.seed), jnp.zeros((1, *image_shape), jnp.float32),
-                 train=False)
+
+  v = model.init(
+    jax.random.key(config.seed), jnp.zeros((1, *image_shape), jnp.float32), train=False
+  )
   return {"params": v["params"], "batch_stats": v.get("batch_stats", {})}
 
 
@@ -169,23 +191,27 @@ def load_run(workdir: str, step: int | None = None):
   from resnet_jax import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
   from resnet_jax.train import optim  # pylint: disable=g-import-not-at-top
   from resnet_jax.train import state as state_lib  # pylint: disable=g-import-not-at-top
+
   config = run_config(workdir)
   model, info = build_model(config)
   image_shape = image_shape_of(config, info)
   abstract_variables = state_lib.abstract_variables(model, image_shape)  # traced once, used twice
   tx = optim.create_optimizer(config, abstract_variables["params"])
-  template = state_lib.abstract_train_state(model, tx, image_shape,
-                                            use_loss_scale=config.precision == "fp16",
-                                            variables=abstract_variables)
-  ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True,
-                                     async_save=False)
+  template = state_lib.abstract_train_state(
+    model, tx, image_shape, use_loss_scale=config.precision == "fp16", variables=abstract_variables
+  )
+  ckpt = checkpoint_lib.Checkpointer(
+    os.path.join(workdir, "checkpoints"), read_only=True, async_save=False
+  )
   try:
     state, _ = ckpt.restore(template, step)
     used = step if step is not None else ckpt.latest_step()
   finally:
     ckpt.close()
-  variables = {"params": jax.tree_util.tree_map(jnp.asarray, state.params),
-               "batch_stats": jax.tree_util.tree_map(jnp.asarray, state.batch_stats)}
+  variables = {
+    "params": jax.tree_util.tree_map(jnp.asarray, state.params),
+    "batch_stats": jax.tree_util.tree_map(jnp.asarray, state.batch_stats),
+  }
   return config, model, variables, used
 
 
@@ -199,6 +225,7 @@ def image_batch(config, *, split: str = "eval", size: int = 256, seed: int = 0):
   with the center (no-augmentation) transform, as numpy."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   from resnet_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+
   del seed
   split_name = (config.eval_split if split == "eval" else config.train_split) or None
   if split_name is None:
@@ -206,11 +233,15 @@ def image_batch(config, *, split: str = "eval", size: int = 256, seed: int = 0):
     split_name = info.eval_split if split == "eval" else info.train_split
   images, labels = [], []
   n = 0
-  for batch in data_lib.eval_batches(config.dataset, global_batch_size=min(size, 256),
-                                     method="center", split=split_name,
-                                     data_dir=config.data_dir or None,
-                                     image_size=config.image_size or None,
-                                     local_device_count=1):
+  for batch in data_lib.eval_batches(
+    config.dataset,
+    global_batch_size=min(size, 256),
+    method="center",
+    split=split_name,
+    data_dir=config.data_dir or None,
+    image_size=config.image_size or None,
+    local_device_count=1,
+  ):
     mask = batch["mask"].reshape(-1)
     img = batch["image"].reshape((-1,) + batch["image"].shape[3:])[mask]
     images.append(img)
@@ -259,8 +290,10 @@ def depth_of(name) -> int:
 
 # --- outputs --------------------------------------------------------------------------------------
 
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]],
-                   align: Sequence[str] | None = None) -> str:
+
+def markdown_table(
+  header: Sequence[str], rows: Sequence[Sequence[Any]], align: Sequence[str] | None = None
+) -> str:
   align = align or ["---"] + ["---:"] * (len(header) - 1)
   lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
   for r in rows:
@@ -287,8 +320,10 @@ def pct(v) -> str:
 
 def pyplot():
   import matplotlib  # pylint: disable=g-import-not-at-top
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
   return plt
 
 

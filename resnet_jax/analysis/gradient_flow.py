@@ -28,8 +28,11 @@ _BLOCK = re.compile(r"stage(\d+)_block(\d+)$")
 
 
 def _is_block(module) -> bool:
-  return isinstance(module, blocks_lib._Block) and bool(_BLOCK.match(module.name or "")) \
-      and len(module.scope.path) == 1  # pylint: disable=protected-access
+  return (
+    isinstance(module, blocks_lib._Block)
+    and bool(_BLOCK.match(module.name or ""))
+    and len(module.scope.path) == 1
+  )  # pylint: disable=protected-access
 
 
 def block_names(params) -> list[str]:
@@ -48,11 +51,16 @@ def loss_fn(model, variables, images, labels, num_classes: int, train: bool = Tr
       return next_fun(*args, **kwargs)
 
     with nn.intercept_methods(add_delta):
-      out = model.apply({"params": params, "batch_stats": variables["batch_stats"]}, images,
-                        train=train, mutable=["batch_stats"] if train else False)
+      out = model.apply(
+        {"params": params, "batch_stats": variables["batch_stats"]},
+        images,
+        train=train,
+        mutable=["batch_stats"] if train else False,
+      )
     logits = out[0] if train else out
     onehot = jax.nn.one_hot(labels, num_classes)
     return optax.softmax_cross_entropy(logits.astype(jnp.float32), onehot).mean()
+
   return f
 
 
@@ -66,14 +74,17 @@ def block_input_shapes(model, variables, images, train: bool = True) -> dict[str
     return next_fun(*args, **kwargs)
 
   with nn.intercept_methods(record):
-    jax.eval_shape(lambda v, x: model.apply(v, x, train=train,
-                                            mutable=["batch_stats"] if train else False),
-                   variables, images)
+    jax.eval_shape(
+      lambda v, x: model.apply(v, x, train=train, mutable=["batch_stats"] if train else False),
+      variables,
+      images,
+    )
   return shapes
 
 
-def gradient_norms(model, variables, images, labels, num_classes: int,
-                   train: bool = True) -> dict[str, Any]:
+def gradient_norms(
+  model, variables, images, labels, num_classes: int, train: bool = True
+) -> dict[str, Any]:
   """``{'blocks': [names], 'input_grad_norm': [...], 'param_grad_norm': [...], 'loss': float}``:
   L2 norms (over the whole batch tensor / every parameter of the block) in network order."""
   names = block_names(variables["params"])
@@ -81,14 +92,19 @@ def gradient_norms(model, variables, images, labels, num_classes: int,
   deltas = {n: jnp.zeros(shapes[n], jnp.float32) for n in names}
   f = loss_fn(model, variables, images, labels, num_classes, train)
   loss, (g_params, g_inputs) = jax.jit(jax.value_and_grad(f, argnums=(0, 1)))(
-      variables["params"], deltas)
-  return {"blocks": names, "loss": float(loss),
-          "input_grad_norm": [float(optax.global_norm(g_inputs[n])) for n in names],
-          "param_grad_norm": [float(optax.global_norm(g_params[n])) for n in names]}
+    variables["params"], deltas
+  )
+  return {
+    "blocks": names,
+    "loss": float(loss),
+    "input_grad_norm": [float(optax.global_norm(g_inputs[n])) for n in names],
+    "param_grad_norm": [float(optax.global_norm(g_params[n])) for n in names],
+  }
 
 
-def run(out: str, workdirs: Sequence[str], *, num_images: int = 128,
-        step: int | None = None) -> dict[str, Any]:
+def run(
+  out: str, workdirs: Sequence[str], *, num_images: int = 128, step: int | None = None
+) -> dict[str, Any]:
   """Writes ``gradient_flow.png`` and ``gradient_flow.md`` (init and trained, per run)."""
   results = []
   for w in workdirs:
@@ -99,9 +115,18 @@ def run(out: str, workdirs: Sequence[str], *, num_images: int = 128,
     init = A.init_variables(model, config, images.shape[1:])
     for when, variables in (("init", init), ("trained", trained)):
       g = gradient_norms(model, variables, images, labels, info.num_classes)
-      results.append({"workdir": w, "label": A.model_label(config), "model": A.display_name(config),
-                      "plain": A.is_plain(config), "depth": A.depth_of(config),
-                      "when": when, "step": 0 if when == "init" else used, **g})
+      results.append(
+        {
+          "workdir": w,
+          "label": A.model_label(config),
+          "model": A.display_name(config),
+          "plain": A.is_plain(config),
+          "depth": A.depth_of(config),
+          "when": when,
+          "step": 0 if when == "init" else used,
+          **g,
+        }
+      )
   results.sort(key=lambda r: (not r["plain"], r["depth"], r["when"]))
 
   plt = A.pyplot()
@@ -114,8 +139,9 @@ def run(out: str, workdirs: Sequence[str], *, num_images: int = 128,
     x = np.arange(1, len(r["blocks"]) + 1) / len(r["blocks"])
     style = "--" if r["plain"] else "-"
     for row, key in enumerate(("input_grad_norm", "param_grad_norm")):
-      axes[row, col].semilogy(x, r[key], style, marker="o", ms=2.5, color=colors[r["label"]],
-                              label=f"{r['label']}")
+      axes[row, col].semilogy(
+        x, r[key], style, marker="o", ms=2.5, color=colors[r["label"]], label=f"{r['label']}"
+      )
   for col, when in enumerate(("at initialisation", "after training")):
     axes[0, col].set_title(f"||dL/d(block input)|| {when}")
     axes[1, col].set_title(f"||dL/d(block parameters)|| {when}")
@@ -131,15 +157,40 @@ def run(out: str, workdirs: Sequence[str], *, num_images: int = 128,
   rows = []
   for r in results:
     gi, gp = r["input_grad_norm"], r["param_grad_norm"]
-    rows.append([r["label"], r["when"], r["step"], f"{r['loss']:.3f}", f"{gi[0]:.3g}",
-                 f"{gi[-1]:.3g}", f"{gi[0] / gi[-1]:.3g}", f"{gp[0]:.3g}", f"{gp[-1]:.3g}",
-                 f"{gp[0] / gp[-1]:.3g}"])
-  table = (f"Loss-gradient norms on {num_images} training images (training-mode BN). "
-           "first/last = first/last residual (or plain) block; ratio first/last < 1 means the "
-           "gradient shrinks towards the input.\n\n"
-           + A.markdown_table(["model", "weights", "step", "loss", "input grad first",
-                               "input grad last", "ratio", "param grad first", "param grad last",
-                               "ratio"], rows))
+    rows.append(
+      [
+        r["label"],
+        r["when"],
+        r["step"],
+        f"{r['loss']:.3f}",
+        f"{gi[0]:.3g}",
+        f"{gi[-1]:.3g}",
+        f"{gi[0] / gi[-1]:.3g}",
+        f"{gp[0]:.3g}",
+        f"{gp[-1]:.3g}",
+        f"{gp[0] / gp[-1]:.3g}",
+      ]
+    )
+  table = (
+    f"Loss-gradient norms on {num_images} training images (training-mode BN). "
+    "first/last = first/last residual (or plain) block; ratio first/last < 1 means the "
+    "gradient shrinks towards the input.\n\n"
+    + A.markdown_table(
+      [
+        "model",
+        "weights",
+        "step",
+        "loss",
+        "input grad first",
+        "input grad last",
+        "ratio",
+        "param grad first",
+        "param grad last",
+        "ratio",
+      ],
+      rows,
+    )
+  )
   path = A.write_text(os.path.join(out, "gradient_flow.md"), table)
   A.write_json(os.path.join(out, "gradient_flow.json"), results)
   return {"results": results, "figure": figure, "table": path}

@@ -13,7 +13,6 @@ import os
 import re
 from typing import Any, Sequence
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -43,23 +42,36 @@ def three_by_three_bns(params) -> list[tuple[str, ...]]:
   def order(path):
     top = path[0]
     m = re.match(r"stage(\d+)_block(\d+)", top)
-    key = (0, 0, 0) if top.startswith("stem") else (int(m.group(1)), int(m.group(2)), 0) if m \
-        else (99, 0, 0)
+    key = (
+      (0, 0, 0)
+      if top.startswith("stem")
+      else (int(m.group(1)), int(m.group(2)), 0)
+      if m
+      else (99, 0, 0)
+    )
     return key + (int(re.sub(r"\D", "", path[-1]) or 0),)
+
   return sorted(paths, key=order)
 
 
-def capture_responses(model, variables, images, layers: Sequence[tuple[str, ...]] | None = None,
-                      train: bool = False) -> dict[tuple[str, ...], jnp.ndarray]:
+def capture_responses(
+  model, variables, images, layers: Sequence[tuple[str, ...]] | None = None, train: bool = False
+) -> dict[tuple[str, ...], jnp.ndarray]:
   """``{module path: BN output}`` for every (or the given) 3x3 layer on ``images``."""
   layers = list(layers or three_by_three_bns(variables["params"]))
   wanted = set(layers)
-  kwargs = {"mutable": ["intermediates", "batch_stats"]} if train else \
-      {"mutable": ["intermediates"]}
-  _, state = model.apply(variables, images, train=train,
-                         capture_intermediates=lambda mdl, method: (
-                             method == "__call__" and tuple(mdl.scope.path) in wanted),
-                         **kwargs)
+  kwargs = (
+    {"mutable": ["intermediates", "batch_stats"]} if train else {"mutable": ["intermediates"]}
+  )
+  _, state = model.apply(
+    variables,
+    images,
+    train=train,
+    capture_intermediates=lambda mdl, method: (
+      method == "__call__" and tuple(mdl.scope.path) in wanted
+    ),
+    **kwargs,
+  )
   inter = state["intermediates"]
   out = {}
   for path in layers:
@@ -76,17 +88,27 @@ def response_stds(model, variables, images, layers=None) -> list[tuple[str, floa
   return [("/".join(p), float(jnp.std(v.astype(jnp.float32)))) for p, v in caps.items()]
 
 
-def run(out: str, workdirs: Sequence[str], *, num_images: int = 256,
-        step: int | None = None) -> dict[str, Any]:
+def run(
+  out: str, workdirs: Sequence[str], *, num_images: int = 256, step: int | None = None
+) -> dict[str, Any]:
   """Writes ``layer_responses.png`` and ``layer_responses.md`` for the runs in ``workdirs``."""
   results = []
   for w in workdirs:
     config, model, variables, used = A.load_run(w, step)
     images, _ = A.image_batch(config, split="eval", size=num_images)
     stds = response_stds(model, variables, jnp.asarray(images))
-    results.append({"workdir": w, "label": A.model_label(config), "model": A.display_name(config),
-                    "plain": A.is_plain(config), "depth": A.depth_of(config), "step": used,
-                    "layers": [n for n, _ in stds], "std": [s for _, s in stds]})
+    results.append(
+      {
+        "workdir": w,
+        "label": A.model_label(config),
+        "model": A.display_name(config),
+        "plain": A.is_plain(config),
+        "depth": A.depth_of(config),
+        "step": used,
+        "layers": [n for n, _ in stds],
+        "std": [s for _, s in stds],
+      }
+    )
   results.sort(key=lambda r: (not r["plain"], r["depth"]))
 
   plt = A.pyplot()
@@ -105,12 +127,35 @@ def run(out: str, workdirs: Sequence[str], *, num_images: int = 256,
     ax.legend(fontsize=8, ncol=2)
   figure = A.save_figure(fig, os.path.join(out, "layer_responses.png"))
 
-  rows = [[r["label"], r["step"], len(r["std"]), f"{np.mean(r['std']):.3f}",
-           f"{np.median(r['std']):.3f}", f"{np.min(r['std']):.3f}", f"{np.max(r['std']):.3f}",
-           f"{np.mean(r['std'][-len(r['std']) // 3:]):.3f}"] for r in results]
-  table = (f"Std of each 3x3 layer's response on {num_images} test images (inference mode).\n\n"
-           + A.markdown_table(["model", "step", "3x3 layers", "mean std", "median std",
-                               "min std", "max std", "mean std, last third"], rows))
+  rows = [
+    [
+      r["label"],
+      r["step"],
+      len(r["std"]),
+      f"{np.mean(r['std']):.3f}",
+      f"{np.median(r['std']):.3f}",
+      f"{np.min(r['std']):.3f}",
+      f"{np.max(r['std']):.3f}",
+      f"{np.mean(r['std'][-len(r['std']) // 3 :]):.3f}",
+    ]
+    for r in results
+  ]
+  table = (
+    f"Std of each 3x3 layer's response on {num_images} test images (inference mode).\n\n"
+    + A.markdown_table(
+      [
+        "model",
+        "step",
+        "3x3 layers",
+        "mean std",
+        "median std",
+        "min std",
+        "max std",
+        "mean std, last third",
+      ],
+      rows,
+    )
+  )
   path = A.write_text(os.path.join(out, "layer_responses.md"), table)
   A.write_json(os.path.join(out, "layer_responses.json"), results)
   return {"results": results, "figure": figure, "table": path}

@@ -17,12 +17,19 @@ from resnet_jax import analysis as A
 METHODS = ("center", "ten_crop", "full_conv")
 
 
-def run(out: str, workdirs: Sequence[str], *, methods: Sequence[str] = METHODS,
-        scales: Sequence[int] | None = None, step: int | None = None) -> dict[str, Any]:
+def run(
+  out: str,
+  workdirs: Sequence[str],
+  *,
+  methods: Sequence[str] = METHODS,
+  scales: Sequence[int] | None = None,
+  step: int | None = None,
+) -> dict[str, Any]:
   """Writes ``test_time.png`` and ``test_time.md``. ``scales``: shorter sides for full_conv
   (default: the run's config.eval_scales, and if that is empty ``train.loop.full_conv_scales``'
   choice from the image size, as ``resnet-jax eval`` makes it)."""
   from resnet_jax.train import loop  # pylint: disable=g-import-not-at-top
+
   rows = []
   for w in workdirs:
     config = A.run_config(w)
@@ -30,18 +37,28 @@ def run(out: str, workdirs: Sequence[str], *, methods: Sequence[str] = METHODS,
       config.eval_scales = tuple(int(s) for s in scales)
     for method in methods:
       res = loop.evaluate(config, w, step=step, method=method)
-      rows.append({"workdir": w, "label": A.model_label(config), "method": method,
-                   "scales": list(loop.full_conv_scales(config)) if method == "full_conv" else None,
-                   "step": res["step"], "top1_error": res["eval_top1_error"],
-                   "top5_error": res["eval_top5_error"], "count": res["eval_count"]})
+      rows.append(
+        {
+          "workdir": w,
+          "label": A.model_label(config),
+          "method": method,
+          "scales": list(loop.full_conv_scales(config)) if method == "full_conv" else None,
+          "step": res["step"],
+          "top1_error": res["eval_top1_error"],
+          "top5_error": res["eval_top5_error"],
+          "count": res["eval_count"],
+        }
+      )
 
   plt = A.pyplot()
   fig, ax = plt.subplots(figsize=(7, 4))
   labels = list(dict.fromkeys(r["label"] for r in rows))
   width = 0.8 / max(1, len(methods))
   for k, method in enumerate(methods):
-    ys = [100 * next(r["top1_error"] for r in rows if r["label"] == lab and r["method"] == method)
-          for lab in labels]
+    ys = [
+      100 * next(r["top1_error"] for r in rows if r["label"] == lab and r["method"] == method)
+      for lab in labels
+    ]
     ax.bar([i + k * width for i in range(len(labels))], ys, width, label=method)
   ax.set_xticks([i + width * (len(methods) - 1) / 2 for i in range(len(labels))], labels)
   ax.set_xlabel("model (checkpoint)")
@@ -50,9 +67,20 @@ def run(out: str, workdirs: Sequence[str], *, methods: Sequence[str] = METHODS,
   ax.legend(fontsize=8)
   figure = A.save_figure(fig, os.path.join(out, "test_time.png"))
   table = A.markdown_table(
-      ["model", "step", "method", "scales", "test top-1 err", "test top-5 err", "images"],
-      [[r["label"], r["step"], r["method"], ",".join(map(str, r["scales"] or [])) or "-",
-        A.pct(r["top1_error"]), A.pct(r["top5_error"]), r["count"]] for r in rows])
+    ["model", "step", "method", "scales", "test top-1 err", "test top-5 err", "images"],
+    [
+      [
+        r["label"],
+        r["step"],
+        r["method"],
+        ",".join(map(str, r["scales"] or [])) or "-",
+        A.pct(r["top1_error"]),
+        A.pct(r["top5_error"]),
+        r["count"],
+      ]
+      for r in rows
+    ],
+  )
   path = A.write_text(os.path.join(out, "test_time.md"), table)
   A.write_json(os.path.join(out, "test_time.json"), rows)
   return {"rows": rows, "figure": figure, "table": path}

@@ -3,13 +3,33 @@
 Imports nothing else of ours. TensorFlow is kept off accelerators (hide_gpus_from_tf, in
 tf_device: the one helper, also used by metrics' TensorBoard writer).
 """
-from resnet_jax.data.datasets import (REGISTRY, CorruptImageError, DatasetNotFoundError,
-                                      DatasetSpec, dataset_info, default_data_dir,
-                                      list_datasets, load_source, num_examples)
+
+from resnet_jax.data.datasets import (
+  REGISTRY,
+  CorruptImageError,
+  DatasetNotFoundError,
+  DatasetSpec,
+  dataset_info,
+  default_data_dir,
+  list_datasets,
+  load_source,
+  num_examples,
+)
 from resnet_jax.data.pipeline import eval_batches, prefetch_to_device, train_batches
 from resnet_jax.data.tf_device import hide_gpus_from_tf
 
-__all__ = ['REGISTRY', 'CorruptImageError', 'DatasetNotFoundError', 'DatasetSpec',
-           'dataset_info', 'default_data_dir', 'eval_batches', 'hide_gpus_from_tf',
-           'list_datasets', 'load_source', 'num_examples', 'prefetch_to_device',
-           'train_batches']
+__all__ = [
+  "REGISTRY",
+  "CorruptImageError",
+  "DatasetNotFoundError",
+  "DatasetSpec",
+  "dataset_info",
+  "default_data_dir",
+  "eval_batches",
+  "hide_gpus_from_tf",
+  "list_datasets",
+  "load_source",
+  "num_examples",
+  "prefetch_to_device",
+  "train_batches",
+]

@@ -36,9 +36,7 @@ import tensorflow as tf
 
 # AlexNet / fb.resnet.torch PCA lighting on [0, 1]-scaled RGB.
 PCA_EIGVAL = (0.2175, 0.0188, 0.0045)
-PCA_EIGVEC = ((-0.5675, 0.7192, 0.4009),
-              (-0.5808, -0.0045, -0.8140),
-              (-0.5836, -0.6948, 0.4203))
+PCA_EIGVEC = ((-0.5675, 0.7192, 0.4009), (-0.5808, -0.0045, -0.8140), (-0.5836, -0.6948, 0.4203))
 PAPER_SCALES = (224, 256, 384, 480, 640)
 
 
@@ -64,8 +62,7 @@ def resize_shorter_side(image: tf.Tensor, size) -> tf.Tensor:
   new_w = tf.maximum(tf.cast(tf.round(w * scale), tf.int32), tf.cast(size, tf.int32))
   new_h = tf.where(h <= w, tf.cast(size, tf.int32), new_h)
   new_w = tf.where(w < h, tf.cast(size, tf.int32), new_w)
-  return tf.image.resize(tf.cast(image, tf.float32), tf.stack([new_h, new_w]),
-                         method='bilinear')
+  return tf.image.resize(tf.cast(image, tf.float32), tf.stack([new_h, new_w]), method="bilinear")
 
 
 def random_resize_shorter_side(image: tf.Tensor, seed, scale_range=(256, 480)) -> tf.Tensor:
@@ -75,12 +72,14 @@ def random_resize_shorter_side(image: tf.Tensor, seed, scale_range=(256, 480)) -
   return resize_shorter_side(image, size)
 
 
-def pca_lighting(image: tf.Tensor, seed, std: float = 0.1, *, pixel_scale: float = 255.0
-                 ) -> tf.Tensor:
+def pca_lighting(
+  image: tf.Tensor, seed, std: float = 0.1, *, pixel_scale: float = 255.0
+) -> tf.Tensor:
   """AlexNet lighting noise: adds one RGB offset (same for every pixel) along the PCA axes."""
   alpha = tf.random.stateless_normal([3], seed, stddev=std)
-  rgb = tf.linalg.matvec(tf.constant(PCA_EIGVEC, tf.float32),
-                         alpha * tf.constant(PCA_EIGVAL, tf.float32))
+  rgb = tf.linalg.matvec(
+    tf.constant(PCA_EIGVEC, tf.float32), alpha * tf.constant(PCA_EIGVAL, tf.float32)
+  )
   return tf.cast(image, tf.float32) + rgb * pixel_scale
 
 
@@ -88,7 +87,7 @@ def center_crop(image: tf.Tensor, size: int) -> tf.Tensor:
   shape = tf.shape(image)
   top = (shape[0] - size) // 2
   left = (shape[1] - size) // 2
-  return image[top:top + size, left:left + size]
+  return image[top : top + size, left : left + size]
 
 
 def _seeds(seed, n):
@@ -97,8 +96,10 @@ def _seeds(seed, n):
 
 # ---------------------------------------------------------------------------- train
 
-def paper_train(image, seed, *, image_size=224, scale_range=(256, 480), mean, std,
-                pca_std=0.1, channels=3):
+
+def paper_train(
+  image, seed, *, image_size=224, scale_range=(256, 480), mean, std, pca_std=0.1, channels=3
+):
   s_resize, s_crop, s_flip, s_pca = _seeds(seed, 4)
   image = decode(image, channels)
   image = random_resize_shorter_side(image, s_resize, scale_range)
@@ -111,30 +112,46 @@ def paper_train(image, seed, *, image_size=224, scale_range=(256, 480), mean, st
 
 def _sample_crop_window(shape, seed, area_range, aspect_range):
   begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
-      shape, bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]), seed=seed,
-      min_object_covered=0.0, aspect_ratio_range=aspect_range, area_range=area_range,
-      max_attempts=10, use_image_if_no_bounding_boxes=True)
+    shape,
+    bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
+    seed=seed,
+    min_object_covered=0.0,
+    aspect_ratio_range=aspect_range,
+    area_range=area_range,
+    max_attempts=10,
+    use_image_if_no_bounding_boxes=True,
+  )
   return tf.stack([begin[0], begin[1], size[0], size[1]])
 
 
-def inception_train(image, seed, *, image_size=224, area_range=(0.08, 1.0),
-                    aspect_range=(3 / 4, 4 / 3), mean, std, channels=3):
+def inception_train(
+  image,
+  seed,
+  *,
+  image_size=224,
+  area_range=(0.08, 1.0),
+  aspect_range=(3 / 4, 4 / 3),
+  mean,
+  std,
+  channels=3,
+):
   s_box, s_flip = _seeds(seed, 2)
   if image.dtype == tf.string:
+
     def jpeg():
-      window = _sample_crop_window(tf.io.extract_jpeg_shape(image), s_box, area_range,
-                                   aspect_range)
+      window = _sample_crop_window(tf.io.extract_jpeg_shape(image), s_box, area_range, aspect_range)
       return tf.io.decode_and_crop_jpeg(image, window, channels=channels)
 
     def other():
       decoded = decode(image, channels)
       w = _sample_crop_window(tf.shape(decoded), s_box, area_range, aspect_range)
-      return decoded[w[0]:w[0] + w[2], w[1]:w[1] + w[3]]
+      return decoded[w[0] : w[0] + w[2], w[1] : w[1] + w[3]]
+
     crop = tf.cond(tf.io.is_jpeg(image), jpeg, other)
   else:
     w = _sample_crop_window(tf.shape(image), s_box, area_range, aspect_range)
-    crop = image[w[0]:w[0] + w[2], w[1]:w[1] + w[3]]
-  crop = tf.image.resize(tf.cast(crop, tf.float32), [image_size, image_size], 'bilinear')
+    crop = image[w[0] : w[0] + w[2], w[1] : w[1] + w[3]]
+  crop = tf.image.resize(tf.cast(crop, tf.float32), [image_size, image_size], "bilinear")
   crop = tf.image.stateless_random_flip_left_right(crop, s_flip)
   return normalize(crop, mean, std)
 
@@ -144,8 +161,7 @@ def pad_and_crop_train(image, seed, *, image_size, pad, flip, mean, std, channel
   image = decode(image, channels)
   if pad:
     image = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]])
-    image = tf.image.stateless_random_crop(image, [image_size, image_size, channels],
-                                           s_crop)
+    image = tf.image.stateless_random_crop(image, [image_size, image_size, channels], s_crop)
   if flip:
     image = tf.image.stateless_random_flip_left_right(image, s_flip)
   return normalize(image, mean, std)
@@ -157,15 +173,16 @@ digits_train = functools.partial(pad_and_crop_train, pad=2, flip=False, channels
 plain_train = functools.partial(pad_and_crop_train, pad=0, flip=False)
 
 TRAIN_AUGMENTS = {
-    'paper': paper_train,
-    'inception': inception_train,
-    'cifar': cifar_train,
-    'digits': digits_train,
-    'none': plain_train,
+  "paper": paper_train,
+  "inception": inception_train,
+  "cifar": cifar_train,
+  "digits": digits_train,
+  "none": plain_train,
 }
 
 
 # ----------------------------------------------------------------------------- test
+
 
 def center_eval(image, *, image_size, resize_size, mean, std, channels=3):
   image = decode(image, channels)
@@ -179,8 +196,13 @@ def ten_crop_views(image, image_size: int) -> tf.Tensor:
   """[10, S, S, C]: TL, TR, BL, BR, centre crops, then the same five flipped."""
   shape = tf.shape(image)
   h, w, s = shape[0], shape[1], image_size
-  crops = [image[:s, :s], image[:s, w - s:], image[h - s:, :s], image[h - s:, w - s:],
-           center_crop(image, s)]
+  crops = [
+    image[:s, :s],
+    image[:s, w - s :],
+    image[h - s :, :s],
+    image[h - s :, w - s :],
+    center_crop(image, s),
+  ]
   crops = tf.stack(crops)
   return tf.concat([crops, tf.reverse(crops, axis=[2])], axis=0)
 
@@ -198,40 +220,54 @@ def full_conv_eval(image, *, scale, mean, std, channels=3):
   return normalize(center_crop(image, scale), mean, std)[None]
 
 
-EVAL_METHODS = ('center', 'ten_crop', 'full_conv')
+EVAL_METHODS = ("center", "ten_crop", "full_conv")
 
 
 def num_views(method: str) -> int:
-  return 10 if method == 'ten_crop' else 1
+  return 10 if method == "ten_crop" else 1
 
 
-def train_transform(name: str, *, image_size: int, mean, std, channels: int,
-                    **kwargs) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
+def train_transform(
+  name: str, *, image_size: int, mean, std, channels: int, **kwargs
+) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
   """fn(image, seed) -> float32 [image_size, image_size, channels]."""
   if name not in TRAIN_AUGMENTS:
-    raise ValueError(f'Unknown train augmentation {name!r}; known: {sorted(TRAIN_AUGMENTS)}.')
-  return functools.partial(TRAIN_AUGMENTS[name], image_size=image_size, mean=mean,
-                           std=std, channels=channels, **kwargs)
+    raise ValueError(f"Unknown train augmentation {name!r}; known: {sorted(TRAIN_AUGMENTS)}.")
+  return functools.partial(
+    TRAIN_AUGMENTS[name], image_size=image_size, mean=mean, std=std, channels=channels, **kwargs
+  )
 
 
-def eval_transform(method: str, *, image_size: int, resize_size, mean, std, channels: int,
-                   scale: int | None = None) -> Callable[[tf.Tensor], tf.Tensor]:
+def eval_transform(
+  method: str, *, image_size: int, resize_size, mean, std, channels: int, scale: int | None = None
+) -> Callable[[tf.Tensor], tf.Tensor]:
   """fn(image) -> float32 [V, H, W, C]."""
-  if method == 'center':
-    return functools.partial(center_eval, image_size=image_size, resize_size=resize_size,
-                             mean=mean, std=std, channels=channels)
-  if method == 'ten_crop':
-    return functools.partial(ten_crop_eval, image_size=image_size, resize_size=resize_size,
-                             mean=mean, std=std, channels=channels)
-  if method == 'full_conv':
+  if method == "center":
+    return functools.partial(
+      center_eval,
+      image_size=image_size,
+      resize_size=resize_size,
+      mean=mean,
+      std=std,
+      channels=channels,
+    )
+  if method == "ten_crop":
+    return functools.partial(
+      ten_crop_eval,
+      image_size=image_size,
+      resize_size=resize_size,
+      mean=mean,
+      std=std,
+      channels=channels,
+    )
+  if method == "full_conv":
     if scale is None:
       scale = resize_size or image_size
-    return functools.partial(full_conv_eval, scale=scale, mean=mean, std=std,
-                             channels=channels)
-  raise ValueError(f'Unknown eval method {method!r}; known: {list(EVAL_METHODS)}.')
+    return functools.partial(full_conv_eval, scale=scale, mean=mean, std=std, channels=channels)
+  raise ValueError(f"Unknown eval method {method!r}; known: {list(EVAL_METHODS)}.")
 
 
 def eval_output_size(method: str, *, image_size: int, resize_size, scale=None) -> int:
-  if method == 'full_conv':
+  if method == "full_conv":
     return scale if scale is not None else (resize_size or image_size)
   return image_size

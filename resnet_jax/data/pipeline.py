@@ -28,11 +28,16 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from resnet_jax.data import augment
-from resnet_jax.data.datasets import (CorruptImageError, Source, dataset_info,
-                                      hide_gpus_from_tf, load_source, num_examples)
+from resnet_jax.data.datasets import (
+  CorruptImageError,
+  Source,
+  dataset_info,
+  hide_gpus_from_tf,
+  load_source,
+  num_examples,
+)
 
-__all__ = ['train_batches', 'eval_batches', 'prefetch_to_device', 'num_examples',
-           'dataset_info']
+__all__ = ["train_batches", "eval_batches", "prefetch_to_device", "num_examples", "dataset_info"]
 
 _RECORDS_SHUFFLE_BUFFER = 16384
 _MASK64 = (1 << 63) - 1
@@ -40,6 +45,7 @@ _MASK64 = (1 << 63) - 1
 
 def _layout(global_batch_size, process_index, process_count, local_device_count):
   import jax  # Only for the host/device facts when not given.
+
   if process_index is None:
     process_index = jax.process_index()
   if process_count is None:
@@ -47,11 +53,12 @@ def _layout(global_batch_size, process_index, process_count, local_device_count)
   if local_device_count is None:
     local_device_count = jax.local_device_count()
   if not 0 <= process_index < process_count:
-    raise ValueError(f'process_index {process_index} not in [0, {process_count}).')
+    raise ValueError(f"process_index {process_index} not in [0, {process_count}).")
   if global_batch_size <= 0 or global_batch_size % (process_count * local_device_count):
     raise ValueError(
-        f'global_batch_size {global_batch_size} must be a positive multiple of '
-        f'process_count x local_device_count = {process_count} x {local_device_count}.')
+      f"global_batch_size {global_batch_size} must be a positive multiple of "
+      f"process_count x local_device_count = {process_count} x {local_device_count}."
+    )
   per_host = global_batch_size // process_count
   return process_index, process_count, local_device_count, per_host
 
@@ -65,12 +72,12 @@ def _sizes(spec, image_size, resize_size):
 
 
 def _channels(source: Source) -> int:
-  return source.images.shape[-1] if source.kind == 'memory' else 3
+  return source.images.shape[-1] if source.kind == "memory" else 3
 
 
 def _loader(source: Source):
   """fn(example_index int64) -> image (uint8 or encoded bytes) for random-access sources."""
-  if source.kind == 'memory':
+  if source.kind == "memory":
     images = tf.constant(source.images)
     return lambda i: tf.gather(images, i)
   paths = tf.constant(source.paths.astype(str))
@@ -83,8 +90,11 @@ def _host_block(n: int, process_index: int, process_count: int) -> np.ndarray:
 
 def _to_devices(local_device_count):
   def fn(batch):
-    return {k: tf.reshape(v, tf.concat([[local_device_count, -1], tf.shape(v)[1:]], 0))
-            for k, v in batch.items()}
+    return {
+      k: tf.reshape(v, tf.concat([[local_device_count, -1], tf.shape(v)[1:]], 0))
+      for k, v in batch.items()
+    }
+
   return fn
 
 
@@ -109,23 +119,34 @@ def _decodes_ok(source: Source, indices) -> list[tuple[str, str]]:
 
 def _drop_corrupt(source: Source) -> Source:
   """The source without undecodable files (one decode pass); logs how many were skipped."""
-  if source.kind != 'files':
+  if source.kind != "files":
     return source
   idx = tf.data.Dataset.range(source.num_examples)
   paths = tf.constant(source.paths.astype(str))
 
   def check(i):
-    image = tf.io.decode_image(tf.io.read_file(paths[i]), channels=3,
-                               expand_animations=False)
+    image = tf.io.decode_image(tf.io.read_file(paths[i]), channels=3, expand_animations=False)
     return i + 0 * tf.cast(tf.size(image[:1, :1]), tf.int64)  # Keeps the decode alive.
+
   ok = idx.map(check, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   ok = np.fromiter(ok.ignore_errors().as_numpy_iterator(), np.int64)
   skipped = source.num_examples - len(ok)
   if skipped:
-    logging.warning('Skipped %d corrupt image file(s) of %d in split %r.', skipped,
-                    source.num_examples, source.split)
-  return Source(source.spec, source.split, source.kind, len(ok), source.num_classes,
-                labels=source.labels[ok], paths=source.paths[ok])
+    logging.warning(
+      "Skipped %d corrupt image file(s) of %d in split %r.",
+      skipped,
+      source.num_examples,
+      source.split,
+    )
+  return Source(
+    source.spec,
+    source.split,
+    source.kind,
+    len(ok),
+    source.num_classes,
+    labels=source.labels[ok],
+    paths=source.paths[ok],
+  )
 
 
 def _iterate(ds, batch_indices):
@@ -141,39 +162,56 @@ def _iterate(ds, batch_indices):
         raise
       source, indices = batch_indices(step)
       bad = _decodes_ok(source, indices)
-      what = (f'{bad[0][0]} ({bad[0][1]})' if bad else
-              f'one of {[str(source.paths[int(i)]) for i in indices]}')
+      what = (
+        f"{bad[0][0]} ({bad[0][1]})"
+        if bad
+        else f"one of {[str(source.paths[int(i)]) for i in indices]}"
+      )
       raise CorruptImageError(
-          f'Cannot decode image file {what}; fix or delete it, or pass '
-          f'skip_corrupt=True.') from e
+        f"Cannot decode image file {what}; fix or delete it, or pass skip_corrupt=True."
+      ) from e
     yield batch
 
 
 def _stream_indices(seed, epoch_len):
   """tf fn: stream position (int64) -> slot in the host block, per-epoch permutation."""
+
   def fn(pos):
     epoch = pos // epoch_len
     slot = pos % epoch_len
     if epoch_len == 1:
       return tf.zeros_like(slot)
     return tf.random.experimental.index_shuffle(
-        slot, tf.stack([tf.constant(seed, tf.int64), epoch]), epoch_len - 1)
+      slot, tf.stack([tf.constant(seed, tf.int64), epoch]), epoch_len - 1
+    )
+
   return fn
 
 
-def train_batches(dataset: str, *, global_batch_size: int, seed: int, start_step: int = 0,
-                  augment: str | None = None, image_size: int | None = None,
-                  data_dir: str | None = None, split: str | None = None,
-                  process_index: int | None = None, process_count: int | None = None,
-                  local_device_count: int | None = None, resize_size: int | None = None,
-                  skip_corrupt: bool = False) -> Iterator[dict[str, np.ndarray]]:
+def train_batches(
+  dataset: str,
+  *,
+  global_batch_size: int,
+  seed: int,
+  start_step: int = 0,
+  augment: str | None = None,
+  image_size: int | None = None,
+  data_dir: str | None = None,
+  split: str | None = None,
+  process_index: int | None = None,
+  process_count: int | None = None,
+  local_device_count: int | None = None,
+  resize_size: int | None = None,
+  skip_corrupt: bool = False,
+) -> Iterator[dict[str, np.ndarray]]:
   """Endless iterator of {'image': float32 [D, B/D, H, W, C], 'label': int32 [D, B/D]}.
 
   D = local_device_count, B = global_batch_size / process_count (this host's share).
   Same (seed, step, host) -> same batch; start_step=k resumes exactly at batch k.
   """
-  pi, pc, ldc, per_host = _layout(global_batch_size, process_index, process_count,
-                                  local_device_count)
+  pi, pc, ldc, per_host = _layout(
+    global_batch_size, process_index, process_count, local_device_count
+  )
   hide_gpus_from_tf()
   spec = dataset_info(dataset)
   source = load_source(dataset, split, data_dir, train=True)
@@ -182,15 +220,16 @@ def train_batches(dataset: str, *, global_batch_size: int, seed: int, start_step
   size, resize = _sizes(spec, image_size, resize_size)
   aug_name = augment or spec.train_augment
   kwargs = {}
-  if aug_name == 'paper':
+  if aug_name == "paper":
     lo, hi = 256, 480
     if size != 224:  # Tiny test images: scale the [256, 480] range with the crop size.
       lo, hi = int(round(lo * size / 224)), int(round(hi * size / 224))
-    kwargs['scale_range'] = (lo, hi)
-  transform = augment_lib.train_transform(aug_name, image_size=size, mean=spec.mean,
-                                          std=spec.std, channels=_channels(source), **kwargs)
+    kwargs["scale_range"] = (lo, hi)
+  transform = augment_lib.train_transform(
+    aug_name, image_size=size, mean=spec.mean, std=spec.std, channels=_channels(source), **kwargs
+  )
   seed = int(seed) & _MASK64
-  if source.kind == 'records':
+  if source.kind == "records":
     yield from _records_train(source, transform, seed, start_step, per_host, pi, pc, ldc)
     return
 
@@ -200,7 +239,7 @@ def train_batches(dataset: str, *, global_batch_size: int, seed: int, start_step
   # 1 host x 4), and within every step and every epoch the hosts read disjoint examples.
   n = source.num_examples
   if n == 0:
-    raise ValueError(f'Split {source.split!r} of {dataset} has no examples.')
+    raise ValueError(f"Split {source.split!r} of {dataset} has no examples.")
   global_batch = per_host * pc
   labels_t = tf.constant(source.labels)
   load = _loader(source)
@@ -213,7 +252,7 @@ def train_batches(dataset: str, *, global_batch_size: int, seed: int, start_step
     pos = global_position(c)
     idx = slot_of(pos)
     aug_seed = tf.stack([tf.constant(seed, tf.int64), pos])
-    return {'image': transform(load(idx), aug_seed), 'label': tf.gather(labels_t, idx)}
+    return {"image": transform(load(idx), aug_seed), "label": tf.gather(labels_t, idx)}
 
   start = int(start_step) * per_host
   ds = tf.data.Dataset.range(start, 1 << 62)
@@ -224,46 +263,59 @@ def train_batches(dataset: str, *, global_batch_size: int, seed: int, start_step
   def batch_indices(step):
     counters = range(start + step * per_host, start + (step + 1) * per_host)
     return source, [int(slot_of(global_position(tf.constant(c, tf.int64)))) for c in counters]
-  yield from _iterate(ds, batch_indices if source.kind == 'files' else None)
+
+  yield from _iterate(ds, batch_indices if source.kind == "files" else None)
 
 
 def _records_train(source, transform, seed, start_step, per_host, pi, pc, ldc):
   split = tfds.split_for_jax_process(source.split, process_index=pi, process_count=pc)
   builder = source.builder
-  decoders = {'image': tfds.decode.SkipDecoding()}
+  decoders = {"image": tfds.decode.SkipDecoding()}
   n = int(builder.as_dataset(split=split, decoders=decoders).cardinality())
   steps_per_epoch = n // per_host
   if steps_per_epoch == 0:
-    raise ValueError(f'Host {pi} has {n} examples, fewer than one batch of {per_host}.')
+    raise ValueError(f"Host {pi} has {n} examples, fewer than one batch of {per_host}.")
   first_epoch, skip_steps = divmod(int(start_step), steps_per_epoch)
   for epoch in itertools.count(first_epoch):
     ds = builder.as_dataset(split=split, decoders=decoders, shuffle_files=False)
-    ds = ds.enumerate().shuffle(min(n, _RECORDS_SHUFFLE_BUFFER),
-                                seed=(seed * 1_000_003 + epoch) & ((1 << 31) - 1),
-                                reshuffle_each_iteration=False)
+    ds = ds.enumerate().shuffle(
+      min(n, _RECORDS_SHUFFLE_BUFFER),
+      seed=(seed * 1_000_003 + epoch) & ((1 << 31) - 1),
+      reshuffle_each_iteration=False,
+    )
     if epoch == first_epoch and skip_steps:
       ds = ds.skip(skip_steps * per_host)  # Before decoding: skipped records are not decoded.
 
     def example(i, ex, epoch=epoch):
       aug_seed = tf.stack([tf.constant(seed, tf.int64), (epoch * n + i) * pc + pi])
-      return {'image': transform(ex['image'], aug_seed),
-              'label': tf.cast(ex['label'], tf.int32)}
+      return {"image": transform(ex["image"], aug_seed), "label": tf.cast(ex["label"], tf.int32)}
+
     ds = ds.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.batch(per_host, drop_remainder=True).map(_to_devices(ldc))
     yield from _iterate(_options(ds.prefetch(tf.data.AUTOTUNE)), None)
 
 
-def eval_batches(dataset: str, *, global_batch_size: int, method: str | None = None,
-                 scale: int | None = None, split: str | None = None,
-                 image_size: int | None = None, resize_size: int | None = None,
-                 data_dir: str | None = None, process_index: int | None = None,
-                 process_count: int | None = None, local_device_count: int | None = None,
-                 skip_corrupt: bool = False) -> Iterator[dict[str, np.ndarray]]:
+def eval_batches(
+  dataset: str,
+  *,
+  global_batch_size: int,
+  method: str | None = None,
+  scale: int | None = None,
+  split: str | None = None,
+  image_size: int | None = None,
+  resize_size: int | None = None,
+  data_dir: str | None = None,
+  process_index: int | None = None,
+  process_count: int | None = None,
+  local_device_count: int | None = None,
+  skip_corrupt: bool = False,
+) -> Iterator[dict[str, np.ndarray]]:
   """Finite iterator of {'image': float32 [D, B/D, V, H, W, C], 'label': int32 [D, B/D],
   'mask': bool [D, B/D]} (V = 10 for ten_crop, else 1; padding has mask False, label 0
   and a zero image). Every host yields ceil(ceil(N / P) / B) batches."""
-  pi, pc, ldc, per_host = _layout(global_batch_size, process_index, process_count,
-                                  local_device_count)
+  pi, pc, ldc, per_host = _layout(
+    global_batch_size, process_index, process_count, local_device_count
+  )
   hide_gpus_from_tf()
   spec = dataset_info(dataset)
   method = method or spec.eval_method
@@ -272,14 +324,19 @@ def eval_batches(dataset: str, *, global_batch_size: int, method: str | None = N
     source = _drop_corrupt(source)
   size, resize = _sizes(spec, image_size, resize_size)
   channels = _channels(source)
-  transform = augment_lib.eval_transform(method, image_size=size, resize_size=resize,
-                                         mean=spec.mean, std=spec.std, channels=channels,
-                                         scale=scale)
-  out = augment_lib.eval_output_size(method, image_size=size, resize_size=resize,
-                                     scale=scale)
+  transform = augment_lib.eval_transform(
+    method,
+    image_size=size,
+    resize_size=resize,
+    mean=spec.mean,
+    std=spec.std,
+    channels=channels,
+    scale=scale,
+  )
+  out = augment_lib.eval_output_size(method, image_size=size, resize_size=resize, scale=scale)
   blank = tf.zeros([augment_lib.num_views(method), out, out, channels], tf.float32)
 
-  if source.kind == 'records':
+  if source.kind == "records":
     yield from _records_eval(source, transform, blank, per_host, pi, pc, ldc)
     return
   n = source.num_examples
@@ -287,41 +344,50 @@ def eval_batches(dataset: str, *, global_batch_size: int, method: str | None = N
   num_batches = math.ceil(math.ceil(n / pc) / per_host)
   total = num_batches * per_host
   idx = np.zeros(total, np.int64)
-  idx[:len(block)] = block
+  idx[: len(block)] = block
   mask = np.arange(total) < len(block)
   labels_t = tf.constant(source.labels)
   load = _loader(source)
 
   def example(i, m):
-    image = tf.cond(m, lambda: tf.ensure_shape(transform(load(i)), blank.shape),
-                    lambda: blank)
+    image = tf.cond(m, lambda: tf.ensure_shape(transform(load(i)), blank.shape), lambda: blank)
     label = tf.where(m, tf.gather(labels_t, i), 0)
-    return {'image': image, 'label': label, 'mask': m}
+    return {"image": image, "label": label, "mask": m}
+
   ds = tf.data.Dataset.from_tensor_slices((idx, mask))
   ds = ds.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   ds = _options(ds.batch(per_host).map(_to_devices(ldc)).prefetch(tf.data.AUTOTUNE))
 
   def batch_indices(step):
-    return source, idx[step * per_host:(step + 1) * per_host][mask[step * per_host:
-                                                                    (step + 1) * per_host]]
-  yield from _iterate(ds, batch_indices if source.kind == 'files' else None)
+    return source, idx[step * per_host : (step + 1) * per_host][
+      mask[step * per_host : (step + 1) * per_host]
+    ]
+
+  yield from _iterate(ds, batch_indices if source.kind == "files" else None)
 
 
 def _records_eval(source, transform, blank, per_host, pi, pc, ldc):
   builder = source.builder
-  decoders = {'image': tfds.decode.SkipDecoding()}
+  decoders = {"image": tfds.decode.SkipDecoding()}
 
   def host_ds(h):
     split = tfds.split_for_jax_process(source.split, process_index=h, process_count=pc)
     return builder.as_dataset(split=split, decoders=decoders, shuffle_files=False)
+
   # even_splits gives host 0 the largest share: ceil(N / P).
   num_batches = math.ceil(int(host_ds(0).cardinality()) / per_host)
   real = host_ds(pi).map(
-      lambda ex: {'image': tf.ensure_shape(transform(ex['image']), blank.shape),
-                  'label': tf.cast(ex['label'], tf.int32), 'mask': tf.constant(True)},
-      num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    lambda ex: {
+      "image": tf.ensure_shape(transform(ex["image"]), blank.shape),
+      "label": tf.cast(ex["label"], tf.int32),
+      "mask": tf.constant(True),
+    },
+    num_parallel_calls=tf.data.AUTOTUNE,
+    deterministic=True,
+  )
   pad = tf.data.Dataset.from_tensors(
-      {'image': blank, 'label': tf.constant(0, tf.int32), 'mask': tf.constant(False)}).repeat()
+    {"image": blank, "label": tf.constant(0, tf.int32), "mask": tf.constant(False)}
+  ).repeat()
   ds = real.concatenate(pad).take(num_batches * per_host)
   ds = _options(ds.batch(per_host).map(_to_devices(ldc)).prefetch(tf.data.AUTOTUNE))
   yield from _iterate(ds, None)
@@ -330,6 +396,7 @@ def _records_eval(source, transform, blank, per_host, pi, pc, ldc):
 def prefetch_to_device(iterator, size: int = 2, devices=None):
   """Puts batches on the local devices `size` steps ahead (leading axis = device)."""
   from flax import jax_utils
+
   return jax_utils.prefetch_to_device(iterator, size, devices=devices)
 
 

@@ -18,7 +18,7 @@ def hide_gpus_from_tf() -> None:
   if _GPUS_HIDDEN:
     return
   try:
-    tf.config.set_visible_devices([], 'GPU')
+    tf.config.set_visible_devices([], "GPU")
   except RuntimeError:  # TF already initialised its devices (on CPU); nothing more to do.
     pass
   _GPUS_HIDDEN = True

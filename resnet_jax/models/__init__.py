@@ -16,6 +16,15 @@ from .registry import ModelSpec, get_model, list_models, model_spec
 from .resnet import ResNet
 
 __all__ = [
-    "BasicBlock", "BottleneckBlock", "ModelSpec", "ResNet", "count_macs", "count_params",
-    "format_model_table", "get_model", "layer_table", "list_models", "model_spec",
+  "BasicBlock",
+  "BottleneckBlock",
+  "ModelSpec",
+  "ResNet",
+  "count_macs",
+  "count_params",
+  "format_model_table",
+  "get_model",
+  "layer_table",
+  "list_models",
+  "model_spec",
 ]

@@ -60,272 +60,360 @@ STRIDE_ON = ("3x3", "1x1")
 conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")  # jax: untruncated
 
 
-def _nn_conv(features: int, kernel: int, stride: int = 1, *, groups: int = 1, name: str,
-             dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32,
-             kernel_init=None) -> nn.Conv:
-    pad = kernel // 2
-    return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
-                   padding=((pad, pad), (pad, pad)), feature_group_count=groups, use_bias=False,
-                   kernel_init=kernel_init or conv_kernel_init, dtype=dtype,
-                   param_dtype=param_dtype, name=name)
+def _nn_conv(
+  features: int,
+  kernel: int,
+  stride: int = 1,
+  *,
+  groups: int = 1,
+  name: str,
+  dtype: Dtype = jnp.float32,
+  param_dtype: Dtype = jnp.float32,
+  kernel_init=None,
+) -> nn.Conv:
+  pad = kernel // 2
+  return nn.Conv(
+    features,
+    (kernel, kernel),
+    strides=(stride, stride),
+    padding=((pad, pad), (pad, pad)),
+    feature_group_count=groups,
+    use_bias=False,
+    kernel_init=kernel_init or conv_kernel_init,
+    dtype=dtype,
+    param_dtype=param_dtype,
+    name=name,
+  )
 
 
 class _ConvKernel(nn.Module):
-    """Fields and parameter shared by our replacements for a bias-free, ungrouped ``nn.Conv``.
+  """Fields and parameter shared by our replacements for a bias-free, ungrouped ``nn.Conv``.
 
-    The ``kernel`` parameter is the one ``nn.Conv(features, (k, k))`` creates -- shape
-    ``(k, k, cin, features)``, same initialiser -- so a replacement is interchangeable with
-    ``nn.Conv`` in a checkpoint, in parameter counts and in weight import.
-    """
+  The ``kernel`` parameter is the one ``nn.Conv(features, (k, k))`` creates -- shape
+  ``(k, k, cin, features)``, same initialiser -- so a replacement is interchangeable with
+  ``nn.Conv`` in a checkpoint, in parameter counts and in weight import.
+  """
 
-    features: int
-    stride: int = 1
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
-    kernel_init: Any = conv_kernel_init
+  features: int
+  stride: int = 1
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  kernel_init: Any = conv_kernel_init
 
-    def _kernel(self, x, size: int):
-        return self.param("kernel", self.kernel_init, (size, size, x.shape[-1], self.features),
-                          self.param_dtype)
+  def _kernel(self, x, size: int):
+    return self.param(
+      "kernel", self.kernel_init, (size, size, x.shape[-1], self.features), self.param_dtype
+    )
 
 
 class Conv1x1(_ConvKernel):
-    """A bias-free 1x1 conv (padding 0) computed as a matmul over channels.
+  """A bias-free 1x1 conv (padding 0) computed as a matmul over channels.
 
-    ``stride`` s keeps every s-th row and column first (what a 1x1 conv with stride s and no
-    padding computes).
-    """
+  ``stride`` s keeps every s-th row and column first (what a 1x1 conv with stride s and no
+  padding computes).
+  """
 
-    @nn.compact
-    def __call__(self, x):
-        kernel = self._kernel(x, 1)
-        if self.stride > 1:
-            x = x[:, ::self.stride, ::self.stride, :]
-        x = jnp.asarray(x, self.dtype)
-        w = jnp.asarray(kernel[0, 0], self.dtype)
-        return lax.dot_general(x, w, (((x.ndim - 1,), (0,)), ((), ())))
+  @nn.compact
+  def __call__(self, x):
+    kernel = self._kernel(x, 1)
+    if self.stride > 1:
+      x = x[:, :: self.stride, :: self.stride, :]
+    x = jnp.asarray(x, self.dtype)
+    w = jnp.asarray(kernel[0, 0], self.dtype)
+    return lax.dot_general(x, w, (((x.ndim - 1,), (0,)), ((), ())))
 
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
 
 def _conv_nhwc(x, kernel, stride: int, padding):
-    return lax.conv_general_dilated(x, kernel, (stride, stride), padding, dimension_numbers=_NHWC)
+  return lax.conv_general_dilated(x, kernel, (stride, stride), padding, dimension_numbers=_NHWC)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def conv_forward_form_grads(x, kernel, stride: int, padding):
-    """``lax.conv_general_dilated`` (NHWC, HWIO) whose two gradients are forward-form convolutions.
+  """``lax.conv_general_dilated`` (NHWC, HWIO) whose two gradients are forward-form convolutions.
 
-    Same value and same gradients as the plain convolution.  Why: inside a ``while`` loop (what
-    ``nn.scan`` compiles to) XLA:CPU keeps the gradient convolutions in the transposed dimension
-    orders autodiff gives them, and runs those on a slow generic path -- a scanned ResNet step was
-    13-20x slower than the unrolled one.  Written here as ordinary NHWC/HWIO convolutions (the
-    weight gradient with channels as the batch and the batch as the features, the input gradient
-    with the flipped kernel), the scanned step runs as fast as the unrolled one.
-    """
-    return _conv_nhwc(x, kernel, stride, padding)
+  Same value and same gradients as the plain convolution.  Why: inside a ``while`` loop (what
+  ``nn.scan`` compiles to) XLA:CPU keeps the gradient convolutions in the transposed dimension
+  orders autodiff gives them, and runs those on a slow generic path -- a scanned ResNet step was
+  13-20x slower than the unrolled one.  Written here as ordinary NHWC/HWIO convolutions (the
+  weight gradient with channels as the batch and the batch as the features, the input gradient
+  with the flipped kernel), the scanned step runs as fast as the unrolled one.
+  """
+  return _conv_nhwc(x, kernel, stride, padding)
 
 
 def _conv_fwd(x, kernel, stride, padding):
-    return _conv_nhwc(x, kernel, stride, padding), (x, kernel)
+  return _conv_nhwc(x, kernel, stride, padding), (x, kernel)
 
 
 def _conv_bwd(stride, padding, residuals, dy):
-    x, kernel = residuals
-    k = kernel.shape[0]
-    out_hw = dy.shape[1:3]
-    # Input gradient: a stride-1 convolution of the (stride-dilated) output gradient with the
-    # spatially flipped kernel, in/out channels swapped; the barrier keeps XLA from folding the
-    # transpose back into the convolution's dimension numbers.
-    flipped = lax.optimization_barrier(jnp.transpose(jnp.flip(kernel, (0, 1)), (0, 1, 3, 2)))
-    dx_pad = tuple((k - 1 - lo, k - 1 - hi + (n + lo + hi - k) % stride)
-                   for n, (lo, hi) in zip(x.shape[1:3], padding))
-    dx = lax.conv_general_dilated(dy, flipped, (1, 1), dx_pad, lhs_dilation=(stride, stride),
-                                  dimension_numbers=_NHWC)
-    # Weight gradient: channels of x as the batch, the batch as features, dy as a (dilated) kernel;
-    # the high padding is chosen so the output is exactly k x k (it may be negative: a crop).
-    dw_pad = tuple((lo, k + stride * (o - 1) - n - lo)
-                   for n, o, (lo, _) in zip(x.shape[1:3], out_hw, padding))
-    dw = lax.conv_general_dilated(jnp.transpose(x, (3, 1, 2, 0)), jnp.transpose(dy, (1, 2, 0, 3)),
-                                  (1, 1), dw_pad, rhs_dilation=(stride, stride),
-                                  dimension_numbers=_NHWC)
-    return dx.astype(x.dtype), jnp.transpose(dw, (1, 2, 0, 3)).astype(kernel.dtype)
+  x, kernel = residuals
+  k = kernel.shape[0]
+  out_hw = dy.shape[1:3]
+  # Input gradient: a stride-1 convolution of the (stride-dilated) output gradient with the
+  # spatially flipped kernel, in/out channels swapped; the barrier keeps XLA from folding the
+  # transpose back into the convolution's dimension numbers.
+  flipped = lax.optimization_barrier(jnp.transpose(jnp.flip(kernel, (0, 1)), (0, 1, 3, 2)))
+  dx_pad = tuple(
+    (k - 1 - lo, k - 1 - hi + (n + lo + hi - k) % stride)
+    for n, (lo, hi) in zip(x.shape[1:3], padding)
+  )
+  dx = lax.conv_general_dilated(
+    dy, flipped, (1, 1), dx_pad, lhs_dilation=(stride, stride), dimension_numbers=_NHWC
+  )
+  # Weight gradient: channels of x as the batch, the batch as features, dy as a (dilated) kernel;
+  # the high padding is chosen so the output is exactly k x k (it may be negative: a crop).
+  dw_pad = tuple(
+    (lo, k + stride * (o - 1) - n - lo) for n, o, (lo, _) in zip(x.shape[1:3], out_hw, padding)
+  )
+  dw = lax.conv_general_dilated(
+    jnp.transpose(x, (3, 1, 2, 0)),
+    jnp.transpose(dy, (1, 2, 0, 3)),
+    (1, 1),
+    dw_pad,
+    rhs_dilation=(stride, stride),
+    dimension_numbers=_NHWC,
+  )
+  return dx.astype(x.dtype), jnp.transpose(dw, (1, 2, 0, 3)).astype(kernel.dtype)
 
 
 conv_forward_form_grads.defvjp(_conv_fwd, _conv_bwd)
 
 
 class ConvForwardFormGrads(_ConvKernel):
-    """A bias-free, ungrouped k x k conv (padding k // 2) computed by :func:`conv_forward_form_grads`.
+  """A bias-free, ungrouped k x k conv (padding k // 2) computed by :func:`conv_forward_form_grads`.
 
-    Same outputs as ``nn.Conv``; used for the blocks inside ``nn.scan`` (``scan_blocks=True``),
-    where it keeps XLA:CPU's gradient convolutions fast.
-    """
+  Same outputs as ``nn.Conv``; used for the blocks inside ``nn.scan`` (``scan_blocks=True``),
+  where it keeps XLA:CPU's gradient convolutions fast.
+  """
 
-    kernel_size: int = 3
+  kernel_size: int = 3
 
-    @nn.compact
-    def __call__(self, x):
-        k = self.kernel_size
-        kernel = self._kernel(x, k)
-        pad = ((k // 2, k // 2), (k // 2, k // 2))
-        return conv_forward_form_grads(jnp.asarray(x, self.dtype), jnp.asarray(kernel, self.dtype),
-                                       self.stride, pad)
-
-
-def conv(features: int, kernel: int, stride: int = 1, *, groups: int = 1, name: str,
-         dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32, kernel_init=None,
-         matmul_1x1: bool = False, forward_form_grads: bool = False) -> nn.Module:
-    """Bias-free conv with torchvision padding (k // 2 on every side, so stride-2 output is ceil(n/2)).
-
-    ``matmul_1x1``: an ungrouped 1x1 conv becomes :class:`Conv1x1` (same parameter, faster on CPU).
-    ``forward_form_grads``: an ungrouped conv becomes :class:`ConvForwardFormGrads` (same parameter;
-    fast gradients inside ``nn.scan`` on CPU).
-    """
-    if matmul_1x1 and kernel == 1 and groups == 1:
-        return Conv1x1(features, stride, dtype=dtype, param_dtype=param_dtype,
-                       kernel_init=kernel_init or conv_kernel_init, name=name)
-    if forward_form_grads and groups == 1:
-        return ConvForwardFormGrads(features, stride, dtype=dtype, param_dtype=param_dtype,
-                                    kernel_init=kernel_init or conv_kernel_init,
-                                    kernel_size=kernel, name=name)
-    return _nn_conv(features, kernel, stride, groups=groups, name=name, dtype=dtype,
-                    param_dtype=param_dtype, kernel_init=kernel_init)
+  @nn.compact
+  def __call__(self, x):
+    k = self.kernel_size
+    kernel = self._kernel(x, k)
+    pad = ((k // 2, k // 2), (k // 2, k // 2))
+    return conv_forward_form_grads(
+      jnp.asarray(x, self.dtype), jnp.asarray(kernel, self.dtype), self.stride, pad
+    )
 
 
-def batch_norm(train: bool, *, name: str, zero_scale: bool = False, momentum: float = 0.9,
-               epsilon: float = 1e-5, axis_name: Optional[str] = None, dtype: Dtype = jnp.float32,
-               param_dtype: Dtype = jnp.float32) -> nn.BatchNorm:
-    return nn.BatchNorm(use_running_average=not train, momentum=momentum, epsilon=epsilon,
-                        axis_name=axis_name, dtype=dtype, param_dtype=param_dtype,
-                        scale_init=nn.initializers.zeros if zero_scale else nn.initializers.ones,
-                        name=name)
+def conv(
+  features: int,
+  kernel: int,
+  stride: int = 1,
+  *,
+  groups: int = 1,
+  name: str,
+  dtype: Dtype = jnp.float32,
+  param_dtype: Dtype = jnp.float32,
+  kernel_init=None,
+  matmul_1x1: bool = False,
+  forward_form_grads: bool = False,
+) -> nn.Module:
+  """Bias-free conv with torchvision padding (k // 2 on every side, so stride-2 output is ceil(n/2)).
+
+  ``matmul_1x1``: an ungrouped 1x1 conv becomes :class:`Conv1x1` (same parameter, faster on CPU).
+  ``forward_form_grads``: an ungrouped conv becomes :class:`ConvForwardFormGrads` (same parameter;
+  fast gradients inside ``nn.scan`` on CPU).
+  """
+  if matmul_1x1 and kernel == 1 and groups == 1:
+    return Conv1x1(
+      features,
+      stride,
+      dtype=dtype,
+      param_dtype=param_dtype,
+      kernel_init=kernel_init or conv_kernel_init,
+      name=name,
+    )
+  if forward_form_grads and groups == 1:
+    return ConvForwardFormGrads(
+      features,
+      stride,
+      dtype=dtype,
+      param_dtype=param_dtype,
+      kernel_init=kernel_init or conv_kernel_init,
+      kernel_size=kernel,
+      name=name,
+    )
+  return _nn_conv(
+    features,
+    kernel,
+    stride,
+    groups=groups,
+    name=name,
+    dtype=dtype,
+    param_dtype=param_dtype,
+    kernel_init=kernel_init,
+  )
+
+
+def batch_norm(
+  train: bool,
+  *,
+  name: str,
+  zero_scale: bool = False,
+  momentum: float = 0.9,
+  epsilon: float = 1e-5,
+  axis_name: Optional[str] = None,
+  dtype: Dtype = jnp.float32,
+  param_dtype: Dtype = jnp.float32,
+) -> nn.BatchNorm:
+  return nn.BatchNorm(
+    use_running_average=not train,
+    momentum=momentum,
+    epsilon=epsilon,
+    axis_name=axis_name,
+    dtype=dtype,
+    param_dtype=param_dtype,
+    scale_init=nn.initializers.zeros if zero_scale else nn.initializers.ones,
+    name=name,
+  )
 
 
 def subsample_pad(x: jnp.ndarray, stride: int, out_channels: int) -> jnp.ndarray:
-    """Option A shortcut: ``x[:, ::s, ::s]`` and zeros for the extra channels (paper §3.3)."""
-    if stride > 1:
-        x = x[:, ::stride, ::stride, :]
-    extra = out_channels - x.shape[-1]
-    if extra < 0:
-        raise ValueError(f"option A cannot reduce channels ({x.shape[-1]} -> {out_channels})")
-    if extra:
-        x = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, extra)))
-    return x
+  """Option A shortcut: ``x[:, ::s, ::s]`` and zeros for the extra channels (paper §3.3)."""
+  if stride > 1:
+    x = x[:, ::stride, ::stride, :]
+  extra = out_channels - x.shape[-1]
+  if extra < 0:
+    raise ValueError(f"option A cannot reduce channels ({x.shape[-1]} -> {out_channels})")
+  if extra:
+    x = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, extra)))
+  return x
 
 
 class _Block(nn.Module):
-    """Fields shared by both blocks.  ``planes`` is the stage width; output = planes * expansion."""
+  """Fields shared by both blocks.  ``planes`` is the stage width; output = planes * expansion."""
 
-    planes: int
-    stride: int = 1
-    shortcut: str = "B"
-    stride_on: str = "3x3"
-    groups: int = 1
-    base_width: int = 64
-    preact: bool = False
-    zero_init_last_bn: bool = False
-    bn_momentum: float = 0.9
-    bn_epsilon: float = 1e-5
-    bn_axis_name: Optional[str] = None
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
-    matmul_1x1: bool = True
-    forward_form_grads: bool = False
+  planes: int
+  stride: int = 1
+  shortcut: str = "B"
+  stride_on: str = "3x3"
+  groups: int = 1
+  base_width: int = 64
+  preact: bool = False
+  zero_init_last_bn: bool = False
+  bn_momentum: float = 0.9
+  bn_epsilon: float = 1e-5
+  bn_axis_name: Optional[str] = None
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  matmul_1x1: bool = True
+  forward_form_grads: bool = False
 
-    expansion = 1  # class attribute, not a field
+  expansion = 1  # class attribute, not a field
 
-    # -- helpers -------------------------------------------------------------------------------
-    def _conv(self, features, kernel, stride=1, groups=1, *, name, zero=False):
-        return conv(features, kernel, stride, groups=groups, name=name, dtype=self.dtype,
-                    param_dtype=self.param_dtype,
-                    kernel_init=nn.initializers.zeros if zero else None,
-                    matmul_1x1=self.matmul_1x1, forward_form_grads=self.forward_form_grads)
+  # -- helpers -------------------------------------------------------------------------------
+  def _conv(self, features, kernel, stride=1, groups=1, *, name, zero=False):
+    return conv(
+      features,
+      kernel,
+      stride,
+      groups=groups,
+      name=name,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      kernel_init=nn.initializers.zeros if zero else None,
+      matmul_1x1=self.matmul_1x1,
+      forward_form_grads=self.forward_form_grads,
+    )
 
-    def _bn(self, train, *, name, zero=False):
-        return batch_norm(train, name=name, zero_scale=zero, momentum=self.bn_momentum,
-                          epsilon=self.bn_epsilon, axis_name=self.bn_axis_name, dtype=self.dtype,
-                          param_dtype=self.param_dtype)
+  def _bn(self, train, *, name, zero=False):
+    return batch_norm(
+      train,
+      name=name,
+      zero_scale=zero,
+      momentum=self.bn_momentum,
+      epsilon=self.bn_epsilon,
+      axis_name=self.bn_axis_name,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+    )
 
-    def _layers(self):
-        """[(name_suffix, features, kernel, stride, groups)] of the residual branch."""
-        raise NotImplementedError
+  def _layers(self):
+    """[(name_suffix, features, kernel, stride, groups)] of the residual branch."""
+    raise NotImplementedError
 
-    def _needs_projection(self, in_channels: int) -> bool:
-        changes = self.stride != 1 or in_channels != self.planes * self.expansion
-        return self.shortcut == "C" or (self.shortcut == "B" and changes)
+  def _needs_projection(self, in_channels: int) -> bool:
+    changes = self.stride != 1 or in_channels != self.planes * self.expansion
+    return self.shortcut == "C" or (self.shortcut == "B" and changes)
 
-    @nn.compact
-    def __call__(self, x, train: bool = False):
-        if self.shortcut not in SHORTCUTS:
-            raise ValueError(f"shortcut must be one of {SHORTCUTS}, got {self.shortcut!r}")
-        if self.stride_on not in STRIDE_ON:
-            raise ValueError(f"stride_on must be one of {STRIDE_ON}, got {self.stride_on!r}")
-        out_channels = self.planes * self.expansion
-        layers = self._layers()
-        project = self._needs_projection(x.shape[-1])
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    if self.shortcut not in SHORTCUTS:
+      raise ValueError(f"shortcut must be one of {SHORTCUTS}, got {self.shortcut!r}")
+    if self.stride_on not in STRIDE_ON:
+      raise ValueError(f"stride_on must be one of {STRIDE_ON}, got {self.stride_on!r}")
+    out_channels = self.planes * self.expansion
+    layers = self._layers()
+    project = self._needs_projection(x.shape[-1])
 
-        if self.preact:  # He et al. 2016, Fig. 1(b): BN-ReLU-conv; identity path untouched.
-            y = nn.relu(self._bn(train, name="bn1")(x))
-            if self.shortcut == "A":
-                identity = subsample_pad(x, self.stride, out_channels)
-            elif project:
-                identity = self._conv(out_channels, 1, self.stride, name="shortcut_conv")(y)
-            else:
-                identity = x
-            for i, (idx, feats, k, s, g) in enumerate(layers):
-                if i > 0:
-                    y = nn.relu(self._bn(train, name=f"bn{idx}")(y))
-                last = i == len(layers) - 1
-                # No BN follows the last conv, so zero_init_last_bn zeroes that conv's kernel.
-                y = self._conv(feats, k, s, g, name=f"conv{idx}",
-                               zero=last and self.zero_init_last_bn)(y)
-            return y if self.shortcut == "none" else y + identity
+    if self.preact:  # He et al. 2016, Fig. 1(b): BN-ReLU-conv; identity path untouched.
+      y = nn.relu(self._bn(train, name="bn1")(x))
+      if self.shortcut == "A":
+        identity = subsample_pad(x, self.stride, out_channels)
+      elif project:
+        identity = self._conv(out_channels, 1, self.stride, name="shortcut_conv")(y)
+      else:
+        identity = x
+      for i, (idx, feats, k, s, g) in enumerate(layers):
+        if i > 0:
+          y = nn.relu(self._bn(train, name=f"bn{idx}")(y))
+        last = i == len(layers) - 1
+        # No BN follows the last conv, so zero_init_last_bn zeroes that conv's kernel.
+        y = self._conv(feats, k, s, g, name=f"conv{idx}", zero=last and self.zero_init_last_bn)(y)
+      return y if self.shortcut == "none" else y + identity
 
-        y = x
-        for i, (idx, feats, k, s, g) in enumerate(layers):
-            last = i == len(layers) - 1
-            y = self._conv(feats, k, s, g, name=f"conv{idx}")(y)
-            y = self._bn(train, name=f"bn{idx}", zero=last and self.zero_init_last_bn)(y)
-            if not last:
-                y = nn.relu(y)
-        if self.shortcut == "none":
-            return nn.relu(y)
-        if project:
-            identity = self._conv(out_channels, 1, self.stride, name="shortcut_conv")(x)
-            identity = self._bn(train, name="shortcut_bn")(identity)
-        elif self.shortcut == "A":
-            identity = subsample_pad(x, self.stride, out_channels)
-        else:
-            identity = x
-        return nn.relu(y + identity)
+    y = x
+    for i, (idx, feats, k, s, g) in enumerate(layers):
+      last = i == len(layers) - 1
+      y = self._conv(feats, k, s, g, name=f"conv{idx}")(y)
+      y = self._bn(train, name=f"bn{idx}", zero=last and self.zero_init_last_bn)(y)
+      if not last:
+        y = nn.relu(y)
+    if self.shortcut == "none":
+      return nn.relu(y)
+    if project:
+      identity = self._conv(out_channels, 1, self.stride, name="shortcut_conv")(x)
+      identity = self._bn(train, name="shortcut_bn")(identity)
+    elif self.shortcut == "A":
+      identity = subsample_pad(x, self.stride, out_channels)
+    else:
+      identity = x
+    return nn.relu(y + identity)
 
 
 class BasicBlock(_Block):
-    """3x3 -> 3x3 (paper Fig. 5 left), expansion 1; the stride is on the first 3x3."""
+  """3x3 -> 3x3 (paper Fig. 5 left), expansion 1; the stride is on the first 3x3."""
 
-    expansion = 1
+  expansion = 1
 
-    def _layers(self):
-        return [(1, self.planes, 3, self.stride, 1), (2, self.planes, 3, 1, 1)]
+  def _layers(self):
+    return [(1, self.planes, 3, self.stride, 1), (2, self.planes, 3, 1, 1)]
 
 
 class BottleneckBlock(_Block):
-    """1x1 reduce -> 3x3 -> 1x1 expand x4 (paper §4.1, Fig. 5 right), expansion 4.
+  """1x1 reduce -> 3x3 -> 1x1 expand x4 (paper §4.1, Fig. 5 right), expansion 4.
 
-    The inner width is torchvision's ``int(planes * base_width / 64) * groups`` (= planes for
-    ResNet; ResNeXt-50 32x4d: 4*planes/64*32; Wide ResNet-50-2: 2*planes), and the 3x3 is grouped
-    (``feature_group_count=groups``).
-    """
+  The inner width is torchvision's ``int(planes * base_width / 64) * groups`` (= planes for
+  ResNet; ResNeXt-50 32x4d: 4*planes/64*32; Wide ResNet-50-2: 2*planes), and the 3x3 is grouped
+  (``feature_group_count=groups``).
+  """
 
-    expansion = 4
+  expansion = 4
 
-    def _layers(self):
-        width = int(self.planes * (self.base_width / 64.0)) * self.groups
-        s1, s3 = (self.stride, 1) if self.stride_on == "1x1" else (1, self.stride)
-        return [(1, width, 1, s1, 1), (2, width, 3, s3, self.groups),
-                (3, self.planes * self.expansion, 1, 1, 1)]
+  def _layers(self):
+    width = int(self.planes * (self.base_width / 64.0)) * self.groups
+    s1, s3 = (self.stride, 1) if self.stride_on == "1x1" else (1, self.stride)
+    return [
+      (1, width, 1, s1, 1),
+      (2, width, 3, s3, self.groups),
+      (3, self.planes * self.expansion, 1, 1, 1),
+    ]
 
 
 BLOCKS = {"basic": BasicBlock, "bottleneck": BottleneckBlock}

@@ -26,192 +26,203 @@ from .resnet import ResNet, scaled
 
 
 class Layer(NamedTuple):
-    """One layer: ``kind`` is 'conv', 'bn' or 'dense'; ``out_hw`` is the output spatial size."""
+  """One layer: ``kind`` is 'conv', 'bn' or 'dense'; ``out_hw`` is the output spatial size."""
 
-    name: str
-    kind: str
-    kernel: int
-    cin: int
-    cout: int
-    groups: int
-    out_hw: tuple[int, int]
-    in_hw: tuple[int, int] = (1, 1)
-    stride: int = 1
+  name: str
+  kind: str
+  kernel: int
+  cin: int
+  cout: int
+  groups: int
+  out_hw: tuple[int, int]
+  in_hw: tuple[int, int] = (1, 1)
+  stride: int = 1
 
-    @property
-    def params(self) -> int:
-        if self.kind == "conv":
-            return self.kernel * self.kernel * (self.cin // self.groups) * self.cout
-        if self.kind == "bn":
-            return 2 * self.cout
-        return self.cin * self.cout + self.cout  # dense: kernel + bias
+  @property
+  def params(self) -> int:
+    if self.kind == "conv":
+      return self.kernel * self.kernel * (self.cin // self.groups) * self.cout
+    if self.kind == "bn":
+      return 2 * self.cout
+    return self.cin * self.cout + self.cout  # dense: kernel + bias
 
-    @property
-    def macs(self) -> int:
-        if self.kind == "conv":
-            h, w = self.out_hw
-            return h * w * self.kernel * self.kernel * (self.cin // self.groups) * self.cout
-        if self.kind == "dense":
-            return self.cin * self.cout
-        return 0
+  @property
+  def macs(self) -> int:
+    if self.kind == "conv":
+      h, w = self.out_hw
+      return h * w * self.kernel * self.kernel * (self.cin // self.groups) * self.cout
+    if self.kind == "dense":
+      return self.cin * self.cout
+    return 0
 
-    @property
-    def valid_macs(self) -> int:
-        """Like ``macs`` but without the taps that fall on zero padding (what XLA counts)."""
-        if self.kind != "conv":
-            return self.macs
-        taps = 1
-        for n, o in zip(self.in_hw, self.out_hw):
-            taps *= _valid_taps(n, o, self.kernel, self.stride)
-        return taps * (self.cin // self.groups) * self.cout
+  @property
+  def valid_macs(self) -> int:
+    """Like ``macs`` but without the taps that fall on zero padding (what XLA counts)."""
+    if self.kind != "conv":
+      return self.macs
+    taps = 1
+    for n, o in zip(self.in_hw, self.out_hw):
+      taps *= _valid_taps(n, o, self.kernel, self.stride)
+    return taps * (self.cin // self.groups) * self.cout
 
 
 def _valid_taps(n: int, n_out: int, k: int, s: int) -> int:
-    """Sum over output positions of kernel taps landing inside an input of size n (padding k // 2)."""
-    p = k // 2
-    return sum(sum(1 for t in range(k) if 0 <= o * s - p + t < n) for o in range(n_out))
+  """Sum over output positions of kernel taps landing inside an input of size n (padding k // 2)."""
+  p = k // 2
+  return sum(sum(1 for t in range(k) if 0 <= o * s - p + t < n) for o in range(n_out))
 
 
 def _out(n: int, k: int, s: int) -> int:
-    """Output size of a k x k / s conv or pool with torchvision's k // 2 padding."""
-    return (n + 2 * (k // 2) - k) // s + 1
+  """Output size of a k x k / s conv or pool with torchvision's k // 2 padding."""
+  return (n + 2 * (k // 2) - k) // s + 1
 
 
 def _config(model, overrides) -> dict:
-    if isinstance(model, ResNet):
-        fields = {f.name: getattr(model, f.name) for f in dataclasses.fields(ResNet)
-                  if f.name not in ("parent", "name")}
-        return {**fields, **overrides}
-    defaults = {f.name: f.default for f in dataclasses.fields(ResNet)
-                if f.name not in ("parent", "name")}
-    return {**defaults, **model_config(model, **overrides)}
+  if isinstance(model, ResNet):
+    fields = {
+      f.name: getattr(model, f.name)
+      for f in dataclasses.fields(ResNet)
+      if f.name not in ("parent", "name")
+    }
+    return {**fields, **overrides}
+  defaults = {
+    f.name: f.default for f in dataclasses.fields(ResNet) if f.name not in ("parent", "name")
+  }
+  return {**defaults, **model_config(model, **overrides)}
 
 
 def _native_size(model, config) -> int:
-    if isinstance(model, (str, ModelSpec)):
-        return model_spec(model).image_size
-    return 224 if config["stem"] == "imagenet" else 32
+  if isinstance(model, (str, ModelSpec)):
+    return model_spec(model).image_size
+  return 224 if config["stem"] == "imagenet" else 32
 
 
-def layer_table(model, image_size: Optional[int | Sequence[int]] = None, in_channels: int = 3,
-                **overrides) -> list[Layer]:
-    """Every conv/BN/dense layer of ``model`` (a name, ModelSpec or ResNet) at ``image_size``."""
-    c = _config(model, overrides)
-    size = image_size if image_size is not None else _native_size(model, c)
-    h, w = (size, size) if isinstance(size, int) else tuple(size)
-    m = c["width_multiplier"]
-    layers: list[Layer] = []
+def layer_table(
+  model, image_size: Optional[int | Sequence[int]] = None, in_channels: int = 3, **overrides
+) -> list[Layer]:
+  """Every conv/BN/dense layer of ``model`` (a name, ModelSpec or ResNet) at ``image_size``."""
+  c = _config(model, overrides)
+  size = image_size if image_size is not None else _native_size(model, c)
+  h, w = (size, size) if isinstance(size, int) else tuple(size)
+  m = c["width_multiplier"]
+  layers: list[Layer] = []
 
-    def add_conv(name, k, cin, cout, s=1, g=1):
-        nonlocal h, w
-        hw_in = (h, w)
-        h, w = _out(h, k, s), _out(w, k, s)
-        layers.append(Layer(name, "conv", k, cin, cout, g, (h, w), hw_in, s))
+  def add_conv(name, k, cin, cout, s=1, g=1):
+    nonlocal h, w
+    hw_in = (h, w)
+    h, w = _out(h, k, s), _out(w, k, s)
+    layers.append(Layer(name, "conv", k, cin, cout, g, (h, w), hw_in, s))
 
-    def add_bn(name, ch):
-        layers.append(Layer(name, "bn", 1, ch, ch, 1, (h, w)))
+  def add_bn(name, ch):
+    layers.append(Layer(name, "bn", 1, ch, ch, 1, (h, w)))
 
-    stem = scaled(c["stem_width"], m)
-    if c["stem"] == "imagenet":
-        add_conv("stem_conv", 7, in_channels, stem, 2)
-        add_bn("stem_bn", stem)
-        h, w = _out(h, 3, 2), _out(w, 3, 2)  # 3x3/2 max-pool, padding 1
-    else:
-        add_conv("stem_conv", 3, in_channels, stem, 1)
+  stem = scaled(c["stem_width"], m)
+  if c["stem"] == "imagenet":
+    add_conv("stem_conv", 7, in_channels, stem, 2)
+    add_bn("stem_bn", stem)
+    h, w = _out(h, 3, 2), _out(w, 3, 2)  # 3x3/2 max-pool, padding 1
+  else:
+    add_conv("stem_conv", 3, in_channels, stem, 1)
+    if not c["preact"]:
+      add_bn("stem_bn", stem)
+
+  bottleneck = c["block"] == "bottleneck"
+  expansion = 4 if bottleneck else 1
+  cin = stem
+  for i, (n_blocks, planes) in enumerate(zip(c["stage_sizes"], c["stage_widths"])):
+    planes = scaled(planes, m)
+    cout = planes * expansion
+    for j in range(n_blocks):
+      p = f"stage{i + 1}_block{j}/"
+      stride = 2 if (i > 0 and j == 0) else 1
+      h0, w0 = h, w
+      if bottleneck:
+        width = int(planes * (c["width_per_group"] / 64.0)) * c["groups"]
+        s1, s3 = (stride, 1) if c["stride_on"] == "1x1" else (1, stride)
+        convs = [(1, cin, width, s1, 1), (3, width, width, s3, c["groups"]), (1, width, cout, 1, 1)]
+      else:
+        convs = [(3, cin, cout, stride, 1), (3, cout, cout, 1, 1)]
+      for k_idx, (k, ci, co, s, g) in enumerate(convs, start=1):
+        # pre-activation: bn{k} normalises the conv's input; otherwise its output
+        if c["preact"]:
+          add_bn(p + f"bn{k_idx}", ci)
+        add_conv(p + f"conv{k_idx}", k, ci, co, s, g)
         if not c["preact"]:
-            add_bn("stem_bn", stem)
-
-    bottleneck = c["block"] == "bottleneck"
-    expansion = 4 if bottleneck else 1
-    cin = stem
-    for i, (n_blocks, planes) in enumerate(zip(c["stage_sizes"], c["stage_widths"])):
-        planes = scaled(planes, m)
-        cout = planes * expansion
-        for j in range(n_blocks):
-            p = f"stage{i + 1}_block{j}/"
-            stride = 2 if (i > 0 and j == 0) else 1
-            h0, w0 = h, w
-            if bottleneck:
-                width = int(planes * (c["width_per_group"] / 64.0)) * c["groups"]
-                s1, s3 = (stride, 1) if c["stride_on"] == "1x1" else (1, stride)
-                convs = [(1, cin, width, s1, 1), (3, width, width, s3, c["groups"]),
-                         (1, width, cout, 1, 1)]
-            else:
-                convs = [(3, cin, cout, stride, 1), (3, cout, cout, 1, 1)]
-            for k_idx, (k, ci, co, s, g) in enumerate(convs, start=1):
-                # pre-activation: bn{k} normalises the conv's input; otherwise its output
-                if c["preact"]:
-                    add_bn(p + f"bn{k_idx}", ci)
-                add_conv(p + f"conv{k_idx}", k, ci, co, s, g)
-                if not c["preact"]:
-                    add_bn(p + f"bn{k_idx}", co)
-            changes = stride != 1 or cin != cout
-            if c["shortcut"] == "C" or (c["shortcut"] == "B" and changes):
-                h1, w1 = h, w
-                h, w = h0, w0
-                add_conv(p + "shortcut_conv", 1, cin, cout, stride)
-                if not c["preact"]:
-                    add_bn(p + "shortcut_bn", cout)
-                assert (h, w) == (h1, w1)
-            cin = cout
-    if c["preact"]:
-        add_bn("final_bn", cin)
-    layers.append(Layer("head", "dense", 1, cin, c["num_classes"], 1, (1, 1)))
-    return layers
+          add_bn(p + f"bn{k_idx}", co)
+      changes = stride != 1 or cin != cout
+      if c["shortcut"] == "C" or (c["shortcut"] == "B" and changes):
+        h1, w1 = h, w
+        h, w = h0, w0
+        add_conv(p + "shortcut_conv", 1, cin, cout, stride)
+        if not c["preact"]:
+          add_bn(p + "shortcut_bn", cout)
+        assert (h, w) == (h1, w1)
+      cin = cout
+  if c["preact"]:
+    add_bn("final_bn", cin)
+  layers.append(Layer("head", "dense", 1, cin, c["num_classes"], 1, (1, 1)))
+  return layers
 
 
-def count_macs(model, image_size: Optional[int | Sequence[int]] = None, in_channels: int = 3,
-               *, exclude_padding: bool = False, **overrides) -> int:
-    """Multiply-adds of one image's forward pass (convs + dense; BN/ReLU/pool/adds excluded).
+def count_macs(
+  model,
+  image_size: Optional[int | Sequence[int]] = None,
+  in_channels: int = 3,
+  *,
+  exclude_padding: bool = False,
+  **overrides,
+) -> int:
+  """Multiply-adds of one image's forward pass (convs + dense; BN/ReLU/pool/adds excluded).
 
-    ``model`` is a name, a ModelSpec or a ResNet; ``image_size`` defaults to the native one;
-    ``overrides`` are ResNet fields (e.g. ``stride_on='1x1'`` for the paper's placement).
-    The usual convention (and the paper's) counts every kernel tap at every output position;
-    ``exclude_padding=True`` skips taps on the zero padding, as XLA's cost analysis does.
-    """
-    layers = layer_table(model, image_size, in_channels, **overrides)
-    return sum(layer.valid_macs if exclude_padding else layer.macs for layer in layers)
+  ``model`` is a name, a ModelSpec or a ResNet; ``image_size`` defaults to the native one;
+  ``overrides`` are ResNet fields (e.g. ``stride_on='1x1'`` for the paper's placement).
+  The usual convention (and the paper's) counts every kernel tap at every output position;
+  ``exclude_padding=True`` skips taps on the zero padding, as XLA's cost analysis does.
+  """
+  layers = layer_table(model, image_size, in_channels, **overrides)
+  return sum(layer.valid_macs if exclude_padding else layer.macs for layer in layers)
 
 
 def count_params(model, in_channels: int = 3, **overrides) -> int:
-    """Trainable parameters (conv kernels, BN scale+bias, dense kernel+bias), from the layer table."""
-    return sum(layer.params for layer in layer_table(model, 32, in_channels, **overrides))
+  """Trainable parameters (conv kernels, BN scale+bias, dense kernel+bias), from the layer table."""
+  return sum(layer.params for layer in layer_table(model, 32, in_channels, **overrides))
 
 
 def param_count_from_init(model, image_size: int = 32, in_channels: int = 3, **overrides) -> int:
-    """Parameters of the built Flax module, via ``jax.eval_shape`` (no compilation, no memory)."""
-    module = model if isinstance(model, ResNet) else get_model(model, **overrides)
-    x = jax.ShapeDtypeStruct((1, image_size, image_size, in_channels), jnp.float32)
-    shapes = jax.eval_shape(lambda k, x: module.init(k, x, train=False), jax.random.key(0), x)
-    return sum(_size(a.shape) for a in jax.tree_util.tree_leaves(shapes["params"]))
+  """Parameters of the built Flax module, via ``jax.eval_shape`` (no compilation, no memory)."""
+  module = model if isinstance(model, ResNet) else get_model(model, **overrides)
+  x = jax.ShapeDtypeStruct((1, image_size, image_size, in_channels), jnp.float32)
+  shapes = jax.eval_shape(lambda k, x: module.init(k, x, train=False), jax.random.key(0), x)
+  return sum(_size(a.shape) for a in jax.tree_util.tree_leaves(shapes["params"]))
 
 
 def _size(shape) -> int:
-    n = 1
-    for d in shape:
-        n *= int(d)
-    return n
+  n = 1
+  for d in shape:
+    n *= int(d)
+  return n
 
 
 def format_model_table(names: Optional[Iterable[str]] = None) -> str:
-    """A text table: name, family, native image size, parameters (eval_shape of init), multiply-adds.
+  """A text table: name, family, native image size, parameters (eval_shape of init), multiply-adds.
 
-    Multiply-adds count convs and the dense head at the native resolution (BN, ReLU, pooling and
-    residual additions excluded).
-    """
-    names = list(names) if names is not None else list_models()
-    header = f"{'model':<20} {'family':<9} {'image':>5} {'params':>13} {'mult-adds':>10}"
-    rows = [header, "-" * len(header)]
-    for name in names:
-        spec = model_spec(name)
-        params = param_count_from_init(name, image_size=32)
-        macs = count_macs(name)
-        rows.append(f"{name:<20} {spec.family:<9} {spec.image_size:>5} {params:>13,} "
-                    f"{_human(macs):>10}")
-    return "\n".join(rows)
+  Multiply-adds count convs and the dense head at the native resolution (BN, ReLU, pooling and
+  residual additions excluded).
+  """
+  names = list(names) if names is not None else list_models()
+  header = f"{'model':<20} {'family':<9} {'image':>5} {'params':>13} {'mult-adds':>10}"
+  rows = [header, "-" * len(header)]
+  for name in names:
+    spec = model_spec(name)
+    params = param_count_from_init(name, image_size=32)
+    macs = count_macs(name)
+    rows.append(
+      f"{name:<20} {spec.family:<9} {spec.image_size:>5} {params:>13,} {_human(macs):>10}"
+    )
+  return "\n".join(rows)
 
 
 def _human(n: int) -> str:
-    if n >= 1e9:
-        return f"{n / 1e9:.2f}G"
-    return f"{n / 1e6:.1f}M"
+  if n >= 1e9:
+    return f"{n / 1e9:.2f}G"
+  return f"{n / 1e6:.1f}M"

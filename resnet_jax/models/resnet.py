@@ -67,146 +67,187 @@ STEMS = ("imagenet", "cifar")
 
 
 def _uniform_fan_in(fan_in: int):
-    bound = 1.0 / max(fan_in, 1) ** 0.5
+  bound = 1.0 / max(fan_in, 1) ** 0.5
 
-    def init(key, shape, dtype=jnp.float32):
-        return jax.random.uniform(key, shape, dtype, -bound, bound)
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
 
-    return init
+  return init
 
 
 def scaled(width: int, multiplier: float) -> int:
-    """A width times ``width_multiplier`` (at least 1)."""
-    return max(1, int(round(width * multiplier)))
+  """A width times ``width_multiplier`` (at least 1)."""
+  return max(1, int(round(width * multiplier)))
 
 
 class ResNet(nn.Module):
-    """A residual (or plain) network; every field can be overridden through ``get_model``.
+  """A residual (or plain) network; every field can be overridden through ``get_model``.
 
-    Attributes:
-      stage_sizes: blocks per stage (Table 1, e.g. (3, 4, 6, 3); CIFAR: (n, n, n)).
-      block: ``'basic'`` or ``'bottleneck'`` (see blocks.py).
-      stage_widths: planes per stage (block output = planes * expansion).
-      stem: ``'imagenet'`` (7x7/2 conv, BN, ReLU, 3x3/2 max-pool) or ``'cifar'`` (3x3 conv, BN, ReLU).
-      stem_width: stem conv filters (64 ImageNet, 16 CIFAR).
-      width_multiplier: scales ``stem_width`` and ``stage_widths`` (1.0 = the paper's).
-      num_classes: head outputs.
-      shortcut: ``'A'``, ``'B'``, ``'C'`` or ``'none'`` (plain net), paper §3.3/§4.1.
-      stride_on: ``'3x3'`` (torchvision v1.5) or ``'1x1'`` (paper v1), bottleneck only.
-      groups, width_per_group: ResNeXt cardinality and per-group width (64 = plain ResNet; wide
-        ResNet-50-2 is 128).
-      preact: pre-activation v2 blocks plus a final BN-ReLU.
-      zero_init_last_bn: zero scale of each block's last BN (pre-activation: last conv's kernel).
-      bn_momentum, bn_epsilon: BatchNorm running-average momentum / epsilon (torchvision: 0.9, 1e-5).
-      bn_axis_name: pmap axis name for cross-replica BN statistics (None: per-replica).
-      dtype: compute dtype (e.g. ``jnp.bfloat16``); param_dtype: parameter dtype.
-      matmul_1x1: 1x1 convs as matmuls (same parameters; faster on XLA CPU).
-      scan_blocks: compile the repeated blocks of a stage once (``nn.scan``; scanned param layout).
-      remat: rematerialise each block in the backward pass (less memory, ~1/3 more compute).
-    """
+  Attributes:
+    stage_sizes: blocks per stage (Table 1, e.g. (3, 4, 6, 3); CIFAR: (n, n, n)).
+    block: ``'basic'`` or ``'bottleneck'`` (see blocks.py).
+    stage_widths: planes per stage (block output = planes * expansion).
+    stem: ``'imagenet'`` (7x7/2 conv, BN, ReLU, 3x3/2 max-pool) or ``'cifar'`` (3x3 conv, BN, ReLU).
+    stem_width: stem conv filters (64 ImageNet, 16 CIFAR).
+    width_multiplier: scales ``stem_width`` and ``stage_widths`` (1.0 = the paper's).
+    num_classes: head outputs.
+    shortcut: ``'A'``, ``'B'``, ``'C'`` or ``'none'`` (plain net), paper §3.3/§4.1.
+    stride_on: ``'3x3'`` (torchvision v1.5) or ``'1x1'`` (paper v1), bottleneck only.
+    groups, width_per_group: ResNeXt cardinality and per-group width (64 = plain ResNet; wide
+      ResNet-50-2 is 128).
+    preact: pre-activation v2 blocks plus a final BN-ReLU.
+    zero_init_last_bn: zero scale of each block's last BN (pre-activation: last conv's kernel).
+    bn_momentum, bn_epsilon: BatchNorm running-average momentum / epsilon (torchvision: 0.9, 1e-5).
+    bn_axis_name: pmap axis name for cross-replica BN statistics (None: per-replica).
+    dtype: compute dtype (e.g. ``jnp.bfloat16``); param_dtype: parameter dtype.
+    matmul_1x1: 1x1 convs as matmuls (same parameters; faster on XLA CPU).
+    scan_blocks: compile the repeated blocks of a stage once (``nn.scan``; scanned param layout).
+    remat: rematerialise each block in the backward pass (less memory, ~1/3 more compute).
+  """
 
-    stage_sizes: Sequence[int] = (2, 2, 2, 2)
-    block: str = "basic"
-    stage_widths: Sequence[int] = (64, 128, 256, 512)
-    stem: str = "imagenet"
-    stem_width: int = 64
-    width_multiplier: float = 1.0
-    num_classes: int = 1000
-    shortcut: str = "B"
-    stride_on: str = "3x3"
-    groups: int = 1
-    width_per_group: int = 64
-    preact: bool = False
-    zero_init_last_bn: bool = False
-    bn_momentum: float = 0.9
-    bn_epsilon: float = 1e-5
-    bn_axis_name: Optional[str] = None
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
-    matmul_1x1: bool = True
-    scan_blocks: bool = False
-    remat: bool = False
+  stage_sizes: Sequence[int] = (2, 2, 2, 2)
+  block: str = "basic"
+  stage_widths: Sequence[int] = (64, 128, 256, 512)
+  stem: str = "imagenet"
+  stem_width: int = 64
+  width_multiplier: float = 1.0
+  num_classes: int = 1000
+  shortcut: str = "B"
+  stride_on: str = "3x3"
+  groups: int = 1
+  width_per_group: int = 64
+  preact: bool = False
+  zero_init_last_bn: bool = False
+  bn_momentum: float = 0.9
+  bn_epsilon: float = 1e-5
+  bn_axis_name: Optional[str] = None
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  matmul_1x1: bool = True
+  scan_blocks: bool = False
+  remat: bool = False
 
-    def _bn(self, train, name):
-        return batch_norm(train, name=name, momentum=self.bn_momentum, epsilon=self.bn_epsilon,
-                          axis_name=self.bn_axis_name, dtype=self.dtype,
-                          param_dtype=self.param_dtype)
+  def _bn(self, train, name):
+    return batch_norm(
+      train,
+      name=name,
+      momentum=self.bn_momentum,
+      epsilon=self.bn_epsilon,
+      axis_name=self.bn_axis_name,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+    )
 
-    @nn.compact
-    def __call__(self, x, train: bool = False):
-        if self.block not in BLOCKS:
-            raise ValueError(f"block must be one of {tuple(BLOCKS)}, got {self.block!r}")
-        if self.stem not in STEMS:
-            raise ValueError(f"stem must be one of {STEMS}, got {self.stem!r}")
-        if self.shortcut not in SHORTCUTS:
-            raise ValueError(f"shortcut must be one of {SHORTCUTS}, got {self.shortcut!r}")
-        if self.stride_on not in STRIDE_ON:
-            raise ValueError(f"stride_on must be one of {STRIDE_ON}, got {self.stride_on!r}")
-        if len(self.stage_sizes) != len(self.stage_widths):
-            raise ValueError("stage_sizes and stage_widths must have the same length")
-        block_cls = BLOCKS[self.block]
-        x = jnp.asarray(x, self.dtype)
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    if self.block not in BLOCKS:
+      raise ValueError(f"block must be one of {tuple(BLOCKS)}, got {self.block!r}")
+    if self.stem not in STEMS:
+      raise ValueError(f"stem must be one of {STEMS}, got {self.stem!r}")
+    if self.shortcut not in SHORTCUTS:
+      raise ValueError(f"shortcut must be one of {SHORTCUTS}, got {self.shortcut!r}")
+    if self.stride_on not in STRIDE_ON:
+      raise ValueError(f"stride_on must be one of {STRIDE_ON}, got {self.stride_on!r}")
+    if len(self.stage_sizes) != len(self.stage_widths):
+      raise ValueError("stage_sizes and stage_widths must have the same length")
+    block_cls = BLOCKS[self.block]
+    x = jnp.asarray(x, self.dtype)
 
-        stem_width = scaled(self.stem_width, self.width_multiplier)
-        if self.stem == "imagenet":
-            x = conv(stem_width, 7, 2, name="stem_conv", dtype=self.dtype,
-                     param_dtype=self.param_dtype, matmul_1x1=self.matmul_1x1)(x)
-            x = nn.relu(self._bn(train, "stem_bn")(x))
-            x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
-        else:
-            x = conv(stem_width, 3, 1, name="stem_conv", dtype=self.dtype,
-                     param_dtype=self.param_dtype, matmul_1x1=self.matmul_1x1)(x)
-            if not self.preact:  # v2 CIFAR: the first block pre-activates the stem output.
-                x = nn.relu(self._bn(train, "stem_bn")(x))
+    stem_width = scaled(self.stem_width, self.width_multiplier)
+    if self.stem == "imagenet":
+      x = conv(
+        stem_width,
+        7,
+        2,
+        name="stem_conv",
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        matmul_1x1=self.matmul_1x1,
+      )(x)
+      x = nn.relu(self._bn(train, "stem_bn")(x))
+      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    else:
+      x = conv(
+        stem_width,
+        3,
+        1,
+        name="stem_conv",
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        matmul_1x1=self.matmul_1x1,
+      )(x)
+      if not self.preact:  # v2 CIFAR: the first block pre-activates the stem output.
+        x = nn.relu(self._bn(train, "stem_bn")(x))
 
-        for i, (n_blocks, planes) in enumerate(zip(self.stage_sizes, self.stage_widths)):
-            fields = dict(
-                planes=scaled(planes, self.width_multiplier),
-                shortcut=self.shortcut, stride_on=self.stride_on, groups=self.groups,
-                base_width=self.width_per_group, preact=self.preact,
-                zero_init_last_bn=self.zero_init_last_bn, bn_momentum=self.bn_momentum,
-                bn_epsilon=self.bn_epsilon, bn_axis_name=self.bn_axis_name,
-                dtype=self.dtype, param_dtype=self.param_dtype, matmul_1x1=self.matmul_1x1)
-            # train is positional (argument 2) so that nn.remat can treat it as static.
-            first_cls = nn.remat(block_cls, static_argnums=(2,)) if self.remat else block_cls
-            x = first_cls(stride=2 if i > 0 else 1, name=f"stage{i + 1}_block0", **fields)(
-                x, train)
-            if n_blocks <= 1:
-                continue
-            if self.scan_blocks:
-                body = _ScanBody
-                if self.remat:
-                    body = nn.remat(body, prevent_cse=False)
-                scanned = nn.scan(body, variable_axes={"params": 0, "batch_stats": 0},
-                                  split_rngs={"params": True}, length=n_blocks - 1)
-                # Inside the scan's while loop XLA:CPU needs the gradient convolutions written
-                # in forward form (blocks.conv_forward_form_grads); same parameters and values.
-                body_fields = {**fields, "forward_form_grads": True}
-                x, _ = scanned(block=self.block, fields=tuple(sorted(body_fields.items())),
-                               train=train, name=f"stage{i + 1}_blocks")(x, None)
-            else:
-                for j in range(1, n_blocks):
-                    x = first_cls(stride=1, name=f"stage{i + 1}_block{j}", **fields)(x, train)
+    for i, (n_blocks, planes) in enumerate(zip(self.stage_sizes, self.stage_widths)):
+      fields = dict(
+        planes=scaled(planes, self.width_multiplier),
+        shortcut=self.shortcut,
+        stride_on=self.stride_on,
+        groups=self.groups,
+        base_width=self.width_per_group,
+        preact=self.preact,
+        zero_init_last_bn=self.zero_init_last_bn,
+        bn_momentum=self.bn_momentum,
+        bn_epsilon=self.bn_epsilon,
+        bn_axis_name=self.bn_axis_name,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        matmul_1x1=self.matmul_1x1,
+      )
+      # train is positional (argument 2) so that nn.remat can treat it as static.
+      first_cls = nn.remat(block_cls, static_argnums=(2,)) if self.remat else block_cls
+      x = first_cls(stride=2 if i > 0 else 1, name=f"stage{i + 1}_block0", **fields)(x, train)
+      if n_blocks <= 1:
+        continue
+      if self.scan_blocks:
+        body = _ScanBody
+        if self.remat:
+          body = nn.remat(body, prevent_cse=False)
+        scanned = nn.scan(
+          body,
+          variable_axes={"params": 0, "batch_stats": 0},
+          split_rngs={"params": True},
+          length=n_blocks - 1,
+        )
+        # Inside the scan's while loop XLA:CPU needs the gradient convolutions written
+        # in forward form (blocks.conv_forward_form_grads); same parameters and values.
+        body_fields = {**fields, "forward_form_grads": True}
+        x, _ = scanned(
+          block=self.block,
+          fields=tuple(sorted(body_fields.items())),
+          train=train,
+          name=f"stage{i + 1}_blocks",
+        )(x, None)
+      else:
+        for j in range(1, n_blocks):
+          x = first_cls(stride=1, name=f"stage{i + 1}_block{j}", **fields)(x, train)
 
-        if self.preact:
-            x = nn.relu(self._bn(train, "final_bn")(x))
-        x = jnp.mean(x, axis=(1, 2))
-        init = _uniform_fan_in(x.shape[-1])
-        x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
-                     kernel_init=init, bias_init=init, name="head")(x)
-        return jnp.asarray(x, jnp.float32)
+    if self.preact:
+      x = nn.relu(self._bn(train, "final_bn")(x))
+    x = jnp.mean(x, axis=(1, 2))
+    init = _uniform_fan_in(x.shape[-1])
+    x = nn.Dense(
+      self.num_classes,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      kernel_init=init,
+      bias_init=init,
+      name="head",
+    )(x)
+    return jnp.asarray(x, jnp.float32)
 
 
 class _ScanBody(nn.Module):
-    """One repeated block as a scan body: ``(x, None) -> (block(x), None)``; the block is ``block``."""
+  """One repeated block as a scan body: ``(x, None) -> (block(x), None)``; the block is ``block``."""
 
-    block: str
-    fields: tuple
-    train: bool
+  block: str
+  fields: tuple
+  train: bool
 
-    @nn.compact
-    def __call__(self, x, _):
-        return BLOCKS[self.block](stride=1, name="block", **dict(self.fields))(x, self.train), None
+  @nn.compact
+  def __call__(self, x, _):
+    return BLOCKS[self.block](stride=1, name="block", **dict(self.fields))(x, self.train), None
 
 
 _UNROLLED = re.compile(r"^stage(\d+)_block(\d+)$")
@@ -214,53 +255,54 @@ _SCANNED = re.compile(r"^stage(\d+)_blocks$")
 
 
 def to_scanned(tree):
-    """Unrolled layout -> ``scan_blocks=True`` layout (exact; numpy/jax leaves are stacked).
+  """Unrolled layout -> ``scan_blocks=True`` layout (exact; numpy/jax leaves are stacked).
 
-    ``tree`` is any dict keyed like the model's variables of one collection (``params``,
-    ``batch_stats``, or e.g. an optimizer's momentum for the params): ``stage{i}_block{j}`` for
-    j >= 1 are stacked into ``stage{i}_blocks/block``; other keys pass through.  A
-    ``{'params': ..., 'batch_stats': ...}`` variables dict is converted collection by collection.
-    """
-    if _is_variables(tree):
-        return {k: to_scanned(v) for k, v in tree.items()}
-    out, stacks = {}, {}
-    for key, value in tree.items():
-        m = _UNROLLED.match(key)
-        if m and int(m.group(2)) >= 1:
-            stacks.setdefault(int(m.group(1)), {})[int(m.group(2))] = value
-        else:
-            out[key] = value
-    for stage, blocks in stacks.items():
-        if sorted(blocks) != list(range(1, len(blocks) + 1)):
-            raise ValueError(f"stage{stage}: blocks {sorted(blocks)} are not 1..n-1")
-        ordered = [blocks[j] for j in range(1, len(blocks) + 1)]
-        out[f"stage{stage}_blocks"] = {"block": jax.tree_util.tree_map(
-            lambda *xs: _stack(xs), *ordered)}
-    return out
+  ``tree`` is any dict keyed like the model's variables of one collection (``params``,
+  ``batch_stats``, or e.g. an optimizer's momentum for the params): ``stage{i}_block{j}`` for
+  j >= 1 are stacked into ``stage{i}_blocks/block``; other keys pass through.  A
+  ``{'params': ..., 'batch_stats': ...}`` variables dict is converted collection by collection.
+  """
+  if _is_variables(tree):
+    return {k: to_scanned(v) for k, v in tree.items()}
+  out, stacks = {}, {}
+  for key, value in tree.items():
+    m = _UNROLLED.match(key)
+    if m and int(m.group(2)) >= 1:
+      stacks.setdefault(int(m.group(1)), {})[int(m.group(2))] = value
+    else:
+      out[key] = value
+  for stage, blocks in stacks.items():
+    if sorted(blocks) != list(range(1, len(blocks) + 1)):
+      raise ValueError(f"stage{stage}: blocks {sorted(blocks)} are not 1..n-1")
+    ordered = [blocks[j] for j in range(1, len(blocks) + 1)]
+    out[f"stage{stage}_blocks"] = {
+      "block": jax.tree_util.tree_map(lambda *xs: _stack(xs), *ordered)
+    }
+  return out
 
 
 def to_unrolled(tree):
-    """``scan_blocks=True`` layout -> the unrolled (checkpoint) layout; inverse of :func:`to_scanned`."""
-    if _is_variables(tree):
-        return {k: to_unrolled(v) for k, v in tree.items()}
-    out = {}
-    for key, value in tree.items():
-        m = _SCANNED.match(key)
-        if not m:
-            out[key] = value
-            continue
-        inner = value["block"]
-        n = jax.tree_util.tree_leaves(inner)[0].shape[0]
-        for j in range(n):
-            out[f"stage{m.group(1)}_block{j + 1}"] = jax.tree_util.tree_map(lambda a: a[j], inner)
-    return out
+  """``scan_blocks=True`` layout -> the unrolled (checkpoint) layout; inverse of :func:`to_scanned`."""
+  if _is_variables(tree):
+    return {k: to_unrolled(v) for k, v in tree.items()}
+  out = {}
+  for key, value in tree.items():
+    m = _SCANNED.match(key)
+    if not m:
+      out[key] = value
+      continue
+    inner = value["block"]
+    n = jax.tree_util.tree_leaves(inner)[0].shape[0]
+    for j in range(n):
+      out[f"stage{m.group(1)}_block{j + 1}"] = jax.tree_util.tree_map(lambda a, j=j: a[j], inner)
+  return out
 
 
 def _is_variables(tree) -> bool:
-    return bool(tree) and set(tree) <= {"params", "batch_stats"}
+  return bool(tree) and set(tree) <= {"params", "batch_stats"}
 
 
 def _stack(xs):
-    if all(isinstance(x, np.ndarray) for x in xs):
-        return np.stack(xs)
-    return jnp.stack(xs)
+  if all(isinstance(x, np.ndarray) for x in xs):
+    return np.stack(xs)
+  return jnp.stack(xs)

@@ -12,33 +12,37 @@ import ml_collections
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   # Model (resnet_jax.models registry).
-  c.model = "resnet20"             # registry name; `resnet-jax models` lists them.
+  c.model = "resnet20"  # registry name; `resnet-jax models` lists them.
   # ResNet fields passed to get_model; '' keeps the registry's default for that model.
-  c.model_overrides = ml_collections.ConfigDict({
-      "shortcut": "",            # 'A' | 'B' | 'C' | 'none' (paper §3.3, Table 3).
-      "stride_on": "",           # '3x3' (v1.5, torchvision) | '1x1' (the paper's v1).
+  c.model_overrides = ml_collections.ConfigDict(
+    {
+      "shortcut": "",  # 'A' | 'B' | 'C' | 'none' (paper §3.3, Table 3).
+      "stride_on": "",  # '3x3' (v1.5, torchvision) | '1x1' (the paper's v1).
       "zero_init_last_bn": False,
-      "width_multiplier": 1.0,   # scales every width (narrow nets for quick studies).
-      "stage_sizes": (),         # blocks per stage, e.g. (1, 1, 1) for a 6n+2 net with n=1.
+      "width_multiplier": 1.0,  # scales every width (narrow nets for quick studies).
+      "stage_sizes": (),  # blocks per stage, e.g. (1, 1, 1) for a 6n+2 net with n=1.
       # Compile each stage's repeated block once (nn.scan): ResNet-1202's train step compiles in
       # 6.7 s instead of > 400 s. Checkpoints then hold the stacked layout (resnet.to_unrolled).
       "scan_blocks": False,
-      "remat": False,            # recompute block activations in the backward pass (memory).
-  })
-  c.precision = "fp32"             # 'fp32' | 'bf16' (bf16 compute, fp32 params) | 'fp16' (+ loss scaling).
-  c.cross_replica_bn = True        # BN statistics over the global batch (else per replica, synced at evals).
-  c.init_from = ""                 # workdir of a converted/pretrained checkpoint to start from.
+      "remat": False,  # recompute block activations in the backward pass (memory).
+    }
+  )
+  c.precision = "fp32"  # 'fp32' | 'bf16' (bf16 compute, fp32 params) | 'fp16' (+ loss scaling).
+  c.cross_replica_bn = (
+    True  # BN statistics over the global batch (else per replica, synced at evals).
+  )
+  c.init_from = ""  # workdir of a converted/pretrained checkpoint to start from.
   # Data (resnet_jax.data registry).
   c.dataset = "digits"
-  c.data_dir = ""                  # tfds data_dir ('' = tfds default, ~/tensorflow_datasets).
-  c.train_split = ""               # '' = the dataset's default train split.
-  c.eval_split = ""                # '' = the dataset's default eval split.
-  c.train_augment = ""             # '' = the dataset's default ('paper', 'inception', 'cifar', 'digits').
-  c.eval_method = "center"         # 'center' | 'ten_crop' | 'full_conv' (paper §3.4).
+  c.data_dir = ""  # tfds data_dir ('' = tfds default, ~/tensorflow_datasets).
+  c.train_split = ""  # '' = the dataset's default train split.
+  c.eval_split = ""  # '' = the dataset's default eval split.
+  c.train_augment = ""  # '' = the dataset's default ('paper', 'inception', 'cifar', 'digits').
+  c.eval_method = "center"  # 'center' | 'ten_crop' | 'full_conv' (paper §3.4).
   # Shorter sides for 'full_conv'; () = chosen from the eval image size (train.loop.full_conv_scales:
   # the paper's 224, 256, 384, 480, 640 at a 224 crop; 28, 32, 40 on 28 px digits).
   c.eval_scales = ()
-  c.image_size = 0                 # 0 = the dataset's native training crop.
+  c.image_size = 0  # 0 = the dataset's native training crop.
   # Optimisation (resnet_jax.train.optim documents each).
   c.global_batch_size = 128
   c.num_train_steps = 1000
@@ -62,11 +66,11 @@ def base_config() -> ml_collections.ConfigDict:
   # Bookkeeping.
   c.seed = 0
   c.log_every_steps = 50
-  c.eval_every_steps = 500         # also a checkpoint step (best-by-validation needs its metric).
+  c.eval_every_steps = 500  # also a checkpoint step (best-by-validation needs its metric).
   c.checkpoint_every_steps = 500
-  c.keep_checkpoints = 3           # the latest K, plus the best by validation error.
+  c.keep_checkpoints = 3  # the latest K, plus the best by validation error.
   c.async_checkpoints = True
-  c.stop_after_steps = 0           # > 0: stop (with a checkpoint) after this step, e.g. for tests.
+  c.stop_after_steps = 0  # > 0: stop (with a checkpoint) after this step, e.g. for tests.
   return c
 
 
@@ -79,9 +83,12 @@ def validate(config, *, known_models, known_datasets) -> None:
 
   if config.model not in known_models:
     import difflib  # pylint: disable=g-import-not-at-top
+
     close = difflib.get_close_matches(config.model, known_models, n=4)
-    bad("model", f"unknown model; close matches: {', '.join(close) or 'none'} "
-                 f"(`resnet-jax models` lists all)")
+    bad(
+      "model",
+      f"unknown model; close matches: {', '.join(close) or 'none'} (`resnet-jax models` lists all)",
+    )
   if config.dataset not in known_datasets:
     bad("dataset", f"unknown dataset; known: {', '.join(sorted(known_datasets))}")
   if config.precision not in ("fp32", "bf16", "fp16"):
@@ -92,8 +99,15 @@ def validate(config, *, known_models, known_datasets) -> None:
     bad("schedule", f"unknown schedule; choose one of {', '.join(optim.SCHEDULES)}")
   if config.eval_method not in ("center", "ten_crop", "full_conv"):
     bad("eval_method", "must be one of center, ten_crop, full_conv")
-  for key in ("learning_rate", "global_batch_size", "num_train_steps", "log_every_steps",
-              "eval_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
+  for key in (
+    "learning_rate",
+    "global_batch_size",
+    "num_train_steps",
+    "log_every_steps",
+    "eval_every_steps",
+    "checkpoint_every_steps",
+    "keep_checkpoints",
+  ):
     if not config[key] > 0:
       bad(key, "must be positive")
   for key in ("weight_decay", "momentum", "label_smoothing", "warmup_steps", "warmup_lr_scale"):

@@ -67,6 +67,7 @@ class _Preemption:
     if jax.process_count() == 1:
       return self.requested
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
     flags = multihost_utils.process_allgather(np.asarray(self.requested))
     return bool(np.any(flags))
 
@@ -86,27 +87,38 @@ def build_model(config, num_classes: int):
 
 def check_config(config):
   """Every check that can fail before data is read or anything compiles."""
-  config_lib.validate(config, known_models=models.list_models(),
-                      known_datasets=data_lib.list_datasets())
+  config_lib.validate(
+    config, known_models=models.list_models(), known_datasets=data_lib.list_datasets()
+  )
   devices = jax.device_count()
   if config.global_batch_size % devices:
     raise ValueError(
-        f"config.global_batch_size={config.global_batch_size} is not divisible by the "
-        f"{devices} devices; choose a multiple of {devices}")
+      f"config.global_batch_size={config.global_batch_size} is not divisible by the "
+      f"{devices} devices; choose a multiple of {devices}"
+    )
 
 
 def _first_replica(tree):
   """This host's copy of a replicated pytree, as numpy (works when other hosts hold other shards)."""
+
   def first(x):
     shard = np.asarray(x.addressable_data(0))
     return shard[0] if shard.ndim == x.ndim else shard  # some jax versions keep the device axis
+
   return jax.tree_util.tree_map(first, tree)
 
 
 # ResNet fields that change neither the function computed nor the parameters: a run may resume
 # with different values (e.g. switch on remat, or bf16 compute).
-_NOT_ARCHITECTURE = ("dtype", "param_dtype", "bn_axis_name", "bn_momentum", "zero_init_last_bn",
-                     "remat", "matmul_1x1")
+_NOT_ARCHITECTURE = (
+  "dtype",
+  "param_dtype",
+  "bn_axis_name",
+  "bn_momentum",
+  "zero_init_last_bn",
+  "remat",
+  "matmul_1x1",
+)
 
 
 def _architecture(config) -> dict[str, Any]:
@@ -158,17 +170,25 @@ class Evaluator:
   def __init__(self, config, model):
     self.config = config
     self.scales = full_conv_scales(config)
-    self._p_eval = jax.pmap(functools.partial(steps.eval_step, model=model),
-                            axis_name=steps.AXIS)
-    self._p_predict = jax.pmap(functools.partial(steps.predict_step, model=model),
-                               axis_name=steps.AXIS)
-    self._p_metrics = jax.pmap(lambda p, l, m: jax.lax.psum(steps.metrics_from_probs(p, l, m),
-                                                            steps.AXIS), axis_name=steps.AXIS)
+    self._p_eval = jax.pmap(functools.partial(steps.eval_step, model=model), axis_name=steps.AXIS)
+    self._p_predict = jax.pmap(
+      functools.partial(steps.predict_step, model=model), axis_name=steps.AXIS
+    )
+    self._p_metrics = jax.pmap(
+      lambda p, l, m: jax.lax.psum(steps.metrics_from_probs(p, l, m), steps.AXIS),
+      axis_name=steps.AXIS,
+    )
 
   def _batches(self, method, scale=None):
     c = self.config
-    return data_lib.eval_batches(c.dataset, global_batch_size=c.global_batch_size, method=method,
-                                 scale=scale, split=c.eval_split or None, **_data_kwargs(c))
+    return data_lib.eval_batches(
+      c.dataset,
+      global_batch_size=c.global_batch_size,
+      method=method,
+      scale=scale,
+      split=c.eval_split or None,
+      **_data_kwargs(c),
+    )
 
   def __call__(self, replicated_state, method: str = "center") -> dict[str, float]:
     if method != "full_conv":
@@ -212,8 +232,10 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   os.makedirs(workdir, exist_ok=True)
 
   ckpt = checkpoint_lib.Checkpointer(
-      os.path.join(workdir, CHECKPOINT_DIR), keep_last=config.keep_checkpoints,
-      async_save=config.async_checkpoints)
+    os.path.join(workdir, CHECKPOINT_DIR),
+    keep_last=config.keep_checkpoints,
+    async_save=config.async_checkpoints,
+  )
   try:
     return _train(config, workdir, ckpt, info, model, primary)
   finally:
@@ -227,9 +249,14 @@ def _train(config, workdir, ckpt, info, model, primary) -> dict[str, Any]:
   # Shapes come from the data itself: the first batch of the step we start from.
   start_step = ckpt.latest_step() or 0
   train_iter = data_lib.train_batches(
-      config.dataset, global_batch_size=config.global_batch_size, seed=config.seed,
-      start_step=start_step, augment=config.train_augment or None,
-      split=config.train_split or None, **_data_kwargs(config))
+    config.dataset,
+    global_batch_size=config.global_batch_size,
+    seed=config.seed,
+    start_step=start_step,
+    augment=config.train_augment or None,
+    split=config.train_split or None,
+    **_data_kwargs(config),
+  )
   first = next(train_iter)
   image_shape = first["image"].shape[2:]
 
@@ -238,33 +265,60 @@ def _train(config, workdir, ckpt, info, model, primary) -> dict[str, Any]:
   abstract_variables = state_lib.abstract_variables(model, image_shape)
   tx = optim.create_optimizer(config, abstract_variables["params"])
   controller = optim.LearningRateController.from_config(config)
-  template = state_lib.abstract_train_state(model, tx, image_shape, controller.lr_scale,
-                                            config.precision == "fp16",
-                                            variables=abstract_variables)
+  template = state_lib.abstract_train_state(
+    model,
+    tx,
+    image_shape,
+    controller.lr_scale,
+    config.precision == "fp16",
+    variables=abstract_variables,
+  )
   if start_step:
     restored, meta = ckpt.restore(template, expect_meta=_expect_meta(config))
     state = jax.tree_util.tree_map(jnp.asarray, restored)
     controller = optim.LearningRateController.from_json(meta["lr_controller"])
     logging.info("resumed from %s at step %d", ckpt.directory, start_step)
   else:
-    state = jax.jit(functools.partial(
-        state_lib.create_train_state, model, tx, image_shape=image_shape,
-        lr_scale=controller.lr_scale, use_loss_scale=config.precision == "fp16"))(init_rng)
+    state = jax.jit(
+      functools.partial(
+        state_lib.create_train_state,
+        model,
+        tx,
+        image_shape=image_shape,
+        lr_scale=controller.lr_scale,
+        use_loss_scale=config.precision == "fp16",
+      )
+    )(init_rng)
     if config.init_from:
       state = _initialise_from(state, config.init_from)
   if primary:
     _write_json(os.path.join(workdir, CONFIG_FILE), config.to_dict())
-    logging.info("model %s: %d parameters; %d devices over %d processes", config.model,
-                 state_lib.count_params(state.params), jax.device_count(), jax.process_count())
+    logging.info(
+      "model %s: %d parameters; %d devices over %d processes",
+      config.model,
+      state_lib.count_params(state.params),
+      jax.device_count(),
+      jax.process_count(),
+    )
 
   p_train_step = jax.pmap(
-      functools.partial(steps.train_step, model=model, tx=tx, schedule=schedule,
-                        num_classes=info.num_classes, label_smoothing=config.label_smoothing),
-      axis_name=steps.AXIS, donate_argnums=(0,))
+    functools.partial(
+      steps.train_step,
+      model=model,
+      tx=tx,
+      schedule=schedule,
+      num_classes=info.num_classes,
+      label_smoothing=config.label_smoothing,
+    ),
+    axis_name=steps.AXIS,
+    donate_argnums=(0,),
+  )
   p_sync = jax.pmap(steps.sync_batch_stats, axis_name=steps.AXIS)
   p_params_finite = jax.pmap(
-      lambda tree: jnp.all(jnp.stack([jnp.all(jnp.isfinite(x))
-                                      for x in jax.tree_util.tree_leaves(tree)])))
+    lambda tree: jnp.all(
+      jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)])
+    )
+  )
   evaluator = Evaluator(config, model)
   writer = metrics_lib.MetricWriter(workdir, enabled=primary)
   progress = metrics_lib.Progress(config.num_train_steps, start_step, enabled=primary)
@@ -275,7 +329,7 @@ def _train(config, workdir, ckpt, info, model, primary) -> dict[str, Any]:
   local_devices = jax.local_device_count()
   device_offset = jax.process_index() * local_devices
 
-  pending: list[tuple[int, dict]] = []    # step metrics not yet checked/logged
+  pending: list[tuple[int, dict]] = []  # step metrics not yet checked/logged
   last_good_checkpoint = start_step if start_step else None
   last_eval: dict[str, float] = {}
   t_log, steps_since_log = time.time(), 0
@@ -289,9 +343,10 @@ def _train(config, workdir, ckpt, info, model, primary) -> dict[str, Any]:
       loss = float(_first_replica(m["train_loss"]))
       if not math.isfinite(loss):
         raise NonFiniteLossError(
-            f"loss became {loss} at step {s}; stopped without saving. Last good checkpoint: "
-            f"{'step ' + str(last_good_checkpoint) if last_good_checkpoint else 'none'}. "
-            f"Lower config.learning_rate or use config.precision='fp32'")
+          f"loss became {loss} at step {s}; stopped without saving. Last good checkpoint: "
+          f"{'step ' + str(last_good_checkpoint) if last_good_checkpoint else 'none'}. "
+          f"Lower config.learning_rate or use config.precision='fp32'"
+        )
 
   def log_train_metrics(step: int):
     nonlocal pending, t_log, steps_since_log
@@ -311,7 +366,9 @@ def _train(config, workdir, ckpt, info, model, primary) -> dict[str, Any]:
       state_set_lr_scale(controller.lr_scale)
       logging.info("warm-up over at step %d: learning rate scale now %g", step, controller.lr_scale)
     writer.write(step, means)
-    progress.update(step, {k: means[k] for k in ("train_loss", "train_top1_error", "learning_rate")})
+    progress.update(
+      step, {k: means[k] for k in ("train_loss", "train_top1_error", "learning_rate")}
+    )
 
   def save(step: int, eval_metrics: dict[str, float] | None = None):
     nonlocal state, last_good_checkpoint
@@ -319,12 +376,17 @@ def _train(config, workdir, ckpt, info, model, primary) -> dict[str, Any]:
     # The losses seen so far were computed before the last update: check what would be saved too.
     if not bool(_first_replica(p_params_finite(state.params))):
       raise NonFiniteLossError(
-          f"parameters became non-finite by step {step}; stopped without saving. Last good "
-          f"checkpoint: {'step ' + str(last_good_checkpoint) if last_good_checkpoint else 'none'}."
-          f" Lower config.learning_rate or use config.precision='fp32'")
+        f"parameters became non-finite by step {step}; stopped without saving. Last good "
+        f"checkpoint: {'step ' + str(last_good_checkpoint) if last_good_checkpoint else 'none'}."
+        f" Lower config.learning_rate or use config.precision='fp32'"
+      )
     state = p_sync(state)
-    ckpt.save(step, _first_replica(state), _checkpoint_meta(config, controller),
-              metrics=eval_metrics or None)
+    ckpt.save(
+      step,
+      _first_replica(state),
+      _checkpoint_meta(config, controller),
+      metrics=eval_metrics or None,
+    )
     last_good_checkpoint = step
 
   def state_set_lr_scale(value: float):
@@ -338,8 +400,9 @@ def _train(config, workdir, ckpt, info, model, primary) -> dict[str, Any]:
     writer.write(step, last_eval)
     if controller.after_eval(config, last_eval["eval_top1_error"]):
       state_set_lr_scale(controller.lr_scale)
-      logging.info("validation plateau at step %d: learning rate scale now %g", step,
-                   controller.lr_scale)
+      logging.info(
+        "validation plateau at step %d: learning rate scale now %g", step, controller.lr_scale
+      )
     logging.info("eval at step %d: %s", step, {k: round(v, 4) for k, v in last_eval.items()})
     return last_eval
 
@@ -350,7 +413,7 @@ def _train(config, workdir, ckpt, info, model, primary) -> dict[str, Any]:
       while step < final_step:
         batch = next(batches)
         rngs = jax.random.split(jax.random.fold_in(base_rng, step), jax.device_count())
-        rngs = rngs[device_offset:device_offset + local_devices]
+        rngs = rngs[device_offset : device_offset + local_devices]
         state, step_metrics = p_train_step(state, batch, rngs)
         step += 1
         steps_since_log += 1
@@ -362,8 +425,11 @@ def _train(config, workdir, ckpt, info, model, primary) -> dict[str, Any]:
           run_eval(step)
         if is_eval or (step % config.checkpoint_every_steps == 0 and step < final_step):
           save(step, last_eval if is_eval else None)
-        if preemption.requested or (jax.process_count() > 1 and step % config.log_every_steps == 0
-                                    and preemption.any_process_requested()):
+        if preemption.requested or (
+          jax.process_count() > 1
+          and step % config.log_every_steps == 0
+          and preemption.any_process_requested()
+        ):
           if step < final_step:
             if last_good_checkpoint != step:
               save(step)
@@ -416,24 +482,34 @@ def evaluate(config, workdir: str, step: int | None = None, method: str | None =
   model = build_model(config, info.num_classes)
   ckpt_dir = os.path.join(workdir, CHECKPOINT_DIR)
   if not os.path.isdir(ckpt_dir):
-    raise checkpoint_lib.CheckpointError(f"no checkpoints in {workdir}: train first, or pass the "
-                                         f"--workdir of a trained run")
+    raise checkpoint_lib.CheckpointError(
+      f"no checkpoints in {workdir}: train first, or pass the --workdir of a trained run"
+    )
   ckpt = checkpoint_lib.Checkpointer(ckpt_dir, read_only=True, async_save=False)
-  first = next(iter(data_lib.eval_batches(
-      config.dataset, global_batch_size=config.global_batch_size, method="center",
-      split=config.eval_split or None, **_data_kwargs(config))))
+  first = next(
+    iter(
+      data_lib.eval_batches(
+        config.dataset,
+        global_batch_size=config.global_batch_size,
+        method="center",
+        split=config.eval_split or None,
+        **_data_kwargs(config),
+      )
+    )
+  )
   image_shape = first["image"].shape[3:]
   abstract_variables = state_lib.abstract_variables(model, image_shape)  # traced once, used twice
   tx = optim.create_optimizer(config, abstract_variables["params"])
-  template = state_lib.abstract_train_state(model, tx, image_shape,
-                                            use_loss_scale=config.precision == "fp16",
-                                            variables=abstract_variables)
+  template = state_lib.abstract_train_state(
+    model, tx, image_shape, use_loss_scale=config.precision == "fp16", variables=abstract_variables
+  )
   try:
     used_step = step if step is not None else ckpt.latest_step()
     if used_step is not None and ckpt.read_meta(used_step).get("kind") == "weights":
       # A converted (e.g. torchvision) checkpoint holds only params and BN statistics.
-      state = jax.jit(functools.partial(state_lib.create_train_state, model, tx,
-                                        image_shape=image_shape))(jax.random.key(0))
+      state = jax.jit(
+        functools.partial(state_lib.create_train_state, model, tx, image_shape=image_shape)
+      )(jax.random.key(0))
       state = _initialise_from(state, workdir)
     else:
       restored, _ = ckpt.restore(template, step, expect_meta=_expect_meta(config))

@@ -51,13 +51,18 @@ def create_schedule(config) -> optax.Schedule:
   kind = config.schedule
   if kind == "piecewise":
     return optax.piecewise_constant_schedule(
-        base, {int(b): config.lr_decay_factor for b in config.lr_boundaries})
+      base, {int(b): config.lr_decay_factor for b in config.lr_boundaries}
+    )
   if kind in ("plateau", "constant"):
     return optax.constant_schedule(base)
   if kind == "warmup_cosine":
     return optax.warmup_cosine_decay_schedule(
-        init_value=0.0, peak_value=base, warmup_steps=config.warmup_steps,
-        decay_steps=max(config.num_train_steps, config.warmup_steps + 1), end_value=0.0)
+      init_value=0.0,
+      peak_value=base,
+      warmup_steps=config.warmup_steps,
+      decay_steps=max(config.num_train_steps, config.warmup_steps + 1),
+      end_value=0.0,
+    )
   raise ValueError(f"unknown schedule {kind!r}; choose one of {', '.join(SCHEDULES)}")
 
 
@@ -65,19 +70,23 @@ def _decay_mask(params, include_norm_and_bias: bool):
   """True for leaves that receive weight decay: conv/dense kernels, optionally everything."""
   flat = traverse_util.flatten_dict(params)
   return traverse_util.unflatten_dict(
-      {path: include_norm_and_bias or path[-1] == "kernel" for path in flat})
+    {path: include_norm_and_bias or path[-1] == "kernel" for path in flat}
+  )
 
 
 def create_optimizer(config, params) -> optax.GradientTransformation:
   """The update rule without the learning rate (the train step applies -lr itself)."""
   decay = optax.add_decayed_weights(
-      config.weight_decay, mask=_decay_mask(params, config.weight_decay_on_norm_and_bias))
+    config.weight_decay, mask=_decay_mask(params, config.weight_decay_on_norm_and_bias)
+  )
   if config.optimizer == "sgd":
     rule = optax.trace(decay=config.momentum, nesterov=config.nesterov)
   elif config.optimizer == "adamw":
     rule = optax.scale_by_adam()
   else:
-    raise ValueError(f"unknown optimizer {config.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+    raise ValueError(
+      f"unknown optimizer {config.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}"
+    )
   # L2 on the gradient before momentum, as in the paper's (Caffe/Torch) SGD.
   return optax.chain(decay, rule)
 
@@ -92,6 +101,7 @@ class LearningRateController:
 
   Its fields are saved with every checkpoint so that a resumed run makes the same decisions.
   """
+
   warmup_active: bool = False
   best_eval_error: float = float("inf")
   evals_since_best: int = 0

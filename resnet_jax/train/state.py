@@ -17,6 +17,7 @@ class TrainState(struct.PyTreeNode):
   ``lr_scale`` multiplies the step schedule (see ``optim``); ``loss_scale`` is the fp16 dynamic loss
   scale, ``None`` for fp32/bf16 runs.
   """
+
   step: jnp.ndarray
   params: Any
   batch_stats: Any
@@ -30,24 +31,33 @@ def init_variables(model, rng, image_shape):
   return model.init(rng, jnp.zeros((1, *image_shape), jnp.float32), train=False)
 
 
-def train_state_from_variables(variables, tx: optax.GradientTransformation, lr_scale: float = 1.0,
-                               use_loss_scale: bool = False) -> TrainState:
+def train_state_from_variables(
+  variables, tx: optax.GradientTransformation, lr_scale: float = 1.0, use_loss_scale: bool = False
+) -> TrainState:
   """A step-0 state around the model ``variables`` (params, and batch_stats if any)."""
   params = variables["params"]
   return TrainState(
-      step=jnp.zeros((), jnp.int32),
-      params=params,
-      batch_stats=variables.get("batch_stats", {}),
-      opt_state=tx.init(params),
-      lr_scale=jnp.asarray(lr_scale, jnp.float32),
-      loss_scale=DynamicScale() if use_loss_scale else None)
+    step=jnp.zeros((), jnp.int32),
+    params=params,
+    batch_stats=variables.get("batch_stats", {}),
+    opt_state=tx.init(params),
+    lr_scale=jnp.asarray(lr_scale, jnp.float32),
+    loss_scale=DynamicScale() if use_loss_scale else None,
+  )
 
 
-def create_train_state(model, tx: optax.GradientTransformation, rng, image_shape,
-                       lr_scale: float = 1.0, use_loss_scale: bool = False) -> TrainState:
+def create_train_state(
+  model,
+  tx: optax.GradientTransformation,
+  rng,
+  image_shape,
+  lr_scale: float = 1.0,
+  use_loss_scale: bool = False,
+) -> TrainState:
   """Initialises the model on a dummy batch of one image of ``image_shape`` (H, W, C)."""
-  return train_state_from_variables(init_variables(model, rng, image_shape), tx, lr_scale,
-                                    use_loss_scale)
+  return train_state_from_variables(
+    init_variables(model, rng, image_shape), tx, lr_scale, use_loss_scale
+  )
 
 
 def abstract_variables(model, image_shape):
@@ -55,8 +65,9 @@ def abstract_variables(model, image_shape):
   return jax.eval_shape(lambda rng: init_variables(model, rng, image_shape), jax.random.key(0))
 
 
-def abstract_train_state(model, tx, image_shape, lr_scale=1.0, use_loss_scale=False, *,
-                         variables=None):
+def abstract_train_state(
+  model, tx, image_shape, lr_scale=1.0, use_loss_scale=False, *, variables=None
+):
   """Shapes and dtypes of the state without computing it (nothing compiles).
 
   ``variables``: the model's ``abstract_variables``, when the caller already has them (e.g. to
@@ -65,7 +76,8 @@ def abstract_train_state(model, tx, image_shape, lr_scale=1.0, use_loss_scale=Fa
   if variables is None:
     variables = abstract_variables(model, image_shape)
   return jax.eval_shape(
-      lambda v: train_state_from_variables(v, tx, lr_scale, use_loss_scale), variables)
+    lambda v: train_state_from_variables(v, tx, lr_scale, use_loss_scale), variables
+  )
 
 
 def count_params(params) -> int:

@@ -19,13 +19,25 @@ AXIS = "batch"
 
 
 def cross_entropy(logits, labels, num_classes: int, label_smoothing: float = 0.0):
-  targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing) \
-      if label_smoothing else jax.nn.one_hot(labels, num_classes)
+  targets = (
+    optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing)
+    if label_smoothing
+    else jax.nn.one_hot(labels, num_classes)
+  )
   return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
 
 
-def train_step(state: TrainState, batch, rng, *, model, tx, schedule, num_classes: int,
-               label_smoothing: float = 0.0):
+def train_step(
+  state: TrainState,
+  batch,
+  rng,
+  *,
+  model,
+  tx,
+  schedule,
+  num_classes: int,
+  label_smoothing: float = 0.0,
+):
   """One SGD step on this replica's share of the batch; returns the new state and step metrics.
 
   ``rng`` is this replica's key for stochastic layers (none of the paper's nets have any; it is
@@ -35,14 +47,18 @@ def train_step(state: TrainState, batch, rng, *, model, tx, schedule, num_classe
 
   def loss_fn(params):
     logits, new_vars = model.apply(
-        {"params": params, "batch_stats": state.batch_stats}, batch["image"], train=True,
-        mutable=["batch_stats"])
+      {"params": params, "batch_stats": state.batch_stats},
+      batch["image"],
+      train=True,
+      mutable=["batch_stats"],
+    )
     loss = cross_entropy(logits, batch["label"], num_classes, label_smoothing).mean()
     return loss, (logits, new_vars["batch_stats"])
 
   if state.loss_scale is not None:
-    loss_scale, grads_finite, (loss, (logits, batch_stats)), grads = \
-        state.loss_scale.value_and_grad(loss_fn, has_aux=True, axis_name=AXIS)(state.params)
+    loss_scale, grads_finite, (loss, (logits, batch_stats)), grads = (
+      state.loss_scale.value_and_grad(loss_fn, has_aux=True, axis_name=AXIS)(state.params)
+    )
   else:
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     grads = lax.pmean(grads, AXIS)
@@ -54,22 +70,35 @@ def train_step(state: TrainState, batch, rng, *, model, tx, schedule, num_classe
   if state.loss_scale is not None:
     # fp16: an overflowing step is skipped (the loss scale shrinks instead).
     keep = lambda new, old: jax.tree_util.tree_map(
-        lambda n, o: jnp.where(grads_finite, n, o), new, old)
+      lambda n, o: jnp.where(grads_finite, n, o), new, old
+    )
     params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
 
-  new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
-                            opt_state=opt_state, loss_scale=loss_scale)
+  new_state = state.replace(
+    step=state.step + 1,
+    params=params,
+    batch_stats=batch_stats,
+    opt_state=opt_state,
+    loss_scale=loss_scale,
+  )
   top1_error = jnp.mean(jnp.argmax(logits, -1) != batch["label"])
-  metrics = {"train_loss": loss, "train_top1_error": top1_error,
-             "learning_rate": lr, "grad_norm": optax.global_norm(grads)}
+  metrics = {
+    "train_loss": loss,
+    "train_top1_error": top1_error,
+    "learning_rate": lr,
+    "grad_norm": optax.global_norm(grads),
+  }
   return new_state, lax.pmean(metrics, AXIS)
 
 
 def _view_averaged_probs(state: TrainState, images, model):
   """Softmax averaged over the views axis: [B, V, H, W, C] -> [B, classes] (10-crop, §3.4)."""
   b, v = images.shape[:2]
-  logits = model.apply({"params": state.params, "batch_stats": state.batch_stats},
-                       images.reshape((b * v,) + images.shape[2:]), train=False)
+  logits = model.apply(
+    {"params": state.params, "batch_stats": state.batch_stats},
+    images.reshape((b * v,) + images.shape[2:]),
+    train=False,
+  )
   probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
   return probs.reshape(b, v, -1).mean(axis=1)
 
@@ -80,10 +109,10 @@ def metrics_from_probs(probs, labels, mask):
   nll = -jnp.log(jnp.take_along_axis(probs, labels[:, None], axis=-1)[:, 0] + 1e-12)
   top5 = lax.top_k(probs, min(5, probs.shape[-1]))[1]
   return {
-      "loss_sum": jnp.sum(nll * mask),
-      "top1_correct": jnp.sum((jnp.argmax(probs, -1) == labels) * mask),
-      "top5_correct": jnp.sum(jnp.any(top5 == labels[:, None], axis=-1) * mask),
-      "count": jnp.sum(mask),
+    "loss_sum": jnp.sum(nll * mask),
+    "top1_correct": jnp.sum((jnp.argmax(probs, -1) == labels) * mask),
+    "top5_correct": jnp.sum(jnp.any(top5 == labels[:, None], axis=-1) * mask),
+    "count": jnp.sum(mask),
   }
 
 
@@ -106,8 +135,8 @@ def sync_batch_stats(state: TrainState) -> TrainState:
 def summarize_eval(sums) -> dict:
   count = max(float(sums["count"]), 1.0)
   return {
-      "eval_loss": float(sums["loss_sum"]) / count,
-      "eval_top1_error": 1.0 - float(sums["top1_correct"]) / count,
-      "eval_top5_error": 1.0 - float(sums["top5_correct"]) / count,
-      "eval_count": int(round(float(sums["count"]))),
+    "eval_loss": float(sums["loss_sum"]) / count,
+    "eval_top1_error": 1.0 - float(sums["top1_correct"]) / count,
+    "eval_top5_error": 1.0 - float(sums["top5_correct"]) / count,
+    "eval_count": int(round(float(sums["count"]))),
   }

@@ -13,7 +13,7 @@ def get_config():
   c.global_batch_size = 16
   c.num_train_steps = 6
   c.learning_rate = 0.05
-  c.schedule = "constant"          # independent of num_train_steps, so runs of any length agree
+  c.schedule = "constant"  # independent of num_train_steps, so runs of any length agree
   c.log_every_steps = 1
   c.eval_every_steps = 1000
   c.checkpoint_every_steps = 3
