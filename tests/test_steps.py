@@ -86,20 +86,33 @@ def test_bf16_compute_keeps_float32_parameters():
   assert np.isfinite(float(metrics["train_loss"]))
 
 
+def _leaves_with_paths(tree):
+  return jax.tree_util.tree_flatten_with_path(tree)[0]
+
+
 def test_fp16_overflowing_step_is_skipped_and_the_loss_scale_shrinks():
+  """A skipped step changes nothing a later step reads: params, momentum and BN statistics stay."""
   _, state, batch, step = setup(dtype=jnp.float16, loss_scale=True)
-  state = state.replace(loss_scale=DynamicScale(scale=jnp.float32(2.0**100)))  # overflows fp16
-  new, _ = run_step(state, batch, step)
-  for got, old in zip(
-    jax.tree_util.tree_leaves(new.params), jax.tree_util.tree_leaves(state.params)
-  ):
-    np.testing.assert_array_equal(got, old)
+  # One good step first, so the momentum and the BN statistics are not their initial values.
+  state, _ = run_step(state.replace(loss_scale=DynamicScale(scale=jnp.float32(128.0))), batch, step)
+  before = state.replace(loss_scale=DynamicScale(scale=jnp.float32(2.0**100)))  # overflows fp16
+  new, _ = run_step(before, batch, step)
+  for field in ("params", "opt_state", "batch_stats", "lr_scale"):
+    for (path, got), old in zip(
+      _leaves_with_paths(getattr(new, field)),
+      jax.tree_util.tree_leaves(getattr(before, field)),
+    ):
+      np.testing.assert_array_equal(got, old, err_msg=f"{field}{jax.tree_util.keystr(path)}")
+  assert int(new.step) == int(before.step) + 1
   assert float(new.loss_scale.scale) == pytest.approx(2.0**99)
   fine, _ = run_step(new.replace(loss_scale=DynamicScale(scale=jnp.float32(128.0))), batch, step)
-  assert any(
-    not np.array_equal(a, b)
-    for a, b in zip(jax.tree_util.tree_leaves(fine.params), jax.tree_util.tree_leaves(state.params))
-  )
+  for field in ("params", "opt_state", "batch_stats"):
+    leaves = jax.tree_util.tree_leaves(getattr(fine, field))
+    assert all(np.isfinite(x).all() for x in leaves), field
+    assert any(
+      not np.array_equal(a, b)
+      for a, b in zip(leaves, jax.tree_util.tree_leaves(getattr(before, field)))
+    ), field
 
 
 def test_eval_averages_softmax_over_views_and_ignores_padding():

@@ -305,13 +305,20 @@ NASTY = 'it\'s a "test" $(touch /tmp/pwned) `id`; *'
 
 
 @pytest.mark.parametrize("emit", ["tpu", "slurm", "local"])
-def test_emit_prints_one_quoted_command_per_member(fake, emit, capsys):
-  _, write_sweep, invocations = fake
+def test_emit_prints_one_quoted_command_per_member(fake, emit, capsys, tmp_path, monkeypatch):
+  _, write_sweep, _ = fake
   path = write_sweep(f"""
       CONFIG = "configs/tiny.py"
       def get_sweep():
         return product(model=["resnet20"], note=[{NASTY!r}, "plain"])
   """)
+
+  def no_process(*args, **kwargs):
+    raise AssertionError(f"--emit started a process: {args}")
+
+  monkeypatch.setattr(sweep.subprocess, "Popen", no_process)
+  monkeypatch.setattr(sweep.subprocess, "run", no_process)
+  files_before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
   launcher = ["--zone=us central"] if emit != "local" else []
   assert (
     sweep.run_sweep(
@@ -340,7 +347,8 @@ def test_emit_prints_one_quoted_command_per_member(fake, emit, capsys):
       assert argv[:3] == ["python3", "-m", "resnet_jax.main"]
   assert f"--config.note={NASTY}" in shlex.split(lines[0])
   assert not Path("/tmp/pwned").exists()
-  assert invocations("gs://bucket") == {}
+  # Printing commands writes nothing: no local "gs:" folder, no member folders, no summary.
+  assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == files_before
 
 
 def test_cli(fake, capsys):

@@ -7,10 +7,12 @@ digits; every subprocess is bounded in time.
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import time
 
+import jax
 import numpy as np
 import pytest
 
@@ -35,8 +37,6 @@ def final_params(workdir, step=None):
 
 
 def tree_equal(a, b):
-  import jax
-
   la, lb = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
   return len(la) == len(lb) and all(np.array_equal(x, y) for x, y in zip(la, lb))
 
@@ -235,19 +235,30 @@ def test_checkpoint_of_another_architecture_is_refused_and_nothing_is_touched(
   assert snapshot(workdir) == before
 
 
-def test_diverging_run_stops_with_the_step_and_writes_no_checkpoint(tmp_path, run_main):
+def test_diverging_run_stops_naming_the_step_and_saves_no_bad_state(tmp_path, run_main):
+  """A checkpoint is due at every step: the good ones are kept, the first bad one is refused."""
   workdir = str(tmp_path / "nan")
-  proc = run_main(workdir, "--config.learning_rate=1e12", "--config.log_every_steps=2")
+  proc = run_main(
+    workdir,
+    "--config.learning_rate=1e12",
+    "--config.log_every_steps=2",
+    "--config.checkpoint_every_steps=1",
+  )
   assert proc.returncode == 2
   last = proc.stderr.strip().splitlines()[-1]
-  assert "non-finite" in last or "loss became" in last, last
-  assert "step" in last and "stopped without saving" in last, last
+  match = re.search(r"at step (\d+)|by step (\d+)", last)
+  assert match and "stopped without saving" in last, last
+  bad_step = int(match.group(1) or match.group(2))
   ckpts = os.path.join(workdir, "checkpoints")
-  import jax
-
-  for step in [int(d) for d in os.listdir(ckpts) if d.isdigit()] if os.path.isdir(ckpts) else []:
-    params = final_params(workdir, step)[1]["params"]
-    assert all(np.isfinite(x).all() for x in jax.tree_util.tree_leaves(params)), step
+  saved = sorted(int(d) for d in os.listdir(ckpts) if d.isdigit()) if os.path.isdir(ckpts) else []
+  # Every step before the bad one was saved (all good), and nothing from the bad one on.
+  assert saved == list(range(1, bad_step)), (saved, last)
+  if saved:
+    assert f"Last good checkpoint: step {saved[-1]}" in last, last
+  for step in saved:
+    state = final_params(workdir, step)[1]
+    for field in ("params", "opt_state", "batch_stats"):
+      assert all(np.isfinite(x).all() for x in jax.tree_util.tree_leaves(state[field])), step
 
 
 @pytest.mark.parametrize(

@@ -68,11 +68,14 @@ def train_step(
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, jax.tree_util.tree_map(lambda u: -lr * u, updates))
   if state.loss_scale is not None:
-    # fp16: an overflowing step is skipped (the loss scale shrinks instead).
+    # fp16: an overflowing step is skipped (the loss scale shrinks instead). Skipped entirely:
+    # its BN statistics may come from overflowed activations, and a skipped step should leave
+    # nothing behind that a later step reads.
     keep = lambda new, old: jax.tree_util.tree_map(
       lambda n, o: jnp.where(grads_finite, n, o), new, old
     )
     params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
+    batch_stats = keep(batch_stats, state.batch_stats)
 
   new_state = state.replace(
     step=state.step + 1,
