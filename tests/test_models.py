@@ -243,6 +243,102 @@ def test_zero_init_last_bn_zeroes_exactly_the_last_bn_of_each_block():
       assert np.all(block["shortcut_bn"]["scale"] == 1)
 
 
+# --- block numbers against an independent NumPy computation ----------------------------------
+# The blocks written out in NumPy from the papers' definitions (He et al. 2015 §3.3 option A;
+# He et al. 2016 Fig. 1(b) pre-activation), eval-mode BN with random statistics, float64.
+def _np_conv(x, kernel, stride):
+  """Bias-free conv, padding k // 2 on every side (torchvision's), NHWC x HWIO."""
+  k = kernel.shape[0]
+  p = k // 2
+  x = np.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
+  h = (x.shape[1] - k) // stride + 1
+  w = (x.shape[2] - k) // stride + 1
+  out = np.zeros((x.shape[0], h, w, kernel.shape[-1]))
+  for a in range(k):
+    for b in range(k):
+      patch = x[:, a : a + stride * h : stride, b : b + stride * w : stride, :]
+      out += patch @ kernel[a, b]
+  return out
+
+
+def _np_bn(x, params, stats, eps=1e-5):
+  return (x - stats["mean"]) / np.sqrt(stats["var"] + eps) * params["scale"] + params["bias"]
+
+
+def _np_option_a(x, stride, channels):
+  """Identity, strided subsampling and zero entries for the extra channels (paper §3.3, A)."""
+  x = x[:, ::stride, ::stride, :]
+  return np.concatenate([x, np.zeros(x.shape[:3] + (channels - x.shape[-1],))], axis=-1)
+
+
+def _np_block(x, p, s, *, preact, shortcut, convs):
+  """``convs``: [(name index, stride)] of the residual branch, in order."""
+  relu = lambda v: np.maximum(v, 0)
+  bn = lambda i, v: _np_bn(v, p[f"bn{i}"], s[f"bn{i}"])
+  out_channels = p[f"conv{convs[-1][0]}"]["kernel"].shape[-1]
+  stride = max(st for _, st in convs)
+  if preact:  # BN-ReLU-conv, nothing after the addition; a projection sees the activated input
+    y = relu(bn(1, x))
+    if shortcut == "A":
+      identity = _np_option_a(x, stride, out_channels)
+    else:
+      identity = _np_conv(y, p["shortcut_conv"]["kernel"], stride)
+    for j, (i, st) in enumerate(convs):
+      y = relu(bn(i, y)) if j else y
+      y = _np_conv(y, p[f"conv{i}"]["kernel"], st)
+    return y + identity
+  y = x
+  for j, (i, st) in enumerate(convs):
+    y = bn(i, _np_conv(y, p[f"conv{i}"]["kernel"], st))
+    y = relu(y) if j < len(convs) - 1 else y
+  if shortcut == "A":
+    identity = _np_option_a(x, stride, out_channels)
+  else:
+    identity = _np_bn(
+      _np_conv(x, p["shortcut_conv"]["kernel"], stride), p["shortcut_bn"], s["shortcut_bn"]
+    )
+  return relu(y + identity)
+
+
+@pytest.mark.parametrize(
+  "block, preact, shortcut, convs",
+  [
+    ("basic", False, "A", [(1, 2), (2, 1)]),  # the paper's CIFAR nets (§4.2)
+    ("basic", True, "A", [(1, 2), (2, 1)]),
+    ("basic", True, "B", [(1, 2), (2, 1)]),
+    ("bottleneck", True, "B", [(1, 1), (2, 2), (3, 1)]),  # preact_resnet164's unit
+  ],
+)
+def test_block_outputs_match_an_independent_numpy_block(block, preact, shortcut, convs):
+  from resnet_jax.models import blocks
+
+  planes = 4 if block == "basic" else 2
+  module = blocks.BLOCKS[block](planes, stride=2, shortcut=shortcut, preact=preact)
+  rng = np.random.default_rng(0)
+  x = rng.standard_normal((2, 6, 7, 3)).astype(np.float32)  # odd width: the strided edge
+  shapes = jax.eval_shape(lambda k: module.init(k, x, train=False), KEY)
+  # Random parameters and running statistics, so every term of the block shows in the output.
+  variables = jax.tree_util.tree_map_with_path(
+    lambda path, a: (
+      rng.uniform(0.5, 1.5, a.shape)
+      if path[-1].key in ("var", "scale")
+      else rng.normal(size=a.shape)
+    ).astype(np.float32),
+    shapes,
+  )
+  got = np.asarray(jax.jit(lambda v, x: module.apply(v, x, train=False))(variables, x))
+  want = _np_block(
+    x.astype(np.float64),
+    variables["params"],
+    variables["batch_stats"],
+    preact=preact,
+    shortcut=shortcut,
+    convs=convs,
+  )
+  assert got.shape == want.shape == (2, 3, 4, planes * module.expansion)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
 # --- multiply-adds --------------------------------------------------------------------------------
 # Paper Table 1 "FLOPs" (multiply-adds), stride on the first 1x1 of the bottleneck (v1).
 PAPER_GMACS = {
