@@ -25,7 +25,8 @@ Results come back as a dict, print with :func:`format_report` and append as one 
 ``jsonl``.  PyTorch is optional (``pip install resnet-jax[bench]``) and imported only for
 ``compare='torch'``.  ``overrides`` are ResNet fields (``scan_blocks``, ``remat``,
 ``matmul_1x1``, ...); ``XLA_FLAGS`` from the environment is recorded with the result.
-Run directly: ``python -m resnet_jax.bench --model=resnet50 --batch=16 --image_size=224``.
+Command line: ``resnet-jax bench --model=resnet50 --batch_size=16 --image_size=224`` (flags and
+defaults: ``resnet-jax bench --help``).
 """
 
 from __future__ import annotations
@@ -533,70 +534,3 @@ def torch_benchmark(
     "images_per_sec": batch / min(times),
     "images_per_sec_median": batch / statistics.median(times),
   }
-
-
-def main(argv=None):
-  import argparse  # pylint: disable=g-import-not-at-top
-
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--model", default="resnet50")
-  p.add_argument("--batch", type=int, default=16)
-  p.add_argument("--image_size", type=int, default=224)
-  p.add_argument("--precision", default="fp32", choices=PRECISIONS)
-  p.add_argument("--compare", default=None, choices=["torch"])
-  p.add_argument("--peak_tflops", type=float, default=None)
-  p.add_argument("--steps", type=int, default=5)
-  p.add_argument("--jsonl", default=None)
-  p.add_argument("--no_loop", action="store_true")
-  p.add_argument(
-    "--loop_steps",
-    type=int,
-    default=None,
-    help="steps in each full-loop window (default: --steps); every window holds one "
-    "asynchronous checkpoint, so longer windows amortise it as training does",
-  )
-  p.add_argument(
-    "--loop_rounds",
-    type=int,
-    default=3,
-    help="bare and full-loop windows alternate this many times",
-  )
-  p.add_argument(
-    "--cpu_devices",
-    default="auto",
-    help="CPU only: single-threaded XLA devices to split the host into ('auto' = one "
-    "per core; 1 = one device using every core), as in training",
-  )
-  p.add_argument(
-    "--override",
-    action="append",
-    default=[],
-    help="ResNet field=value (e.g. scan_blocks=true, remat=true, matmul_1x1=false)",
-  )
-  a = p.parse_args(argv)
-  from resnet_jax import distributed  # pylint: disable=g-import-not-at-top
-
-  distributed.split_cpu_into_devices(a.cpu_devices, [a.batch])
-  overrides = {}
-  for kv in a.override:
-    k, v = kv.split("=", 1)
-    overrides[k] = {"true": True, "false": False}.get(v.lower(), v)
-  r = run_benchmark(
-    a.model,
-    a.batch,
-    a.image_size,
-    a.precision,
-    a.compare,
-    a.peak_tflops,
-    a.steps,
-    a.jsonl,
-    overrides=overrides,
-    loop=not a.no_loop,
-    loop_steps=a.loop_steps,
-    loop_rounds=a.loop_rounds,
-  )
-  print(format_report(r))
-
-
-if __name__ == "__main__":
-  main()

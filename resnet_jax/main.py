@@ -1,21 +1,24 @@
-"""The ``resnet-jax`` command: absl flags in, one function call per subcommand out.
+"""The ``resnet-jax`` command: one front door, absl flags in, one function call per subcommand out.
 
-  python -m resnet_jax.main --config=configs/digits.py --workdir=runs/digits [--config.key=value]
-  resnet-jax train|eval --config=... --workdir=...
-  resnet-jax models
-  resnet-jax sweep SWEEP.py --workdir=ROOT [--parallel=N] [--emit=tpu|slurm|local]
-  resnet-jax bench --model=resnet50 --batch=16 --image_size=224 [--precision=bf16] [--compare=torch]
-  resnet-jax convert --from=torchvision --model=resnet50 --src=FILE.pth --workdir=DIR
-  resnet-jax analyze degradation|layer_responses|gradient_flow|shortcuts|test_time --out=DIR ...
+  resnet-jax                      lists the subcommands (as does --help)
+  resnet-jax COMMAND --help       that command's flags and their defaults
+  python -m resnet_jax.main ...   the same without the console script; flags with no COMMAND train
 
-Bad input ends with one line on stderr naming the problem and the fix, and exit status 2.
+Every subcommand is one entry of ``COMMANDS``: its purpose, an example, the function that defines
+its absl flags and the handler that runs it. Only the chosen command's flags are defined, so
+``--help`` lists exactly those, and nothing heavy (JAX, TensorFlow) is imported before a handler
+needs it. Bad input ends with one line on stderr naming the problem and the fix, and exit status 2.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import logging as pylogging
 import os
 import sys
+import textwrap
+from typing import Callable, Sequence
 
 # TensorFlow (tf.data only) prints start-up banners at INFO; keep its warnings and errors.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
@@ -25,85 +28,109 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-SUBCOMMANDS = ("train", "eval", "models", "bench", "convert")
-# Subcommands with their own argument parsers: every argument after the name is theirs.
-PASSTHROUGH = ("sweep", "analyze")
-
-_CONFIG = config_flags.DEFINE_config_file(
-  "config",
-  None,
-  "Experiment config file (configs/NAME.py); override keys with --config.key=value.",
-  lock_config=True,
-)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and plots.")
-_MODE = flags.DEFINE_enum(
-  "mode", "train", ["train", "eval"], "Train (resuming if possible) or evaluate a checkpoint."
-)
-_EVAL_STEP = flags.DEFINE_integer(
-  "eval_step", None, "Checkpoint step for --mode=eval (default: latest)."
-)
-_EVAL_METHOD = flags.DEFINE_enum(
-  "eval_method",
-  None,
-  ["center", "ten_crop", "full_conv"],
-  "Test-time method for --mode=eval (default: config.eval_method).",
-)
-
-
-_COMPILATION_CACHE = flags.DEFINE_string(
-  "compilation_cache",
-  os.path.join(os.path.expanduser("~"), ".cache", "resnet_jax", "xla"),
-  "Persistent XLA compilation cache: a restarted or resumed run skips recompiling ('' = off; "
-  "JAX_COMPILATION_CACHE_DIR takes precedence).",
-)
-
-_CPU_DEVICES = flags.DEFINE_string(
-  "cpu_devices",
-  "auto",
-  "On a CPU-only machine: split the host into this many single-threaded XLA devices and train data "
-  "parallel over them ('auto' = one per core, lowered until it divides the batch; 1 = one device "
-  "using every core). Ignored on GPU/TPU, in multi-process runs and when XLA_FLAGS sets it.",
-)
-
-# bench and convert.
-_MODEL = flags.DEFINE_string("model", None, "bench/convert: model name (`resnet-jax models`).")
-_BATCH = flags.DEFINE_integer("batch", 16, "bench: batch size.")
-_IMAGE_SIZE = flags.DEFINE_integer("image_size", 224, "bench: image side in pixels.")
-_PRECISION = flags.DEFINE_enum("precision", "fp32", ["fp32", "bf16"], "bench: precision.")
-_COMPARE = flags.DEFINE_enum("compare", None, ["torch"], "bench: also time PyTorch eager.")
-_PEAK_TFLOPS = flags.DEFINE_float("peak_tflops", None, "bench: device peak, for MFU.")
-_STEPS = flags.DEFINE_integer("steps", 5, "bench: timed steps.")
-_JSONL = flags.DEFINE_string("jsonl", "runs/bench.jsonl", "bench: results file (appended).")
-_FROM = flags.DEFINE_enum("from", "torchvision", ["torchvision"], "convert: source format.")
-_SRC = flags.DEFINE_string("src", None, "convert: the .pth state dict to import.")
+PROG = "resnet-jax"
+HELP_ARGS = ("-h", "--help", "-help", "--helpshort", "--helpfull", "-?")
 
 
 class UsageError(ValueError):
   pass
 
 
-def _require(flag, name):
-  if flag.value is None:
+@dataclasses.dataclass(frozen=True)
+class Command:
+  """One subcommand. ``define_flags(flag_values, args)`` defines its flags (``args``: its raw
+  arguments, for a command whose flags depend on a positional, like ``analyze NAME``);
+  ``handler(flag_values, positionals)`` runs it once they are parsed."""
+
+  purpose: str
+  example: str
+  define_flags: Callable[[flags.FlagValues, Sequence[str]], None]
+  handler: Callable[[flags.FlagValues, list[str]], None]
+  usage: str = "[--flag=value ...]"
+  details: str = ""
+
+
+def _require(flag_values: flags.FlagValues, name: str):
+  value = flag_values[name].value
+  if value is None:
     raise UsageError(f"--{name} is required")
-  return flag.value
+  return value
 
 
-def _train_or_eval(mode: str):
+def _no_positionals(positionals: list[str]) -> None:
+  if positionals:
+    raise UsageError(f"unexpected arguments {positionals}")
+
+
+# --- train / eval -------------------------------------------------------------------------------
+
+
+def _define_run_flags(fv: flags.FlagValues, with_mode: bool) -> None:
+  config_flags.DEFINE_config_file(
+    "config",
+    None,
+    "Experiment config file (configs/NAME.py); override keys with --config.key=value.",
+    lock_config=True,
+    flag_values=fv,
+  )
+  flags.DEFINE_string(
+    "workdir", None, "Directory for checkpoints, metrics and plots.", flag_values=fv
+  )
+  if with_mode:
+    flags.DEFINE_enum(
+      "mode",
+      "train",
+      ["train", "eval"],
+      "Train (resuming if possible) or evaluate a checkpoint (the same as `resnet-jax eval`).",
+      flag_values=fv,
+    )
+  flags.DEFINE_integer(
+    "eval_step", None, "Checkpoint step to evaluate (default: latest).", flag_values=fv
+  )
+  flags.DEFINE_enum(
+    "eval_method",
+    None,
+    ["center", "ten_crop", "full_conv"],
+    "Test-time method of an evaluation (default: config.eval_method).",
+    flag_values=fv,
+  )
+  flags.DEFINE_string(
+    "compilation_cache",
+    os.path.join(os.path.expanduser("~"), ".cache", "resnet_jax", "xla"),
+    "Persistent XLA compilation cache: a restarted or resumed run skips recompiling ('' = off; "
+    "JAX_COMPILATION_CACHE_DIR takes precedence).",
+    flag_values=fv,
+  )
+  _define_cpu_devices(fv)
+
+
+def _define_cpu_devices(fv: flags.FlagValues) -> None:
+  flags.DEFINE_string(
+    "cpu_devices",
+    "auto",
+    "On a CPU-only machine: split the host into this many single-threaded XLA devices and run data "
+    "parallel over them ('auto' = one per core, lowered until it divides the batch; 1 = one device "
+    "using every core). Ignored on GPU/TPU, in multi-process runs and when XLA_FLAGS sets it.",
+    flag_values=fv,
+  )
+
+
+def _train_or_eval(fv: flags.FlagValues, mode: str) -> None:
+  config = _require(fv, "config")
+  workdir = _require(fv, "workdir")
   from resnet_jax import distributed  # pylint: disable=g-import-not-at-top
   from resnet_jax.train import loop  # pylint: disable=g-import-not-at-top
 
-  config = _require(_CONFIG, "config")
-  workdir = _require(_WORKDIR, "workdir")
-  if _COMPILATION_CACHE.value and not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+  if fv.compilation_cache and not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
     import jax  # pylint: disable=g-import-not-at-top
 
-    jax.config.update("jax_compilation_cache_dir", _COMPILATION_CACHE.value)
-  split = distributed.split_cpu_into_devices(_CPU_DEVICES.value, [config.global_batch_size])
+    jax.config.update("jax_compilation_cache_dir", fv.compilation_cache)
+  split = distributed.split_cpu_into_devices(fv.cpu_devices, [config.global_batch_size])
   if split > 1:
     logging.info("CPU split into %d single-threaded devices (--cpu_devices)", split)
   distributed.initialize()
   if mode == "eval":
-    result = loop.evaluate(config, workdir, step=_EVAL_STEP.value, method=_EVAL_METHOD.value)
+    result = loop.evaluate(config, workdir, step=fv.eval_step, method=fv.eval_method)
   else:
     result = loop.train_and_evaluate(config, workdir)
   shown = {k: (round(v, 5) if isinstance(v, float) else v) for k, v in result.items()}
@@ -111,51 +138,273 @@ def _train_or_eval(mode: str):
   print(f"results in {workdir}: metrics.jsonl, tensorboard/, checkpoints/, curves.png")
 
 
-def _models():
+def _train(fv, positionals):
+  _no_positionals(positionals)
+  _train_or_eval(fv, fv.mode)
+
+
+def _eval(fv, positionals):
+  _no_positionals(positionals)
+  _train_or_eval(fv, "eval")
+
+
+# --- models -------------------------------------------------------------------------------------
+
+
+def _models(fv, positionals):
+  del fv
+  _no_positionals(positionals)
   from resnet_jax.models import flops  # pylint: disable=g-import-not-at-top
 
   print(flops.format_model_table())
 
 
-def _dispatch(argv):
-  command = argv[0]
-  if len(argv) > 1:
-    raise UsageError(f"unexpected arguments {argv[1:]}")
-  if command in ("train", "eval"):
-    mode = "eval" if command == "eval" else _MODE.value
-    return _train_or_eval(mode)
-  if command == "models":
-    return _models()
-  if command == "bench":
-    from resnet_jax import bench  # pylint: disable=g-import-not-at-top
-    from resnet_jax import distributed  # pylint: disable=g-import-not-at-top
+# --- bench --------------------------------------------------------------------------------------
 
-    distributed.split_cpu_into_devices(_CPU_DEVICES.value, [_BATCH.value])
-    report = bench.run_benchmark(
-      _require(_MODEL, "model"),
-      _BATCH.value,
-      _IMAGE_SIZE.value,
-      _PRECISION.value,
-      compare=_COMPARE.value,
-      peak_tflops=_PEAK_TFLOPS.value,
-      steps=_STEPS.value,
-      jsonl=_JSONL.value,
-    )
-    print(bench.format_report(report))
-    return None
-  if command == "convert":
-    from resnet_jax import weights  # pylint: disable=g-import-not-at-top
 
-    print(
-      weights.convert_command(
-        flags.FLAGS["from"].value,
-        _require(_MODEL, "model"),
-        _require(_SRC, "src"),
-        _require(_WORKDIR, "workdir"),
-      )
+def _define_bench_flags(fv: flags.FlagValues) -> None:
+  flags.DEFINE_string("model", None, "Model name (`resnet-jax models`).", flag_values=fv)
+  flags.DEFINE_integer("batch_size", 16, "Global batch size.", flag_values=fv)
+  flags.DEFINE_integer("image_size", 224, "Image side in pixels.", flag_values=fv)
+  flags.DEFINE_enum("precision", "fp32", ["fp32", "bf16"], "Compute precision.", flag_values=fv)
+  flags.DEFINE_enum(
+    "compare", None, ["torch"], "Also time the same net in PyTorch eager.", flag_values=fv
+  )
+  flags.DEFINE_float("peak_tflops", None, "Device peak TFLOP/s, for MFU.", flag_values=fv)
+  flags.DEFINE_integer("steps", 5, "Timed steps of the bare train step.", flag_values=fv)
+  flags.DEFINE_boolean(
+    "loop",
+    True,
+    "Also time the full training loop (real input pipeline, metrics, checkpoints).",
+    flag_values=fv,
+  )
+  flags.DEFINE_integer(
+    "loop_steps",
+    None,
+    "Steps in each full-loop window (default: --steps); every window holds one asynchronous "
+    "checkpoint, so longer windows amortise it as training does.",
+    flag_values=fv,
+  )
+  flags.DEFINE_integer(
+    "loop_rounds", 3, "Bare and full-loop windows alternate this many times.", flag_values=fv
+  )
+  flags.DEFINE_multi_string(
+    "override",
+    [],
+    "ResNet field=value, repeatable (e.g. scan_blocks=true, remat=true, matmul_1x1=false).",
+    flag_values=fv,
+  )
+  flags.DEFINE_string("jsonl", "runs/bench.jsonl", "Results file (appended).", flag_values=fv)
+  _define_cpu_devices(fv)
+
+
+def _bench(fv, positionals):
+  _no_positionals(positionals)
+  from resnet_jax import bench  # pylint: disable=g-import-not-at-top
+  from resnet_jax import distributed  # pylint: disable=g-import-not-at-top
+
+  model = _require(fv, "model")
+  overrides = {}
+  for field_value in fv.override:
+    if "=" not in field_value:
+      raise UsageError(f"--override={field_value}: give FIELD=VALUE, e.g. scan_blocks=true")
+    key, value = field_value.split("=", 1)
+    overrides[key] = {"true": True, "false": False}.get(value.lower(), value)
+  distributed.split_cpu_into_devices(fv.cpu_devices, [fv.batch_size])
+  report = bench.run_benchmark(
+    model,
+    fv.batch_size,
+    fv.image_size,
+    fv.precision,
+    compare=fv.compare,
+    peak_tflops=fv.peak_tflops,
+    steps=fv.steps,
+    jsonl=fv.jsonl,
+    overrides=overrides,
+    loop=fv.loop,
+    loop_steps=fv.loop_steps,
+    loop_rounds=fv.loop_rounds,
+  )
+  print(bench.format_report(report))
+
+
+# --- convert ------------------------------------------------------------------------------------
+
+
+def _define_convert_flags(fv: flags.FlagValues) -> None:
+  flags.DEFINE_enum("from", "torchvision", ["torchvision"], "Source format.", flag_values=fv)
+  flags.DEFINE_string("model", None, "Model name (`resnet-jax models`).", flag_values=fv)
+  flags.DEFINE_string("src", None, "The .pth state dict to import.", flag_values=fv)
+  flags.DEFINE_string(
+    "workdir", None, "Where the step-0 checkpoint goes (a training workdir).", flag_values=fv
+  )
+
+
+def _convert(fv, positionals):
+  _no_positionals(positionals)
+  from resnet_jax import weights  # pylint: disable=g-import-not-at-top
+
+  print(
+    weights.convert_command(
+      fv["from"].value, _require(fv, "model"), _require(fv, "src"), _require(fv, "workdir")
     )
-    return None
-  raise UsageError(f"unknown command {command!r}; choose one of {', '.join(SUBCOMMANDS)}")
+  )
+
+
+# --- sweep and analyze: their flags live with their code, which tests also call -----------------
+
+
+def _define_sweep_flags(fv, args):
+  del args
+  from resnet_jax import sweep  # pylint: disable=g-import-not-at-top  (standard library only)
+
+  sweep.define_flags(fv)
+
+
+def _sweep(fv, positionals):
+  from resnet_jax import sweep  # pylint: disable=g-import-not-at-top
+
+  status = sweep.command(fv, positionals)
+  if status:
+    sys.exit(status)
+
+
+def _analysis_name(args: Sequence[str]) -> str | None:
+  return args[0].replace("-", "_") if args and not args[0].startswith("-") else None
+
+
+def _define_analyze_flags(fv, args):
+  from resnet_jax.analysis import cli  # pylint: disable=g-import-not-at-top  (no JAX at import)
+
+  name = _analysis_name(args)
+  if name in cli.NAMES:
+    cli.define_flags(name, fv)
+
+
+def _analyze(fv, positionals):
+  from resnet_jax.analysis import cli  # pylint: disable=g-import-not-at-top
+
+  if not positionals:
+    raise UsageError(f"name an analysis: {PROG} analyze {'|'.join(cli.NAMES)} --out=DIR ...")
+  _no_positionals(positionals[1:])
+  cli.run_analysis(cli.check_name(positionals[0]), fv)
+
+
+def _analyze_details(args: Sequence[str]) -> str:
+  from resnet_jax.analysis import cli  # pylint: disable=g-import-not-at-top
+
+  return cli.USAGE
+
+
+# --- the registry -------------------------------------------------------------------------------
+
+COMMANDS: dict[str, Command] = {
+  "train": Command(
+    "train a model from a config file, resuming from the latest checkpoint in its workdir",
+    "resnet-jax train --config=configs/digits.py --workdir=runs/digits --config.seed=1",
+    lambda fv, args: _define_run_flags(fv, with_mode=True),
+    _train,
+  ),
+  "eval": Command(
+    "evaluate a checkpoint of a workdir (center, ten-crop or fully-convolutional test)",
+    "resnet-jax eval --config=configs/digits.py --workdir=runs/digits --eval_method=ten_crop",
+    lambda fv, args: _define_run_flags(fv, with_mode=False),
+    _eval,
+  ),
+  "models": Command(
+    "list every model with its parameters and multiply-adds (no JAX, instant)",
+    "resnet-jax models",
+    lambda fv, args: None,
+    _models,
+    usage="",
+  ),
+  "bench": Command(
+    "time compile, train step and full loop; FLOP/s, memory, ratio to PyTorch",
+    "resnet-jax bench --model=resnet50 --batch_size=16 --image_size=224 --compare=torch",
+    lambda fv, args: _define_bench_flags(fv),
+    _bench,
+  ),
+  "convert": Command(
+    "import torchvision weights (.pth) as a step-0 checkpoint to evaluate or fine-tune",
+    "resnet-jax convert --model=resnet50 --src=resnet50.pth --workdir=runs/resnet50_tv",
+    lambda fv, args: _define_convert_flags(fv),
+    _convert,
+  ),
+  "sweep": Command(
+    "run a grid of config overrides locally, or print one launch command per member",
+    "resnet-jax sweep launch/sweeps/degradation.py --workdir=runs/sweep --parallel=2",
+    _define_sweep_flags,
+    _sweep,
+    usage="SWEEP.py --workdir=ROOT [--flag=value ...] [-- --config.key=value ...]",
+    details="Everything after `--` goes to every member's training command (after its overrides).",
+  ),
+  "analyze": Command(
+    "the paper's analyses: degradation, layer responses, gradient flow, shortcuts, test time",
+    "resnet-jax analyze degradation --out=runs/degradation --depths=20,32 --steps=200",
+    _define_analyze_flags,
+    _analyze,
+    usage="NAME --out=DIR [--flag=value ...]",
+    details="@analyze",  # filled from resnet_jax.analysis.cli when shown
+  ),
+}
+DEFAULT_COMMAND = "train"  # `python -m resnet_jax.main --config=... --workdir=...`
+
+
+# --- help and errors ----------------------------------------------------------------------------
+
+_COMMON_FLAGS = textwrap.fill(
+  "Every command also takes --verbosity=N (0: our INFO lines, the default; 1: third-party INFO "
+  "logs and TensorFlow's C++ notices too; -1: warnings and errors only) and --flagfile=FILE.",
+  width=100,
+)
+
+
+def overview() -> str:
+  """``resnet-jax --help``: every subcommand with its purpose and an example."""
+  width = max(len(n) for n in COMMANDS)
+  lines = [
+    "resnet-jax: deep residual networks (He et al. 2015) in JAX/Flax.",
+    "",
+    f"usage: {PROG} COMMAND [--flag=value ...]",
+    "       python -m resnet_jax.main [COMMAND] ...   (flags with no COMMAND: train)",
+    "",
+    "commands:",
+  ]
+  for name, command in COMMANDS.items():
+    lines.append(f"  {name:<{width}}  {command.purpose}")
+    lines.append(f"  {'':<{width}}    e.g. {command.example}")
+  lines += ["", f"`{PROG} COMMAND --help` lists that command's flags and their defaults.", ""]
+  lines.append(_COMMON_FLAGS)
+  return "\n".join(lines)
+
+
+def command_help(name: str, args: Sequence[str]) -> str:
+  """``resnet-jax NAME --help``: usage, purpose, example and only this command's flags."""
+  command = COMMANDS[name]
+  fv = flags.FlagValues()
+  command.define_flags(fv, args)
+  lines = [
+    f"usage: {PROG} {name} {command.usage}".rstrip(),
+    "",
+    f"{command.purpose[0].upper()}{command.purpose[1:]}.",
+    f"e.g. {command.example}",
+  ]
+  details = _analyze_details(args) if command.details == "@analyze" else command.details
+  if details:
+    lines += ["", details.strip("\n")]
+  listed = fv.get_help(include_special_flags=False)
+  # get_help heads each group with its module's name; one command has one group, so drop it.
+  listed = "\n".join(l for l in listed.splitlines() if l.startswith(" ")).rstrip()
+  if listed:
+    lines += ["", "flags:", listed]
+  lines += ["", _COMMON_FLAGS]
+  return "\n".join(lines)
+
+
+def unknown_command(name: str) -> str:
+  close = difflib.get_close_matches(name, list(COMMANDS), n=3, cutoff=0.5)
+  hint = f"did you mean {' or '.join(close)}? " if close else ""
+  return f"error: unknown command {name!r}; {hint}({PROG} --help lists the commands)"
 
 
 def _known_errors():
@@ -173,23 +422,26 @@ def _known_errors():
   )
 
 
-def main(argv):
-  command = argv[1:] or ["train"]
+def main(command: Command, argv: list[str]) -> None:
+  """Runs ``command`` on the parsed flags; ``argv`` is absl's rest (program name, positionals)."""
   try:
-    _dispatch(command)
+    command.handler(flags.FLAGS, argv[1:])
   except _known_errors() as e:  # one line, no traceback: the user can act on it
-    message = e.args[0] if isinstance(e, KeyError) and e.args else e
-    logging.flush()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    # After a failed read, Orbax/TensorStore background threads can print tracebacks at any moment
-    # until the process ends, burying the one line that matters: point the process's stderr at
-    # /dev/null, write the line to the real one, and exit without interpreter shutdown.
-    real_stderr = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    os.write(real_stderr, f"error: {message}\n".encode())
-    os._exit(2)  # pylint: disable=protected-access
+    _fail(e.args[0] if isinstance(e, KeyError) and e.args else e)
+
+
+def _fail(message) -> None:
+  logging.flush()
+  sys.stdout.flush()
+  sys.stderr.flush()
+  # After a failed read, Orbax/TensorStore background threads can print tracebacks at any moment
+  # until the process ends, burying the one line that matters: point the process's stderr at
+  # /dev/null, write the line to the real one, and exit without interpreter shutdown.
+  real_stderr = os.dup(2)
+  devnull = os.open(os.devnull, os.O_WRONLY)
+  os.dup2(devnull, 2)
+  os.write(real_stderr, f"error: {message}\n".encode())
+  os._exit(2)  # pylint: disable=protected-access
 
 
 class _QuietLibraries(pylogging.Filter):
@@ -199,34 +451,45 @@ class _QuietLibraries(pylogging.Filter):
     return record.levelno >= pylogging.WARNING or "/orbax/" not in record.pathname
 
 
-def run():
-  """Console script: ``resnet-jax [SUBCOMMAND] --flags``; the subcommand may come first."""
-  argv = list(sys.argv)
-  if len(argv) > 1 and argv[1] in PASSTHROUGH:
-    # A sweep passes its members' --config.x flags through untouched, so absl must not parse them.
-    if argv[1] == "sweep":
-      from resnet_jax import sweep  # pylint: disable=g-import-not-at-top
-
-      sys.exit(sweep.cli(argv[2:]))
-    from resnet_jax.analysis import cli  # pylint: disable=g-import-not-at-top
-
-    sys.exit(cli.main(argv[2:]))
-  if len(argv) > 1 and argv[1] in SUBCOMMANDS:
-    command = argv.pop(1)
-    argv.append(command)  # absl leaves positional arguments in argv for main
+def run(argv: Sequence[str] | None = None) -> None:
+  """Console script: ``resnet-jax [COMMAND] --flags``."""
+  argv = list(sys.argv if argv is None else argv)
+  args = argv[1:]
+  if not args or args[0] in HELP_ARGS or args[0] == "help":
+    topic = args[1] if len(args) > 1 and args[0] == "help" else None
+    if topic in COMMANDS:
+      print(command_help(topic, args[2:]))
+    else:
+      print(overview())
+    sys.exit(0)
+  name = DEFAULT_COMMAND if args[0].startswith("-") else args.pop(0)
+  if name not in COMMANDS:
+    print(unknown_command(name), file=sys.stderr)
+    sys.exit(2)
+  command = COMMANDS[name]
+  own = args[: args.index("--")] if "--" in args else args
+  if any(a in HELP_ARGS for a in own):
+    print(command_help(name, [a for a in own if a not in HELP_ARGS]))
+    sys.exit(0)
+  command.define_flags(flags.FLAGS, args)
   logging.get_absl_handler().addFilter(_QuietLibraries())
-  app.run(main, argv=argv, flags_parser=_parse_flags)
+  app.run(
+    lambda rest: main(command, rest),
+    argv=[f"{PROG} {name}", *args],
+    flags_parser=lambda a: _parse_flags(name, a),
+  )
 
 
-def _parse_flags(argv):
-  """absl's parser, but a bad --config.key (unknown, or a wrong type) is one line, not a traceback."""
+def _parse_flags(name: str, argv: list[str]) -> list[str]:
+  """absl's parser, but a bad flag or --config.key (unknown, or a wrong type) is one line, not a
+  traceback or a page of usage."""
   try:
     remaining = flags.FLAGS(argv)
-    if flags.FLAGS["config"].present:
-      _CONFIG.value.get("model")  # a config file that failed to load raises here, not mid-run
+    if "config" in flags.FLAGS and flags.FLAGS["config"].present:
+      flags.FLAGS.config.get("model")  # a config file that failed to load raises here, not mid-run
     return remaining
   except flags.Error as e:
-    message = str(e)
+    message = f"{e} ({PROG} {name} --help lists its flags)"
   except OSError as e:
     message = (
       f"--config: {str(e).splitlines()[-1].strip()} (give the path of a configs/NAME.py file)"

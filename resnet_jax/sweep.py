@@ -27,7 +27,6 @@ others from their checkpoints. ``ROOT/summary.csv`` and ``ROOT/summary.md`` hold
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import hashlib
@@ -48,6 +47,8 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from absl import flags
 
 DONE_FILE = "DONE"  # written by the training program after its last step
 METRICS_FILE = "metrics.jsonl"  # one JSON object per line, written by the training program
@@ -534,35 +535,71 @@ def _stop_all(running: dict, grace_s: float = 30.0) -> None:
     log.close()
 
 
-# --- command line (`resnet-jax sweep` can delegate here) --------------------------------------------
+# --- command line: `resnet-jax sweep` (main defines these flags and calls `command`) ---------------
+
+
+def define_flags(flag_values: flags.FlagValues) -> None:
+  """The absl flags of ``resnet-jax sweep SWEEP.py --workdir=ROOT [-- member flags]``."""
+  flags.DEFINE_string(
+    "workdir", None, "Sweep root; each member trains in ROOT/NAME.", flag_values=flag_values
+  )
+  flags.DEFINE_integer(
+    "parallel", 1, "Members trained at a time (local runs).", flag_values=flag_values
+  )
+  flags.DEFINE_enum(
+    "emit",
+    None,
+    list(EMIT_KINDS),
+    "Print one launch command per member instead of running them.",
+    flag_values=flag_values,
+  )
+  flags.DEFINE_multi_string(
+    "launcher_arg",
+    [],
+    "Argument for the launcher (tpu_vm.sh, sbatch or python), repeatable.",
+    flag_values=flag_values,
+  )
+  flags.DEFINE_string(
+    "python", sys.executable, "Interpreter for local runs.", flag_values=flag_values
+  )
+
+
+def command(flag_values: flags.FlagValues, args: Sequence[str]) -> int:
+  """Runs the sweep named by ``args[0]`` with parsed ``flag_values``; ``args[1:]`` (what followed
+  ``--``) go to every member. Raises ``ValueError`` on bad input."""
+  if not args:
+    raise ValueError("name a sweep file: resnet-jax sweep SWEEP.py --workdir=ROOT")
+  sweep_file, extra = args[0], list(args[1:])
+  stray = [a for a in extra if not a.startswith("-")]
+  if stray:
+    raise ValueError(
+      f"unexpected arguments {stray}; member flags go after --, e.g. -- --config.x=1"
+    )
+  if flag_values["workdir"].value is None:
+    raise ValueError("--workdir is required (the sweep root)")
+  return run_sweep(
+    sweep_file,
+    flag_values["workdir"].value,
+    parallel=flag_values["parallel"].value,
+    emit=flag_values["emit"].value,
+    extra_args=extra,
+    python=flag_values["python"].value,
+    launcher_args=flag_values["launcher_arg"].value,
+  )
 
 
 def cli(argv: Sequence[str] | None = None) -> int:
   """``python -m resnet_jax.sweep SWEEP.py --workdir=ROOT [--parallel=N] [--emit=tpu|slurm|local]
-  [--launcher-arg=X ...] [-- extra --config.k=v ...]``."""
-  p = argparse.ArgumentParser(prog="resnet-jax sweep", description=__doc__.split("\n")[0])
-  p.add_argument("sweep_file")
-  p.add_argument("--workdir", required=True, help="sweep root; members in ROOT/NAME")
-  p.add_argument("--parallel", type=int, default=1, help="members at a time (local runs)")
-  p.add_argument("--emit", choices=EMIT_KINDS, help="print launch commands instead of running")
-  p.add_argument(
-    "--launcher-arg",
-    action="append",
-    default=[],
-    help="argument for the launcher (tpu_vm.sh / sbatch), repeatable",
-  )
-  p.add_argument("--python", default=sys.executable, help="interpreter for local runs")
-  args, extra = p.parse_known_args(argv)
-  extra = [a for a in extra if a != "--"]
-  return run_sweep(
-    args.sweep_file,
-    args.workdir,
-    parallel=args.parallel,
-    emit=args.emit,
-    extra_args=extra,
-    python=args.python,
-    launcher_args=args.launcher_arg,
-  )
+  [--launcher_arg=X ...] [-- --config.key=value ...]``: what ``resnet-jax sweep`` runs."""
+  argv = list(sys.argv[1:] if argv is None else argv)
+  flag_values = flags.FlagValues()
+  define_flags(flag_values)
+  try:
+    args = flag_values(["resnet-jax sweep", *argv])[1:]
+    return command(flag_values, args)
+  except (flags.Error, ValueError, FileNotFoundError) as e:  # one line the user can act on
+    print(f"error: {e}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -117,8 +117,10 @@ def test_gradient_norms_equal_hand_built_loss(name):
 def test_cli_rejects_unknown_analysis(tmp_path):
   with pytest.raises(ValueError, match="unknown analysis"):
     cli.analyze_command("nope", [f"--out={tmp_path}"])
-  with pytest.raises(SystemExit):
-    cli.analyze_command("degradation", [])  # --out is required
+  with pytest.raises(ValueError, match="--out is required"):
+    cli.analyze_command("degradation", [])
+  with pytest.raises(ValueError, match="Did you mean: num_images"):  # one spelling
+    cli.analyze_command("layer_responses", [f"--out={tmp_path}", "--num-images=8"])
   assert cli.main(["layer_responses", f"--out={tmp_path}", f"--runs={tmp_path}"]) == 2
   assert cli.main(["nope", f"--out={tmp_path}"]) == 2
 
@@ -147,7 +149,7 @@ def _assert_outputs(out, stem):
 
 def test_commands_end_to_end(tmp_path):
   out = str(tmp_path)
-  tiny = ["--steps=4", "--width=0.25", "--batch-size=32", "--evals=2"]
+  tiny = ["--steps=4", "--width=0.25", "--batch_size=32", "--evals=2"]
   deg = os.path.join(out, "deg")
   res = cli.analyze_command("degradation", [f"--out={deg}", "--depths=8", *tiny])
   text = _assert_outputs(deg, "degradation")
@@ -160,13 +162,13 @@ def test_commands_end_to_end(tmp_path):
 
   runs = os.path.join(deg, "runs")
   res = cli.analyze_command(
-    "layer_responses", [f"--out={out}/lr", f"--runs={runs}", "--num-images=16"]
+    "layer_responses", [f"--out={out}/lr", f"--runs={runs}", "--num_images=16"]
   )
   _assert_outputs(f"{out}/lr", "layer_responses")
   assert [len(r["std"]) for r in res["results"]] == [7, 7]
 
   res = cli.analyze_command(
-    "gradient_flow", [f"--out={out}/gf", f"--runs={runs}", "--num-images=8"]
+    "gradient_flow", [f"--out={out}/gf", f"--runs={runs}", "--num_images=8"]
   )
   _assert_outputs(f"{out}/gf", "gradient_flow")
   assert sorted(r["when"] for r in res["results"]) == ["init", "init", "trained", "trained"]

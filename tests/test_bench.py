@@ -159,9 +159,10 @@ def test_bench_command_splits_the_cpu_and_counts_the_whole_batch(tmp_path):
     [
       sys.executable,
       "-m",
-      "resnet_jax.bench",
+      "resnet_jax.main",
+      "bench",
       "--model=resnet20",
-      "--batch=8",
+      "--batch_size=8",
       "--image_size=32",
       "--steps=1",
       "--loop_steps=1",

@@ -2,99 +2,139 @@
 
   resnet-jax analyze degradation     --out=DIR [--dataset=digits] [--depths=20,32,44] [--steps=N]
                                      [--width=1.0] [--families=plain,resnet] [--runner=inline|sweep]
-  resnet-jax analyze layer_responses --out=DIR (--runs=DIR | --workdirs=W1,W2) [--num-images=256]
-  resnet-jax analyze gradient_flow   --out=DIR (--runs=DIR | --workdirs=W1,W2) [--num-images=128]
+  resnet-jax analyze layer_responses --out=DIR (--runs=DIR | --workdirs=W1,W2) [--num_images=256]
+  resnet-jax analyze gradient_flow   --out=DIR (--runs=DIR | --workdirs=W1,W2) [--num_images=128]
   resnet-jax analyze shortcuts       --out=DIR [--model=resnet20] [--options=A,B,C] [--steps=N]
   resnet-jax analyze test_time       --out=DIR (--runs=DIR | --workdirs=W1) [--methods=...]
 
-``main`` passes everything after NAME untouched (absl must not parse it), like ``sweep``.
+absl flags, spelled like every other command's; ``resnet-jax analyze NAME --help`` lists NAME's.
+``main`` defines them with :func:`define_flags` and calls :func:`run_analysis`;
+:func:`analyze_command` parses an argument list itself (tests, ``python -m``).
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 from typing import Any, Sequence
 
+from absl import flags
+
 NAMES = ("degradation", "layer_responses", "gradient_flow", "shortcuts", "test_time")
+USAGE = "analyses:\n" + __doc__.split("\n\n")[1]
 
 
-def _ints(text: str) -> tuple[int, ...]:
-  return tuple(int(t) for t in text.split(",") if t.strip())
-
-
-def _strs(text: str) -> tuple[str, ...]:
-  return tuple(t.strip() for t in text.split(",") if t.strip())
-
-
-def _parser(name: str) -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog=f"resnet-jax analyze {name}", description=__doc__.split("\n")[0])
-  p.add_argument("--out", required=True, help="output directory (figures, tables, runs/)")
-  if name in ("degradation", "shortcuts"):
-    p.add_argument("--dataset", default="digits", help="digits (offline) or cifar10 (paper recipe)")
-    p.add_argument(
-      "--steps",
-      type=int,
-      default=None,
-      help="training iterations (default: the recipe's; cifar10 64000)",
-    )
-    p.add_argument(
-      "--width",
-      type=float,
-      default=1.0,
-      help="width multiplier of every layer (1.0 = paper widths 16-32-64)",
-    )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument(
-      "--evals",
-      type=int,
-      default=8 if name == "degradation" else 4,
-      help="test-error evaluations per run (points on the curve)",
-    )
-  if name == "degradation":
-    p.add_argument("--depths", type=_ints, default=(20, 32, 44), help="e.g. 20,32,44,56,110")
-    p.add_argument("--families", type=_strs, default=("plain", "resnet"))
-    p.add_argument(
-      "--runner",
-      choices=("inline", "sweep"),
-      default="inline",
-      help="inline: runs one after another in this process; sweep: the sweep "
-      "machinery (cifar10 config files, --parallel at a time)",
-    )
-    p.add_argument("--parallel", type=int, default=1)
-  if name == "shortcuts":
-    p.add_argument("--model", default="resnet20")
-    p.add_argument("--options", type=_strs, default=("A", "B", "C"))
-  if name in ("layer_responses", "gradient_flow", "test_time"):
-    p.add_argument(
-      "--runs",
-      default=None,
-      help="directory of training workdirs (e.g. the degradation command's OUT/runs)",
-    )
-    p.add_argument("--workdirs", type=_strs, default=(), help="comma-separated training workdirs")
-    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
-  if name in ("layer_responses", "gradient_flow"):
-    p.add_argument("--num-images", type=int, default=256 if name == "layer_responses" else 128)
-  if name == "test_time":
-    p.add_argument("--methods", type=_strs, default=("center", "ten_crop", "full_conv"))
-    p.add_argument(
-      "--scales",
-      type=_ints,
-      default=None,
-      help="full_conv shorter sides (default: the config's; 28,32,40 on digits)",
-    )
-  return p
-
-
-def analyze_command(name: str, argv: Sequence[str] = ()) -> dict[str, Any]:
-  """Runs analysis ``name`` with command-line options ``argv``; prints and returns where the
-  figure and table went. Bad options: ``SystemExit(2)`` from argparse; bad values: ``ValueError``;
-  missing runs: ``FileNotFoundError``."""
+def check_name(name: str) -> str:
+  """``name`` with dashes as underscores; ``ValueError`` naming the choices if it is not one."""
   name = name.replace("-", "_")
   if name not in NAMES:
     raise ValueError(f"unknown analysis {name!r}; choose one of {', '.join(NAMES)}")
-  a = _parser(name).parse_args(list(argv))
+  return name
+
+
+def define_flags(name: str, flag_values: flags.FlagValues) -> None:
+  """The absl flags of analysis ``name`` (only those it reads)."""
+  fv = flag_values
+  flags.DEFINE_string("out", None, "Output directory (figures, tables, runs/).", flag_values=fv)
+  if name in ("degradation", "shortcuts"):
+    flags.DEFINE_string(
+      "dataset", "digits", "digits (offline) or cifar10 (the paper's recipe).", flag_values=fv
+    )
+    flags.DEFINE_integer(
+      "steps",
+      None,
+      "Training iterations (default: the recipe's; cifar10 64000).",
+      flag_values=fv,
+    )
+    flags.DEFINE_float(
+      "width",
+      1.0,
+      "Width multiplier of every layer (1.0 = the paper's widths 16-32-64).",
+      flag_values=fv,
+    )
+    flags.DEFINE_integer("seed", 0, "Random seed of every run.", flag_values=fv)
+    flags.DEFINE_integer(
+      "batch_size", None, "Global batch size (default: the recipe's).", flag_values=fv
+    )
+    flags.DEFINE_integer(
+      "evals",
+      8 if name == "degradation" else 4,
+      "Test-error evaluations per run (points on the curve).",
+      flag_values=fv,
+    )
+  if name == "degradation":
+    flags.DEFINE_list("depths", ["20", "32", "44"], "Depths, e.g. 20,32,44,56,110.", flag_values=fv)
+    flags.DEFINE_list("families", ["plain", "resnet"], "Families to train.", flag_values=fv)
+    flags.DEFINE_enum(
+      "runner",
+      "inline",
+      ["inline", "sweep"],
+      "inline: runs one after another in this process; sweep: the sweep machinery (cifar10 "
+      "config files, --parallel at a time).",
+      flag_values=fv,
+    )
+    flags.DEFINE_integer("parallel", 1, "Runs at a time with --runner=sweep.", flag_values=fv)
+  if name == "shortcuts":
+    flags.DEFINE_string("model", "resnet20", "Model whose shortcuts are compared.", flag_values=fv)
+    flags.DEFINE_list("options", ["A", "B", "C"], "Shortcut options to train.", flag_values=fv)
+  if name in ("layer_responses", "gradient_flow", "test_time"):
+    flags.DEFINE_string(
+      "runs",
+      None,
+      "Directory of training workdirs (e.g. the degradation command's OUT/runs).",
+      flag_values=fv,
+    )
+    flags.DEFINE_list("workdirs", [], "Comma-separated training workdirs.", flag_values=fv)
+    flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).", flag_values=fv)
+  if name in ("layer_responses", "gradient_flow"):
+    flags.DEFINE_integer(
+      "num_images",
+      256 if name == "layer_responses" else 128,
+      "Test images the statistics are taken over.",
+      flag_values=fv,
+    )
+  if name == "test_time":
+    flags.DEFINE_list(
+      "methods", ["center", "ten_crop", "full_conv"], "Test-time methods.", flag_values=fv
+    )
+    flags.DEFINE_list(
+      "scales",
+      None,
+      "full_conv shorter sides (default: the config's; 28,32,40 on digits).",
+      flag_values=fv,
+    )
+
+
+def _ints(flag_values: flags.FlagValues, name: str) -> tuple[int, ...] | None:
+  values = flag_values[name].value
+  if values is None:
+    return None
+  try:
+    return tuple(int(v) for v in values)
+  except ValueError:
+    raise ValueError(f"--{name}={','.join(values)}: give whole numbers, e.g. 20,32,44") from None
+
+
+def analyze_command(name: str, argv: Sequence[str] = ()) -> dict[str, Any]:
+  """Parses ``argv`` (flags of analysis ``name``) and runs it: see :func:`run_analysis`. Bad names,
+  flags or values: ``ValueError``; missing runs: ``FileNotFoundError``."""
+  name = check_name(name)
+  flag_values = flags.FlagValues()
+  define_flags(name, flag_values)
+  try:
+    rest = flag_values([f"resnet-jax analyze {name}", *argv])[1:]
+  except flags.Error as e:
+    raise ValueError(f"{e} (resnet-jax analyze {name} --help lists its flags)") from None
+  if rest:
+    raise ValueError(f"unexpected arguments {rest}")
+  return run_analysis(name, flag_values)
+
+
+def run_analysis(name: str, flag_values: flags.FlagValues) -> dict[str, Any]:
+  """Runs analysis ``name`` with the parsed flags of :func:`define_flags`; prints and returns where
+  the figure and table went."""
+  a = flag_values
+  if a["out"].value is None:
+    raise ValueError(f"--out is required (resnet-jax analyze {name} --out=DIR)")
   from resnet_jax import analysis as A  # pylint: disable=g-import-not-at-top
 
   if name == "degradation":
@@ -103,8 +143,8 @@ def analyze_command(name: str, argv: Sequence[str] = ()) -> dict[str, Any]:
     result = degradation.run(
       a.out,
       dataset=a.dataset,
-      depths=a.depths,
-      families=a.families,
+      depths=_ints(a, "depths"),
+      families=tuple(a.families),
       steps=a.steps,
       width_multiplier=a.width,
       seed=a.seed,
@@ -119,7 +159,7 @@ def analyze_command(name: str, argv: Sequence[str] = ()) -> dict[str, Any]:
     result = shortcuts.run(
       a.out,
       model=a.model,
-      options=a.options,
+      options=tuple(a.options),
       dataset=a.dataset,
       steps=a.steps,
       width_multiplier=a.width,
@@ -128,7 +168,7 @@ def analyze_command(name: str, argv: Sequence[str] = ()) -> dict[str, Any]:
       evals=a.evals,
     )
   else:
-    workdirs = A.run_dirs(a.runs, a.workdirs)
+    workdirs = A.run_dirs(a.runs, tuple(a.workdirs))
     if name == "layer_responses":
       from resnet_jax.analysis import layer_responses  # pylint: disable=g-import-not-at-top
 
@@ -140,7 +180,9 @@ def analyze_command(name: str, argv: Sequence[str] = ()) -> dict[str, Any]:
     else:
       from resnet_jax.analysis import test_time  # pylint: disable=g-import-not-at-top
 
-      result = test_time.run(a.out, workdirs, methods=a.methods, scales=a.scales, step=a.step)
+      result = test_time.run(
+        a.out, workdirs, methods=tuple(a.methods), scales=_ints(a, "scales"), step=a.step
+      )
   print(f"{name}: figure {result['figure']}, table {result['table']}")
   return result
 
@@ -151,6 +193,11 @@ def main(argv: Sequence[str] | None = None) -> int:
   if not argv or argv[0] in ("-h", "--help"):
     print(__doc__)
     return 0 if argv else 2
+  if len(argv) > 1 and any(a in ("-h", "--help") for a in argv[1:]):
+    flag_values = flags.FlagValues()
+    define_flags(check_name(argv[0]), flag_values)
+    print(flag_values.get_help(include_special_flags=False))
+    return 0
   from resnet_jax.checkpoint import CheckpointError  # pylint: disable=g-import-not-at-top
 
   try:

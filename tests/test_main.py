@@ -1,0 +1,62 @@
+"""resnet_jax.main, the front door: the overview, per-command help, unknown commands."""
+
+import subprocess
+import sys
+
+from conftest import REPO, command_env
+
+from resnet_jax import main
+
+COMMANDS = ("train", "eval", "models", "bench", "convert", "sweep", "analyze")
+
+
+def _run(*args, timeout=60):
+  return subprocess.run(
+    [sys.executable, "-m", "resnet_jax.main", *args],
+    env=command_env(),
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+    cwd=REPO,
+  )
+
+
+def test_help_lists_every_command_with_an_example():
+  for args in ((), ("--help",)):
+    proc = _run(*args)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    for name in COMMANDS:
+      assert any(l.startswith(f"  {name} ") for l in lines), (name, proc.stdout)
+      assert f"e.g. resnet-jax {name}" in proc.stdout, name
+    assert "tensorflow" not in proc.stderr.lower() and "absl::InitializeLog" not in proc.stderr
+  assert set(main.COMMANDS) >= set(COMMANDS)
+
+
+def test_command_help_lists_only_its_own_flags_with_defaults():
+  proc = _run("sweep", "--help")
+  assert proc.returncode == 0, proc.stderr
+  assert "--parallel" in proc.stdout and "(default: '1')" in proc.stdout
+  assert "--launcher_arg" in proc.stdout
+  assert "--config" not in proc.stdout.replace("--config.key", "")  # train's flags are not here
+  assert "--logtostderr" not in proc.stdout  # nor absl's own
+  listed = main.command_help("analyze", ["layer_responses"]).split("\nflags:\n")[1]
+  assert "--num_images" in listed and "(default: '256')" in listed and "--depths" not in listed
+  text = main.command_help("train", [])
+  assert "--config" in text and "--cpu_devices" in text and "--batch_size" not in text
+
+
+def test_unknown_command_is_one_line_with_close_matches_and_exit_2():
+  proc = _run("trian")
+  assert proc.returncode == 2
+  assert proc.stderr.strip().count("\n") == 0, proc.stderr
+  assert "'trian'" in proc.stderr and "train" in proc.stderr and proc.stdout == ""
+  assert "did you mean analyze" in main.unknown_command("analyse")
+
+
+def test_a_flag_of_another_command_is_one_line_and_exit_2():
+  proc = _run("models", "--config=configs/digits.py")
+  assert proc.returncode == 2
+  assert proc.stderr.strip().splitlines() == [
+    "error: Unknown command line flag 'config' (resnet-jax models --help lists its flags)"
+  ]
