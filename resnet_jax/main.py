@@ -20,7 +20,9 @@ import sys
 import textwrap
 from typing import Callable, Sequence
 
-# TensorFlow (tf.data only) prints start-up banners at INFO; keep its warnings and errors.
+# TensorFlow (tf.data only) prints start-up banners at INFO; keep its warnings and errors, unless
+# --verbosity asks for more (the user's own setting always wins).
+_TF_LOG_LEVEL_IS_OURS = "TF_CPP_MIN_LOG_LEVEL" not in os.environ
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
 from absl import app
@@ -424,6 +426,8 @@ def _known_errors():
 
 def main(command: Command, argv: list[str]) -> None:
   """Runs ``command`` on the parsed flags; ``argv`` is absl's rest (program name, positionals)."""
+  if _TF_LOG_LEVEL_IS_OURS and logging.get_verbosity() > logging.INFO:
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"  # --verbosity=1: TensorFlow's C++ INFO lines too
   try:
     command.handler(flags.FLAGS, argv[1:])
   except _known_errors() as e:  # one line, no traceback: the user can act on it
@@ -444,11 +448,22 @@ def _fail(message) -> None:
   os._exit(2)  # pylint: disable=protected-access
 
 
-class _QuietLibraries(pylogging.Filter):
-  """Keeps Orbax's per-save INFO chatter out of the run log; its warnings still show."""
+class _OnlyOurInfo(pylogging.Filter):
+  """Below WARNING, only our own records reach the run log: tfds ("Load dataset info", reader,
+  logging_logger), JAX's backend probing and Orbax's per-save chatter log INFO through absl or
+  their named Python loggers into the same handler. --verbosity=1 (DEBUG) lets them all through;
+  warnings and errors always show."""
+
+  _OURS = tuple(
+    {os.path.dirname(f(__file__)) + os.sep for f in (os.path.abspath, os.path.realpath)}
+  )
 
   def filter(self, record):
-    return record.levelno >= pylogging.WARNING or "/orbax/" not in record.pathname
+    return (
+      record.levelno >= pylogging.WARNING
+      or record.pathname.startswith(self._OURS)
+      or logging.get_verbosity() > logging.INFO
+    )
 
 
 def run(argv: Sequence[str] | None = None) -> None:
@@ -472,7 +487,7 @@ def run(argv: Sequence[str] | None = None) -> None:
     print(command_help(name, [a for a in own if a not in HELP_ARGS]))
     sys.exit(0)
   command.define_flags(flags.FLAGS, args)
-  logging.get_absl_handler().addFilter(_QuietLibraries())
+  logging.get_absl_handler().addFilter(_OnlyOurInfo())
   app.run(
     lambda rest: main(command, rest),
     argv=[f"{PROG} {name}", *args],

@@ -2,11 +2,13 @@
 
 Only the primary process writes (``enabled=False`` elsewhere), so a multi-host run produces one record.
 ``metrics.jsonl`` holds one JSON object per line, ``{"step": int, <name>: float, ...}``: train lines
-carry ``train_*``/``learning_rate``/``images_per_sec``/``step_time_ms``, eval lines ``eval_*``.
+carry ``train_*``/``learning_rate`` and the throughput of :class:`Throughput` (``images_per_sec``,
+``step_time_ms``, ``data_wait_fraction``), eval lines ``eval_*``. TensorBoard gets every number.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -32,12 +34,11 @@ class MetricWriter:
       if tensorboard:
         # Imported here, not at the top: the data package pulls in tensorflow_datasets, and a
         # metrics-only import (sweeps, analyses, tensorboard=False) should not pay for it.
-        import tensorflow as tf  # pylint: disable=g-import-not-at-top
         from resnet_jax.data import tf_device  # pylint: disable=g-import-not-at-top
 
         tf_device.hide_gpus_from_tf()
-        self._tf = tf
-        self._summary = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
+        self._tf = tf_device.tf
+        self._summary = self._tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
 
   def write(self, step: int, metrics: dict[str, Any]):
     if not self.enabled:
@@ -72,6 +73,67 @@ def read_metrics(workdir: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in f if line.strip()]
 
 
+THROUGHPUT_KEYS = ("images_per_sec", "step_time_ms", "data_wait_fraction")
+
+
+class Throughput:
+  """Images/s, time per step and the share of it spent waiting for the next batch, per log window.
+
+  The loop times its wait for input with :meth:`waiting` and counts steps with :meth:`step`;
+  evaluation and checkpointing run inside :meth:`paused` so they do not count as training time.
+  The window ends at a log step, where fetching the metrics waits for every step dispatched so far,
+  so the wall time between two log steps is the time those steps took. ``data_wait_fraction`` near
+  1 means an input-bound run: the accelerator idled while tf.data prepared batches.
+  """
+
+  def __init__(self, global_batch_size: int):
+    self.global_batch_size = global_batch_size
+    self._start = time.perf_counter()
+    self._excluded = self._waited = 0.0
+    self._steps = 0
+
+  def step(self):
+    self._steps += 1
+
+  @contextlib.contextmanager
+  def waiting(self):
+    t0 = time.perf_counter()
+    try:
+      yield
+    finally:
+      self._waited += time.perf_counter() - t0
+
+  @contextlib.contextmanager
+  def paused(self):
+    t0 = time.perf_counter()
+    try:
+      yield
+    finally:
+      self._excluded += time.perf_counter() - t0
+
+  def window(self) -> dict[str, float]:
+    """The window's figures (empty if no step ran), and a new window starts."""
+    now = time.perf_counter()
+    elapsed = max(now - self._start - self._excluded, 1e-9)
+    figures = {}
+    if self._steps:
+      figures = {
+        "images_per_sec": self._steps * self.global_batch_size / elapsed,
+        "step_time_ms": 1000 * elapsed / self._steps,
+        "data_wait_fraction": min(self._waited / elapsed, 1.0),
+      }
+    self._start, self._excluded, self._waited, self._steps = now, 0.0, 0.0, 0
+    return figures
+
+
+def _format_throughput(name: str, value: float) -> str:
+  if name == "images_per_sec":
+    return f"{value:.4g} img/s"
+  if name == "step_time_ms":
+    return f"{value:.4g} ms/step"
+  return f"{100 * value:.0f}% waiting for data"
+
+
 class Progress:
   """A progress bar with ETA on an interactive terminal; plain log lines otherwise (CI, clusters)."""
 
@@ -98,8 +160,13 @@ class Progress:
       done = step - self._s0
       rate = done / max(time.time() - self._t0, 1e-9)
       eta = (self.total - step) / rate if rate > 0 else math.inf
-      shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float)))
-      logging.info("step %d/%d %s eta %s", step, self.total, shown, _format_seconds(eta))
+      numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+      parts = [" ".join(f"{k}={v:.4g}" for k, v in numbers.items() if k not in THROUGHPUT_KEYS)]
+      parts.append(
+        ", ".join(_format_throughput(k, numbers[k]) for k in THROUGHPUT_KEYS if k in numbers)
+      )
+      parts.append(f"eta {_format_seconds(eta)}")
+      logging.info("step %d/%d %s", step, self.total, " | ".join(p for p in parts if p))
     self.step = step
 
   def close(self):

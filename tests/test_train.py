@@ -82,17 +82,22 @@ def start_long_run(workdir):
 
 @pytest.fixture(scope="module")
 def straight_run(tmp_path_factory):
-  """Twelve uninterrupted steps, the reference for the resume tests."""
+  """Twelve uninterrupted steps, the reference for the resume tests. Run as `make train` runs (no
+  TF_CPP_MIN_LOG_LEVEL of ours); its output goes to WORKDIR.log for the quiet-output test."""
   workdir = str(tmp_path_factory.mktemp("straight"))
+  env = command_env()
+  env.pop("TF_CPP_MIN_LOG_LEVEL", None)
   proc = subprocess.run(
     train_command(workdir, "--config.num_train_steps=12"),
-    env=command_env(),
+    env=env,
     capture_output=True,
     text=True,
     timeout=300,
     cwd=REPO,
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
+  with open(workdir + ".log", "w") as f:
+    f.write(proc.stdout + proc.stderr)
   return workdir
 
 
@@ -104,6 +109,62 @@ def test_run_writes_config_metrics_curves_and_counts_every_test_example(straight
   assert sorted(losses(straight_run)) == list(range(1, 13))
   assert os.path.getsize(os.path.join(straight_run, "curves.png")) > 10_000
   assert os.listdir(os.path.join(straight_run, "tensorboard"))
+
+
+def test_run_output_holds_only_our_lines(straight_run):
+  """What `make train` prints: the run summary, progress, eval and where results went; no
+  third-party INFO (tfds, JAX, Orbax) and no TensorFlow C++ load-time notices."""
+  with open(straight_run + ".log") as f:
+    output = f.read()
+  ours = {n for n in os.listdir(os.path.join(REPO, "resnet_jax")) if n.endswith(".py")}
+  ours |= {
+    n
+    for d in ("train", "data", "models", "analysis")
+    for n in os.listdir(os.path.join(REPO, "resnet_jax", d))
+    if n.endswith(".py")
+  }
+  absl_line = re.compile(r"^([IWEF])\d{4} [\d:.]+ +\d+ ([\w.]+):\d+\] ")
+  for line in output.splitlines():
+    match = absl_line.match(line)
+    if match and match.group(1) == "I":
+      assert match.group(2) in ours, line
+  for noise in (
+    "absl::InitializeLog",
+    "oneDNN",
+    "cpu_feature_guard",
+    "Load dataset info",
+    "libtpu",
+  ):
+    assert noise not in output, noise
+  for ours_line in (
+    "model resnet20:",
+    "workdir " + straight_run,
+    "step 12/12",
+    "img/s",
+    "waiting for data",
+    "eval at step 12",
+    "results in " + straight_run,
+  ):
+    assert ours_line in output, (ours_line, output)
+
+
+def test_throughput_is_in_metrics_jsonl_and_tensorboard(straight_run):
+  train = [r for r in read_metrics(straight_run) if "train_loss" in r]
+  assert len(train) == 12
+  for r in train:
+    assert r["images_per_sec"] > 0 and r["step_time_ms"] > 0, r
+    assert 0 <= r["data_wait_fraction"] <= 1, r
+    # one step of the 16-image batch per log line (tiny_digits logs every step)
+    assert r["images_per_sec"] * r["step_time_ms"] / 1000 == pytest.approx(16), r
+  import tensorflow as tf
+
+  tags = set()
+  for name in os.listdir(os.path.join(straight_run, "tensorboard")):
+    for event in tf.compat.v1.train.summary_iterator(
+      os.path.join(straight_run, "tensorboard", name)
+    ):
+      tags |= {v.tag for v in event.summary.value}
+  assert {"images_per_sec", "step_time_ms", "data_wait_fraction"} <= tags, tags
 
 
 def test_resume_after_sigkill_is_bit_identical(straight_run, tmp_path):

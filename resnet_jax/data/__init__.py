@@ -4,6 +4,9 @@ Imports nothing else of ours. TensorFlow is kept off accelerators (hide_gpus_fro
 tf_device: the one helper, also used by metrics' TensorBoard writer).
 """
 
+# First: every other module of the package imports TensorFlow, which tf_device imports quietly.
+from resnet_jax.data.tf_device import hide_gpus_from_tf
+
 from resnet_jax.data.datasets import (
   REGISTRY,
   CorruptImageError,
@@ -16,7 +19,6 @@ from resnet_jax.data.datasets import (
   num_examples,
 )
 from resnet_jax.data.pipeline import eval_batches, prefetch_to_device, train_batches
-from resnet_jax.data.tf_device import hide_gpus_from_tf
 
 __all__ = [
   "REGISTRY",

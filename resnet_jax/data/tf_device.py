@@ -1,4 +1,5 @@
-"""Keeps TensorFlow off the accelerators: JAX owns them, TF only feeds data and writes events.
+"""Keeps TensorFlow off the accelerators (JAX owns them, TF only feeds data and writes events), and
+imports it without its load-time C++ INFO notices.
 
 Imports only TensorFlow, so callers outside the input pipeline (``metrics``' TensorBoard writer)
 share this one helper. Note that importing it still runs ``resnet_jax.data``'s ``__init__``
@@ -7,7 +8,53 @@ share this one helper. Note that importing it still runs ``resnet_jax.data``'s `
 
 from __future__ import annotations
 
-import tensorflow as tf
+import os
+import re
+import sys
+import tempfile
+
+# What TensorFlow's C++ core prints while it loads, before it has read TF_CPP_MIN_LOG_LEVEL: absl's
+# "before absl::InitializeLog()" banner (once per shared library holding a copy of absl) and INFO
+# lines such as the oneDNN and CPU-instruction notices, with the latter's continuation line.
+_LOAD_NOTICE = re.compile(
+  r"^(WARNING: All log messages before absl::InitializeLog\(\) is called"
+  r"|I\d{4} [\d:.]+ +\d+ [\w.]+:\d+\] "
+  r"|To enable the following instructions: )"
+)
+
+
+def _import_tensorflow():
+  """``import tensorflow``, honouring TF_CPP_MIN_LOG_LEVEL for what TF prints while it loads.
+
+  TF 2.2x logs through absl's C++ logging, which writes everything to stderr until
+  ``absl::InitializeLog()`` -- so ``TF_CPP_MIN_LOG_LEVEL >= 1`` (INFO off) does not hide its
+  load-time INFO notices. They are read off file descriptor 2 during the import and dropped;
+  warnings, errors and anything else written meanwhile are passed on unchanged.
+  """
+  if "tensorflow" in sys.modules or os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0") in ("", "0"):
+    import tensorflow  # pylint: disable=g-import-not-at-top
+
+    return tensorflow
+  sys.stderr.flush()
+  saved_stderr = os.dup(2)
+  with tempfile.TemporaryFile() as captured:
+    os.dup2(captured.fileno(), 2)
+    try:
+      import tensorflow  # pylint: disable=g-import-not-at-top
+    finally:
+      sys.stderr.flush()
+      os.dup2(saved_stderr, 2)
+      os.close(saved_stderr)
+      captured.seek(0)
+      lines = captured.read().decode(errors="replace").splitlines(keepends=True)
+      kept = "".join(line for line in lines if not _LOAD_NOTICE.match(line))
+      if kept:
+        sys.stderr.write(kept)
+        sys.stderr.flush()
+  return tensorflow
+
+
+tf = _import_tensorflow()
 
 _GPUS_HIDDEN = False
 

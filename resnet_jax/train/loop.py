@@ -15,7 +15,6 @@ import math
 import os
 import signal
 import threading
-import time
 from typing import Any
 
 import jax
@@ -294,11 +293,14 @@ def _train(config, workdir, ckpt, info, model, primary) -> dict[str, Any]:
   if primary:
     _write_json(os.path.join(workdir, CONFIG_FILE), config.to_dict())
     logging.info(
-      "model %s: %d parameters; %d devices over %d processes",
+      "model %s: %d parameters; %d devices over %d processes; data %s, global batch %d; workdir %s",
       config.model,
       state_lib.count_params(state.params),
       jax.device_count(),
       jax.process_count(),
+      config.dataset,
+      config.global_batch_size,
+      workdir,
     )
 
   p_train_step = jax.pmap(
@@ -332,7 +334,7 @@ def _train(config, workdir, ckpt, info, model, primary) -> dict[str, Any]:
   pending: list[tuple[int, dict]] = []  # step metrics not yet checked/logged
   last_good_checkpoint = start_step if start_step else None
   last_eval: dict[str, float] = {}
-  t_log, steps_since_log = time.time(), 0
+  throughput = metrics_lib.Throughput(config.global_batch_size)
   final_step = config.num_train_steps
   if config.stop_after_steps:
     final_step = min(final_step, config.stop_after_steps)
@@ -349,26 +351,22 @@ def _train(config, workdir, ckpt, info, model, primary) -> dict[str, Any]:
         )
 
   def log_train_metrics(step: int):
-    nonlocal pending, t_log, steps_since_log
+    nonlocal pending
     if not pending:
       return
     check_finite()
     fetched = [_first_replica(m) for _, m in pending]
     pending = []
     means = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
-    elapsed = time.time() - t_log
-    means["images_per_sec"] = steps_since_log * config.global_batch_size / max(elapsed, 1e-9)
-    means["step_time_ms"] = 1000 * elapsed / max(steps_since_log, 1)
-    t_log, steps_since_log = time.time(), 0
+    means.update(throughput.window())
     # The warm-up decision reads only this step's error, so it does not depend on where the log
     # window started (a resumed run decides exactly as an uninterrupted one).
     if controller.after_train_metrics(config, step, float(fetched[-1]["train_top1_error"])):
       state_set_lr_scale(controller.lr_scale)
       logging.info("warm-up over at step %d: learning rate scale now %g", step, controller.lr_scale)
     writer.write(step, means)
-    progress.update(
-      step, {k: means[k] for k in ("train_loss", "train_top1_error", "learning_rate")}
-    )
+    shown = ("train_loss", "train_top1_error", "learning_rate", *metrics_lib.THROUGHPUT_KEYS)
+    progress.update(step, {k: means[k] for k in shown if k in means})
 
   def save(step: int, eval_metrics: dict[str, float] | None = None):
     nonlocal state, last_good_checkpoint
@@ -411,20 +409,22 @@ def _train(config, workdir, ckpt, info, model, primary) -> dict[str, Any]:
     step = start_step
     try:
       while step < final_step:
-        batch = next(batches)
+        with throughput.waiting():
+          batch = next(batches)
         rngs = jax.random.split(jax.random.fold_in(base_rng, step), jax.device_count())
         rngs = rngs[device_offset : device_offset + local_devices]
         state, step_metrics = p_train_step(state, batch, rngs)
         step += 1
-        steps_since_log += 1
+        throughput.step()
         pending.append((step, step_metrics))
         if step % config.log_every_steps == 0:
           log_train_metrics(step)
         is_eval = step % config.eval_every_steps == 0 and step < final_step
-        if is_eval:
-          run_eval(step)
-        if is_eval or (step % config.checkpoint_every_steps == 0 and step < final_step):
-          save(step, last_eval if is_eval else None)
+        with throughput.paused():  # evaluation and checkpoints are not training time
+          if is_eval:
+            run_eval(step)
+          if is_eval or (step % config.checkpoint_every_steps == 0 and step < final_step):
+            save(step, last_eval if is_eval else None)
         if preemption.requested or (
           jax.process_count() > 1
           and step % config.log_every_steps == 0
