@@ -253,6 +253,90 @@ def _convert(fv, positionals):
   )
 
 
+# --- predict and export -------------------------------------------------------------------------
+
+
+def _define_serving_flags(fv: flags.FlagValues) -> None:
+  flags.DEFINE_string(
+    "workdir",
+    None,
+    "A training run's workdir (its config.json and latest checkpoint) or `convert`'s.",
+    flag_values=fv,
+  )
+  config_flags.DEFINE_config_file(
+    "config",
+    None,
+    "Only if the workdir's own config.json should not be used: the run's config file.",
+    lock_config=True,
+    flag_values=fv,
+  )
+  flags.DEFINE_enum(
+    "eval_method",
+    "center",
+    ["center", "ten_crop"],
+    "Test-time views: the centre crop, or 10 crops with their softmax averaged (paper §3.4).",
+    flag_values=fv,
+  )
+
+
+def _define_predict_flags(fv: flags.FlagValues) -> None:
+  _define_serving_flags(fv)
+  flags.DEFINE_integer("top_k", 5, "Classes listed per image.", flag_values=fv)
+  flags.DEFINE_string(
+    "output", None, "JSON lines file, one line per image (default: stdout).", flag_values=fv
+  )
+
+
+def _predict(fv, positionals):
+  workdir = _require(fv, "workdir")
+  from resnet_jax import serving  # pylint: disable=g-import-not-at-top
+
+  serving.predict_command(
+    lambda: serving.load(workdir, config=fv.config),
+    positionals,
+    top_k=fv.top_k,
+    method=fv.eval_method,
+    output=fv.output,
+  )
+
+
+def _define_export_flags(fv: flags.FlagValues) -> None:
+  _define_serving_flags(fv)
+  flags.DEFINE_enum(
+    "format",
+    None,
+    ["stablehlo", "savedmodel"],
+    "stablehlo: jax.export artifact + JSON sidecar; savedmodel: TensorFlow (jax2tf), TF Serving "
+    "layout OUT/<version>/.",
+    flag_values=fv,
+  )
+  flags.DEFINE_string("out", None, "Where the exported model goes.", flag_values=fv)
+  flags.DEFINE_list(
+    "input_size",
+    None,
+    "H,W of the uint8 images the function takes (default: the run's resize side squared, e.g. "
+    "256,256 for ImageNet; the crop side for 28/32 px datasets).",
+    flag_values=fv,
+  )
+
+
+def _export(fv, positionals):
+  _no_positionals(positionals)
+  workdir, fmt, out = _require(fv, "workdir"), _require(fv, "format"), _require(fv, "out")
+  input_size = None
+  if fv.input_size:
+    if len(fv.input_size) != 2 or not all(v.strip().isdigit() for v in fv.input_size):
+      raise UsageError(f"--input_size={','.join(fv.input_size)}: give H,W, e.g. 256,256")
+    input_size = tuple(int(v) for v in fv.input_size)
+  from resnet_jax import serving  # pylint: disable=g-import-not-at-top
+
+  print(
+    serving.export_command(
+      workdir, fmt, out, method=fv.eval_method, config=fv.config, input_size=input_size
+    )
+  )
+
+
 # --- sweep and analyze: their flags live with their code, which tests also call -----------------
 
 
@@ -331,6 +415,19 @@ COMMANDS: dict[str, Command] = {
     "resnet-jax convert --model=resnet50 --src=resnet50.pth --workdir=runs/resnet50_tv",
     lambda fv, args: _define_convert_flags(fv),
     _convert,
+  ),
+  "predict": Command(
+    "classify image files or folders with a trained run or converted weights",
+    "resnet-jax predict --workdir=runs/digits digit.png photos/ --top_k=3 --output=preds.jsonl",
+    lambda fv, args: _define_predict_flags(fv),
+    _predict,
+    usage="--workdir=DIR PATH... [--flag=value ...]",
+  ),
+  "export": Command(
+    "export uint8 images -> probabilities as StableHLO (jax.export) or a TF SavedModel",
+    "resnet-jax export --workdir=runs/digits --format=savedmodel --out=runs/digits_serving",
+    lambda fv, args: _define_export_flags(fv),
+    _export,
   ),
   "sweep": Command(
     "run a grid of config overrides locally, or print one launch command per member",
@@ -412,6 +509,7 @@ def unknown_command(name: str) -> str:
 def _known_errors():
   from resnet_jax.checkpoint import CheckpointError  # pylint: disable=g-import-not-at-top
   from resnet_jax.distributed import DistributedInitError  # pylint: disable=g-import-not-at-top
+  from resnet_jax.serving import ServingError  # pylint: disable=g-import-not-at-top
   from resnet_jax.train.loop import NonFiniteLossError  # pylint: disable=g-import-not-at-top
 
   return (
@@ -421,6 +519,7 @@ def _known_errors():
     NonFiniteLossError,
     FileNotFoundError,
     DistributedInitError,
+    ServingError,
   )
 
 

@@ -12,26 +12,36 @@ from resnet_jax.data.datasets import (
   CorruptImageError,
   DatasetNotFoundError,
   DatasetSpec,
+  class_names,
   dataset_info,
   default_data_dir,
   list_datasets,
   load_source,
   num_examples,
+  readable_class_names,
 )
-from resnet_jax.data.pipeline import eval_batches, prefetch_to_device, train_batches
+from resnet_jax.data.pipeline import (
+  eval_batches,
+  eval_image_sizes,
+  prefetch_to_device,
+  train_batches,
+)
 
 __all__ = [
   "REGISTRY",
   "CorruptImageError",
   "DatasetNotFoundError",
   "DatasetSpec",
+  "class_names",
   "dataset_info",
   "default_data_dir",
   "eval_batches",
+  "eval_image_sizes",
   "hide_gpus_from_tf",
   "list_datasets",
   "load_source",
   "num_examples",
   "prefetch_to_device",
+  "readable_class_names",
   "train_batches",
 ]

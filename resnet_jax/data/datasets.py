@@ -370,3 +370,40 @@ def load_source(
 def num_examples(dataset: str, split: str | None = None, data_dir: str | None = None) -> int:
   """Number of examples in a split (split None: the registry's default eval split)."""
   return load_source(dataset, split, data_dir, train=False).num_examples
+
+
+def class_names(name: str, data_dir: str | None = None) -> list[str]:
+  """The dataset's own label names: its tfds ``ClassLabel`` names, index i = class i.
+
+  ImageNet gives WordNet synsets (``n01440764``), the digits and MNIST ``'0'`` ... ``'9'``, an
+  image folder its class folder names. Read from the builder's metadata (the prepared
+  ``dataset_info.json`` where there is one, else the builder's code): nothing is downloaded or
+  built. A dataset whose names only come with its download (CIFAR before it is prepared) gives
+  tfds' placeholder ``'0'`` ... ``'n-1'``.
+  """
+  spec = dataset_info(name)
+  hide_gpus_from_tf()
+  data_dir = os.path.expanduser(data_dir) if data_dir else default_data_dir()
+  if spec.storage == "files":
+    if not os.path.isdir(data_dir):
+      raise DatasetNotFoundError(
+        f"image_folder class names are its folder names, but {data_dir!r} is not a folder; "
+        f"point --config.data_dir=... at root/<split>/<class>/ as in training"
+      )
+    builder = tfds.folder_dataset.ImageFolder(data_dir)
+  elif spec.name == "digits":
+    builder = digits_lib.HandwrittenDigits(data_dir=data_dir)
+  else:
+    builder = tfds.builder(spec.builder, data_dir=data_dir)
+  return list(builder.info.features["label"].names)
+
+
+def readable_class_names(name: str) -> list[str] | None:
+  """Human-readable names in class order where tfds ships them (ImageNet: ``'tench, Tinca
+  tinca'`` for ``n01440764``), else None (the label names are readable already)."""
+  if dataset_info(name).builder != "imagenet2012":
+    return None
+  # tfds keeps ImageNet's readable names (in synset order) with its SI-Score dataset.
+  from tensorflow_datasets.datasets.siscore import labels  # pylint: disable=g-import-not-at-top
+
+  return list(labels.IMAGENET_LABELS_LIST)

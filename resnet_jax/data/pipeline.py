@@ -37,7 +37,14 @@ from resnet_jax.data.datasets import (
   num_examples,
 )
 
-__all__ = ["train_batches", "eval_batches", "prefetch_to_device", "num_examples", "dataset_info"]
+__all__ = [
+  "train_batches",
+  "eval_batches",
+  "eval_image_sizes",
+  "prefetch_to_device",
+  "num_examples",
+  "dataset_info",
+]
 
 _RECORDS_SHUFFLE_BUFFER = 16384
 _MASK64 = (1 << 63) - 1
@@ -69,6 +76,12 @@ def _sizes(spec, image_size, resize_size):
   if resize_size is None and spec.resize_size:
     resize_size = int(round(size * spec.resize_size / spec.image_size))
   return size, resize_size
+
+
+def eval_image_sizes(dataset: str, image_size: int | None = None) -> tuple[int, int | None]:
+  """``(crop side, shorter side before the crop or None)`` the eval transforms use for a run of
+  ``dataset`` at ``image_size`` (None: the dataset's own): e.g. (224, 256), (64, 73), (28, None)."""
+  return _sizes(dataset_info(dataset), image_size, None)
 
 
 def _channels(source: Source) -> int:

@@ -1,0 +1,252 @@
+"""predict and export: the same probabilities as the eval step and model.apply, from one artifact.
+
+One tiny digits run is trained once for the module; one random torchvision-layout ResNet-18 is
+converted once (ImageNet architecture and 1,000 classes, served at a 32 px crop to stay fast).
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import tensorflow as tf
+from flax import jax_utils
+from PIL import Image
+
+from conftest import REPO, TINY_CONFIG, command_env
+from resnet_jax import data as data_lib
+from resnet_jax import serving
+from resnet_jax import weights
+from resnet_jax.data import augment
+from resnet_jax.serving import export as export_lib
+from resnet_jax.serving import predict as predict_lib
+from resnet_jax.train import loop
+from resnet_jax.train import steps
+
+TOL = 1e-5
+
+
+def _import_config(path):
+  import importlib.util
+
+  spec = importlib.util.spec_from_file_location("tiny_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+  """A tiny digits run (3 steps) and its ServingModel."""
+  workdir = str(tmp_path_factory.mktemp("digits_run"))
+  config = _import_config(TINY_CONFIG)
+  config.num_train_steps = 3
+  loop.train_and_evaluate(config, workdir)
+  return workdir, serving.load(workdir)
+
+
+@pytest.fixture(scope="module")
+def converted_resnet18(tmp_path_factory):
+  """A random torchvision-layout ResNet-18 state dict through ``weights.convert``, served at 32 px."""
+  expected = weights._flat(weights.expected_tree("resnet18"))
+  rng = np.random.default_rng(0)
+  state_dict = {}
+  for path, leaf in expected.items():
+    key, transform = weights._torch_key(path[0], path[1:])
+    shape = weights._torch_shape(leaf.shape, transform)
+    if key.endswith("running_var") or key.endswith("bn1.weight") or key.endswith("bn2.weight"):
+      value = 0.5 + rng.random(shape)
+    elif transform == "conv":  # variance-preserving, so logits stay O(1) through the depth
+      value = rng.standard_normal(shape) / np.sqrt(np.prod(shape[1:]))
+    else:
+      value = 0.2 * rng.standard_normal(shape)
+    state_dict[key] = value.astype(np.float32)
+  workdir = str(tmp_path_factory.mktemp("resnet18"))
+  weights.convert(state_dict, "resnet18", workdir)
+  return serving.load(workdir, image_size=32)
+
+
+def _reference(model, images_uint8):
+  """The data package's eval transform (TF) then model.apply in inference mode and the softmax."""
+  transform = augment.eval_transform(
+    "center",
+    image_size=model.image_size,
+    resize_size=model.resize_size,
+    mean=model.mean,
+    std=model.std,
+    channels=model.channels,
+  )
+  x = np.concatenate([transform(tf.constant(im)).numpy() for im in images_uint8])
+  logits = jax.jit(lambda v, x: model.model.apply(v, x, train=False))(model.variables, x)
+  return np.asarray(jax.nn.softmax(logits, axis=-1))
+
+
+def _check_both_formats(model, tmp_path, images, input_size=None):
+  """StableHLO (deserialized, called) and SavedModel (tf.saved_model.load): batch 1 and 7."""
+  want = _reference(model, images)
+  assert np.ptp(want, axis=0).max() > 1e-3  # the output depends on the image
+  hlo_dir = export_lib.export_model(
+    model, "stablehlo", str(tmp_path / "hlo"), input_size=input_size
+  )
+  exported = jax.export.deserialize((tmp_path / "hlo" / export_lib.ARTIFACT).read_bytes())
+  sidecar = json.loads((tmp_path / "hlo" / export_lib.SIDECAR).read_text())
+  assert hlo_dir == str(tmp_path / "hlo")
+  assert sidecar["labels"] == list(model.labels) and sidecar["channels"] == model.channels
+  assert sidecar["checkpoint_step"] == model.step
+  assert sidecar["input"]["shape"][1:] == [*images.shape[1:3], model.channels]
+  tf_dir = export_lib.export_model(model, "savedmodel", str(tmp_path / "tf"), input_size=input_size)
+  assert tf_dir == str(tmp_path / "tf" / "1")
+  with tf.device("/CPU:0"):
+    loaded = tf.saved_model.load(tf_dir)
+    signature = loaded.signatures["serving_default"]
+    names = tf.io.read_file(loaded.class_names.asset_path).numpy().decode().splitlines()
+    assert [n.split("\t")[0] for n in names] == list(model.labels)
+    for n in (1, 7):
+      got_hlo = np.asarray(exported.call(jnp.asarray(images[:n])))
+      got_tf = signature(images=tf.constant(images[:n]))["probabilities"].numpy()
+      np.testing.assert_allclose(got_hlo, want[:n], atol=TOL, rtol=0)
+      np.testing.assert_allclose(got_tf, want[:n], atol=TOL, rtol=0)
+  return sidecar
+
+
+def _digit_images(n, offset=0):
+  source = data_lib.load_source("digits", "test", train=False)
+  return source.images[offset : offset + n], source.labels[offset : offset + n]
+
+
+def test_exports_match_model_apply_for_the_digits_run(digits_run, tmp_path):
+  _, model = digits_run
+  images, _ = _digit_images(7)
+  sidecar = _check_both_formats(model, tmp_path, images)
+  assert sidecar["labels"] == [str(i) for i in range(10)] and sidecar["resize_size"] is None
+  # TF Serving's layout: a second export is the next version beside the first.
+  assert export_lib.export_model(model, "savedmodel", str(tmp_path / "tf")) == str(
+    tmp_path / "tf" / "2"
+  )
+
+
+def test_exports_match_model_apply_for_a_converted_resnet18(converted_resnet18, tmp_path):
+  model = converted_resnet18
+  assert model.labels[0] == "n01440764" and model.names[0] == "tench, Tinca tinca"
+  assert model.num_classes == 1000 and (model.image_size, model.resize_size) == (32, 37)
+  # A non-square input exercises the resize of the shorter side (45 -> 37) and the centre crop.
+  images = np.random.default_rng(1).integers(0, 256, (7, 45, 60, 3), dtype=np.uint8)
+  sidecar = _check_both_formats(model, tmp_path, images, input_size=(45, 60))
+  assert sidecar["names"][1] == "goldfish, Carassius auratus"
+
+
+def test_converted_checkpoint_predicts_imagenet_names(converted_resnet18, tmp_path):
+  rng = np.random.default_rng(2)
+  Image.fromarray(rng.integers(0, 256, (50, 40, 3), dtype=np.uint8)).save(tmp_path / "a.jpg")
+  Image.fromarray(rng.integers(0, 256, (40, 40), dtype=np.uint8)).save(tmp_path / "gray.png")
+  predictions, failed = serving.classify(converted_resnet18, [str(tmp_path)], top_k=3)
+  assert not failed and [os.path.basename(p.path) for p in predictions] == ["a.jpg", "gray.png"]
+  imagenet_names = set(data_lib.readable_class_names("imagenet2012"))
+  for p in predictions:
+    record = p.to_json(converted_resnet18)
+    assert len(record["top_k"]) == 3
+    assert all(t["name"] in imagenet_names and t["label"].startswith("n") for t in record["top_k"])
+
+
+def _eval_step_probs(model, n):
+  """Per-example probabilities of the first ``n`` test digits through the eval path of training:
+  data.eval_batches + the pmapped steps.predict_step."""
+  predict = jax.pmap(lambda s, b: steps.predict_step(s, b, model=model.model), axis_name=steps.AXIS)
+  state = jax_utils.replicate(predict_lib._inference_state(model))
+  batch = next(iter(data_lib.eval_batches("digits", global_batch_size=n, local_device_count=1)))
+  return np.asarray(predict(state, batch)).reshape(n, -1)
+
+
+def test_predict_cli_on_pngs_agrees_with_the_eval_step(digits_run, tmp_path):
+  workdir, model = digits_run
+  n = 12
+  images, _ = _digit_images(n)
+  folder = tmp_path / "pngs"
+  (folder / "nested").mkdir(parents=True)
+  paths = []
+  for i, im in enumerate(images):
+    path = folder / ("nested" if i % 2 else "") / f"{i:02d}.png"
+    Image.fromarray(im[..., 0]).save(path)
+    paths.append(str(path))
+  (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not a png")
+  out = tmp_path / "predictions.jsonl"
+  proc = subprocess.run(
+    [sys.executable, "-m", "resnet_jax.main", "predict", f"--workdir={workdir}", str(folder)]
+    + ["--top_k=10", f"--output={out}"],
+    env=command_env(1),
+    capture_output=True,
+    text=True,
+    timeout=300,
+    cwd=REPO,
+  )
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert "broken.png" in proc.stderr and "12 images classified, 1 unreadable skipped" in proc.stderr
+  records = {r["path"]: r for r in map(json.loads, out.read_text().splitlines())}
+  assert len(records) == n and not (tmp_path / "predictions.jsonl.partial").exists()
+  want = _eval_step_probs(model, n)
+  for i, path in enumerate(paths):
+    top = records[path]["top_k"]
+    assert top[0]["index"] == int(np.argmax(want[i]))
+    got = np.zeros(10)
+    got[[t["index"] for t in top]] = [t["probability"] for t in top]
+    np.testing.assert_allclose(got, want[i], atol=TOL, rtol=0)
+    assert f"{top[0]['probability']:8.4f}  {top[0]['name']}" in proc.stdout
+
+
+def test_predict_converts_rgb_and_rgba_to_the_models_one_channel(digits_run, tmp_path):
+  _, model = digits_run
+  (digit,), _ = _digit_images(1, offset=500)
+  gray = digit[..., 0]
+  Image.fromarray(gray).save(tmp_path / "gray.png")
+  Image.fromarray(np.stack([gray] * 3, -1)).save(tmp_path / "rgb.png")
+  Image.fromarray(np.stack([gray] * 3 + [np.full_like(gray, 255)], -1)).save(tmp_path / "rgba.png")
+  predictions, failed = serving.classify(model, [str(tmp_path)], top_k=10)
+  assert not failed and len(predictions) == 3
+  probs = [dict(p.top) for p in predictions]
+  for other in probs[1:]:
+    assert max(abs(other[c] - probs[0][c]) for c in range(10)) < 1e-3
+
+
+def test_bad_input_is_one_line_and_exit_2_and_leaves_nothing(digits_run, tmp_path):
+  workdir, model = digits_run
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  cases = [
+    (["predict", f"--workdir={empty}", str(tmp_path)], "no checkpoint in"),
+    (["export", f"--workdir={workdir}", "--format=onnx", f"--out={tmp_path / 'x'}"], "format"),
+  ]
+  for args, message in cases:
+    proc = subprocess.run(
+      [sys.executable, "-m", "resnet_jax.main", *args],
+      env=command_env(1),
+      capture_output=True,
+      text=True,
+      timeout=120,
+      cwd=REPO,
+    )
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], proc.stderr[-2000:]
+  assert sorted(os.listdir(tmp_path)) == ["empty"]
+
+  # Unwritable for any user, root included: a path below a regular file.
+  blocker = tmp_path / "a_file"
+  blocker.write_text("keep")
+  for fmt in export_lib.FORMATS:
+    with pytest.raises(serving.ServingError, match="writable"):
+      export_lib.export_model(model, fmt, str(blocker / "model"))
+  with pytest.raises(serving.ServingError, match="writable"):
+    serving.predict_command(lambda: model, [str(tmp_path)], output=str(blocker / "p.jsonl"))
+  assert sorted(os.listdir(tmp_path)) == ["a_file", "empty"] and blocker.read_text() == "keep"
+  # An existing StableHLO path is never overwritten; nothing readable is an error, not an empty run.
+  (tmp_path / "taken").write_text("keep")
+  with pytest.raises(serving.ServingError, match="already exists"):
+    export_lib.export_model(model, "stablehlo", str(tmp_path / "taken"))
+  assert (tmp_path / "taken").read_text() == "keep"
+  (tmp_path / "junk").mkdir()
+  (tmp_path / "junk" / "a.png").write_text("not an image")
+  with pytest.raises(serving.ServingError, match="none of the 1 files"):
+    serving.predict_command(lambda: model, [str(tmp_path / "junk")], output=None)
