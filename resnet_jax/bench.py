@@ -534,3 +534,163 @@ def torch_benchmark(
     "images_per_sec": batch / min(times),
     "images_per_sec_median": batch / statistics.median(times),
   }
+
+
+# --- inference: jit eval step vs exported SavedModel in TensorFlow vs PyTorch eager ---------------
+INFERENCE_PATHS = ("jax_jit", "tf_savedmodel", "torch_eager")
+
+
+def inference_benchmark(
+  model: str = "resnet50",
+  batches: tuple[int, ...] = (1, 16),
+  image_size: int = 224,
+  steps: int = 5,
+  rounds: int = 3,
+  jsonl: str | None = None,
+) -> dict[str, Any]:
+  """CPU inference images/s of one network (fp32, random weights) three ways, interleaved.
+
+  * ``jax_jit``: ``steps.predict_step`` (the eval step's forward pass: the network in inference
+    mode, softmax) under ``jax.jit`` on one CPU device that uses every core, on normalised float
+    input -- what ``resnet-jax predict`` runs per batch;
+  * ``tf_savedmodel``: the same variables through ``serving.export_model(..., 'savedmodel')``
+    (uint8 in, normalisation, network, softmax), loaded with ``tf.saved_model.load`` and called
+    through its ``serving_default`` signature (jax2tf's native serialization: an ``XlaCallModule``
+    op, compiled by TensorFlow's XLA);
+  * ``torch_eager``: the same architecture in PyTorch (``torch_resnet``), ``eval()`` under
+    ``torch.no_grad()``, channels_last.
+
+  Each (path, batch) is timed ``steps`` calls per round after a warm-up call, ``rounds`` times in
+  turn (the machine's speed drifts), and the best call counts. Ratios are images/s over
+  ``jax_jit``'s at the same batch (> 1: faster than our jit eval step).
+  """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+
+  from resnet_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+  from resnet_jax import serving  # pylint: disable=g-import-not-at-top
+
+  data_lib.hide_gpus_from_tf()
+  cpu = jax.devices("cpu")[0]
+  net = models.get_model(model)
+  with jax.default_device(cpu):
+    variables = jax.jit(
+      lambda r: net.init(r, jnp.zeros((1, image_size, image_size, 3)), train=False)
+    )(jax.random.key(0))
+  spec = data_lib.dataset_info("imagenet2012")
+  num_classes = int(variables["params"]["head"]["bias"].shape[0])
+  served = serving.ServingModel(
+    workdir="",
+    config=config_lib.base_config(),
+    model=net,
+    variables=dict(variables),
+    step=0,
+    source="bench",
+    labels=tuple(str(i) for i in range(num_classes)),
+    names=tuple(str(i) for i in range(num_classes)),
+    channels=3,
+    image_size=image_size,
+    resize_size=None,
+    mean=spec.mean,
+    std=spec.std,
+  )
+  state = jax.device_put(
+    state_lib.TrainState(
+      step=jnp.zeros((), jnp.int32),
+      params=variables["params"],
+      batch_stats=variables["batch_stats"],
+      opt_state=(),
+      lr_scale=jnp.ones((), jnp.float32),
+    ),
+    cpu,
+  )
+  jit_predict = jax.jit(functools.partial(steps_lib.predict_step, model=net))
+  with tempfile.TemporaryDirectory() as tmp:
+    t0 = time.perf_counter()
+    exported = serving.export_model(served, "savedmodel", os.path.join(tmp, "model"))
+    export_s = time.perf_counter() - t0
+    with tf.device("/CPU:0"):
+      signature = tf.saved_model.load(exported).signatures["serving_default"]
+  torch.manual_seed(0)
+  torch_net = torch_resnet(model).eval().to(memory_format=torch.channels_last)
+
+  rng = np.random.default_rng(0)
+  calls, compile_s = {}, {}
+  for b in batches:
+    pixels = rng.integers(0, 256, (b, image_size, image_size, 3), dtype=np.uint8)
+    normalised = (pixels.astype(np.float32) - np.asarray(spec.mean, np.float32)) / np.asarray(
+      spec.std, np.float32
+    )
+    x_jax = jax.device_put({"image": normalised[:, None]}, cpu)
+    x_tf = tf.constant(pixels)
+    x_torch = torch.from_numpy(normalised.transpose(0, 3, 1, 2)).contiguous(
+      memory_format=torch.channels_last
+    )
+
+    def jax_call(x=x_jax):
+      jit_predict(state, x).block_until_ready()
+
+    def tf_call(x=x_tf):
+      signature(images=x)["probabilities"].numpy()
+
+    def torch_call(x=x_torch):
+      with torch.no_grad():
+        torch_net(x).softmax(-1).numpy()
+
+    for name, fn in zip(INFERENCE_PATHS, (jax_call, tf_call, torch_call)):
+      t0 = time.perf_counter()
+      fn()  # compiles (jax, tf) or warms up (torch)
+      compile_s[f"{name}_b{b}"] = time.perf_counter() - t0
+      calls[(name, b)] = fn
+
+  best = {key: float("inf") for key in calls}
+  for _ in range(rounds):
+    for key, fn in calls.items():
+      best[key] = min(best[key], min(_time_steps(fn, steps)))
+  result: dict[str, Any] = {
+    "benchmark": "inference",
+    "model": model,
+    "image_size": image_size,
+    "precision": "fp32",
+    "steps": steps,
+    "rounds": rounds,
+    "export_savedmodel_s": export_s,
+    "first_call_s": compile_s,
+    "jax_version": jax.__version__,
+    "tf_version": tf.__version__,
+    "torch_version": torch.__version__,
+    "torch_threads": torch.get_num_threads(),
+    "cpu_count": os.cpu_count(),
+    "host": platform.node(),
+    "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+  }
+  for (name, b), seconds in best.items():
+    result[f"{name}_b{b}_images_per_sec"] = b / seconds
+  for b in batches:
+    for name in INFERENCE_PATHS[1:]:
+      result[f"{name}_b{b}_ratio"] = (
+        result[f"{name}_b{b}_images_per_sec"] / result[f"jax_jit_b{b}_images_per_sec"]
+      )
+  if jsonl:
+    os.makedirs(os.path.dirname(os.path.abspath(jsonl)), exist_ok=True)
+    with open(jsonl, "a") as f:
+      f.write(json.dumps(result, sort_keys=True) + "\n")
+  return result
+
+
+def format_inference_report(r: dict) -> str:
+  """One row per batch size: images/s of each path and the ratios to the jit eval step."""
+  batches = sorted({int(k.split("_b")[1].split("_")[0]) for k in r if k.startswith("jax_jit_b")})
+  lines = [
+    f"{r['model']} inference, {r['image_size']}x{r['image_size']}, fp32, CPU "
+    f"(best of {r['steps']} calls x {r['rounds']} interleaved rounds)",
+    "batch | jax jit eval step | TF SavedModel (ratio) | PyTorch eager (ratio)   [images/s]",
+  ]
+  for b in batches:
+    lines.append(
+      f"{b:>5} | {r[f'jax_jit_b{b}_images_per_sec']:17.2f} | "
+      f"{r[f'tf_savedmodel_b{b}_images_per_sec']:8.2f} ({r[f'tf_savedmodel_b{b}_ratio']:.2f}x) | "
+      f"{r[f'torch_eager_b{b}_images_per_sec']:8.2f} ({r[f'torch_eager_b{b}_ratio']:.2f}x)"
+    )
+  return "\n".join(lines)

@@ -197,6 +197,14 @@ def _define_bench_flags(fv: flags.FlagValues) -> None:
     flag_values=fv,
   )
   flags.DEFINE_string("jsonl", "runs/bench.jsonl", "Results file (appended).", flag_values=fv)
+  flags.DEFINE_boolean(
+    "inference",
+    False,
+    "CPU inference instead of training, at batch 1 and --batch_size, fp32: our jit eval step vs "
+    "the exported SavedModel run by TensorFlow vs PyTorch eager eval() (interleaved --loop_rounds "
+    "times, best of --steps calls each).",
+    flag_values=fv,
+  )
   _define_cpu_devices(fv)
 
 
@@ -212,6 +220,12 @@ def _bench(fv, positionals):
       raise UsageError(f"--override={field_value}: give FIELD=VALUE, e.g. scan_blocks=true")
     key, value = field_value.split("=", 1)
     overrides[key] = {"true": True, "false": False}.get(value.lower(), value)
+  if fv.inference:  # one device using every core: batch 1 cannot be split
+    report = bench.inference_benchmark(
+      model, tuple(sorted({1, fv.batch_size})), fv.image_size, fv.steps, fv.loop_rounds, fv.jsonl
+    )
+    print(bench.format_inference_report(report))
+    return
   distributed.split_cpu_into_devices(fv.cpu_devices, [fv.batch_size])
   report = bench.run_benchmark(
     model,
@@ -509,7 +523,6 @@ def unknown_command(name: str) -> str:
 def _known_errors():
   from resnet_jax.checkpoint import CheckpointError  # pylint: disable=g-import-not-at-top
   from resnet_jax.distributed import DistributedInitError  # pylint: disable=g-import-not-at-top
-  from resnet_jax.serving import ServingError  # pylint: disable=g-import-not-at-top
   from resnet_jax.train.loop import NonFiniteLossError  # pylint: disable=g-import-not-at-top
 
   return (
@@ -519,7 +532,6 @@ def _known_errors():
     NonFiniteLossError,
     FileNotFoundError,
     DistributedInitError,
-    ServingError,
   )
 
 
