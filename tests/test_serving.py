@@ -178,7 +178,7 @@ def test_predict_cli_on_pngs_agrees_with_the_eval_step(digits_run, tmp_path):
   proc = subprocess.run(
     [sys.executable, "-m", "resnet_jax.main", "predict", f"--workdir={workdir}", str(folder)]
     + ["--top_k=10", f"--output={out}"],
-    env=command_env(1),
+    env=command_env(2),  # batches split over two devices
     capture_output=True,
     text=True,
     timeout=300,
@@ -216,17 +216,21 @@ def test_bad_input_is_one_line_and_exit_2_and_leaves_nothing(digits_run, tmp_pat
   workdir, model = digits_run
   empty = tmp_path / "empty"
   empty.mkdir()
-  proc = subprocess.run(
-    [sys.executable, "-m", "resnet_jax.main", "predict", f"--workdir={empty}", str(tmp_path)],
-    env=command_env(1),
-    capture_output=True,
-    text=True,
-    timeout=120,
-    cwd=REPO,
-  )
-  lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-  assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-2000:]
-  assert f"no checkpoint in {empty}" in lines[0]
+  cases = [  # the first stops at absl's flag parsing, the second after loading the workdir
+    (["export", f"--workdir={workdir}", "--format=onnx", f"--out={tmp_path / 'x'}"], "stablehlo"),
+    (["predict", f"--workdir={empty}", str(tmp_path)], f"no checkpoint in {empty}"),
+  ]
+  for args, message in cases:
+    proc = subprocess.run(
+      [sys.executable, "-m", "resnet_jax.main", *args],
+      env=command_env(1),
+      capture_output=True,
+      text=True,
+      timeout=120,
+      cwd=REPO,
+    )
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], proc.stderr[-2000:]
   with pytest.raises(serving.ServingError, match="--format='onnx': choose one of stablehlo"):
     serving.export_command(workdir, "onnx", str(tmp_path / "x"))
   assert sorted(os.listdir(tmp_path)) == ["empty"]
