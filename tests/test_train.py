@@ -68,18 +68,6 @@ def wait_for_checkpoint(workdir, proc, timeout=240):
   raise AssertionError("no checkpoint appeared in time")
 
 
-def start_long_run(workdir):
-  """A 1,000-step run in the background, to be interrupted once it has a checkpoint."""
-  return subprocess.Popen(
-    train_command(workdir, "--config.num_train_steps=1000"),
-    env=command_env(),
-    stdout=subprocess.DEVNULL,
-    stderr=subprocess.PIPE,
-    text=True,
-    cwd=REPO,
-  )
-
-
 @pytest.fixture(scope="module")
 def straight_run(tmp_path_factory):
   """Twelve uninterrupted steps, the reference for the resume tests. Run as `make train` runs (no
@@ -167,9 +155,98 @@ def test_throughput_is_in_metrics_jsonl_and_tensorboard(straight_run):
   assert {"images_per_sec", "step_time_ms", "data_wait_fraction"} <= tags, tags
 
 
+def wait_for_logged_step(workdir, proc, timeout=240):
+  """Returns once the run has logged a train step: its preemption handler is then installed."""
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    if proc.poll() is not None:
+      raise AssertionError(f"run ended early: {proc.stderr.read()[-2000:]}")
+    if any("train_loss" in r for r in _read_metrics_safely(workdir)):
+      return
+    time.sleep(0.02)
+  raise AssertionError("no step was logged in time")
+
+
+def _read_metrics_safely(workdir):
+  try:
+    return read_metrics(workdir)
+  except (ValueError, OSError):  # a line being written
+    return []
+
+
+def start_long_run(workdir, *overrides):
+  """A 1,000-step run with async checkpoints (the default), to be interrupted."""
+  return subprocess.Popen(
+    train_command(
+      workdir, "--config.num_train_steps=1000", "--config.async_checkpoints=true", *overrides
+    ),
+    env=command_env(),
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.PIPE,
+    text=True,
+    cwd=REPO,
+  )
+
+
+def checkpoint_steps(workdir):
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True, async_save=False)
+  try:
+    return ckpt.all_steps()
+  finally:
+    ckpt.close()
+
+
+def run_to(workdir, steps, *overrides):
+  proc = subprocess.run(
+    train_command(workdir, f"--config.num_train_steps={steps}", *overrides),
+    env=command_env(),
+    capture_output=True,
+    text=True,
+    timeout=300,
+    cwd=REPO,
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return proc
+
+
+def resume_and_compare(workdir, saved_at, straight_run, tmp_path):
+  """Reruns the interrupted workdir to the end and holds the README's resume promise.
+
+  The rerun announces it resumed at ``saved_at``, logs only the steps after it, and ends in a
+  state bit-identical (every leaf: params, opt_state, batch_stats, lr_scale, step) to an
+  uninterrupted run's. Usually that is ``straight_run`` (12 steps); a run interrupted later is
+  compared with a fresh uninterrupted run of its own length, so every assert always runs.
+  """
+  finish, reference = 12, straight_run
+  if saved_at + 1 >= finish:
+    finish = saved_at + 2
+    reference = str(tmp_path / "reference")
+    run_to(reference, finish)
+  logged_before = len(read_metrics(workdir))
+  resumed = run_to(workdir, finish, "--config.async_checkpoints=true")
+  assert re.search(rf"resumed from \S+ at step {saved_at}\b", resumed.stderr), resumed.stderr[
+    -3000:
+  ]
+  new_lines = read_metrics(workdir)[logged_before:]
+  assert [r["step"] for r in new_lines if "train_loss" in r] == list(
+    range(saved_at + 1, finish + 1)
+  )
+  assert not re.search(rf"step ({'|'.join(map(str, range(1, saved_at + 1)))})/", resumed.stderr)
+  reference_losses = losses(reference)
+  assert {r["step"]: r["train_loss"] for r in new_lines if "train_loss" in r} == {
+    s: reference_losses[s] for s in range(saved_at + 1, finish + 1)
+  }
+  step_a, state_a, _ = final_params(reference, finish)
+  step_b, state_b, _ = final_params(workdir)
+  assert step_a == step_b == finish
+  for field in ("params", "opt_state", "batch_stats", "lr_scale", "step"):
+    assert tree_equal(state_a[field], state_b[field]), field
+  assert tree_equal(state_a, state_b)
+
+
 def test_resume_after_sigkill_is_bit_identical(straight_run, tmp_path):
   workdir = str(tmp_path / "killed")
-  # A long run, killed without warning once a checkpoint exists.
+  # A long run, killed without warning once an (async) checkpoint has been committed.
   proc = start_long_run(workdir)
   try:
     wait_for_checkpoint(workdir, proc)
@@ -177,56 +254,30 @@ def test_resume_after_sigkill_is_bit_identical(straight_run, tmp_path):
     proc.wait(timeout=30)
   finally:
     proc.kill()
-  killed_at, _, _ = final_params(workdir)
-  assert 3 <= killed_at < 12, killed_at
-  resumed = subprocess.run(
-    train_command(workdir, "--config.num_train_steps=12"),
-    env=command_env(),
-    capture_output=True,
-    text=True,
-    timeout=300,
-    cwd=REPO,
-  )
-  assert resumed.returncode == 0, resumed.stderr[-3000:]
-  assert "resumed" in resumed.stderr
-  step_a, state_a, _ = final_params(straight_run)
-  step_b, state_b, _ = final_params(workdir)
-  assert step_a == step_b == 12
-  assert tree_equal(state_a["params"], state_b["params"])
-  assert tree_equal(state_a["opt_state"], state_b["opt_state"])
-  assert tree_equal(state_a["batch_stats"], state_b["batch_stats"])
-  after = {s: l for s, l in losses(workdir).items() if s > killed_at}
-  assert after == {s: losses(straight_run)[s] for s in after}
+  killed_at = max(checkpoint_steps(workdir))
+  assert killed_at % 3 == 0, killed_at  # a periodic checkpoint (checkpoint_every_steps=3)
+  resume_and_compare(workdir, killed_at, straight_run, tmp_path)
 
 
-def test_sigterm_saves_exits_zero_and_resumes(straight_run, tmp_path):
+def test_sigterm_saves_the_step_it_announces_exits_zero_and_resumes(straight_run, tmp_path):
   workdir = str(tmp_path / "preempted")
-  proc = start_long_run(workdir)
+  # No periodic checkpoints: the only one on disk can come from the preemption save.
+  proc = start_long_run(workdir, "--config.checkpoint_every_steps=1000")
   try:
-    wait_for_checkpoint(workdir, proc)
+    wait_for_logged_step(workdir, proc)
     proc.send_signal(signal.SIGTERM)
     returncode = proc.wait(timeout=120)
     stderr = proc.stderr.read()
     assert returncode == 0, stderr[-3000:]
-    assert "preempted: saved step" in stderr
   finally:
     proc.kill()
-  saved_at, _, _ = final_params(workdir)
-  assert 3 <= saved_at < 1000
+  announced = re.findall(r"preempted: saved step (\d+)", stderr)
+  assert len(announced) == 1, stderr[-3000:]
+  saved_at = int(announced[0])
+  assert checkpoint_steps(workdir) == [saved_at]
+  assert max(r["step"] for r in read_metrics(workdir)) == saved_at  # it stopped where it saved
   assert not os.path.exists(os.path.join(workdir, "DONE"))
-  finish = max(saved_at + 2, 12)
-  resumed = subprocess.run(
-    train_command(workdir, f"--config.num_train_steps={finish}"),
-    env=command_env(),
-    capture_output=True,
-    text=True,
-    timeout=300,
-    cwd=REPO,
-  )
-  assert resumed.returncode == 0, resumed.stderr[-3000:]
-  assert json.load(open(os.path.join(workdir, "DONE")))["step"] == finish
-  if finish == 12:
-    assert tree_equal(final_params(workdir)[1]["params"], final_params(straight_run)[1]["params"])
+  resume_and_compare(workdir, saved_at, straight_run, tmp_path)
 
 
 def test_same_global_batch_on_1_2_4_devices_gives_the_same_losses(tmp_path):
