@@ -430,3 +430,76 @@ def test_full_conv_eval_picks_scales_relative_to_the_image_size(dataset, image_s
   assert evaluator.scales == scales
   config.eval_scales = (30, 36)  # an explicit choice is kept as given
   assert loop.Evaluator(config, loop.build_model(config, num_classes=10)).scales == (30, 36)
+
+
+# ResNet-110's warm-up (§4.2: lr/10 until training error < 80%, here at most 3 steps) and the
+# ImageNet plateau rule (§3.4: ÷10 when validation error stalls; patience 1 and an unreachable
+# min_delta make every eval after the first an event: steps 4, 6, 8), on 2 devices with
+# per-replica BN statistics synchronised at every eval and checkpoint. Evals read 64 test images.
+LR_EVENTS = (
+  "--config.cross_replica_bn=false",
+  "--config.warmup_lr_scale=0.1",
+  "--config.warmup_max_steps=3",
+  "--config.schedule=plateau",
+  "--config.plateau_patience=1",
+  "--config.plateau_min_delta=1.0",
+  "--config.eval_every_steps=2",
+  "--config.eval_split=test[:64]",
+  "--config.num_train_steps=10",
+)
+
+
+def test_resume_across_learning_rate_events_on_2_devices_with_per_replica_bn(tmp_path):
+  straight, interrupted = str(tmp_path / "straight"), str(tmp_path / "interrupted")
+  # The uninterrupted run and the first half of the interrupted one, side by side.
+  procs = [
+    subprocess.Popen(
+      train_command(workdir, *LR_EVENTS, *extra),
+      env=command_env(2),
+      stdout=subprocess.DEVNULL,
+      stderr=subprocess.PIPE,
+      text=True,
+      cwd=REPO,
+    )
+    for workdir, extra in ((straight, ()), (interrupted, ("--config.stop_after_steps=6",)))
+  ]
+  try:
+    for p in procs:
+      assert p.wait(timeout=400) == 0, p.stderr.read()[-3000:]
+  finally:
+    for p in procs:
+      p.kill()
+  assert checkpoint_steps(interrupted)[-1] == 6
+  resumed = subprocess.run(
+    train_command(interrupted, *LR_EVENTS),
+    env=command_env(2),
+    capture_output=True,
+    text=True,
+    timeout=400,
+    cwd=REPO,
+  )
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert re.search(r"resumed from \S+ at step 6\b", resumed.stderr), resumed.stderr[-3000:]
+
+  def learning_rates(workdir):
+    return {r["step"]: r["learning_rate"] for r in read_metrics(workdir) if "learning_rate" in r}
+
+  want = learning_rates(straight)
+  # The events happened: warm-up at 0.1x, its end (x10), then ÷10 at the evals of steps 4 and 6
+  # (before the interruption) and 8 (after it).
+  rates = [want[s] for s in range(1, 11)]
+  assert rates[0] == pytest.approx(0.005) and max(rates[:4]) == pytest.approx(0.05)
+  assert rates[6] == pytest.approx(0.0005) and rates[8] == pytest.approx(0.00005)
+  assert learning_rates(interrupted) == want
+  assert [r["step"] for r in read_metrics(interrupted) if "learning_rate" in r] == list(
+    range(1, 11)
+  )
+  _, state_a, meta_a = final_params(straight, 10)
+  _, state_b, meta_b = final_params(interrupted, 10)
+  for path_and_leaf, leaf_b in zip(
+    jax.tree_util.tree_flatten_with_path(state_a)[0], jax.tree_util.tree_leaves(state_b)
+  ):
+    path, leaf_a = path_and_leaf
+    np.testing.assert_array_equal(leaf_a, leaf_b, err_msg=jax.tree_util.keystr(path))
+  assert tree_equal(state_a, state_b)
+  assert meta_a["lr_controller"] == meta_b["lr_controller"]
