@@ -13,6 +13,7 @@ or rewrites an existing step except Orbax's own retention of old steps after a s
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 import jax
@@ -23,6 +24,45 @@ from orbax.checkpoint import checkpoint_managers as ocm
 
 class CheckpointError(RuntimeError):
   """A checkpoint that cannot be used: corrupt, or written by a different model/architecture."""
+
+
+def _is_abandoned_read_callback(unraisable) -> bool:
+  """A TensorStore completion callback that found its asyncio event loop already closed."""
+  if not (
+    isinstance(unraisable.exc_value, RuntimeError)
+    and str(unraisable.exc_value) == "Event loop is closed"
+  ):
+    return False
+  tb, functions = unraisable.exc_traceback, set()
+  while tb is not None:
+    functions.add(tb.tb_frame.f_code.co_name)
+    tb = tb.tb_next
+  return "call_soon_threadsafe" in functions
+
+
+def _drop_abandoned_read_callbacks() -> None:
+  """Called before every read of a checkpoint (idempotent).
+
+  Orbax reads a checkpoint's arrays as one ``asyncio.gather`` of TensorStore operations on an event
+  loop of its own. When one fails (a corrupt file), the error propagates and Orbax closes that loop
+  while the sibling operations are still in flight in TensorStore's threads. As each completes,
+  TensorStore hands its result to the closed loop, which raises ``RuntimeError('Event loop is
+  closed')``, and reports it through ``sys.unraisablehook``: a traceback on stderr whenever that
+  happens -- before, within or after the one error line, depending only on how loaded the machine
+  is. Those results belong to a read that has already failed and been reported, so they are
+  dropped; every other unraisable exception still reaches the previous hook. Installed before the
+  read, not after it fails: a completion can land between Orbax closing its loop and our handler.
+  """
+  previous = sys.unraisablehook
+  if getattr(previous, "_drops_abandoned_reads", False):
+    return
+
+  def hook(unraisable):
+    if not _is_abandoned_read_callback(unraisable):
+      previous(unraisable)
+
+  hook._drops_abandoned_reads = True  # pylint: disable=protected-access
+  sys.unraisablehook = hook
 
 
 def _key_name(entry) -> str:
@@ -102,6 +142,7 @@ class Checkpointer:
     self._manager.close()
 
   def read_meta(self, step: int) -> dict[str, Any]:
+    _drop_abandoned_read_callbacks()
     try:
       return self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))[
         "meta"
@@ -121,6 +162,7 @@ class Checkpointer:
     shapes must match the template. Either mismatch, or an unreadable file, raises ``CheckpointError``
     with one line naming it. Nothing on disk is touched.
     """
+    _drop_abandoned_read_callbacks()
     step = self.latest_step() if step is None else step
     if step is None:
       raise CheckpointError(f"no checkpoint in {self.directory}")

@@ -49,3 +49,46 @@ def test_another_model_or_shape_is_refused_naming_the_difference(tmp_path):
   with pytest.raises(CheckpointError, match="no checkpoint at step 5"):
     ckpt.restore(state(), step=5)
   ckpt.close()
+
+
+def test_reads_abandoned_by_a_failed_restore_print_nothing(monkeypatch):
+  """Why the corrupt-checkpoint test was flaky, replayed deterministically: Orbax gathers TensorStore
+  reads on its own event loop and closes it when one fails; a sibling read that completes later
+  raises 'Event loop is closed' in TensorStore's thread, reported through sys.unraisablehook (a
+  traceback on stderr at a moment set by the machine's load). Checkpointer drops exactly those."""
+  import asyncio
+  import sys
+
+  import tensorstore as ts
+
+  from resnet_jax import checkpoint
+
+  reported = []
+  monkeypatch.setattr(sys, "unraisablehook", lambda u: reported.append(u.exc_value))
+
+  def failed_read_leaving_one_in_flight():
+    promise, in_flight = ts.Promise.new()
+
+    async def corrupt():
+      raise ValueError("DATA_LOSS: Error decoding manifest")
+
+    async def read_all():  # what Orbax does: one gather over every array's read
+      await asyncio.gather(corrupt(), in_flight)
+
+    loop = asyncio.new_event_loop()
+    with pytest.raises(ValueError, match="DATA_LOSS"):
+      loop.run_until_complete(read_all())
+    loop.close()
+    promise.set_result(0)  # the abandoned read completes after the loop closed
+
+  failed_read_leaving_one_in_flight()
+  assert [str(e) for e in reported] == ["Event loop is closed"]  # the traceback users saw
+  reported.clear()
+  checkpoint._drop_abandoned_read_callbacks()  # what every Checkpointer read does first
+  checkpoint._drop_abandoned_read_callbacks()  # idempotent: one hook, not a chain
+  failed_read_leaving_one_in_flight()
+  assert reported == []
+  sys.unraisablehook(
+    type("U", (), {"exc_value": RuntimeError("other"), "exc_traceback": None})()
+  )  # anything else still reaches the previous hook
+  assert [str(e) for e in reported] == ["other"]

@@ -60,3 +60,35 @@ def test_a_flag_of_another_command_is_one_line_and_exit_2():
   assert proc.stderr.strip().splitlines() == [
     "error: Unknown command line flag 'config' (resnet-jax models --help lists its flags)"
   ]
+
+
+def _modules_after(*args):
+  """The heavy libraries a `resnet-jax ARGS` process had imported when it exited."""
+  probe = (
+    "import atexit, sys\n"
+    "atexit.register(lambda: print(sorted(m for m in ('tensorflow', 'jax', 'flax') "
+    "if m in sys.modules), file=sys.stderr))\n"
+    f"sys.argv = ['resnet-jax', *{list(args)!r}]\n"
+    "from resnet_jax import main\n"
+    "main.run()\n"
+  )
+  proc = subprocess.run(
+    [sys.executable, "-c", probe],
+    env=command_env(),
+    capture_output=True,
+    text=True,
+    timeout=120,
+    cwd=REPO,
+  )
+  assert proc.returncode == 0, proc.stderr
+  return proc.stdout, proc.stderr.strip().splitlines()[-1]
+
+
+def test_help_and_models_start_without_tensorflow():
+  out, loaded = _modules_after("--help")
+  assert "commands:" in out and loaded == "[]"  # nor JAX: help is instant
+  out, loaded = _modules_after("sweep", "--help")
+  assert "--parallel" in out and loaded == "[]"
+  out, loaded = _modules_after("models")
+  assert "resnet1202" in out and "19,421,274" in out
+  assert "tensorflow" not in loaded, loaded
