@@ -20,8 +20,8 @@ import dataclasses
 from typing import Iterable, NamedTuple, Optional, Sequence
 
 
+from .architecture import Architecture, scaled
 from .registry import ModelSpec, list_models, model_config, model_spec
-from .resnet import ResNet, scaled
 
 
 class Layer(NamedTuple):
@@ -77,16 +77,10 @@ def _out(n: int, k: int, s: int) -> int:
 
 
 def _config(model, overrides) -> dict:
-  if isinstance(model, ResNet):
-    fields = {
-      f.name: getattr(model, f.name)
-      for f in dataclasses.fields(ResNet)
-      if f.name not in ("parent", "name")
-    }
+  if isinstance(model, Architecture):  # a built ResNet
+    fields = {f.name: getattr(model, f.name) for f in dataclasses.fields(Architecture)}
     return {**fields, **overrides}
-  defaults = {
-    f.name: f.default for f in dataclasses.fields(ResNet) if f.name not in ("parent", "name")
-  }
+  defaults = {f.name: f.default for f in dataclasses.fields(Architecture)}
   return {**defaults, **model_config(model, **overrides)}
 
 

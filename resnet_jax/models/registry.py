@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import re
 import types
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
-import flax.linen as nn
+from .architecture import Architecture
 
-from .resnet import ResNet
+if TYPE_CHECKING:
+  from .resnet import ResNet
 
 # --- the tables (paper Table 1; §4.2; He et al. 2016 Table 2/3; torchvision) ---------------------
 # ImageNet depth -> (block, blocks per stage).
@@ -108,7 +110,20 @@ for _pattern, _table, _family, _depths, _extra in _FAMILIES:
 for _name, (_d, _groups, _wpg) in IMAGENET_VARIANTS.items():
   MODELS[_name] = _spec(_name, "imagenet", **_imagenet(_d, groups=_groups, width_per_group=_wpg))
 
-OVERRIDABLE = tuple(f.name for f in dataclasses.fields(ResNet) if f.name not in ("parent", "name"))
+
+@functools.cache
+def _overridable() -> tuple[str, ...]:
+  from .resnet import ResNet  # pylint: disable=g-import-not-at-top
+
+  return tuple(f.name for f in dataclasses.fields(ResNet) if f.name not in ("parent", "name"))
+
+
+def __getattr__(name: str):
+  # OVERRIDABLE (every ResNet field) needs Flax, so it is computed on first use: the tables, names
+  # and analytic counts stay importable without JAX (``resnet-jax models``).
+  if name == "OVERRIDABLE":
+    return _overridable()
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _natural(name: str):
@@ -137,21 +152,26 @@ def model_spec(name: str) -> ModelSpec:
 def model_config(name, *, num_classes=None, **overrides) -> dict[str, Any]:
   """The ResNet field values ``get_model`` would use (validated); handy for flops.py."""
   spec = model_spec(name)
-  unknown = sorted(set(overrides) - set(OVERRIDABLE))
-  if unknown:
-    raise ValueError(
-      f"Unknown override(s) {', '.join(map(repr, unknown))} for {spec.name!r}; "
-      f"valid keys: {', '.join(OVERRIDABLE)}"
-    )
+  architecture = {f.name for f in dataclasses.fields(Architecture)}
+  if set(overrides) - architecture:  # only a compute field needs the full list, and Flax
+    overridable = _overridable()
+    unknown = sorted(set(overrides) - set(overridable))
+    if unknown:
+      raise ValueError(
+        f"Unknown override(s) {', '.join(map(repr, unknown))} for {spec.name!r}; "
+        f"valid keys: {', '.join(overridable)}"
+      )
   config = {**spec.config, "num_classes": spec.num_classes, **overrides}
   if num_classes is not None:
     config["num_classes"] = num_classes
   return config
 
 
-def get_model(name: str, *, num_classes: int | None = None, **overrides) -> nn.Module:
+def get_model(name: str, *, num_classes: int | None = None, **overrides) -> ResNet:
   """Build the named network. ``num_classes`` defaults to the family's (1000 or 10).
 
   Example: ``get_model('resnet50', num_classes=10, dtype=jnp.bfloat16, bn_axis_name='batch')``.
   """
+  from .resnet import ResNet  # pylint: disable=g-import-not-at-top
+
   return ResNet(**model_config(name, num_classes=num_classes, **overrides))

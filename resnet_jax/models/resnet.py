@@ -51,7 +51,7 @@ Performance options (docs/benchmarks.md; none changes the arithmetic or the para
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import re
 
@@ -60,6 +60,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .architecture import Architecture, scaled
 from .blocks import BLOCKS, SHORTCUTS, STRIDE_ON, batch_norm, conv
 
 Dtype = Any
@@ -75,12 +76,7 @@ def _uniform_fan_in(fan_in: int):
   return init
 
 
-def scaled(width: int, multiplier: float) -> int:
-  """A width times ``width_multiplier`` (at least 1)."""
-  return max(1, int(round(width * multiplier)))
-
-
-class ResNet(nn.Module):
+class ResNet(nn.Module, Architecture):
   """A residual (or plain) network; every field can be overridden through ``get_model``.
 
   Attributes:
@@ -105,18 +101,7 @@ class ResNet(nn.Module):
     remat: rematerialise each block in the backward pass (less memory, ~1/3 more compute).
   """
 
-  stage_sizes: Sequence[int] = (2, 2, 2, 2)
-  block: str = "basic"
-  stage_widths: Sequence[int] = (64, 128, 256, 512)
-  stem: str = "imagenet"
-  stem_width: int = 64
-  width_multiplier: float = 1.0
-  num_classes: int = 1000
-  shortcut: str = "B"
-  stride_on: str = "3x3"
-  groups: int = 1
-  width_per_group: int = 64
-  preact: bool = False
+  # The shape fields (stage_sizes ... preact) come from Architecture; the rest only change compute.
   zero_init_last_bn: bool = False
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-5

@@ -1,0 +1,34 @@
+"""The fields that fix a ResNet's shape, as a plain dataclass that imports neither JAX nor Flax.
+
+:class:`~.resnet.ResNet` inherits them (its docstring describes each) and adds the compute-only
+fields (dtypes, BN axis, remat, ...). The registry's tables fill them in and :mod:`.flops` counts
+parameters and multiply-adds from them, so ``resnet-jax models`` prints its table without JAX.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+
+@dataclasses.dataclass
+class Architecture:
+  """Depth, widths, stem, shortcuts and block type: defaults are ResNet-18's (Table 1)."""
+
+  stage_sizes: Sequence[int] = (2, 2, 2, 2)
+  block: str = "basic"
+  stage_widths: Sequence[int] = (64, 128, 256, 512)
+  stem: str = "imagenet"
+  stem_width: int = 64
+  width_multiplier: float = 1.0
+  num_classes: int = 1000
+  shortcut: str = "B"
+  stride_on: str = "3x3"
+  groups: int = 1
+  width_per_group: int = 64
+  preact: bool = False
+
+
+def scaled(width: int, multiplier: float) -> int:
+  """A width times ``width_multiplier`` (at least 1)."""
+  return max(1, int(round(width * multiplier)))
