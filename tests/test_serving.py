@@ -253,3 +253,31 @@ def test_bad_input_is_one_line_and_exit_2_and_leaves_nothing(digits_run, tmp_pat
   (tmp_path / "junk" / "a.png").write_text("not an image")
   with pytest.raises(serving.ServingError, match="none of the 1 files"):
     serving.predict_command(lambda: model, [str(tmp_path / "junk")], output=None)
+
+
+def test_ten_crop_export_and_predict_average_the_papers_ten_views(digits_run, tmp_path):
+  """§3.4's 10-crop test on 32x30 digits (the corners differ): the exported function and predict
+  both average the softmax over the data package's ``ten_crop_eval`` views."""
+  _, model = digits_run
+  digits, _ = _digit_images(3, offset=200)
+  images = np.pad(digits, ((0, 0), (1, 3), (0, 2), (0, 0)), constant_values=40)  # [3, 32, 30, 1]
+  transform = augment.eval_transform(
+    "ten_crop",
+    image_size=28,
+    resize_size=None,
+    mean=model.mean,
+    std=model.std,
+    channels=1,
+  )
+  views = np.stack([transform(tf.constant(im)).numpy() for im in images])  # [3, 10, 28, 28, 1]
+  logits = model.model.apply(model.variables, views.reshape(30, 28, 28, 1), train=False)
+  want = np.asarray(jax.nn.softmax(logits, -1)).reshape(3, 10, -1).mean(1)
+  exported = export_lib.export_stablehlo(model, "ten_crop", (32, 30))
+  np.testing.assert_allclose(np.asarray(exported.call(images)), want, atol=TOL, rtol=0)
+  for i, im in enumerate(images):
+    Image.fromarray(im[..., 0]).save(tmp_path / f"{i}.png")
+  predictions, _ = serving.classify(model, [str(tmp_path)], top_k=10, method="ten_crop")
+  for i, p in enumerate(predictions):
+    got = np.zeros(10)
+    got[[c for c, _ in p.top]] = [q for _, q in p.top]
+    np.testing.assert_allclose(got, want[i], atol=TOL, rtol=0)
