@@ -1,0 +1,75 @@
+"""``conv_nhwc``: a 2-D convolution (NHWC, HWIO, fp32) run by oneDNN inside the compiled step.
+
+Forward, input gradient and weight gradient are three XLA FFI custom calls (``conv.cc``) tied
+together by ``jax.custom_vjp``; XLA still fuses everything around them (BatchNorm, ReLU, the
+residual addition).  Same arithmetic as ``lax.conv_general_dilated(x, w, strides, padding,
+dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups)``.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import kernel
+
+
+def _out_size(n: int, k: int, stride: int, lo: int, hi: int) -> int:
+  return (n + lo + hi - k) // stride + 1
+
+
+def _attrs(strides, padding, groups, threads) -> dict:
+  (lo_h, hi_h), (lo_w, hi_w) = padding
+  return {
+    "stride_h": np.int64(strides[0]),
+    "stride_w": np.int64(strides[1]),
+    "pad_lo_h": np.int64(lo_h),
+    "pad_hi_h": np.int64(hi_h),
+    "pad_lo_w": np.int64(lo_w),
+    "pad_hi_w": np.int64(hi_w),
+    "groups": np.int64(groups),
+    "threads": np.int64(threads),
+  }
+
+
+def _call(target: str, shape, *args, **attrs):
+  out = jax.ShapeDtypeStruct(shape, jnp.float32)
+  return jax.ffi.ffi_call(target, out, vmap_method="sequential")(*args, **attrs)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def conv_nhwc(x, w, strides: Sequence[int], padding, groups: int = 1, threads: int = 0):
+  """oneDNN convolution; ``padding`` is ((lo_h, hi_h), (lo_w, hi_w)); ``threads`` 0 = OpenMP's.
+
+  The caller must have checked :func:`kernel.load` (the FFI targets must be registered).
+  """
+  return _fwd(x, w, strides, padding, groups, threads)[0]
+
+
+def _fwd(x, w, strides, padding, groups, threads):
+  strides, padding = tuple(strides), tuple(tuple(p) for p in padding)
+  oh = _out_size(x.shape[1], w.shape[0], strides[0], *padding[0])
+  ow = _out_size(x.shape[2], w.shape[1], strides[1], *padding[1])
+  y = _call(
+    "onednn_conv_fwd",
+    (x.shape[0], oh, ow, w.shape[3]),
+    x,
+    w,
+    **_attrs(strides, padding, groups, threads),
+  )
+  return y, (x, w)
+
+
+def _bwd(strides, padding, groups, threads, residuals, dy):
+  x, w = residuals
+  attrs = _attrs(tuple(strides), tuple(tuple(p) for p in padding), groups, threads)
+  dx = _call("onednn_conv_bwd_data", x.shape, dy, w, **attrs)
+  dw = _call("onednn_conv_bwd_weights", w.shape, x, dy, **attrs)
+  return dx, dw
+
+
+conv_nhwc.defvjp(_fwd, _bwd)
