@@ -37,6 +37,12 @@ as a matmul over channels (a strided 1x1 conv with padding 0 is ``x[:, ::s, ::s]
 matmul).  XLA's CPU convolution is 2-5x slower than its dot for 1x1 kernels, above all for the
 weight gradient; the arithmetic and the parameters are identical, so checkpoints, parameter counts
 and weight import do not change.
+
+``conv_impl="onednn"`` runs every conv through oneDNN inside the compiled step (:mod:`.onednn`,
+the XLA FFI; the optional extra ``resnet-jax[cpu]``), which is what PyTorch's CPU convolutions run;
+it takes precedence over the two XLA workarounds above and falls back to ``lax.conv`` with one
+warning where oneDNN cannot run (not a CPU backend, not fp32, library or compiler missing).  Same
+``kernel`` parameters.
 """
 
 from __future__ import annotations
@@ -50,9 +56,12 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from . import onednn
+
 Dtype = Any
 
 SHORTCUTS = ("A", "B", "C", "none")
+CONV_IMPLS = ("xla", "onednn")
 STRIDE_ON = ("3x3", "1x1")
 
 # torchvision: nn.init.kaiming_normal_(w, mode="fan_out", nonlinearity="relu") -> N(0, 2/fan_out),
@@ -201,6 +210,27 @@ class ConvForwardFormGrads(_ConvKernel):
     )
 
 
+class OnednnConv(_ConvKernel):
+  """A bias-free k x k conv (padding k // 2, optionally grouped) run by oneDNN (:func:`onednn.conv`).
+
+  Same ``kernel`` parameter as ``nn.Conv`` -- ``(k, k, cin / groups, features)`` -- and the same
+  outputs; falls back to ``lax.conv`` where oneDNN cannot run.
+  """
+
+  kernel_size: int = 3
+  groups: int = 1
+
+  @nn.compact
+  def __call__(self, x):
+    k, g = self.kernel_size, self.groups
+    kernel = self.param(
+      "kernel", self.kernel_init, (k, k, x.shape[-1] // g, self.features), self.param_dtype
+    )
+    pad = ((k // 2, k // 2), (k // 2, k // 2))
+    x, kernel = jnp.asarray(x, self.dtype), jnp.asarray(kernel, self.dtype)
+    return onednn.conv(x, kernel, (self.stride, self.stride), pad, g)
+
+
 def conv(
   features: int,
   kernel: int,
@@ -213,13 +243,28 @@ def conv(
   kernel_init=None,
   matmul_1x1: bool = False,
   forward_form_grads: bool = False,
+  conv_impl: str = "xla",
 ) -> nn.Module:
   """Bias-free conv with torchvision padding (k // 2 on every side, so stride-2 output is ceil(n/2)).
 
+  ``conv_impl="onednn"``: :class:`OnednnConv` (same parameter; oneDNN on the CPU, see above).
   ``matmul_1x1``: an ungrouped 1x1 conv becomes :class:`Conv1x1` (same parameter, faster on CPU).
   ``forward_form_grads``: an ungrouped conv becomes :class:`ConvForwardFormGrads` (same parameter;
   fast gradients inside ``nn.scan`` on CPU).
   """
+  if conv_impl not in CONV_IMPLS:
+    raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {conv_impl!r}")
+  if conv_impl == "onednn":
+    return OnednnConv(
+      features,
+      stride,
+      dtype=dtype,
+      param_dtype=param_dtype,
+      kernel_init=kernel_init or conv_kernel_init,
+      kernel_size=kernel,
+      groups=groups,
+      name=name,
+    )
   if matmul_1x1 and kernel == 1 and groups == 1:
     return Conv1x1(
       features,
@@ -304,6 +349,7 @@ class _Block(nn.Module):
   param_dtype: Dtype = jnp.float32
   matmul_1x1: bool = True
   forward_form_grads: bool = False
+  conv_impl: str = "xla"
 
   expansion = 1  # class attribute, not a field
 
@@ -320,6 +366,7 @@ class _Block(nn.Module):
       kernel_init=nn.initializers.zeros if zero else None,
       matmul_1x1=self.matmul_1x1,
       forward_form_grads=self.forward_form_grads,
+      conv_impl=self.conv_impl,
     )
 
   def _bn(self, train, *, name, zero=False):

@@ -99,6 +99,8 @@ class ResNet(nn.Module, Architecture):
     matmul_1x1: 1x1 convs as matmuls (same parameters; faster on XLA CPU).
     scan_blocks: compile the repeated blocks of a stage once (``nn.scan``; scanned param layout).
     remat: rematerialise each block in the backward pass (less memory, ~1/3 more compute).
+    conv_impl: ``'xla'`` (lax.conv) or ``'onednn'`` (oneDNN inside the step on CPU, the extra
+      ``resnet-jax[cpu]``; falls back to lax.conv elsewhere); same parameters.
   """
 
   # The shape fields (stage_sizes ... preact) come from Architecture; the rest only change compute.
@@ -111,6 +113,7 @@ class ResNet(nn.Module, Architecture):
   matmul_1x1: bool = True
   scan_blocks: bool = False
   remat: bool = False
+  conv_impl: str = "xla"
 
   def _bn(self, train, name):
     return batch_norm(
@@ -148,6 +151,7 @@ class ResNet(nn.Module, Architecture):
         dtype=self.dtype,
         param_dtype=self.param_dtype,
         matmul_1x1=self.matmul_1x1,
+        conv_impl=self.conv_impl,
       )(x)
       x = nn.relu(self._bn(train, "stem_bn")(x))
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
@@ -160,6 +164,7 @@ class ResNet(nn.Module, Architecture):
         dtype=self.dtype,
         param_dtype=self.param_dtype,
         matmul_1x1=self.matmul_1x1,
+        conv_impl=self.conv_impl,
       )(x)
       if not self.preact:  # v2 CIFAR: the first block pre-activates the stem output.
         x = nn.relu(self._bn(train, "stem_bn")(x))
@@ -179,6 +184,7 @@ class ResNet(nn.Module, Architecture):
         dtype=self.dtype,
         param_dtype=self.param_dtype,
         matmul_1x1=self.matmul_1x1,
+        conv_impl=self.conv_impl,
       )
       # train is positional (argument 2) so that nn.remat can treat it as static.
       first_cls = nn.remat(block_cls, static_argnums=(2,)) if self.remat else block_cls

@@ -25,6 +25,9 @@ def base_config() -> ml_collections.ConfigDict:
       # 6.7 s instead of > 400 s. Checkpoints then hold the stacked layout (resnet.to_unrolled).
       "scan_blocks": False,
       "remat": False,  # recompute block activations in the backward pass (memory).
+      # 'xla' (lax.conv) | 'onednn': convolutions through oneDNN on CPU (pip install
+      # 'resnet-jax[cpu]'; falls back to lax.conv with a warning where it cannot run).
+      "conv_impl": "",
     }
   )
   c.precision = "fp32"  # 'fp32' | 'bf16' (bf16 compute, fp32 params) | 'fp16' (+ loss scaling).

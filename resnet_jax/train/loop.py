@@ -117,6 +117,7 @@ _NOT_ARCHITECTURE = (
   "zero_init_last_bn",
   "remat",
   "matmul_1x1",
+  "conv_impl",
 )
 
 

@@ -9,11 +9,14 @@ dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups)``.
 from __future__ import annotations
 
 import functools
+import logging
+import os
 from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from . import kernel
 
@@ -73,3 +76,62 @@ def _bwd(strides, padding, groups, threads, residuals, dy):
 
 
 conv_nhwc.defvjp(_fwd, _bwd)
+
+
+# --- the model-facing entry: oneDNN where it can run, lax.conv otherwise -----------------------
+
+_logged: set = set()
+
+
+def _log_once(reason: str) -> None:
+  if reason not in _logged:
+    _logged.add(reason)
+    logging.getLogger(__name__).warning("conv_impl='onednn' falls back to lax.conv: %s", reason)
+
+
+def unsupported_reason(x, w, groups: int = 1) -> str | None:
+  """Why :func:`conv` would not run oneDNN for these operands, or None if it would."""
+  if jax.default_backend() != "cpu":
+    return f"the backend is {jax.default_backend()}, not cpu"
+  if x.dtype != jnp.float32 or w.dtype != jnp.float32:
+    return f"oneDNN kernel is fp32 only, got {x.dtype}/{w.dtype}"
+  if x.ndim != 4 or w.ndim != 4 or groups < 1 or x.shape[-1] != w.shape[2] * groups:
+    return f"unsupported shapes x{tuple(x.shape)} w{tuple(w.shape)} groups={groups}"
+  if kernel.load() is None:
+    return kernel.unavailable_reason()
+  return None
+
+
+def threads_per_device() -> int:
+  """OpenMP threads for one device's call: the cores shared among the local CPU devices.
+
+  With the CPU split into one XLA device per core, devices run their calls concurrently, each on
+  its own core: one thread each (more would oversubscribe).  With one device: every core.
+  """
+  try:
+    cores = len(os.sched_getaffinity(0))
+  except AttributeError:  # pragma: no cover - not Linux
+    cores = os.cpu_count() or 1
+  return max(1, cores // jax.local_device_count("cpu"))
+
+
+def conv(x, w, strides: Sequence[int], padding, groups: int = 1):
+  """``lax.conv_general_dilated`` (NHWC, HWIO, explicit padding) run by oneDNN when it can.
+
+  Falls back to ``lax.conv_general_dilated`` -- with one warning per reason per process -- when
+  the backend is not the CPU, the operands are not fp32, or the kernel cannot be built or loaded
+  (no oneDNN: ``pip install 'resnet-jax[cpu]'``; no C++ compiler).
+  """
+  padding = tuple(tuple(int(v) for v in p) for p in padding)
+  reason = unsupported_reason(x, w, groups)
+  if reason is not None:
+    _log_once(reason)
+    return lax.conv_general_dilated(
+      x,
+      w,
+      tuple(strides),
+      padding,
+      dimension_numbers=("NHWC", "HWIO", "NHWC"),
+      feature_group_count=groups,
+    )
+  return conv_nhwc(x, w, tuple(strides), padding, groups, threads_per_device())

@@ -112,7 +112,9 @@ def _load() -> ctypes.CDLL:
       f"oneDNN not found ({_LIB_NAME} under {sys.prefix}/lib): pip install 'resnet-jax[cpu]'"
     )
   if not (prefix / "include" / _HEADER).exists():
-    raise RuntimeError(f"oneDNN headers missing under {prefix}/include: pip install 'resnet-jax[cpu]'")
+    raise RuntimeError(
+      f"oneDNN headers missing under {prefix}/include: pip install 'resnet-jax[cpu]'"
+    )
   cxx = os.environ.get("CXX") or "g++"
   if shutil.which(cxx) is None:
     raise RuntimeError(f"no C++ compiler ({cxx}) to build the oneDNN kernel")
