@@ -48,12 +48,14 @@ def _call(target: str, shape, *args, **attrs):
 def conv_nhwc(x, w, strides: Sequence[int], padding, groups: int = 1, threads: int = 0):
   """oneDNN convolution; ``padding`` is ((lo_h, hi_h), (lo_w, hi_w)); ``threads`` 0 = OpenMP's.
 
-  The caller must have checked :func:`kernel.load` (the FFI targets must be registered).
+  Raises RuntimeError when the kernel cannot be loaded (:func:`conv` falls back instead).
   """
   return _fwd(x, w, strides, padding, groups, threads)[0]
 
 
 def _fwd(x, w, strides, padding, groups, threads):
+  if kernel.load() is None:
+    raise RuntimeError(f"oneDNN kernel unavailable: {kernel.unavailable_reason()}")
   strides, padding = tuple(strides), tuple(tuple(p) for p in padding)
   oh = _out_size(x.shape[1], w.shape[0], strides[0], *padding[0])
   ow = _out_size(x.shape[2], w.shape[1], strides[1], *padding[1])
