@@ -214,3 +214,12 @@ def test_fp16_and_bf16_fall_back():
 def test_unknown_conv_impl_is_refused():
   with pytest.raises(ValueError, match="conv_impl must be one of"):
     get_model("resnet20", conv_impl="mkl").init(jax.random.PRNGKey(0), jnp.ones((1, 8, 8, 3)))
+
+
+def test_config_refuses_an_unknown_conv_impl():
+  from resnet_jax.train import config as config_lib
+
+  c = config_lib.base_config()
+  c.model_overrides.conv_impl = "mkl"
+  with pytest.raises(ValueError, match="config.model_overrides.conv_impl='mkl'"):
+    config_lib.validate(c, known_models=[c.model], known_datasets=[c.dataset])

@@ -120,6 +120,12 @@ def validate(config, *, known_models, known_datasets) -> None:
     bad("lr_decay_factor", "must be in (0, 1]")
   if list(config.lr_boundaries) != sorted(config.lr_boundaries):
     bad("lr_boundaries", "must be increasing steps")
+  conv_impl = config.model_overrides.get("conv_impl", "")
+  if conv_impl not in ("", "xla", "onednn"):
+    raise ValueError(
+      f"config.model_overrides.conv_impl={conv_impl!r}: must be 'xla' or 'onednn' "
+      "(oneDNN needs pip install 'resnet-jax[cpu]')"
+    )
 
 
 def cifar10_table6(model: str) -> ml_collections.ConfigDict:
