@@ -438,7 +438,10 @@ def test_full_conv_eval_picks_scales_relative_to_the_image_size(dataset, image_s
 # ImageNet plateau rule (§3.4: ÷10 when validation error stalls; patience 1 and an unreachable
 # min_delta make every eval after the first an event: steps 4, 6, 8), on 2 devices with
 # per-replica BN statistics synchronised at every eval and checkpoint. Evals read 64 test images.
+# Label smoothing and Nesterov momentum ride along: their state must survive the resume too.
 LR_EVENTS = (
+  "--config.label_smoothing=0.1",
+  "--config.nesterov=true",
   "--config.cross_replica_bn=false",
   "--config.warmup_lr_scale=0.1",
   "--config.warmup_max_steps=3",
