@@ -1,8 +1,11 @@
 """Checkpoints through Orbax's ``CheckpointManager``: async saves, resume, last-K + best, clear errors.
 
 A checkpoint step holds two items:
-  ``state``  the train state as host numpy arrays (written once, by the primary process, which makes a
-             checkpoint written by N processes restorable by any number of processes);
+  ``state``  the train state, one copy of each array: host numpy arrays are written by the primary
+             process (``parallelism="pmap"``), global ``jax.Array``s by Orbax from the devices
+             that hold them, each replica once and nothing gathered (``parallelism="jit"``). The
+             files are the same either way: any process and device count restores either, as
+             numpy or straight into a given sharding;
   ``meta``   JSON: the model name, the config fingerprint and the host-side controller state needed to
              resume exactly (learning-rate events), plus anything the caller adds.
 
@@ -124,13 +127,17 @@ class Checkpointer:
     return list(self._manager.all_steps())
 
   def save(self, step: int, state, meta: dict[str, Any], metrics: dict[str, float] | None = None):
-    """Starts an async save of ``state`` (any pytree of arrays) at ``step``."""
-    host_state = jax.tree_util.tree_map(np.asarray, jax.device_get(state))
+    """Starts an async save of ``state`` at ``step``.
+
+    ``state``: a pytree of host arrays, or of global ``jax.Array``s, which Orbax copies from the
+    devices before this returns (a donating step may then overwrite them) and writes as they are.
+    """
+    state = jax.tree_util.tree_map(
+      lambda x: x if isinstance(x, jax.Array) else np.asarray(x), state
+    )
     self._manager.save(
       step,
-      args=ocp.args.Composite(
-        state=ocp.args.StandardSave(host_state), meta=ocp.args.JsonSave(meta)
-      ),
+      args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
       metrics=metrics,
       force=True,
     )
@@ -154,9 +161,17 @@ class Checkpointer:
       ) from None
 
   def restore(
-    self, template, step: int | None = None, *, expect_meta: dict[str, Any] | None = None
+    self,
+    template,
+    step: int | None = None,
+    *,
+    expect_meta: dict[str, Any] | None = None,
+    sharding: jax.sharding.Sharding | None = None,
   ):
     """Restores ``(state, meta)`` at ``step`` (default: latest) into the structure of ``template``.
+
+    Leaves come back as host numpy arrays, or with ``sharding`` as global ``jax.Array``s that
+    Orbax reads straight onto the devices (each process reads what its devices hold).
 
     ``expect_meta`` entries (e.g. the model name) must equal the checkpoint's; parameter names and
     shapes must match the template. Either mismatch, or an unreadable file, raises ``CheckpointError``
@@ -178,9 +193,15 @@ class Checkpointer:
           f"this run has {key}={want!r}; use a fresh workdir or the matching config"
         )
     self._check_structure(step, template)
-    abstract = jax.tree_util.tree_map(
-      lambda x: np.empty(x.shape, x.dtype) if hasattr(x, "shape") else x, template
-    )
+
+    def target(x):
+      if not hasattr(x, "shape"):
+        return x
+      if sharding is None:
+        return np.empty(x.shape, x.dtype)
+      return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+
+    abstract = jax.tree_util.tree_map(target, template)
     try:
       restored = self._manager.restore(
         step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))

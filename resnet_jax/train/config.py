@@ -35,6 +35,11 @@ def base_config() -> ml_collections.ConfigDict:
     True  # BN statistics over the global batch (else per replica, synced at evals).
   )
   c.init_from = ""  # workdir of a converted/pretrained checkpoint to start from.
+  # How the step runs on every device of every process (resnet_jax.train.parallel): 'pmap' (the
+  # state copied per device, batches [devices, per_device, ...]) or 'jit' (jax.jit + shard_map over
+  # a Mesh: global arrays, replicated state, Orbax saving them without a gather). Same numbers;
+  # a checkpoint of either resumes under the other. 'jit' needs cross_replica_bn=True.
+  c.parallelism = "pmap"
   # Data (resnet_jax.data registry).
   c.dataset = "digits"
   c.data_dir = ""  # tfds data_dir ('' = tfds default, ~/tensorflow_datasets).
@@ -100,6 +105,14 @@ def validate(config, *, known_models, known_datasets) -> None:
     bad("optimizer", f"unknown optimizer; choose one of {', '.join(optim.OPTIMIZERS)}")
   if config.schedule not in optim.SCHEDULES:
     bad("schedule", f"unknown schedule; choose one of {', '.join(optim.SCHEDULES)}")
+  if config.parallelism not in ("pmap", "jit"):
+    bad("parallelism", "must be 'pmap' or 'jit'")
+  if config.parallelism == "jit" and not config.cross_replica_bn:
+    bad(
+      "parallelism",
+      "per-replica BatchNorm statistics differ between devices, so they are not one replicated "
+      "array; use cross_replica_bn=True or parallelism='pmap'",
+    )
   if config.eval_method not in ("center", "ten_crop", "full_conv"):
     bad("eval_method", "must be one of center, ten_crop, full_conv")
   for key in (

@@ -1,8 +1,8 @@
 """``train_and_evaluate(config, workdir)``: the one training loop, and ``evaluate`` for ``--mode=eval``.
 
 Data flow: ``data`` yields per-host batches shaped ``[local_devices, per_device, ...]`` ->
-``steps.train_step`` pmapped over every device of every host -> ``metrics`` (process 0 only) and
-``checkpoint`` (every process). The step number fixes the data position and the rng, so a run
+``steps.train_step`` on every device of every host (``parallel``: pmap, or jit over a mesh, by
+``config.parallelism``) -> ``metrics`` (process 0 only) and ``checkpoint`` (every process). The step number fixes the data position and the rng, so a run
 restored from step k continues exactly as if it had never stopped.
 """
 
@@ -21,7 +21,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
-from flax import jax_utils
 
 from resnet_jax import checkpoint as checkpoint_lib
 from resnet_jax import data as data_lib
@@ -29,6 +28,7 @@ from resnet_jax import metrics as metrics_lib
 from resnet_jax import models
 from resnet_jax.train import config as config_lib
 from resnet_jax.train import optim
+from resnet_jax.train import parallel
 from resnet_jax.train import state as state_lib
 from resnet_jax.train import steps
 
@@ -97,16 +97,6 @@ def check_config(config):
     )
 
 
-def _first_replica(tree):
-  """This host's copy of a replicated pytree, as numpy (works when other hosts hold other shards)."""
-
-  def first(x):
-    shard = np.asarray(x.addressable_data(0))
-    return shard[0] if shard.ndim == x.ndim else shard  # some jax versions keep the device axis
-
-  return jax.tree_util.tree_map(first, tree)
-
-
 # ResNet fields that change neither the function computed nor the parameters: a run may resume
 # with different values (e.g. switch on remat, or bf16 compute).
 _NOT_ARCHITECTURE = (
@@ -167,16 +157,15 @@ def full_conv_scales(config) -> tuple[int, ...]:
 class Evaluator:
   """Runs one test-time method over the whole eval split; counts every example exactly once."""
 
-  def __init__(self, config, model):
+  def __init__(self, config, model, par: parallel.DataParallel | None = None):
     self.config = config
     self.scales = full_conv_scales(config)
-    self._p_eval = jax.pmap(functools.partial(steps.eval_step, model=model), axis_name=steps.AXIS)
-    self._p_predict = jax.pmap(
-      functools.partial(steps.predict_step, model=model), axis_name=steps.AXIS
-    )
-    self._p_metrics = jax.pmap(
-      lambda p, l, m: jax.lax.psum(steps.metrics_from_probs(p, l, m), steps.AXIS),
-      axis_name=steps.AXIS,
+    self.par = par = par or parallel.create(config.parallelism)
+    R, S = parallel.REPLICATED, parallel.SHARDED  # noqa: N806
+    self._p_eval = par.compile(functools.partial(steps.eval_step, model=model), (R, S), R)
+    self._p_predict = par.compile(functools.partial(steps.predict_step, model=model), (R, S), S)
+    self._p_metrics = par.compile(
+      lambda p, l, m: jax.lax.psum(steps.metrics_from_probs(p, l, m), steps.AXIS), (S, S, S), R
     )
 
   def _batches(self, method, scale=None):
@@ -193,15 +182,15 @@ class Evaluator:
   def __call__(self, replicated_state, method: str = "center") -> dict[str, float]:
     if method != "full_conv":
       total = None
-      for batch in self._batches(method):
-        sums = _first_replica(self._p_eval(replicated_state, batch))
+      for batch in self.par.prefetch(self._batches(method)):
+        sums = self.par.fetch(self._p_eval(replicated_state, batch))
         total = sums if total is None else jax.tree_util.tree_map(np.add, total, sums)
       return steps.summarize_eval(total)
     # Fully-convolutional multi-scale (§3.4): softmax scores averaged over scales, per example.
     # Eval order is deterministic, so the k-th batch of every scale holds the same examples.
     summed, labels, masks = [], [], []
     for i, scale in enumerate(self.scales):
-      for j, batch in enumerate(self._batches("full_conv", scale)):
+      for j, batch in enumerate(self.par.prefetch(self._batches("full_conv", scale))):
         probs = self._p_predict(replicated_state, batch)
         if i == 0:
           summed.append(probs)
@@ -211,7 +200,7 @@ class Evaluator:
           summed[j] = summed[j] + probs
     total = None
     for probs, label, mask in zip(summed, labels, masks):
-      sums = _first_replica(self._p_metrics(probs / len(self.scales), label, mask))
+      sums = self.par.fetch(self._p_metrics(probs / len(self.scales), label, mask))
       total = sums if total is None else jax.tree_util.tree_map(np.add, total, sums)
     return steps.summarize_eval(total)
 
@@ -273,9 +262,12 @@ def _train(config, workdir, ckpt, info, model, primary) -> dict[str, Any]:
     config.precision == "fp16",
     variables=abstract_variables,
   )
+  par = parallel.create(config.parallelism)
   if start_step:
-    restored, meta = ckpt.restore(template, expect_meta=_expect_meta(config))
-    state = jax.tree_util.tree_map(jnp.asarray, restored)
+    # Either path restores the other's checkpoint: both write the same single-copy state.
+    state, meta = ckpt.restore(
+      template, expect_meta=_expect_meta(config), sharding=par.restore_sharding
+    )
     controller = optim.LearningRateController.from_json(meta["lr_controller"])
     logging.info("resumed from %s at step %d", ckpt.directory, start_step)
   else:
@@ -304,33 +296,30 @@ def _train(config, workdir, ckpt, info, model, primary) -> dict[str, Any]:
       workdir,
     )
 
-  p_train_step = jax.pmap(
-    functools.partial(
-      steps.train_step,
-      model=model,
-      tx=tx,
-      schedule=schedule,
-      num_classes=info.num_classes,
-      label_smoothing=config.label_smoothing,
-    ),
-    axis_name=steps.AXIS,
-    donate_argnums=(0,),
+  p_train_step = par.train_step(
+    steps.train_step,
+    seed=config.seed + 1,
+    model=model,
+    tx=tx,
+    schedule=schedule,
+    num_classes=info.num_classes,
+    label_smoothing=config.label_smoothing,
   )
-  p_sync = jax.pmap(steps.sync_batch_stats, axis_name=steps.AXIS)
-  p_params_finite = jax.pmap(
+  replicated = parallel.REPLICATED
+  p_sync = par.compile(steps.sync_batch_stats, (replicated,), replicated)
+  p_params_finite = par.compile(
     lambda tree: jnp.all(
       jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)])
-    )
+    ),
+    (replicated,),
+    replicated,
   )
-  evaluator = Evaluator(config, model)
+  evaluator = Evaluator(config, model, par)
   writer = metrics_lib.MetricWriter(workdir, enabled=primary)
   progress = metrics_lib.Progress(config.num_train_steps, start_step, enabled=primary)
 
-  state = jax_utils.replicate(state)
-  batches = jax_utils.prefetch_to_device(itertools.chain([first], train_iter), 2)
-  base_rng = jax.random.key(config.seed + 1)
-  local_devices = jax.local_device_count()
-  device_offset = jax.process_index() * local_devices
+  state = par.replicate(state)
+  batches = par.prefetch(itertools.chain([first], train_iter), 2)
 
   pending: list[tuple[int, dict]] = []  # step metrics not yet checked/logged
   last_good_checkpoint = start_step if start_step else None
@@ -343,7 +332,7 @@ def _train(config, workdir, ckpt, info, model, primary) -> dict[str, Any]:
   def check_finite():
     """Stops the run at the first pending step whose loss is not finite (nothing is saved)."""
     for s, m in pending:
-      loss = float(_first_replica(m["train_loss"]))
+      loss = float(par.fetch(m["train_loss"]))
       if not math.isfinite(loss):
         raise NonFiniteLossError(
           f"loss became {loss} at step {s}; stopped without saving. Last good checkpoint: "
@@ -356,7 +345,7 @@ def _train(config, workdir, ckpt, info, model, primary) -> dict[str, Any]:
     if not pending:
       return
     check_finite()
-    fetched = [_first_replica(m) for _, m in pending]
+    fetched = [par.fetch(m) for _, m in pending]
     pending = []
     means = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
     means.update(throughput.window())
@@ -373,7 +362,7 @@ def _train(config, workdir, ckpt, info, model, primary) -> dict[str, Any]:
     nonlocal state, last_good_checkpoint
     check_finite()
     # The losses seen so far were computed before the last update: check what would be saved too.
-    if not bool(_first_replica(p_params_finite(state.params))):
+    if not bool(par.fetch(p_params_finite(state.params))):
       raise NonFiniteLossError(
         f"parameters became non-finite by step {step}; stopped without saving. Last good "
         f"checkpoint: {'step ' + str(last_good_checkpoint) if last_good_checkpoint else 'none'}."
@@ -382,7 +371,7 @@ def _train(config, workdir, ckpt, info, model, primary) -> dict[str, Any]:
     state = p_sync(state)
     ckpt.save(
       step,
-      _first_replica(state),
+      par.checkpoint_state(state),
       _checkpoint_meta(config, controller),
       metrics=eval_metrics or None,
     )
@@ -390,7 +379,7 @@ def _train(config, workdir, ckpt, info, model, primary) -> dict[str, Any]:
 
   def state_set_lr_scale(value: float):
     nonlocal state
-    state = state.replace(lr_scale=jax_utils.replicate(jnp.asarray(value, jnp.float32)))
+    state = state.replace(lr_scale=par.replicate(jnp.asarray(value, jnp.float32)))
 
   def run_eval(step: int) -> dict[str, float]:
     nonlocal state, last_eval
@@ -412,9 +401,7 @@ def _train(config, workdir, ckpt, info, model, primary) -> dict[str, Any]:
       while step < final_step:
         with throughput.waiting():
           batch = next(batches)
-        rngs = jax.random.split(jax.random.fold_in(base_rng, step), jax.device_count())
-        rngs = rngs[device_offset : device_offset + local_devices]
-        state, step_metrics = p_train_step(state, batch, rngs)
+        state, step_metrics = p_train_step(state, batch)
         step += 1
         throughput.step()
         pending.append((step, step_metrics))
@@ -504,6 +491,7 @@ def evaluate(config, workdir: str, step: int | None = None, method: str | None =
   template = state_lib.abstract_train_state(
     model, tx, image_shape, use_loss_scale=config.precision == "fp16", variables=abstract_variables
   )
+  par = parallel.create(config.parallelism)
   try:
     used_step = step if step is not None else ckpt.latest_step()
     if used_step is not None and ckpt.read_meta(used_step).get("kind") == "weights":
@@ -513,12 +501,13 @@ def evaluate(config, workdir: str, step: int | None = None, method: str | None =
       )(jax.random.key(0))
       state = _initialise_from(state, workdir)
     else:
-      restored, _ = ckpt.restore(template, step, expect_meta=_expect_meta(config))
-      state = jax.tree_util.tree_map(jnp.asarray, restored)
+      state, _ = ckpt.restore(
+        template, step, expect_meta=_expect_meta(config), sharding=par.restore_sharding
+      )
   finally:
     ckpt.close()
-  state = jax_utils.replicate(state)
-  result = {"step": used_step, "method": method, **Evaluator(config, model)(state, method)}
+  state = par.replicate(state)
+  result = {"step": used_step, "method": method, **Evaluator(config, model, par)(state, method)}
   if jax.process_index() == 0:
     _write_json(os.path.join(workdir, f"eval_{method}_step{used_step}.json"), result)
   return result

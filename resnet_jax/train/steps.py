@@ -1,4 +1,7 @@
-"""``train_step`` and ``eval_step``: pure functions, compiled by ``jax.pmap`` over axis ``"batch"``.
+"""``train_step`` and ``eval_step``: pure functions run on every device over axis ``"batch"``.
+
+``train.parallel`` compiles them with ``jax.pmap`` or with ``jax.jit`` + ``jax.shard_map`` over a
+mesh (``config.parallelism``); the functions are the same either way.
 
 Each device sees ``[per_device, ...]`` of the global batch. Gradients are averaged across all
 replicas (every device of every host) with ``lax.pmean``; BatchNorm statistics are averaged too when
