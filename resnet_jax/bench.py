@@ -1,9 +1,12 @@
 """``resnet-jax bench``: how fast the real train step turns compute into trained models.
 
-One call of :func:`run_benchmark` measures, for one model / batch / image size / precision:
+One call of :func:`run_benchmark` measures, for one model / batch / image size / precision, and for
+each data-parallel path (``parallelism``: ``pmap`` and ``jit`` over a mesh, side by side, their
+timed steps and windows interleaved so the machine's drift hits both alike):
 
 * compile time of the train step and of the eval step (``lower().compile()`` of the very functions
-  the training loop pmaps: ``steps.train_step`` with the state donated, ``steps.eval_step``);
+  the training loop compiles through ``train.parallel``: ``steps.train_step`` with the state
+  donated, ``steps.eval_step``);
 * bare train-step images/s: the compiled step on a synthetic batch already on the device, best of
   ``steps`` timed steps (the machine is shared and noisy; the median is reported too);
 * full-loop images/s: the same compiled step fed by the real input pipeline (``data.train_batches``
@@ -47,6 +50,7 @@ import numpy as np
 from resnet_jax import models
 from resnet_jax.train import config as config_lib
 from resnet_jax.train import optim
+from resnet_jax.train import parallel
 from resnet_jax.train import state as state_lib
 from resnet_jax.train import steps as steps_lib
 
@@ -114,21 +118,19 @@ def _time_steps(step_fn, n: int) -> list[float]:
   return times
 
 
-def _loop_throughput(p_train, state, batch, image_size: int, steps: int, seed: int = 0):
+def _loop_throughput(
+  par, p_train, state, global_batch: int, channels: int, image_size: int, steps: int, seed: int = 0
+):
   """The training loop's per-step work around the already-compiled step; returns (images/s, state).
 
-  Mirrors ``train.loop.train_and_evaluate``: ``data.train_batches`` -> ``prefetch_to_device(2)`` ->
-  step with a per-step rng -> metrics kept pending and fetched/written at the end of the window,
-  one asynchronous checkpoint (Orbax) saved at the start of the window.
+  Mirrors ``train.loop.train_and_evaluate``: ``data.train_batches`` -> ``par.prefetch(2)`` ->
+  step -> metrics kept pending and fetched/written at the end of the window, one asynchronous
+  checkpoint (Orbax) saved at the start of the window.
   """
-  from flax import jax_utils  # pylint: disable=g-import-not-at-top
   from resnet_jax import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
   from resnet_jax import data as data_lib  # pylint: disable=g-import-not-at-top
   from resnet_jax import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
 
-  channels = batch["image"].shape[-1]
-  n_dev, per_device = batch["image"].shape[:2]
-  global_batch = n_dev * per_device
   # 'digits' augmentation pads 28 -> 32 and crops; at larger sizes use the random-resized crop
   # (ImageNet recipe), which scales the 28x28 source to any size.
   augment = None if image_size <= 32 else "inception"
@@ -143,8 +145,7 @@ def _loop_throughput(p_train, state, batch, image_size: int, steps: int, seed: i
         img = np.repeat(img, channels // img.shape[-1], axis=-1)
       yield {"image": img.astype(np.float32), "label": b["label"].astype(np.int32)}
 
-  batches = jax_utils.prefetch_to_device(rgb(source), 2)
-  base_rng = jax.random.key(seed + 1)
+  batches = par.prefetch(rgb(source), 2)
   workdir = tempfile.mkdtemp(prefix="resnet_jax_bench_")
   ckpt = checkpoint_lib.Checkpointer(
     os.path.join(workdir, "checkpoints"), keep_last=1, async_save=True
@@ -152,21 +153,17 @@ def _loop_throughput(p_train, state, batch, image_size: int, steps: int, seed: i
   writer = metrics_lib.MetricWriter(workdir, tensorboard=False)
   try:
     # Warm-up: fill the pipeline (first tf.data batches are slow) outside the window.
-    for step in range(2):
-      rngs = jax.random.split(jax.random.fold_in(base_rng, step), n_dev)
-      state, m = p_train(state, next(batches), rngs)
+    for _ in range(2):
+      state, m = p_train(state, next(batches))
     jax.block_until_ready(m)
     t0 = time.perf_counter()
     pending = []
     for step in range(2, 2 + steps):
-      rngs = jax.random.split(jax.random.fold_in(base_rng, step), n_dev)
-      state, m = p_train(state, next(batches), rngs)
+      state, m = p_train(state, next(batches))
       pending.append(m)
       if step == 2:
-        ckpt.save(
-          step, jax.tree_util.tree_map(lambda x: np.asarray(x[0]), state), {"model": "bench"}
-        )
-    fetched = [jax.tree_util.tree_map(lambda x: float(np.asarray(x)[0]), p) for p in pending]
+        ckpt.save(step, par.checkpoint_state(state), {"model": "bench"})
+    fetched = [jax.tree_util.tree_map(float, par.fetch(p)) for p in pending]
     means = {k: float(np.mean([f[k] for f in fetched])) for k in fetched[0]}
     elapsed = time.perf_counter() - t0
     writer.write(2 + steps, {**means, "images_per_sec": steps * global_batch / elapsed})
@@ -175,6 +172,30 @@ def _loop_throughput(p_train, state, batch, image_size: int, steps: int, seed: i
     ckpt.close()
     writer.close()
   return steps * global_batch / elapsed, state
+
+
+def _checkpoint_save_times(par, state, saves: int = 2) -> list[float]:
+  """Seconds each of ``saves`` asynchronous Orbax saves of ``state`` blocks the step loop.
+
+  The first save in a process carries one-off set-up (for global arrays, several seconds on
+  this CPU); run before the loop windows so that they time what training pays at every save.
+  """
+  from resnet_jax import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
+
+  workdir = tempfile.mkdtemp(prefix="resnet_jax_bench_")
+  ckpt = checkpoint_lib.Checkpointer(
+    os.path.join(workdir, "checkpoints"), keep_last=1, async_save=True
+  )
+  times = []
+  try:
+    for step in range(saves):
+      t0 = time.perf_counter()
+      ckpt.save(step, par.checkpoint_state(state), {"model": "bench"})
+      times.append(time.perf_counter() - t0)
+      ckpt.wait()
+  finally:
+    ckpt.close()
+  return times
 
 
 def run_benchmark(
@@ -193,8 +214,13 @@ def run_benchmark(
   loop_steps: int | None = None,
   loop_rounds: int = 3,
   seed: int = 0,
+  parallelism: tuple[str, ...] = parallel.PARALLELISMS,
 ) -> dict[str, Any]:
   """Benchmarks the real train step of ``model``; returns the report dict (see module doc)."""
+  parallelism = tuple(parallelism)
+  unknown = [p for p in parallelism if p not in parallel.PARALLELISMS]
+  if not parallelism or unknown:
+    raise ValueError(f"parallelism must be some of {parallel.PARALLELISMS}, got {parallelism!r}")
   if precision not in PRECISIONS:
     raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
   if compare not in (None, "", "torch"):
@@ -208,14 +234,12 @@ def run_benchmark(
 
   tx = optim.create_optimizer(config, state_lib.abstract_variables(net, image_shape)["params"])
   schedule = optim.create_schedule(config)
-  state = jax.jit(
-    functools.partial(state_lib.create_train_state, net, tx, image_shape=image_shape)
-  )(jax.random.key(seed))
-  n_params = state_lib.count_params(state.params)
-
-  # pmap over every local device: exactly what train.loop compiles (axis "batch", state donated,
-  # the batch split evenly across devices).
-  from flax import jax_utils  # pylint: disable=g-import-not-at-top
+  host_state = jax.device_get(
+    jax.jit(functools.partial(state_lib.create_train_state, net, tx, image_shape=image_shape))(
+      jax.random.key(seed)
+    )
+  )
+  n_params = state_lib.count_params(host_state.params)
 
   devices = jax.local_devices()
   n_dev = len(devices)
@@ -223,57 +247,129 @@ def run_benchmark(
     raise ValueError(
       f"batch {batch} is not divisible by the {n_dev} local devices; use a multiple of {n_dev}"
     )
-  device = devices[0]
-  state = jax_utils.replicate(state, devices=devices)
   rng = np.random.default_rng(seed)
   per_device = (n_dev, batch // n_dev)
-  train_batch = jax.pmap(lambda b: b, devices=devices)(
-    {  # one shard of the batch per device
-      "image": np.asarray(rng.standard_normal((*per_device, *image_shape)), np.float32),
-      "label": np.asarray(rng.integers(0, min(num_classes, 10), per_device), np.int32),
-    }
-  )
-  images, labels = train_batch["image"], train_batch["label"]
-  rngs = jax.random.split(jax.random.key(seed + 1), n_dev)
-
-  p_train = jax.pmap(
-    functools.partial(
-      steps_lib.train_step, model=net, tx=tx, schedule=schedule, num_classes=num_classes
-    ),
-    axis_name=steps_lib.AXIS,
-    donate_argnums=(0,),
-  )
-  t0 = time.perf_counter()
-  train_compiled = p_train.lower(state, train_batch, rngs).compile()
-  compile_train_s = time.perf_counter() - t0
-
-  p_eval = jax.pmap(functools.partial(steps_lib.eval_step, model=net), axis_name=steps_lib.AXIS)
-  eval_batch = {
-    "image": images[:, :, None],
-    "label": labels,
-    "mask": jnp.ones(per_device, jnp.float32),
+  # One host batch in the data pipeline's layout, [devices, per_device, ...]; each path puts it
+  # on the devices its own way.
+  host_batch = {
+    "image": np.asarray(rng.standard_normal((*per_device, *image_shape)), np.float32),
+    "label": np.asarray(rng.integers(0, min(num_classes, 10), per_device), np.int32),
   }
-  t0 = time.perf_counter()
-  p_eval.lower(state, eval_batch).compile()
-  compile_eval_s = time.perf_counter() - t0
+  host_eval_batch = {
+    "image": host_batch["image"][:, :, None],
+    "label": host_batch["label"],
+    "mask": np.ones(per_device, bool),
+  }
 
-  flops = _cost_flops(train_compiled)
-  if flops:
-    flops *= n_dev  # XLA reports the cost of one replica of the pmapped step
-  if net.scan_blocks:
-    flops = None  # XLA's cost analysis counts a while loop's body once: not the step's FLOPs
-  memory = _peak_memory(train_compiled)
+  # Every path compiles exactly what train.loop compiles for it (axis "batch", state donated).
+  paths: dict[str, dict[str, Any]] = {}
+  for name in parallelism:
+    par = parallel.create(name)
+    state = par.replicate(host_state)
+    train_batch = par.put_batch(host_batch)
+    p_train = par.train_step(
+      steps_lib.train_step,
+      seed=seed + 1,
+      model=net,
+      tx=tx,
+      schedule=schedule,
+      num_classes=num_classes,
+    )
+    t0 = time.perf_counter()
+    train_compiled = p_train.lower(state, train_batch).compile()
+    compile_train_s = time.perf_counter() - t0
+    p_eval = par.compile(
+      functools.partial(steps_lib.eval_step, model=net),
+      (parallel.REPLICATED, parallel.SHARDED),
+      parallel.REPLICATED,
+    )
+    t0 = time.perf_counter()
+    p_eval.lower(state, par.put_batch(host_eval_batch)).compile()
+    compile_eval_s = time.perf_counter() - t0
 
-  box = {"state": state}
+    flops = _cost_flops(train_compiled)
+    if flops:
+      flops *= n_dev  # XLA reports the cost of one device's program (pmap and shard_map alike)
+    if net.scan_blocks:
+      flops = None  # XLA's cost analysis counts a while loop's body once: not the step's FLOPs
+    paths[name] = {
+      "par": par,
+      "compiled": train_compiled,
+      "batch": train_batch,
+      "state": state,
+      "times": [],
+      "compile_train_s": compile_train_s,
+      "compile_eval_s": compile_eval_s,
+      "flops_per_step": flops,
+      **_peak_memory(train_compiled),
+    }
 
-  def one_step():
-    box["state"], metrics = train_compiled(box["state"], train_batch, rngs)
-    jax.block_until_ready((box["state"].step, metrics))
+  def one_step(path):
+    path["state"], metrics = path["compiled"](path["state"], path["batch"])
+    jax.block_until_ready((path["state"].step, metrics))
 
-  one_step()  # first execution (allocations, thread pools) is not timed
-  times = _time_steps(one_step, steps)
-  best, median = min(times), statistics.median(times)
+  for path in paths.values():
+    one_step(path)  # first execution (allocations, thread pools) is not timed
+  for _ in range(steps):  # interleaved: the machine's drift hits every path alike
+    for path in paths.values():
+      path["times"] += _time_steps(lambda path=path: one_step(path), 1)
 
+  if loop:
+    for path in paths.values():
+      path["checkpoint_first_s"], path["checkpoint_s"] = _checkpoint_save_times(
+        path["par"], path["state"]
+      )
+    # The machine's speed drifts by more than the overhead being measured, so bare and full-loop
+    # windows of the same length alternate (and the paths with them) and the overhead compares
+    # their summed times.
+    n_loop = loop_steps or steps
+    for path in paths.values():
+      path["bare_s"] = path["loop_s"] = 0.0
+    for r in range(loop_rounds):
+      for path in paths.values():
+        path["bare_s"] += sum(_time_steps(lambda path=path: one_step(path), n_loop))
+        loop_ips, path["state"] = _loop_throughput(
+          path["par"],
+          path["compiled"],
+          path["state"],
+          batch,
+          image_shape[-1],
+          image_size,
+          n_loop,
+          seed + r,
+        )
+        path["loop_s"] += n_loop * batch / loop_ips
+
+  per_path = {}
+  for name, path in paths.items():
+    best, median = min(path["times"]), statistics.median(path["times"])
+    flops = path["flops_per_step"]
+    r = {
+      "compile_train_s": path["compile_train_s"],
+      "compile_eval_s": path["compile_eval_s"],
+      "step_time_best_s": best,
+      "step_time_median_s": median,
+      "images_per_sec": batch / best,
+      "images_per_sec_median": batch / median,
+      "loop_images_per_sec": None,
+      "loop_overhead_pct": None,
+      "flops_per_step": flops,
+      "achieved_tflops": flops / best / 1e12 if flops else None,
+      "mfu": (flops / best / 1e12 / peak_tflops) if (flops and peak_tflops) else None,
+      **{k: v for k, v in path.items() if k.endswith("_bytes")},
+    }
+    if loop:
+      total = loop_rounds * n_loop * batch
+      r["loop_images_per_sec"] = total / path["loop_s"]
+      r["loop_bare_images_per_sec"] = total / path["bare_s"]
+      r["loop_overhead_pct"] = 100.0 * (1.0 - path["bare_s"] / path["loop_s"])
+      r["checkpoint_first_s"] = path["checkpoint_first_s"]
+      r["checkpoint_s"] = path["checkpoint_s"]
+    per_path[name] = r
+  paths.clear()  # drop the states before the PyTorch comparison allocates
+
+  # The first path's figures are the report's own (the torch ratio compares against them); every
+  # path's are under "paths".
   result: dict[str, Any] = {
     "model": model,
     "batch": batch,
@@ -282,48 +378,24 @@ def run_benchmark(
     "overrides": {k: str(v) for k, v in (overrides or {}).items()},
     "num_params": n_params,
     "steps": steps,
-    "compile_train_s": compile_train_s,
-    "compile_eval_s": compile_eval_s,
-    "step_time_best_s": best,
-    "step_time_median_s": median,
-    "images_per_sec": batch / best,
-    "images_per_sec_median": batch / median,
-    "loop_images_per_sec": None,
-    "loop_overhead_pct": None,
-    "flops_per_step": flops,
-    "achieved_tflops": flops / best / 1e12 if flops else None,
+    "parallelism": parallelism[0],
+    **per_path[parallelism[0]],
+    "paths": per_path,
     "peak_tflops": peak_tflops,
-    "mfu": (flops / best / 1e12 / peak_tflops) if (flops and peak_tflops) else None,
-    **memory,
     "compare": compare or None,
     "torch_images_per_sec": None,
     "torch_ratio": None,
     "jax_version": jax.__version__,
     "backend": jax.default_backend(),
-    "device": str(device.device_kind),
+    "device": str(devices[0].device_kind),
     "num_devices": n_dev,
     "host": platform.node(),
     "cpu_count": os.cpu_count(),
     "xla_flags": os.environ.get("XLA_FLAGS", ""),
     "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
   }
-
   if loop:
-    # The machine's speed drifts by more than the overhead being measured, so bare and full-loop
-    # windows of the same length alternate and the overhead compares their summed times.
-    n_loop = loop_steps or steps
-    bare_s, loop_s = 0.0, 0.0
-    for r in range(loop_rounds):
-      bare_s += sum(_time_steps(one_step, n_loop))
-      loop_ips, box["state"] = _loop_throughput(
-        train_compiled, box["state"], train_batch, image_size, n_loop, seed + r
-      )
-      loop_s += n_loop * batch / loop_ips
-    result["loop_images_per_sec"] = loop_rounds * n_loop * batch / loop_s
-    result["loop_bare_images_per_sec"] = loop_rounds * n_loop * batch / bare_s
-    result["loop_overhead_pct"] = 100.0 * (1.0 - bare_s / loop_s)
     result["loop_steps"], result["loop_rounds"] = n_loop, loop_rounds
-  box.clear()  # drop the last state before the PyTorch comparison allocates
 
   if compare == "torch":
     t = torch_benchmark(
@@ -409,6 +481,40 @@ def format_report(r: dict) -> str:
   width = max(len(k) for k, _ in rows)
   lines = [f"{'':-<{width}}-+-{'':-<40}"]
   lines += [f"{k:<{width}} | {v}" for k, v in rows]
+  paths = r.get("paths") or {}
+  if len(paths) > 1:
+    lines += ["", format_paths(r)]
+  return "\n".join(lines)
+
+
+def format_paths(r: dict) -> str:
+  """The data-parallel paths side by side (their steps were timed interleaved)."""
+  paths = r["paths"]
+  gib = lambda b: None if b is None else b / 2**30  # noqa: E731
+  rows = [
+    ("parallelism", list(paths)),
+    ("compile train step", [_fmt(p["compile_train_s"], " s", 1) for p in paths.values()]),
+    ("compile eval step", [_fmt(p["compile_eval_s"], " s", 1) for p in paths.values()]),
+    (
+      f"bare images/s (best of {r['steps']})",
+      [_fmt(p["images_per_sec"]) for p in paths.values()],
+    ),
+    ("bare images/s (median)", [_fmt(p["images_per_sec_median"]) for p in paths.values()]),
+    ("full-loop images/s", [_fmt(p["loop_images_per_sec"]) for p in paths.values()]),
+    (
+      "checkpoint save: first / later",
+      [
+        f"{_fmt(p.get('checkpoint_first_s'), ' s', 2)} / {_fmt(p.get('checkpoint_s'), ' s', 2)}"
+        for p in paths.values()
+      ],
+    ),
+    ("peak memory (XLA)", [_fmt(gib(p["peak_memory_bytes"]), " GiB", 2) for p in paths.values()]),
+  ]
+  width = max(len(k) for k, _ in rows)
+  cols = [max(len(v[i]) for _, v in rows) for i in range(len(paths))]
+  lines = [f"{'':-<{width}}-+-" + "-+-".join("-" * c for c in cols)]
+  for k, values in rows:
+    lines.append(f"{k:<{width}} | " + " | ".join(f"{v:>{c}}" for v, c in zip(values, cols)))
   return "\n".join(lines)
 
 

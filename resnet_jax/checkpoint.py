@@ -160,6 +160,25 @@ class Checkpointer:
         f"it may be corrupt: move it aside or choose another workdir"
       ) from None
 
+  def read_state(self, step: int | None = None):
+    """The state at ``step`` (default: latest) as a raw tree of host numpy arrays, no template.
+
+    Works however the state was written (host numpy by pmap runs, global arrays by jit runs on
+    any number of devices): Orbax is asked for numpy, not for the writer's device layout.
+    """
+    step = self.latest_step() if step is None else step
+    try:
+      saved = self._manager.item_metadata(step)["state"]
+      target = jax.tree_util.tree_map(lambda m: np.empty(m.shape, m.dtype), saved)
+      return self._manager.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
+      )["state"]
+    except Exception as e:  # noqa: BLE001
+      raise CheckpointError(
+        f"checkpoint {self.directory} step {step} could not be read ({type(e).__name__}: "
+        f"{str(e).splitlines()[0][:200] if str(e) else ''}); it may be corrupt"
+      ) from None
+
   def restore(
     self,
     template,

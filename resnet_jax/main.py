@@ -197,6 +197,13 @@ def _define_bench_flags(fv: flags.FlagValues) -> None:
     flag_values=fv,
   )
   flags.DEFINE_string("jsonl", "runs/bench.jsonl", "Results file (appended).", flag_values=fv)
+  flags.DEFINE_multi_enum(
+    "parallelism",
+    ["pmap", "jit"],
+    ["pmap", "jit"],
+    "Data-parallel paths to time side by side, interleaved (train.parallel); repeatable.",
+    flag_values=fv,
+  )
   flags.DEFINE_boolean(
     "inference",
     False,
@@ -240,6 +247,7 @@ def _bench(fv, positionals):
     loop=fv.loop,
     loop_steps=fv.loop_steps,
     loop_rounds=fv.loop_rounds,
+    parallelism=tuple(fv.parallelism),
   )
   print(bench.format_report(report))
 

@@ -333,9 +333,7 @@ def _checkpoint_dir(init_dir: str) -> str:
 def load_variables(init_dir: str) -> tuple[dict, dict, dict]:
   """``(params, batch_stats, meta)`` of the latest checkpoint under ``init_dir``: a converted
   weights checkpoint or a training run's (whose state also holds opt_state etc., ignored).  Read
-  as a raw tree (no template), as host numpy arrays."""
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-
+  as a raw tree (no template), as host numpy arrays, whichever parallelism wrote it."""
   directory = _checkpoint_dir(init_dir)
   ckpt = checkpoint_lib.Checkpointer(directory, read_only=True, async_save=False, keep_best=0)
   try:
@@ -343,13 +341,7 @@ def load_variables(init_dir: str) -> tuple[dict, dict, dict]:
     if step is None:
       raise checkpoint_lib.CheckpointError(f"no checkpoint in {directory}")
     meta = ckpt.read_meta(step)
-    try:
-      state = ocp.StandardCheckpointer().restore(os.path.join(directory, str(step), "state"))
-    except Exception as e:  # noqa: BLE001
-      raise checkpoint_lib.CheckpointError(
-        f"checkpoint {directory} step {step} could not be read ({type(e).__name__}: "
-        f"{str(e).splitlines()[0][:200] if str(e) else ''}); it may be corrupt"
-      ) from None
+    state = ckpt.read_state(step)
   finally:
     ckpt.close()
   if not isinstance(state, Mapping) or "params" not in state:

@@ -1,0 +1,205 @@
+"""``config.parallelism``: jit over a mesh trains exactly like pmap, and their checkpoints cross over.
+
+Runs share work: one subprocess per device count trains the tiny net under both paths; the
+2-process jit run, the SIGKILLed jit run and the cross-path resumes reuse those runs as their
+references. Every subprocess is bounded in time.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import REPO, command_env, train_command
+from test_multihost import free_port
+from resnet_jax.checkpoint import Checkpointer
+from test_train import losses, tree_equal, wait_for_checkpoint
+
+STEPS = 6
+# Eval over 90 of the 1,000 test digits: 90 is not a multiple of the batch of 16, so the last batch
+# is padded and masked on every device and process count.
+RUN = (
+  f"--config.num_train_steps={STEPS}",
+  "--config.checkpoint_every_steps=2",
+  "--config.eval_split=test[:90]",
+)
+
+# Several runs in one process (one per workdir,parallelism[,steps]): the device count is fixed per
+# process, and the second run reuses the first's imports and data.
+RUNNER = """
+import os, sys
+from absl import logging
+from resnet_jax.train import loop
+sys.path.insert(0, os.path.dirname(sys.argv[1]))
+import tiny_digits
+logging.set_verbosity(logging.INFO)
+config = tiny_digits.get_config()
+config.checkpoint_every_steps, config.eval_split = 2, 'test[:90]'
+for run in sys.argv[2:]:
+  workdir, parallelism, steps = run.split(',')
+  config.parallelism, config.num_train_steps = parallelism, int(steps)
+  loop.train_and_evaluate(config, workdir)
+"""
+
+
+def start(command, devices, log, **env):
+  """A subprocess bounded by ``finish``; its stderr goes to ``log`` (a pipe could fill and block)."""
+  log = open(log, "w+")  # noqa: SIM115 - closed by finish
+  proc = subprocess.Popen(
+    command,
+    env=command_env(devices, **env),
+    cwd=REPO,
+    stdout=subprocess.DEVNULL,
+    stderr=log,
+    start_new_session=True,
+  )
+  proc.log = log
+  return proc
+
+
+def start_runs(devices, log, *runs):
+  from conftest import TINY_CONFIG
+
+  command = [sys.executable, "-c", RUNNER, TINY_CONFIG, *(",".join(map(str, r)) for r in runs)]
+  return start(command, devices, log)
+
+
+def finish(procs, timeout=600, check=True):
+  deadline = time.time() + timeout
+  try:
+    for p in procs:
+      code = p.wait(timeout=max(1, deadline - time.time()))
+      assert code == 0 or not check, open(p.log.name).read()[-3000:]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait(timeout=60)
+      p.log.close()
+
+
+def final_params(workdir, step=None):
+  """``(step, state)`` as host numpy, whichever path and device count wrote it."""
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True, async_save=False)
+  try:
+    step = ckpt.latest_step() if step is None else step
+    return step, ckpt.read_state(step)
+  finally:
+    ckpt.close()
+
+
+def flat_params(workdir, step=None):
+  params = final_params(workdir, step)[1]["params"]
+  return np.concatenate([np.ravel(x) for x in jax.tree_util.tree_leaves(params)])
+
+
+def assert_same_training(got, want):
+  """Losses within 1e-5; parameters within test_multihost's float32 summation-order tolerance."""
+  a, b = losses(got), losses(want)
+  assert sorted(a) == sorted(b) == list(range(1, STEPS + 1)), (a, b)
+  np.testing.assert_allclose([a[s] for s in sorted(a)], [b[s] for s in sorted(b)], atol=1e-5)
+  x, y = flat_params(got), flat_params(want)
+  assert x.shape == y.shape
+  assert np.linalg.norm(x - y) / np.linalg.norm(y) < 1e-3
+  np.testing.assert_allclose(x, y, atol=2e-3)
+  for workdir in (got, want):
+    assert json.load(open(os.path.join(workdir, "DONE")))["eval_count"] == 90
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  """pmap and jit on 1, 2 and 4 devices; jit on 2 processes x 2 devices; a SIGKILLed jit run."""
+  root = tmp_path_factory.mktemp("parallelism")
+  d = {name: str(root / name) for name in ("killed", "two_processes")}
+  for devices in (1, 2, 4):
+    for p in ("pmap", "jit"):
+      d[p, devices] = str(root / f"{p}{devices}")
+  port = free_port()
+  procs = [
+    start(
+      train_command(d["two_processes"], *RUN, "--config.parallelism=jit"),
+      2,
+      root / f"log_process{pid}",
+      RESNET_JAX_COORDINATOR=f"127.0.0.1:{port}",
+      RESNET_JAX_NUM_PROCESSES=2,
+      RESNET_JAX_PROCESS_ID=pid,
+      RESNET_JAX_INIT_TIMEOUT=120,
+    )
+    for pid in range(2)
+  ]
+  for devices in (4, 1):
+    procs.append(
+      start_runs(
+        devices,
+        root / f"log{devices}",
+        (d["pmap", devices], "pmap", STEPS),
+        (d["jit", devices], "jit", STEPS),
+      )
+    )
+  # On 2 devices the same two runs, then a long jit run killed without warning once it has a
+  # checkpoint (it reuses the process, and the compiled programs, of the jit run before it).
+  killed = start_runs(
+    2,
+    root / "log2",
+    (d["pmap", 2], "pmap", STEPS),
+    (d["jit", 2], "jit", STEPS),
+    (d["killed"], "jit", 1000),
+  )
+  try:
+    wait_for_checkpoint(d["killed"], killed, timeout=600)
+  finally:
+    os.killpg(killed.pid, signal.SIGKILL)
+    finish([killed], timeout=60, check=False)
+    finish(procs)
+  d["killed_at"] = final_params(d["killed"])[0]
+  return d
+
+
+def test_jit_trains_like_pmap_on_1_2_4_devices(runs):
+  for devices in (1, 2, 4):
+    assert_same_training(runs["jit", devices], runs["pmap", devices])
+
+
+def test_jit_on_two_processes_trains_like_pmap_on_one(runs):
+  assert_same_training(runs["two_processes"], runs["pmap", 4])
+
+
+def test_resumes_cross_paths_and_sigkill_under_jit_is_bit_identical(runs, tmp_path):
+  """Three resumes on 2 devices in one process: the killed jit run; a pmap checkpoint (4 devices)
+  under jit; a jit checkpoint (4 devices) under pmap."""
+  crossed = {}
+  for source, target in (("pmap", "jit"), ("jit", "pmap")):
+    workdir = crossed[source] = str(tmp_path / f"{source}_to_{target}")
+    shutil.copytree(runs[source, 4], workdir)
+    os.remove(os.path.join(workdir, "DONE"))
+    for step in os.listdir(os.path.join(workdir, "checkpoints")):
+      if step.isdigit() and int(step) > 2:  # resume from step 2, written by the other path
+        shutil.rmtree(os.path.join(workdir, "checkpoints", step))
+  assert 2 <= runs["killed_at"] < STEPS, runs["killed_at"]
+  proc = start_runs(
+    2,
+    tmp_path / "log",
+    (runs["killed"], "jit", STEPS),
+    (crossed["pmap"], "jit", STEPS),
+    (crossed["jit"], "pmap", STEPS),
+  )
+  finish([proc])
+  assert open(tmp_path / "log").read().count("resumed from") == 3
+
+  step_a, a = final_params(runs["jit", 2])
+  step_b, b = final_params(runs["killed"])
+  assert step_a == step_b == STEPS
+  for part in ("params", "opt_state", "batch_stats"):
+    assert tree_equal(a[part], b[part]), part
+  after = {s: l for s, l in losses(runs["killed"]).items() if s > runs["killed_at"]}
+  assert after and after == {s: losses(runs["jit", 2])[s] for s in after}
+
+  for source in ("pmap", "jit"):
+    assert_same_training(crossed[source], runs[source, 4])
