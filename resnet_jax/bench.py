@@ -225,6 +225,10 @@ def run_benchmark(
     raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
   if compare not in (None, "", "torch"):
     raise ValueError(f"compare must be 'torch' or None, got {compare!r}")
+  if jsonl:  # a bad bucket fails now, not after the benchmark has run
+    from resnet_jax import storage  # pylint: disable=g-import-not-at-top
+
+    storage.check_access(jsonl, "--jsonl")
   spec = models.model_spec(model)
   num_classes = num_classes or spec.num_classes
   config = _bench_config(model, batch, precision)
@@ -414,10 +418,22 @@ def run_benchmark(
     result["torch_ratio"] = result["images_per_sec"] / t["images_per_sec"]
 
   if jsonl:
-    os.makedirs(os.path.dirname(os.path.abspath(jsonl)), exist_ok=True)
-    with open(jsonl, "a") as f:
-      f.write(json.dumps(result, sort_keys=True) + "\n")
+    _append_result(jsonl, result)
   return result
+
+
+def _append_result(jsonl, result: dict):
+  """Adds one line to ``jsonl`` (a file or a bucket object, which is rewritten whole)."""
+  from resnet_jax import storage  # pylint: disable=g-import-not-at-top
+
+  path = storage.location(jsonl)
+  line = json.dumps(result, sort_keys=True) + "\n"
+  if storage.is_object_store(path):
+    storage.write_atomically(path, (path.read_text() if path.exists() else "") + line)
+    return
+  path.parent.mkdir(parents=True, exist_ok=True)
+  with path.open("a") as f:
+    f.write(line)
 
 
 def _fmt(v, unit="", digits=2):

@@ -15,7 +15,6 @@ or rewrites an existing step except Orbax's own retention of old steps after a s
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import Any
 
@@ -23,6 +22,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as ocm
+
+from resnet_jax import storage
 
 
 class CheckpointError(RuntimeError):
@@ -88,7 +89,7 @@ class Checkpointer:
 
   def __init__(
     self,
-    directory: str,
+    directory,
     *,
     keep_last: int = 3,
     keep_best: int = 1,
@@ -97,7 +98,8 @@ class Checkpointer:
     async_save: bool = True,
     read_only: bool = False,
   ):
-    self.directory = os.path.abspath(directory)
+    # A folder or a bucket URL: Orbax writes both (arrays through TensorStore's gs:// driver).
+    self.directory = storage.location(directory)
     policies = [ocm.LatestN(n=keep_last)]
     if keep_best:
       policies.append(

@@ -4,6 +4,19 @@ Only the primary process writes (``enabled=False`` elsewhere), so a multi-host r
 ``metrics.jsonl`` holds one JSON object per line, ``{"step": int, <name>: float, ...}``: train lines
 carry ``train_*``/``learning_rate`` and the throughput of :class:`Throughput` (``images_per_sec``,
 ``step_time_ms``, ``data_wait_fraction``), eval lines ``eval_*``. TensorBoard gets every number.
+
+The workdir may be a bucket (``gs://...``), where nothing can be appended to: there the writer keeps
+the file's content in memory and rewrites the object whole at each ``flush()`` (an upload replaces
+an object atomically, so a reader sees one complete version or the next). On a file system it
+appends as it goes. Either way a resumed run opens the writer with the checkpoint step it resumed
+from: records after that step (written by the interrupted run, about to be recomputed) are dropped,
+and a record written again for the same step and names replaces the old one, so the file ends with
+every record exactly once. The training loop flushes before each checkpoint, so no record a
+checkpoint covers can be lost.
+
+TensorBoard files are written by TensorBoard's own record writer, through the same path layer (not
+TensorFlow's file system); a resumed run starts its event file with a ``SessionLog.START`` at the
+step it resumes from, which makes TensorBoard drop the interrupted run's later points.
 """
 
 from __future__ import annotations
@@ -12,50 +25,159 @@ import contextlib
 import json
 import math
 import os
+import socket
 import sys
 import time
 from typing import Any
 
 from absl import logging
 
+from resnet_jax import storage
+
 METRICS_FILE = "metrics.jsonl"
 CURVES_FILE = "curves.png"
+TENSORBOARD_DIR = "tensorboard"
+
+
+class _GrowingFile:
+  """A file that grows at its end: appended to on a file system, rewritten whole on a bucket."""
+
+  def __init__(self, path, content: bytes = b""):
+    self.path = path
+    self._buffered = storage.is_object_store(path)
+    self._content = bytearray(content)  # the whole file; only kept where it cannot be appended
+    self._dirty = False
+    if not self._buffered:
+      path.parent.mkdir(parents=True, exist_ok=True)
+
+  def append(self, data: bytes):
+    if self._buffered:
+      self._content += data
+      self._dirty = True
+    else:
+      with self.path.open("ab") as f:
+        f.write(data)
+
+  def replace(self, data: bytes):
+    """Sets the whole content (written at once here, or at the next ``flush`` on a bucket)."""
+    if self._buffered:
+      self._content = bytearray(data)
+      self._dirty = True
+    else:
+      storage.write_atomically(self.path, data)
+
+  def flush(self):
+    if self._dirty:
+      storage.write_atomically(self.path, bytes(self._content))
+      self._dirty = False
+
+
+class _EventFile:
+  """TensorBoard scalars (``Summary.Value.simple_value``) in TensorFlow's event-file format."""
+
+  def __init__(self, directory, resume_step: int | None):
+    from tensorboard.compat.proto import event_pb2  # pylint: disable=g-import-not-at-top
+    from tensorboard.summary.writer import record_writer  # pylint: disable=g-import-not-at-top
+
+    self._event_pb2 = event_pb2
+    name = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}.v2"
+    self._file = _GrowingFile(directory / name)
+    self._records = record_writer.RecordWriter(self)  # frames each record; calls self.write
+    self._write_event(event_pb2.Event(file_version="brain.Event:2"))
+    if resume_step:
+      start = event_pb2.SessionLog(status=event_pb2.SessionLog.START)
+      self._write_event(event_pb2.Event(step=resume_step + 1, session_log=start))
+
+  def write(self, data: bytes):  # the RecordWriter's file interface
+    self._file.append(data)
+
+  def _write_event(self, event):
+    event.wall_time = time.time()
+    self._records.write(event.SerializeToString())
+
+  def scalars(self, step: int, values: dict[str, float]):
+    from tensorboard.compat.proto import summary_pb2  # pylint: disable=g-import-not-at-top
+
+    summary = summary_pb2.Summary(
+      value=[summary_pb2.Summary.Value(tag=k, simple_value=v) for k, v in values.items()]
+    )
+    self._write_event(self._event_pb2.Event(step=step, summary=summary))
+
+  def flush(self):
+    self._file.flush()
 
 
 class MetricWriter:
-  """Appends metrics to ``metrics.jsonl`` and TensorBoard files in ``workdir``."""
+  """Writes metrics to ``metrics.jsonl`` and TensorBoard files in ``workdir`` (a folder or bucket).
 
-  def __init__(self, workdir: str, enabled: bool = True, tensorboard: bool = True):
+  ``resume_step``: the checkpoint step a resumed run starts from (0 for a fresh start); records
+  after it are dropped. ``None`` keeps the existing file as it is.
+  """
+
+  def __init__(
+    self,
+    workdir,
+    enabled: bool = True,
+    tensorboard: bool = True,
+    resume_step: int | None = None,
+    flush_every_secs: float = 30.0,
+  ):
     self.enabled = enabled
-    self.path = os.path.join(workdir, METRICS_FILE)
-    self._summary = None
-    if enabled:
-      os.makedirs(workdir, exist_ok=True)
-      if tensorboard:
-        # Imported here, not at the top: the data package pulls in tensorflow_datasets, and a
-        # metrics-only import (sweeps, analyses, tensorboard=False) should not pay for it.
-        from resnet_jax.data import tf_device  # pylint: disable=g-import-not-at-top
-
-        tf_device.hide_gpus_from_tf()
-        self._tf = tf_device.tf
-        self._summary = self._tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
+    self.path = storage.location(workdir) / METRICS_FILE
+    self._events = None
+    self._flush_every_secs = flush_every_secs
+    self._last_flush = time.time()
+    if not enabled:
+      return
+    self._records = read_metrics(workdir)
+    kept = self._records
+    if resume_step is not None:
+      kept = [r for r in self._records if r.get("step", 0) <= resume_step]
+    self._file = _GrowingFile(self.path, _jsonl(self._records))
+    if len(kept) != len(self._records):
+      self._records = kept
+      self._file.replace(_jsonl(kept))
+    if tensorboard:
+      self._events = _EventFile(storage.location(workdir) / TENSORBOARD_DIR, resume_step)
 
   def write(self, step: int, metrics: dict[str, Any]):
     if not self.enabled:
       return
     record = {"step": int(step), **{k: _plain(v) for k, v in metrics.items()}}
-    with open(self.path, "a") as f:
-      f.write(json.dumps(record) + "\n")
-    if self._summary is not None:
-      with self._summary.as_default(step=int(step)):
-        for k, v in record.items():
-          if k != "step" and isinstance(v, (int, float)):
-            self._tf.summary.scalar(k, v)
-      self._summary.flush()
+    same = [
+      i
+      for i, r in enumerate(self._records)
+      if r.get("step") == record["step"] and r.keys() == record.keys()
+    ]
+    if same:  # the same measurement made again (a run resumed at its last step evaluates again)
+      self._records[same[-1]] = record
+      self._file.replace(_jsonl(self._records))
+    else:
+      self._records.append(record)
+      self._file.append(_jsonl([record]))
+    if self._events is not None:
+      self._events.scalars(
+        record["step"],
+        {k: v for k, v in record.items() if k != "step" and isinstance(v, (int, float))},
+      )
+    if time.time() - self._last_flush >= self._flush_every_secs:
+      self.flush()
+
+  def flush(self):
+    """Makes everything written so far durable (on a bucket: rewrites the objects)."""
+    if not self.enabled:
+      return
+    self._file.flush()
+    if self._events is not None:
+      self._events.flush()
+    self._last_flush = time.time()
 
   def close(self):
-    if self._summary is not None:
-      self._summary.close()
+    self.flush()
+
+
+def _jsonl(records: list[dict[str, Any]]) -> bytes:
+  return "".join(json.dumps(r) + "\n" for r in records).encode()
 
 
 def _plain(v):
@@ -65,12 +187,11 @@ def _plain(v):
     return str(v)
 
 
-def read_metrics(workdir: str) -> list[dict[str, Any]]:
-  path = os.path.join(workdir, METRICS_FILE)
-  if not os.path.exists(path):
+def read_metrics(workdir) -> list[dict[str, Any]]:
+  path = storage.location(workdir) / METRICS_FILE
+  if not path.exists():
     return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 THROUGHPUT_KEYS = ("images_per_sec", "step_time_ms", "data_wait_fraction")
@@ -182,7 +303,7 @@ def _format_seconds(s: float) -> str:
   return f"{h:d}:{m:02d}:{s:02d}"
 
 
-def plot_curves(workdir: str, title: str = "") -> str | None:
+def plot_curves(workdir, title: str = "") -> str | None:
   """Training and validation top-1 error and loss against step, as ``workdir/curves.png``."""
   records = read_metrics(workdir)
   if not records:
@@ -213,7 +334,8 @@ def plot_curves(workdir: str, title: str = "") -> str | None:
   if title:
     fig.suptitle(title)
   fig.tight_layout()
-  path = os.path.join(workdir, CURVES_FILE)
-  fig.savefig(path, dpi=110)
+  path = storage.location(workdir) / CURVES_FILE
+  with path.open("wb") as f:
+    fig.savefig(f, format="png", dpi=110)
   plt.close(fig)
-  return path
+  return os.fspath(path)

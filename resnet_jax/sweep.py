@@ -42,6 +42,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -49,6 +50,8 @@ from pathlib import Path
 from typing import Any
 
 from absl import flags
+
+from resnet_jax import storage
 
 DONE_FILE = "DONE"  # written by the training program after its last step
 METRICS_FILE = "metrics.jsonl"  # one JSON object per line, written by the training program
@@ -207,11 +210,11 @@ def read_results(workdir: str | os.PathLike) -> dict:
   Reads ``metrics.jsonl`` (the last value of each key; a torn last line is ignored) and lets
   ``DONE``'s final metrics win where it has them.
   """
-  workdir = Path(workdir)
+  workdir = storage.location(workdir)
   last: dict = {}
   step = None
   try:
-    with open(workdir / METRICS_FILE) as f:
+    with (workdir / METRICS_FILE).open() as f:
       for line in f:
         try:
           rec = json.loads(line)
@@ -264,9 +267,9 @@ SUMMARY_COLUMNS = (
 )
 
 
-def write_summary(rows: list[dict], root: str | os.PathLike) -> tuple[Path, Path]:
+def write_summary(rows: list[dict], root: str | os.PathLike):
   """``ROOT/summary.csv`` (raw numbers) and ``ROOT/summary.md`` (errors in %), atomically."""
-  root = Path(root)
+  root = storage.location(root)
   buf = io.StringIO()
   w = csv.DictWriter(buf, fieldnames=SUMMARY_COLUMNS, extrasaction="ignore", lineterminator="\n")
   w.writeheader()
@@ -291,14 +294,12 @@ def write_summary(rows: list[dict], root: str | os.PathLike) -> tuple[Path, Path
     md.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
   paths = root / "summary.csv", root / "summary.md"
   for path, text in zip(paths, (buf.getvalue(), "\n".join(md) + "\n")):
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    storage.write_atomically(path, text)
   return paths
 
 
-def _row(member: Member, root: str, status: str, seconds: float | None) -> dict:
-  workdir = os.path.join(root, member.name)
+def _row(member: Member, root, status: str, seconds: float | None) -> dict:
+  workdir = os.fspath(root / member.name)
   res = read_results(workdir)
   return {
     "name": member.name,
@@ -414,14 +415,15 @@ def run_sweep(
     return 0
   if parallel < 1:
     raise ValueError(f"parallel must be >= 1, got {parallel}")
-  os.makedirs(root, exist_ok=True)
+  root = storage.check_access(root, "--workdir")
+  logs = _MemberLogs(root)
   configs = {m.config: _resolve_config(m.config, sweep_file) for m in members}
 
   status = {m.name: "pending" for m in members}
   seconds: dict[str, float] = {}
   todo = []
   for m in members:
-    if os.path.exists(os.path.join(root, m.name, DONE_FILE)):
+    if (root / m.name / DONE_FILE).exists():
       status[m.name] = "done"
     else:
       todo.append(m)
@@ -450,23 +452,23 @@ def run_sweep(
     while queue or running:
       while queue and len(running) < parallel:
         m = queue.pop(0)
-        workdir = os.path.join(root, m.name)
-        os.makedirs(workdir, exist_ok=True)
+        workdir = root / m.name
         cmd = [
           *_python_cmd(python),
           "-m",
           "resnet_jax.main",
-          *Member(m.name, configs[m.config], m.overrides).train_args(workdir),
+          *Member(m.name, configs[m.config], m.overrides).train_args(os.fspath(workdir)),
           *extra_args,
         ]
-        with open(os.path.join(workdir, MEMBER_FILE), "w") as f:
-          json.dump(
+        storage.write_atomically(
+          workdir / MEMBER_FILE,
+          json.dumps(
             {"name": m.name, "config": m.config, "overrides": m.overrides, "command": cmd},
-            f,
             indent=1,
             default=str,
-          )
-        log = open(os.path.join(workdir, LOG_FILE), "a")
+          ),
+        )
+        log = logs.open(m.name)
         log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(cmd)}\n")
         log.flush()
         running[
@@ -479,23 +481,21 @@ def run_sweep(
       time.sleep(0.05)
       for proc in [p for p in running if p.poll() is not None]:
         m, t0, log = running.pop(proc)
-        log.close()
+        logs.close(m.name, log)
         seconds[m.name] = time.monotonic() - t0
-        done = os.path.exists(os.path.join(root, m.name, DONE_FILE))
+        done = (root / m.name / DONE_FILE).exists()
         if proc.returncode == 0:
           status[m.name] = "ok" if done else "incomplete"
         else:
           status[m.name] = f"failed (exit {proc.returncode})"
         msg = f"{status[m.name]}: {m.name} after {seconds[m.name]:.1f}s"
         if status[m.name] != "ok":
-          msg += f"; log {os.path.join(root, m.name, LOG_FILE)}:\n" + _tail(
-            os.path.join(root, m.name, LOG_FILE)
-          )
+          msg += f"; log {root / m.name / LOG_FILE}:\n" + _tail(logs.local(m.name))
         say(msg)
         summary()
   except (KeyboardInterrupt, _Stop):
     say("interrupted: stopping running members (re-run the same command to resume)")
-    _stop_all(running)
+    _stop_all(running, logs)
     summary()
     raise
   finally:
@@ -508,12 +508,47 @@ def run_sweep(
   say(
     "finished: "
     + ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
-    + f"; summary in {os.path.join(root, 'summary.md')}"
+    + f"; summary in {root / 'summary.md'}"
   )
   return 0 if all(s in ("ok", "done") for s in status.values()) else 1
 
 
-def _tail(path: str, lines: int = 5) -> str:
+class _MemberLogs:
+  """Each member's stdout+stderr, appended to ``ROOT/NAME/sweep.log`` on every run.
+
+  A child process writes its output to a local file; on a bucket root (which cannot be appended
+  to, nor written by a child's file descriptor) that file is a local staging copy, and the log
+  object is rewritten with the previous log plus this run's output when the member ends.
+  """
+
+  def __init__(self, root):
+    self._root = root
+    self._staging = (
+      Path(tempfile.mkdtemp(prefix="resnet_jax_sweep_logs_"))
+      if storage.is_object_store(root)
+      else None
+    )
+
+  def local(self, name: str) -> Path:
+    if self._staging is None:
+      return Path(self._root / name / LOG_FILE)
+    return self._staging / f"{name}.log"
+
+  def open(self, name: str):
+    path = self.local(name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if self._staging is not None:
+      remote = self._root / name / LOG_FILE
+      path.write_bytes(remote.read_bytes() if remote.exists() else b"")
+    return path.open("a")
+
+  def close(self, name: str, log):
+    log.close()
+    if self._staging is not None:
+      storage.write_atomically(self._root / name / LOG_FILE, self.local(name).read_bytes())
+
+
+def _tail(path, lines: int = 5) -> str:
   try:
     with open(path, errors="replace") as f:
       return "\n".join("    " + l.rstrip() for l in f.readlines()[-lines:])
@@ -521,18 +556,18 @@ def _tail(path: str, lines: int = 5) -> str:
     return "    (no log)"
 
 
-def _stop_all(running: dict, grace_s: float = 30.0) -> None:
+def _stop_all(running: dict, logs: _MemberLogs, grace_s: float = 30.0) -> None:
   for proc in running:
     if proc.poll() is None:
       proc.terminate()
   deadline = time.monotonic() + grace_s
-  for proc, (_, _, log) in running.items():
+  for proc, (member, _, log) in running.items():
     try:
       proc.wait(timeout=max(0.1, deadline - time.monotonic()))
     except subprocess.TimeoutExpired:
       proc.kill()
       proc.wait()
-    log.close()
+    logs.close(member.name, log)
 
 
 # --- command line: `resnet-jax sweep` (main defines these flags and calls `command`) ---------------

@@ -41,6 +41,7 @@ from absl import logging
 
 from resnet_jax import checkpoint as checkpoint_lib
 from resnet_jax import models
+from resnet_jax import storage
 
 SUPPORTED = (
   "resnet18",
@@ -127,8 +128,8 @@ def _to_ours(array: np.ndarray, transform: str) -> np.ndarray:
 # --- reading a state dict -------------------------------------------------------------------------
 def _load_state_dict(state_dict_or_path) -> Mapping[str, Any]:
   if isinstance(state_dict_or_path, (str, os.PathLike)):
-    path = os.fspath(state_dict_or_path)
-    if not os.path.isfile(path):
+    path = storage.check_access(state_dict_or_path, "--src")
+    if not path.is_file():
       raise FileNotFoundError(f"no such state-dict file: {path}")
     try:
       import torch  # pylint: disable=g-import-not-at-top
@@ -136,7 +137,8 @@ def _load_state_dict(state_dict_or_path) -> Mapping[str, Any]:
       raise ImportError(
         "reading a .pth file needs PyTorch: pip install 'resnet-jax[torch]'"
       ) from None
-    loaded = torch.load(path, map_location="cpu", weights_only=True)
+    with path.open("rb") as f:
+      loaded = torch.load(f, map_location="cpu", weights_only=True)
   else:
     loaded = state_dict_or_path
   if not isinstance(loaded, Mapping):
@@ -266,8 +268,8 @@ def from_torchvision(
 
 
 # --- checkpoints ----------------------------------------------------------------------------------
-def _has_checkpoints(directory: str) -> bool:
-  return os.path.isdir(directory) and bool(os.listdir(directory))
+def _has_checkpoints(directory) -> bool:
+  return directory.is_dir() and any(True for _ in directory.iterdir())
 
 
 def convert(
@@ -278,7 +280,7 @@ def convert(
   unless the import succeeded.  Returns a summary dict (directory, step, parameter count, ...)."""
   if source not in SOURCES:
     raise ValueError(f"--from={source!r}: supported sources are {', '.join(SOURCES)}")
-  ckpt_dir = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+  ckpt_dir = storage.check_access(workdir, "--workdir") / CHECKPOINT_DIR
   if _has_checkpoints(ckpt_dir):
     raise FileExistsError(
       f"{ckpt_dir} already has checkpoints; convert into a fresh --workdir "
@@ -288,7 +290,7 @@ def convert(
   num_classes = int(params["head"]["bias"].shape[0])
   meta = {"model": model_name, "source": source, "kind": "weights", "num_classes": num_classes}
   if isinstance(src, (str, os.PathLike)):
-    meta["src"] = os.path.abspath(os.fspath(src))
+    meta["src"] = os.fspath(storage.location(src))
   ckpt = checkpoint_lib.Checkpointer(ckpt_dir, keep_best=0, async_save=False)
   try:
     ckpt.save(0, {"params": params, "batch_stats": batch_stats}, meta)
@@ -297,7 +299,7 @@ def convert(
     ckpt.close()
   n_params = sum(int(np.size(x)) for x in jax.tree_util.tree_leaves(params))
   return {
-    "directory": ckpt_dir,
+    "directory": os.fspath(ckpt_dir),
     "step": 0,
     "model": model_name,
     "source": source,
@@ -313,19 +315,20 @@ def convert_command(source: str, model: str, src: str, workdir: str) -> str:
   return (
     f"converted {source} {model} ({info['num_params']:,} parameters, "
     f"{info['num_classes']} classes) from {src} -> {info['directory']} step 0; "
-    f"start from it with --config.init_from={os.path.abspath(workdir)}"
+    f"start from it with --config.init_from={storage.location(workdir)}"
   )
 
 
-def _checkpoint_dir(init_dir: str) -> str:
-  """A workdir (with ``checkpoints/``) or the checkpoints directory itself."""
-  sub = os.path.join(init_dir, CHECKPOINT_DIR)
-  if os.path.isdir(sub):
+def _checkpoint_dir(init_dir):
+  """A workdir (with ``checkpoints/``) or the checkpoints directory itself (a folder or bucket)."""
+  init_dir = storage.check_access(init_dir, "config.init_from")
+  sub = init_dir / CHECKPOINT_DIR
+  if sub.is_dir():
     return sub
-  if os.path.isdir(init_dir) and any(n.isdigit() for n in os.listdir(init_dir)):
+  if init_dir.is_dir() and any(p.name.isdigit() for p in init_dir.iterdir()):
     return init_dir
   raise checkpoint_lib.CheckpointError(
-    f"config.init_from={init_dir!r} has no checkpoints: pass the --workdir of `resnet-jax "
+    f"config.init_from='{init_dir}' has no checkpoints: pass the --workdir of `resnet-jax "
     f"convert` or of a training run"
   )
 

@@ -22,6 +22,8 @@ from typing import Any, Sequence
 
 import ml_collections
 
+from resnet_jax import storage
+
 REPO = Path(__file__).resolve().parents[2]
 CONFIG_FILE = "config.json"
 
@@ -141,20 +143,18 @@ def train(config, workdir: str) -> dict[str, Any]:
   """Trains (or resumes, or skips a finished) run in ``workdir``; returns its final metrics."""
   from resnet_jax.train import loop  # pylint: disable=g-import-not-at-top
 
-  done = os.path.join(workdir, loop.DONE_FILE)
-  if os.path.exists(done):
-    with open(done) as f:
-      return json.load(f)
+  done = storage.location(workdir) / loop.DONE_FILE
+  if done.exists():
+    return json.loads(done.read_text())
   return loop.train_and_evaluate(config, workdir)
 
 
 def run_config(workdir: str) -> ml_collections.ConfigDict:
   """The config a run in ``workdir`` was trained with (its config.json)."""
-  path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.exists(path):
+  path = storage.check_access(workdir, "workdir") / CONFIG_FILE
+  if not path.exists():
     raise FileNotFoundError(f"{path} not found: {workdir} is not a training workdir")
-  with open(path) as f:
-    d = json.load(f)
+  d = json.loads(path.read_text())
   for key in ("eval_scales", "lr_boundaries"):
     if isinstance(d.get(key), list):
       d[key] = tuple(d[key])
@@ -201,7 +201,7 @@ def load_run(workdir: str, step: int | None = None):
     model, tx, image_shape, use_loss_scale=config.precision == "fp16", variables=abstract_variables
   )
   ckpt = checkpoint_lib.Checkpointer(
-    os.path.join(workdir, "checkpoints"), read_only=True, async_save=False
+    storage.location(workdir) / "checkpoints", read_only=True, async_save=False
   )
   try:
     state, _ = ckpt.restore(template, step)
@@ -256,10 +256,9 @@ def run_dirs(runs: str | None = None, workdirs: Sequence[str] = ()) -> list[str]
   """Explicit workdirs, plus every subdirectory of ``runs`` holding a config.json."""
   out = [w for w in workdirs if w]
   if runs:
-    for name in sorted(os.listdir(runs)):
-      path = os.path.join(runs, name)
-      if os.path.exists(os.path.join(path, CONFIG_FILE)):
-        out.append(path)
+    for path in sorted(storage.check_access(runs, "--runs").iterdir()):
+      if (path / CONFIG_FILE).exists():
+        out.append(os.fspath(path))
   if not out:
     raise FileNotFoundError(f"no training workdirs given (--workdirs) or found in --runs={runs}")
   return out
@@ -301,12 +300,13 @@ def markdown_table(
   return "\n".join(lines) + "\n"
 
 
+def output_path(out, name: str) -> str:
+  """``out/name``, where ``out`` (an analysis's ``--out``) may be a folder or a bucket URL."""
+  return os.fspath(storage.location(out) / name)
+
+
 def write_text(path: str, text: str) -> str:
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    f.write(text)
-  os.replace(tmp, path)
+  storage.write_atomically(path, text)
   return path
 
 
@@ -328,8 +328,11 @@ def pyplot():
 
 
 def save_figure(fig, path: str) -> str:
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  target = storage.location(path)
+  if not storage.is_object_store(target):
+    target.parent.mkdir(parents=True, exist_ok=True)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  with target.open("wb") as f:
+    fig.savefig(f, format="png", dpi=110)
   pyplot().close(fig)
   return path

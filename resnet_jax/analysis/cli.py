@@ -136,6 +136,9 @@ def run_analysis(name: str, flag_values: flags.FlagValues) -> dict[str, Any]:
   if a["out"].value is None:
     raise ValueError(f"--out is required (resnet-jax analyze {name} --out=DIR)")
   from resnet_jax import analysis as A  # pylint: disable=g-import-not-at-top
+  from resnet_jax import storage  # pylint: disable=g-import-not-at-top
+
+  storage.check_access(a.out, "--out")
 
   if name == "degradation":
     from resnet_jax.analysis import degradation  # pylint: disable=g-import-not-at-top

@@ -12,11 +12,11 @@ members at a time; the paper recipe's config files, so widths stay the paper's).
 
 from __future__ import annotations
 
-import os
 from typing import Any, Sequence
 
 from resnet_jax import analysis as A
 from resnet_jax import metrics as metrics_lib
+from resnet_jax import storage
 
 FAMILIES = ("plain", "resnet")
 
@@ -68,9 +68,14 @@ def run(
   if runner not in ("inline", "sweep"):
     raise ValueError(f"runner must be 'inline' or 'sweep', got {runner!r}")
   models = [f"{f}{d}" for f in families for d in depths]
-  runs = os.path.join(out, "runs")
+  runs = A.output_path(out, "runs")
   workdirs = {}
   if runner == "sweep":
+    if storage.is_object_store(out):
+      raise ValueError(
+        f"runner='sweep' imports the sweep file it writes into --out={out}: use a local --out "
+        f"(or runner='inline', which works on a bucket)"
+      )
     if width_multiplier != 1.0 or dataset != "cifar10":
       raise ValueError(
         "runner='sweep' runs the paper's cifar10 config files unchanged: use "
@@ -90,16 +95,16 @@ def run(
     if batch_size:
       common["global_batch_size"] = batch_size
     sweep_file = _write_sweep_file(
-      os.path.join(out, "degradation_sweep.py"), models, dataset, common, seed
+      A.output_path(out, "degradation_sweep.py"), models, dataset, common, seed
     )
     sweep.run_sweep(sweep_file, runs, parallel=parallel)
     for m in sweep.load_sweep(sweep_file):
-      workdirs[m.name.split(",")[0].split("=")[1].replace(f"{dataset}_", "")] = os.path.join(
+      workdirs[m.name.split(",")[0].split("=")[1].replace(f"{dataset}_", "")] = A.output_path(
         runs, m.name
       )
   else:
     for m in models:
-      workdirs[m] = os.path.join(runs, m)
+      workdirs[m] = A.output_path(runs, m)
       cfg = A.recipe(
         m,
         dataset=dataset,
@@ -163,7 +168,7 @@ def report(out: str, workdirs: dict[str, str], title_suffix: str = "") -> dict[s
     labels += ["training error (dashed)", "test error (solid)"]
     ax.legend(handles, labels, fontsize=8)
   fig.suptitle("Degradation: training (dashed) and test (solid) error vs iterations")
-  figure = A.save_figure(fig, os.path.join(out, "degradation.png"))
+  figure = A.save_figure(fig, A.output_path(out, "degradation.png"))
 
   table = A.markdown_table(
     ["depth", "plain train err", "plain test err", "residual train err", "residual test err"],
@@ -181,6 +186,6 @@ def report(out: str, workdirs: dict[str, str], title_suffix: str = "") -> dict[s
   table = (
     f"Final top-1 error after {', '.join(map(str, steps))} iterations ({title_suffix}).\n\n" + table
   )
-  path = A.write_text(os.path.join(out, "degradation.md"), table)
-  A.write_json(os.path.join(out, "degradation.json"), rows)
+  path = A.write_text(A.output_path(out, "degradation.md"), table)
+  A.write_json(A.output_path(out, "degradation.json"), rows)
   return {"rows": rows, "figure": figure, "table": path}

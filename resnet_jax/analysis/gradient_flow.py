@@ -11,7 +11,6 @@ each block's input, inserted with ``flax.linen.intercept_methods`` (the models a
 
 from __future__ import annotations
 
-import os
 import re
 from typing import Any, Sequence
 
@@ -152,7 +151,7 @@ def run(
       ax.legend(fontsize=7, title="dashed: plain, solid: residual", title_fontsize=7)
     axes[1, col].set_xlabel("relative block depth (block index / number of blocks)")
   fig.suptitle("Gradient flow by depth: plain vs residual")
-  figure = A.save_figure(fig, os.path.join(out, "gradient_flow.png"))
+  figure = A.save_figure(fig, A.output_path(out, "gradient_flow.png"))
 
   rows = []
   for r in results:
@@ -191,6 +190,6 @@ def run(
       rows,
     )
   )
-  path = A.write_text(os.path.join(out, "gradient_flow.md"), table)
-  A.write_json(os.path.join(out, "gradient_flow.json"), results)
+  path = A.write_text(A.output_path(out, "gradient_flow.md"), table)
+  A.write_json(A.output_path(out, "gradient_flow.json"), results)
   return {"results": results, "figure": figure, "table": path}

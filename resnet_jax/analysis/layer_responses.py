@@ -9,7 +9,6 @@ response (images x positions x channels), ``jnp.std`` of the captured array.
 
 from __future__ import annotations
 
-import os
 import re
 from typing import Any, Sequence
 
@@ -125,7 +124,7 @@ def run(
     ax.set_ylabel("std of response (normalised input units)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, ncol=2)
-  figure = A.save_figure(fig, os.path.join(out, "layer_responses.png"))
+  figure = A.save_figure(fig, A.output_path(out, "layer_responses.png"))
 
   rows = [
     [
@@ -156,6 +155,6 @@ def run(
       rows,
     )
   )
-  path = A.write_text(os.path.join(out, "layer_responses.md"), table)
-  A.write_json(os.path.join(out, "layer_responses.json"), results)
+  path = A.write_text(A.output_path(out, "layer_responses.md"), table)
+  A.write_json(A.output_path(out, "layer_responses.json"), results)
   return {"results": results, "figure": figure, "table": path}

@@ -3,7 +3,6 @@ changes), C (projection everywhere) on the same net and recipe: error and parame
 
 from __future__ import annotations
 
-import os
 from typing import Any, Sequence
 
 from resnet_jax import analysis as A
@@ -46,7 +45,7 @@ def run(
       evals=evals,
       overrides={"model_overrides.shortcut": opt},
     )
-    workdir = os.path.join(out, "runs", f"shortcut={opt}")
+    workdir = A.output_path(A.output_path(out, "runs"), f"shortcut={opt}")
     res = A.train(cfg, workdir)
     rows.append(
       {
@@ -79,7 +78,7 @@ def run(
   ax.set_ylabel("test top-1 error (%)")
   ax.set_title(f"Shortcut options: {model} on {dataset}, {rows[0]['step']} iterations")
   ax.legend(fontsize=8)
-  figure = A.save_figure(fig, os.path.join(out, "shortcuts.png"))
+  figure = A.save_figure(fig, A.output_path(out, "shortcuts.png"))
   table = A.markdown_table(
     ["option", "model", "parameters", "test top-1 err", "test top-5 err", "iterations"],
     [
@@ -95,8 +94,8 @@ def run(
     ],
   )
   path = A.write_text(
-    os.path.join(out, "shortcuts.md"),
+    A.output_path(out, "shortcuts.md"),
     f"Shortcut options on {dataset} (width x{width_multiplier:g}).\n\n" + table,
   )
-  A.write_json(os.path.join(out, "shortcuts.json"), rows)
+  A.write_json(A.output_path(out, "shortcuts.json"), rows)
   return {"rows": rows, "figure": figure, "table": path}

@@ -9,7 +9,6 @@ the image, so ten_crop is the centre crop and its flip.
 
 from __future__ import annotations
 
-import os
 from typing import Any, Sequence
 
 from resnet_jax import analysis as A
@@ -65,7 +64,7 @@ def run(
   ax.set_ylabel("test top-1 error (%)")
   ax.set_title("Test-time methods: center vs 10-crop vs fully-convolutional multi-scale")
   ax.legend(fontsize=8)
-  figure = A.save_figure(fig, os.path.join(out, "test_time.png"))
+  figure = A.save_figure(fig, A.output_path(out, "test_time.png"))
   table = A.markdown_table(
     ["model", "step", "method", "scales", "test top-1 err", "test top-5 err", "images"],
     [
@@ -81,6 +80,6 @@ def run(
       for r in rows
     ],
   )
-  path = A.write_text(os.path.join(out, "test_time.md"), table)
-  A.write_json(os.path.join(out, "test_time.json"), rows)
+  path = A.write_text(A.output_path(out, "test_time.md"), table)
+  A.write_json(A.output_path(out, "test_time.json"), rows)
   return {"rows": rows, "figure": figure, "table": path}

@@ -38,6 +38,7 @@ except ImportError:  # download_and_prepare() fails. The stdlib module has the s
   sys.modules["importlib_resources"] = importlib.resources
 
 import tensorflow_datasets as tfds
+from etils import epath
 
 from resnet_jax.data import digits as digits_lib
 from resnet_jax.data.tf_device import (
@@ -219,7 +220,9 @@ def resolve_split(spec: DatasetSpec, split: str | None, *, train: bool) -> str:
 
 
 def default_data_dir() -> str:
-  return os.path.expanduser(os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets"))
+  return os.fspath(
+    epath.Path(os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")).expanduser()
+  )
 
 
 @dataclasses.dataclass
@@ -255,8 +258,8 @@ def _tfds_is_mocked() -> bool:
   return current is not _ORIGINAL_DOWNLOAD_AND_PREPARE
 
 
-def imagenet_missing_message(data_dir: str) -> str:
-  manual = os.path.join(data_dir, "downloads", "manual")
+def imagenet_missing_message(data_dir) -> str:
+  manual = epath.Path(data_dir) / "downloads" / "manual"
   return (
     f"imagenet2012 is not prepared: put ILSVRC2012_img_train.tar and "
     f"ILSVRC2012_img_val.tar in {manual} (the manual dir <data_dir>/downloads/manual; "
@@ -267,7 +270,8 @@ def imagenet_missing_message(data_dir: str) -> str:
 def get_builder(spec: DatasetSpec, data_dir: str | None = None):
   """The tfds builder for a registry entry, prepared (built/downloaded) if needed."""
   hide_gpus_from_tf()
-  data_dir = os.path.expanduser(data_dir) if data_dir else default_data_dir()
+  # A folder or a bucket URL (tfds reads either; its TFRecords through TensorFlow's file system).
+  data_dir = os.fspath(epath.Path(data_dir).expanduser()) if data_dir else default_data_dir()
   if spec.name == "digits":
     builder = digits_lib.HandwrittenDigits(data_dir=data_dir)
   else:
@@ -275,9 +279,9 @@ def get_builder(spec: DatasetSpec, data_dir: str | None = None):
   if _tfds_is_mocked() or builder.is_prepared():
     return builder
   if spec.name == "imagenet2012":
-    manual = os.path.join(data_dir, "downloads", "manual")
+    manual = epath.Path(data_dir) / "downloads" / "manual"
     wanted = ["ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar"]
-    if not all(os.path.exists(os.path.join(manual, f)) for f in wanted):
+    if not all((manual / f).exists() for f in wanted):
       raise DatasetNotFoundError(imagenet_missing_message(data_dir))
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual))
     return builder
@@ -294,29 +298,27 @@ def get_builder(spec: DatasetSpec, data_dir: str | None = None):
 
 
 def _image_folder_source(spec: DatasetSpec, split: str, root: str | None) -> Source:
-  if not root or not os.path.isdir(os.path.expanduser(root)):
+  if not root or not epath.Path(root).expanduser().is_dir():
     raise DatasetNotFoundError(
       f"image_folder needs --config.data_dir=<root> with root/<split>/<class>/<image> "
       f"files; got {root!r}."
     )
-  root = os.path.expanduser(root)
-  builder = tfds.folder_dataset.ImageFolder(root)
+  root = epath.Path(root).expanduser()
+  builder = tfds.folder_dataset.ImageFolder(os.fspath(root))
   if split not in builder.info.splits:
     raise ValueError(
       f"Split {split!r} not found in {root}; found: {sorted(builder.info.splits.keys())}."
     )
   label_feature = builder.info.features["label"]
-  split_dir = os.path.join(root, split)
   paths, labels = [], []
   exts = (".jpg", ".jpeg", ".png")  # ImageFolder's supported formats
-  for label in sorted(os.listdir(split_dir)):
-    label_dir = os.path.join(split_dir, label)
-    if not os.path.isdir(label_dir):
+  for label_dir in sorted((root / split).iterdir()):
+    if not label_dir.is_dir():
       continue
-    for f in sorted(os.listdir(label_dir)):
-      if f.lower().endswith(exts):
-        paths.append(os.path.join(label_dir, f))
-        labels.append(label_feature.str2int(label))
+    for f in sorted(label_dir.iterdir()):
+      if f.name.lower().endswith(exts):
+        paths.append(os.fspath(f))
+        labels.append(label_feature.str2int(label_dir.name))
   return Source(
     spec,
     split,

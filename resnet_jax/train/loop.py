@@ -12,7 +12,6 @@ import functools
 import itertools
 import json
 import math
-import os
 import signal
 import threading
 from typing import Any
@@ -26,6 +25,7 @@ from resnet_jax import checkpoint as checkpoint_lib
 from resnet_jax import data as data_lib
 from resnet_jax import metrics as metrics_lib
 from resnet_jax import models
+from resnet_jax import storage
 from resnet_jax.train import config as config_lib
 from resnet_jax.train import optim
 from resnet_jax.train import parallel
@@ -205,11 +205,8 @@ class Evaluator:
     return steps.summarize_eval(total)
 
 
-def _write_json(path: str, obj):
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=True, default=str)
-  os.replace(tmp, path)
+def _write_json(path, obj):
+  storage.write_atomically(path, json.dumps(obj, indent=2, sort_keys=True, default=str))
 
 
 def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
@@ -218,10 +215,14 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   info = data_lib.dataset_info(config.dataset)
   model = build_model(config, info.num_classes)
   primary = jax.process_index() == 0
-  os.makedirs(workdir, exist_ok=True)
+  workdir = storage.check_access(workdir, "--workdir")
+  if config.init_from:
+    storage.check_access(config.init_from, "config.init_from")
+  if not storage.is_object_store(workdir):  # a bucket has no folders to make
+    workdir.mkdir(parents=True, exist_ok=True)
 
   ckpt = checkpoint_lib.Checkpointer(
-    os.path.join(workdir, CHECKPOINT_DIR),
+    workdir / CHECKPOINT_DIR,
     keep_last=config.keep_checkpoints,
     async_save=config.async_checkpoints,
   )
@@ -284,7 +285,7 @@ def _train(config, workdir, ckpt, info, model, primary) -> dict[str, Any]:
     if config.init_from:
       state = _initialise_from(state, config.init_from)
   if primary:
-    _write_json(os.path.join(workdir, CONFIG_FILE), config.to_dict())
+    _write_json(workdir / CONFIG_FILE, config.to_dict())
     logging.info(
       "model %s: %d parameters; %d devices over %d processes; data %s, global batch %d; workdir %s",
       config.model,
@@ -315,7 +316,7 @@ def _train(config, workdir, ckpt, info, model, primary) -> dict[str, Any]:
     replicated,
   )
   evaluator = Evaluator(config, model, par)
-  writer = metrics_lib.MetricWriter(workdir, enabled=primary)
+  writer = metrics_lib.MetricWriter(workdir, enabled=primary, resume_step=start_step)
   progress = metrics_lib.Progress(config.num_train_steps, start_step, enabled=primary)
 
   state = par.replicate(state)
@@ -369,6 +370,7 @@ def _train(config, workdir, ckpt, info, model, primary) -> dict[str, Any]:
         f" Lower config.learning_rate or use config.precision='fp32'"
       )
     state = p_sync(state)
+    writer.flush()  # every record up to this step is durable before the checkpoint that covers it
     ckpt.save(
       step,
       par.checkpoint_state(state),
@@ -444,7 +446,7 @@ def _train(config, workdir, ckpt, info, model, primary) -> dict[str, Any]:
   writer.close()
   if primary:
     result["curves"] = metrics_lib.plot_curves(workdir, title=f"{config.model} on {config.dataset}")
-    _write_json(os.path.join(workdir, DONE_FILE), result)
+    _write_json(workdir / DONE_FILE, result)
   return result
 
 
@@ -468,8 +470,9 @@ def evaluate(config, workdir: str, step: int | None = None, method: str | None =
   method = method or config.eval_method
   info = data_lib.dataset_info(config.dataset)
   model = build_model(config, info.num_classes)
-  ckpt_dir = os.path.join(workdir, CHECKPOINT_DIR)
-  if not os.path.isdir(ckpt_dir):
+  workdir = storage.check_access(workdir, "--workdir")
+  ckpt_dir = workdir / CHECKPOINT_DIR
+  if not ckpt_dir.is_dir():
     raise checkpoint_lib.CheckpointError(
       f"no checkpoints in {workdir}: train first, or pass the --workdir of a trained run"
     )
@@ -509,5 +512,5 @@ def evaluate(config, workdir: str, step: int | None = None, method: str | None =
   state = par.replicate(state)
   result = {"step": used_step, "method": method, **Evaluator(config, model, par)(state, method)}
   if jax.process_index() == 0:
-    _write_json(os.path.join(workdir, f"eval_{method}_step{used_step}.json"), result)
+    _write_json(workdir / f"eval_{method}_step{used_step}.json", result)
   return result
