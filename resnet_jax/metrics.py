@@ -22,6 +22,7 @@ step it resumes from, which makes TensorBoard drop the interrupted run's later p
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import os
@@ -72,6 +73,9 @@ class _GrowingFile:
       self._dirty = False
 
 
+_EVENT_FILES = itertools.count()
+
+
 class _EventFile:
   """TensorBoard scalars (``Summary.Value.simple_value``) in TensorFlow's event-file format."""
 
@@ -80,7 +84,11 @@ class _EventFile:
     from tensorboard.summary.writer import record_writer  # pylint: disable=g-import-not-at-top
 
     self._event_pb2 = event_pb2
-    name = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}.v2"
+    # TensorFlow's naming; the counter keeps two writers of one process and second apart.
+    name = (
+      f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}."
+      f"{next(_EVENT_FILES)}.v2"
+    )
     self._file = _GrowingFile(directory / name)
     self._records = record_writer.RecordWriter(self)  # frames each record; calls self.write
     self._write_event(event_pb2.Event(file_version="brain.Event:2"))
@@ -144,13 +152,15 @@ class MetricWriter:
     if not self.enabled:
       return
     record = {"step": int(step), **{k: _plain(v) for k, v in metrics.items()}}
-    same = [
-      i
-      for i, r in enumerate(self._records)
-      if r.get("step") == record["step"] and r.keys() == record.keys()
-    ]
-    if same:  # the same measurement made again (a run resumed at its last step evaluates again)
-      self._records[same[-1]] = record
+    same = None
+    for i in range(len(self._records) - 1, -1, -1):  # records come in step order: look at the end
+      if self._records[i].get("step", 0) < record["step"]:
+        break
+      if self._records[i].keys() == record.keys() and self._records[i]["step"] == record["step"]:
+        same = i
+        break
+    if same is not None:  # the same measurement again (a run resumed at its last step evaluates)
+      self._records[same] = record
       self._file.replace(_jsonl(self._records))
     else:
       self._records.append(record)
