@@ -203,3 +203,21 @@ def test_resumes_cross_paths_and_sigkill_under_jit_is_bit_identical(runs, tmp_pa
 
   for source in ("pmap", "jit"):
     assert_same_training(crossed[source], runs[source, 4])
+
+
+@pytest.mark.parametrize(
+  "overrides, words",
+  [
+    ({"parallelism": "jitt"}, "must be 'pmap' or 'jit'"),
+    # Per-replica BN statistics differ between devices: no replicated array can hold them.
+    ({"parallelism": "jit", "cross_replica_bn": False}, "use cross_replica_bn=True or parallelism"),
+  ],
+)
+def test_bad_parallelism_is_refused_in_one_line(overrides, words):
+  from resnet_jax.train import config as config_lib
+
+  config = config_lib.base_config()
+  config.update(overrides)
+  with pytest.raises(ValueError, match="config.parallelism=") as raised:
+    config_lib.validate(config, known_models=["resnet20"], known_datasets=["digits"])
+  assert words in str(raised.value) and "\n" not in str(raised.value)
