@@ -29,6 +29,8 @@ import os
 import statistics
 import time
 
+import numpy as np
+
 from resnet_jax import distributed
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
@@ -139,11 +141,74 @@ def _torch_rows(args, threads: int, label: str) -> dict:
   }
 
 
+def _net_rows(args, n_dev: int) -> dict:
+  """Whole-net train steps (forward, backward, SGD update): XLA convs, oneDNN convs, PyTorch."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+
+  from resnet_jax import bench, models  # pylint: disable=g-import-not-at-top
+
+  n, size, classes = args.batch, args.size, 10
+  rng = np.random.default_rng(0)
+  images = rng.standard_normal((n, size, size, 3)).astype(np.float32)
+  labels = rng.integers(0, classes, n).astype(np.int32)
+  to_devices = jax.pmap(lambda a: a)
+  shard = lambda a: to_devices(a.reshape(n_dev, n // n_dev, *a.shape[1:]))  # noqa: E731
+  x, y = shard(images), shard(labels)
+  tx = optax.sgd(0.01, momentum=0.9)
+  rows = {}
+  for impl in ("xla", "onednn"):
+    net = models.get_model(args.model, num_classes=classes, conv_impl=impl, bn_axis_name="b")
+    variables = jax.jit(net.init)(jax.random.key(0), jnp.zeros((1, size, size, 3)))
+    state = (variables["params"], variables["batch_stats"], tx.init(variables["params"]))
+
+    def step(state, x, y, net=net):
+      params, stats, opt = state
+
+      def loss_fn(p):
+        logits, new = net.apply(
+          {"params": p, "batch_stats": stats}, x, train=True, mutable=["batch_stats"]
+        )
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), new
+
+      (_, new), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+      updates, opt = tx.update(jax.lax.pmean(grads, "b"), opt, params)
+      return optax.apply_updates(params, updates), new["batch_stats"], opt
+
+    p_step = jax.pmap(step, axis_name="b")
+    box = {"s": jax.tree.map(lambda a: to_devices(jnp.broadcast_to(a, (n_dev, *a.shape))), state)}
+
+    def call(p_step=p_step, box=box):
+      box["s"] = jax.block_until_ready(p_step(box["s"], x, y))
+
+    rows[(f"{impl}/net", "step")] = call
+  if not args.no_torch:
+    torch.set_num_threads(distributed.usable_cores())  # as many threads as XLA's devices use
+    tnet = bench.torch_resnet(args.model, classes).to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(tnet.parameters(), lr=0.01, momentum=0.9)
+    tx_ = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
+    ty = torch.from_numpy(labels).long()
+
+    def torch_step():
+      opt.zero_grad(set_to_none=True)
+      torch.nn.functional.cross_entropy(tnet(tx_), ty).backward()
+      opt.step()
+
+    rows[("torch", "step")] = torch_step
+  return rows
+
+
 def run(args) -> dict:
   n_dev = distributed.split_cpu_into_devices(args.cpu_devices, [args.batch])
   import jax  # pylint: disable=g-import-not-at-top
 
-  rows = _jax_rows(args, n_dev)
+  if args.model:
+    rows = _net_rows(args, n_dev)
+    args.no_torch = True  # its rows are in
+  else:
+    rows = _jax_rows(args, n_dev)
   if not args.no_torch:
     import torch  # pylint: disable=g-import-not-at-top
 
@@ -167,9 +232,14 @@ def run(args) -> dict:
   load_after = os.getloadavg()
   from resnet_jax.models import onednn  # pylint: disable=g-import-not-at-top
 
+  shape = (
+    f"{args.model} train step, batch {args.batch}, {args.size}x{args.size}"
+    if args.model
+    else f"{args.kernel}x{args.kernel}/{args.stride}, batch {args.batch}, "
+    f"{args.size}x{args.size}x{args.cin} -> {args.cout}"
+  )
   result = {
-    "shape": f"{args.kernel}x{args.kernel}/{args.stride}, batch {args.batch}, "
-    f"{args.size}x{args.size}x{args.cin} -> {args.cout}, fp32",
+    "shape": shape + ", fp32",
     "cpu_devices": n_dev,
     "xla_flags": os.environ.get("XLA_FLAGS", ""),
     "jax": jax.__version__,
@@ -183,10 +253,10 @@ def run(args) -> dict:
     "best_ms": {f"{i} {p}": min(t) * 1e3 for (i, p), t in times.items()},
     "median_ms": {f"{i} {p}": statistics.median(t) * 1e3 for (i, p), t in times.items()},
   }
-  if not args.no_torch:
+  if any(i == "torch" for i, _ in rows):
     import torch  # pylint: disable=g-import-not-at-top
 
-    result.update(torch=torch.__version__, torch_threads=torch_threads)
+    result.update(torch=torch.__version__, torch_threads=torch.get_num_threads())
   return result
 
 
@@ -229,6 +299,11 @@ def main(argv=None) -> None:
   p.add_argument("--components", action="store_true", help="also time each pass alone")
   p.add_argument("--cpu_devices", default="auto", help="'auto' (one per core) or a number")
   p.add_argument("--no_torch", action="store_true")
+  p.add_argument(
+    "--model",
+    default="",
+    help="time whole train steps of this registry model instead (--batch, --size = image side)",
+  )
   p.add_argument(
     "--single_thread",
     action="store_true",
