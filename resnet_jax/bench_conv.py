@@ -4,6 +4,7 @@ The measurement behind ``conv_impl="onednn"`` (issue 17; figures in docs/benchma
 
     python -m resnet_jax.bench_conv                      # CPU split into one device per core
     python -m resnet_jax.bench_conv --cpu_devices=1      # no split: one device on every core
+    python -m resnet_jax.bench_conv --model=resnet56 --batch=128 --size=32   # whole train steps
 
 Defaults: 3x3, batch 128, 16x16x32 -> 32, stride 1, padding 1, fp32.  Rows (whichever apply):
 
