@@ -423,17 +423,9 @@ def run_benchmark(
 
 
 def _append_result(jsonl, result: dict):
-  """Adds one line to ``jsonl`` (a file or a bucket object, which is rewritten whole)."""
   from resnet_jax import storage  # pylint: disable=g-import-not-at-top
 
-  path = storage.location(jsonl)
-  line = json.dumps(result, sort_keys=True) + "\n"
-  if storage.is_object_store(path):
-    storage.write_atomically(path, (path.read_text() if path.exists() else "") + line)
-    return
-  path.parent.mkdir(parents=True, exist_ok=True)
-  with path.open("a") as f:
-    f.write(line)
+  storage.append_text(jsonl, json.dumps(result, sort_keys=True) + "\n")
 
 
 def _fmt(v, unit="", digits=2):
@@ -795,9 +787,7 @@ def inference_benchmark(
         result[f"{name}_b{b}_images_per_sec"] / result[f"jax_jit_b{b}_images_per_sec"]
       )
   if jsonl:
-    os.makedirs(os.path.dirname(os.path.abspath(jsonl)), exist_ok=True)
-    with open(jsonl, "a") as f:
-      f.write(json.dumps(result, sort_keys=True) + "\n")
+    _append_result(jsonl, result)
   return result
 
 

@@ -315,8 +315,9 @@ def main(argv=None) -> None:
   r = run(a)
   print(format_report(r))
   if a.jsonl:
-    with open(a.jsonl, "a", encoding="utf-8") as f:
-      f.write(json.dumps(r) + "\n")
+    from resnet_jax import storage  # pylint: disable=g-import-not-at-top
+
+    storage.append_text(a.jsonl, json.dumps(r) + "\n")
 
 
 if __name__ == "__main__":

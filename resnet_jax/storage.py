@@ -135,3 +135,18 @@ def write_atomically(path: PathLike, data: Union[str, bytes]):
   with tmp.open(mode) as f:
     f.write(data)
   tmp.replace(target)
+
+
+def append_text(path: PathLike, text: str):
+  """Adds ``text`` at the end of the file at ``path`` (made if missing, its folder too).
+
+  A file system appends; an object store cannot, so the object is rewritten whole with the text
+  added (fine for the small results files this is for, e.g. ``bench --jsonl``).
+  """
+  target = location(path)
+  if is_object_store(target):
+    write_atomically(target, (target.read_text() if target.exists() else "") + text)
+    return
+  target.parent.mkdir(parents=True, exist_ok=True)
+  with target.open("a") as f:
+    f.write(text)

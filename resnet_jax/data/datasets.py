@@ -385,9 +385,9 @@ def class_names(name: str, data_dir: str | None = None) -> list[str]:
   """
   spec = dataset_info(name)
   hide_gpus_from_tf()
-  data_dir = os.path.expanduser(data_dir) if data_dir else default_data_dir()
+  data_dir = os.fspath(epath.Path(data_dir).expanduser()) if data_dir else default_data_dir()
   if spec.storage == "files":
-    if not os.path.isdir(data_dir):
+    if not epath.Path(data_dir).is_dir():
       raise DatasetNotFoundError(
         f"image_folder class names are its folder names, but {data_dir!r} is not a folder; "
         f"point --config.data_dir=... at root/<split>/<class>/ as in training"
