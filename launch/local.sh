@@ -18,7 +18,9 @@
 #   --dry-run                   print the commands, run nothing
 # Process I gets RESNET_JAX_COORDINATOR=127.0.0.1:P, RESNET_JAX_NUM_PROCESSES=N,
 # RESNET_JAX_PROCESS_ID=I (read by resnet_jax.distributed.initialize). The script waits for all;
-# if one fails (or on Ctrl-C) it stops the others and exits with that status.
+# if one fails it stops the others and exits with that status. SIGTERM or Ctrl-C is forwarded to
+# every process as SIGTERM: they agree on one step, save it and exit, and local.sh exits 0 once all
+# of them did (a second signal stops them at once: SIGTERM, then SIGKILL after --grace seconds).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -102,7 +104,21 @@ stop_all() {
   done
   wait 2>/dev/null || true
 }
-trap 'echo "local.sh: interrupted; stopping all processes" >&2; stop_all; exit 130' INT TERM
+forwarded=0
+forward_stop() {  # first signal: every process saves the same step and exits; second: stop now
+  if ((forwarded)); then
+    echo "local.sh: interrupted again; stopping all processes" >&2
+    trap - INT TERM
+    stop_all
+    exit 130
+  fi
+  forwarded=1
+  echo "local.sh: forwarding SIGTERM to all $num processes: they save and exit" \
+       "(signal again to stop them at once)" >&2
+  local pid
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+}
+trap forward_stop INT TERM
 
 for ((i = 0; i < num; i++)); do
   command_for "$i"
@@ -135,4 +151,8 @@ while ((running > 0)); do
   done
   ((running == 0)) || sleep 0.2
 done
-echo "local.sh: all $num processes finished" >&2
+if ((forwarded)); then
+  echo "local.sh: all $num processes saved and exited; rerun the same command to resume" >&2
+else
+  echo "local.sh: all $num processes finished" >&2
+fi

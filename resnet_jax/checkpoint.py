@@ -11,11 +11,21 @@ A checkpoint step holds two items:
 
 Every process must call ``save``/``restore``/``wait`` (Orbax synchronises them). Nothing here deletes
 or rewrites an existing step except Orbax's own retention of old steps after a successful save.
+
+A save that cannot be written (full disk, read-only or unwritable workdir) -- also when it fails in
+Orbax's background threads and surfaces only at the next ``save`` or ``wait`` -- raises
+`CheckpointWriteError`: one line naming the directory, the cause and the last committed step, which
+is untouched.
 """
 
 from __future__ import annotations
 
+import errno
+import logging
+import os
+import re
 import sys
+import threading
 from typing import Any
 
 import jax
@@ -69,6 +79,68 @@ def _drop_abandoned_read_callbacks() -> None:
   sys.unraisablehook = hook
 
 
+class CheckpointWriteError(CheckpointError):
+  """A checkpoint could not be written (no space left, unwritable directory); earlier ones stand."""
+
+
+# How the file system's refusal reads in the errors Orbax and TensorStore raise.
+_OS_ERROR_CODE = re.compile(r"os_error_code='?(\d+)|\[Errno (\d+)\]")
+_WRITE_FAILURE = re.compile(
+  r"error writing|failed writing|failed to write|no space left|file too large|read-only file "
+  r"system|permission denied|disk quota|os_error_code",
+  re.IGNORECASE,
+)
+_TMP_STEP = re.compile(r"/(\d+)\.orbax-checkpoint-tmp")
+
+
+def _write_failure_cause(error: BaseException) -> str | None:
+  """'no space left on device' (the OS's words) for a failed write, None for any other error."""
+  seen = error
+  while seen is not None:
+    if isinstance(seen, OSError) and seen.errno in errno.errorcode:
+      return os.strerror(seen.errno).lower()
+    text = str(seen)
+    match = _OS_ERROR_CODE.search(text)
+    if match:
+      return os.strerror(int(match.group(1) or match.group(2))).lower()
+    if _WRITE_FAILURE.search(text):
+      first = " ".join(text.split())
+      return first if len(first) <= 200 else first[:200] + "..."
+    seen = seen.__cause__ or seen.__context__
+  return None
+
+
+class _OneLineOrbaxErrors(logging.Filter):
+  """Drops the tracebacks Orbax logs when a background save thread fails: the same error is raised
+  again in the main thread, where it becomes one `CheckpointWriteError` line; hundreds of traceback
+  lines before it only bury that line."""
+
+  def filter(self, record):
+    if "/orbax/" in record.pathname and record.exc_info:
+      record.exc_info, record.exc_text = None, None
+      record.msg, record.args = str(record.getMessage()).splitlines()[0][:300], ()
+    return True
+
+
+_ORBAX_LOG_FILTER = _OneLineOrbaxErrors()
+
+
+class _Manager(ocp.CheckpointManager):
+  """Orbax's manager, except that its save-finalize thread cannot move the preemption step counter.
+
+  JAX's preemption sync point keeps the last step each process reported and, once a SIGTERM
+  arrives, stops everyone at the largest reported step + 1. Orbax's background finalize thread
+  asks about the step it just committed -- older than the step the loop is at -- which would
+  report an old step, and a stop step this process has already passed (it would run on while the
+  others stop and save). Only the main thread, at the current step, may report.
+  """
+
+  def reached_preemption(self, step: int) -> bool:
+    if threading.current_thread() is not threading.main_thread():
+      return False
+    return super().reached_preemption(step)
+
+
 def _key_name(entry) -> str:
   for attr in ("key", "name", "idx"):
     if hasattr(entry, attr):
@@ -116,11 +188,17 @@ class Checkpointer:
       read_only=read_only,
       create=not read_only,
     )
-    self._manager = ocp.CheckpointManager(
+    self._manager = _Manager(
       self.directory,
       options=options,
       item_handlers={"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()},
     )
+    logging.getLogger("absl").addFilter(_ORBAX_LOG_FILTER)  # Orbax logs through absl; idempotent
+    self._async = async_save
+    # The last step known to be fully written (what a rerun resumes from), and the one in flight.
+    self.committed_step: int | None = None if read_only else self.latest_step()
+    self._pending: int | None = None
+    self._failed = False
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -137,18 +215,57 @@ class Checkpointer:
     state = jax.tree_util.tree_map(
       lambda x: x if isinstance(x, jax.Array) else np.asarray(x), state
     )
-    self._manager.save(
-      step,
-      args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
-      metrics=metrics,
-      force=True,
-    )
+    # A write that fails (full disk) leaves TensorStore writes in flight into Orbax's closed loop.
+    _drop_abandoned_read_callbacks()
+    try:
+      # Orbax first waits for the previous save to commit (and raises its error, if any).
+      self._manager.save(
+        step,
+        args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+        metrics=metrics,
+        force=True,
+      )
+    except Exception as e:  # noqa: BLE001 - anything but a failed write is re-raised as it is
+      self._raise_write_error(e, step)
+    if self._pending is not None:
+      self.committed_step = self._pending
+    self._pending = step if self._async else None
+    if not self._async:
+      self.committed_step = step
 
   def wait(self):
-    self._manager.wait_until_finished()
+    """Blocks until the save in flight (if any) has committed."""
+    try:
+      self._manager.wait_until_finished()
+    except Exception as e:  # noqa: BLE001
+      self._raise_write_error(e, self._pending)
+    if self._pending is not None:
+      self.committed_step, self._pending = self._pending, None
 
   def close(self):
-    self._manager.close()
+    """Waits for the save in flight, then releases Orbax's threads (quietly after a failed save,
+    whose error was raised already)."""
+    try:
+      self._manager.close()
+    except Exception as e:  # noqa: BLE001
+      if not self._failed:
+        self._raise_write_error(e, self._pending)
+
+  def _raise_write_error(self, error: Exception, step: int | None):
+    """Raises `CheckpointWriteError` for a failed write (naming the failed step: a later call may
+    report it after the fact), or ``error`` itself for anything else."""
+    cause = _write_failure_cause(error)
+    if cause is None:
+      raise error
+    self._failed = True
+    match = _TMP_STEP.search(str(error))
+    failed = int(match.group(1)) if match else step
+    good = f"step {self.committed_step}" if self.committed_step is not None else "none"
+    raise CheckpointWriteError(
+      f"could not write checkpoint{' step ' + str(failed) if failed is not None else ''} in "
+      f"{self.directory}: {cause}; last good checkpoint: {good} (untouched). Free space or make "
+      f"the workdir writable, then rerun the same command to resume"
+    ) from None
 
   def read_meta(self, step: int) -> dict[str, Any]:
     _drop_abandoned_read_callbacks()

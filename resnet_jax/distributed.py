@@ -15,6 +15,15 @@ one of three modes, in this order:
    RESNET_JAX_INIT_TIMEOUT     optional, seconds to keep trying to reach the coordinator
    ========================== ===============================================================
 
+   In every multi-process mode (also 2.), these tune how fast a dead process is noticed:
+
+   ============================== ===========================================================
+   RESNET_JAX_HEARTBEAT_TIMEOUT    seconds without a heartbeat after which the coordination
+                                   service declares a process dead (default 60; JAX's is 100)
+   RESNET_JAX_SHUTDOWN_TIMEOUT     seconds a finished process waits at exit for the others to
+                                   finish too (default 300, JAX's)
+   ============================== ===========================================================
+
    ``launch/local.sh`` sets these for N processes on one machine. ``num_processes=1`` with no
    coordinator means a plain single-process run.
 
@@ -36,6 +45,14 @@ On CPU, processes exchange collectives with gloo over TCP: we set
 ``JAX_CPU_COLLECTIVES_IMPLEMENTATION`` says otherwise). A process that cannot reach the coordinator
 raises `DistributedInitError` (one line: address, process id, timeout, cause) after ``timeout_s``
 seconds instead of hanging; ``main`` turns that into an exit with that message.
+
+A process that never joins ends every process that waits for it with one line and exit status 2
+after ``timeout_s``. A peer lost during training (a collective fails: gloo on CPU reports it at
+once) ends every survivor the same way, via `PeerLostError`: the line names the lost process, the
+last good checkpoint (`set_last_good_checkpoint`) and says to rerun the same command. Where a dead
+peer makes collectives hang instead (GPU, TPU), the coordination service notices the missing
+heartbeats after ``RESNET_JAX_HEARTBEAT_TIMEOUT`` seconds and JAX ends the process itself, with its
+own message naming the unhealthy task.
 """
 
 from __future__ import annotations
@@ -44,10 +61,12 @@ import dataclasses
 import inspect
 import logging
 import os
+import re
 import socket
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 
@@ -57,8 +76,18 @@ ENV_PROCESS_ID = "RESNET_JAX_PROCESS_ID"
 ENV_LOCAL_DEVICE_IDS = "RESNET_JAX_LOCAL_DEVICE_IDS"
 ENV_INIT_TIMEOUT = "RESNET_JAX_INIT_TIMEOUT"
 ENV_MODE = "RESNET_JAX_DISTRIBUTED"
+ENV_HEARTBEAT_TIMEOUT = "RESNET_JAX_HEARTBEAT_TIMEOUT"
+ENV_SHUTDOWN_TIMEOUT = "RESNET_JAX_SHUTDOWN_TIMEOUT"
 
 DEFAULT_TIMEOUT_S = 300
+# A dead TPU worker leaves the others blocked in ICI collectives until the coordination service
+# misses its heartbeats. Heartbeats come from a C++ thread, so compiles, checkpoint writes and
+# Python's GIL never delay them: one minute is ample, and cuts JAX's 100 s wait for a restart.
+DEFAULT_HEARTBEAT_TIMEOUT_S = 60
+# Processes finish at different times (process 0 alone writes plots and summaries); a short
+# shutdown barrier would turn a finished run into a failure. JAX's default.
+DEFAULT_SHUTDOWN_TIMEOUT_S = 300
+_JOIN_GRACE_S = 30  # JAX's own join deadline comes this much after ours
 
 _SLURM_VARS = (
   "SLURM_JOB_ID",
@@ -73,6 +102,10 @@ log = logging.getLogger(__name__)
 
 class DistributedInitError(RuntimeError):
   """The distributed runtime could not start (bad settings, or coordinator unreachable)."""
+
+
+class PeerLostError(RuntimeError):
+  """Another process of the run died, or a collective with it failed; the run cannot go on."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,6 +233,8 @@ def initialize(
   rt = _resolve(coordinator_address, num_processes, process_id, local_device_ids)
   if timeout_s is None:
     timeout_s = _env_int(ENV_INIT_TIMEOUT) or DEFAULT_TIMEOUT_S
+  heartbeat_s = _env_int(ENV_HEARTBEAT_TIMEOUT) or DEFAULT_HEARTBEAT_TIMEOUT_S
+  shutdown_s = _env_int(ENV_SHUTDOWN_TIMEOUT) or DEFAULT_SHUTDOWN_TIMEOUT_S
   if rt.mode == "single":
     if rt.local_device_ids is not None:
       log.warning("%s ignored in a single-process run", ENV_LOCAL_DEVICE_IDS)
@@ -246,18 +281,31 @@ def initialize(
         f"could not reach {where} within {timeout_s}s ({err}); check the address/port, that "
         "process 0 is running, and the firewall"
       )
-  if "initialization_timeout" in params:
-    kwargs["initialization_timeout"] = max(
-      int(deadline - time.monotonic()), min(10, int(timeout_s)), 1
-    )
-  # If some process never arrives, JAX's client aborts after the timeout with DEADLINE_EXCEEDED on
-  # RegisterTask and a stack trace; this line says what it was waiting for.
+  if "heartbeat_timeout_seconds" in params:
+    kwargs["heartbeat_timeout_seconds"] = heartbeat_s
+  if "shutdown_timeout_seconds" in params:
+    kwargs["shutdown_timeout_seconds"] = shutdown_s
   print(
-    f"resnet_jax.distributed: joining {where} (mode {rt.mode}, up to {timeout_s}s; an abort "
-    "with DEADLINE_EXCEEDED below means not every process arrived in time)",
+    f"resnet_jax.distributed: joining {where} (mode {rt.mode}, up to {timeout_s}s)",
     file=sys.stderr,
     flush=True,
   )
+  # A process that never arrives makes JAX's client abort with a C++ stack trace at its deadline
+  # (its fatal-error callback cannot be replaced from Python in this jaxlib: the status argument
+  # has no Python type). Our own deadline comes first and ends the process with one line.
+  remaining = max(deadline - time.monotonic(), min(10, timeout_s), 1)
+  if "initialization_timeout" in params:
+    kwargs["initialization_timeout"] = int(remaining) + _JOIN_GRACE_S
+  watchdog = threading.Timer(
+    remaining,
+    exit_with_one_line,
+    [
+      f"not every process joined {where} within {timeout_s}s: start all processes with the "
+      f"same coordinator and process count, or raise {ENV_INIT_TIMEOUT}"
+    ],
+  )
+  watchdog.daemon = True
+  watchdog.start()
   try:
     jax.distributed.initialize(**kwargs)
   except Exception as e:  # XlaRuntimeError, ValueError, RuntimeError from the C++ client
@@ -268,11 +316,73 @@ def initialize(
       f"could not join {where} within {timeout_s}s ({type(e).__name__}: {cause}); "
       "check the address/port, that process 0 is running, and the firewall"
     ) from e
+  finally:
+    watchdog.cancel()
   if rt.mode != "explicit":  # what JAX detected; read without starting the backend
     rt = dataclasses.replace(rt, **_jax_detected())
   _RUNTIME = rt
   log.info("distributed runtime up: %s", rt)
   return rt
+
+
+# --- faults after start-up: one line and exit status 2 ---------------------------------------------
+
+_FAULTS = {"last_good_checkpoint": lambda: None}
+
+
+def set_last_good_checkpoint(committed_step: Callable[[], int | None]):
+  """Where fault messages read the last committed checkpoint step from (the training loop's
+  checkpointer); None means there is none yet."""
+  _FAULTS["last_good_checkpoint"] = committed_step
+
+
+def lost_peer_message(what: str) -> str:
+  """``what``, then the last good checkpoint and what to do: the one line a fault ends with."""
+  try:
+    step = _FAULTS["last_good_checkpoint"]()
+  except Exception:  # noqa: BLE001 - the message must not fail while the run is failing
+    step = None
+  good = f"step {step}" if step is not None else "none"
+  return f"{what}; last good checkpoint: {good}; rerun the same command to resume"
+
+
+# Runtime errors that mean a collective could not complete because a peer is gone: gloo (CPU) and
+# NCCL (GPU) transport errors, and the coordination service's own verdicts.
+_COLLECTIVE_FAILURE = re.compile(
+  r"gloo|nccl|all-?reduce|all-?gather|collective|connection (reset|closed|refused)|broken pipe|"
+  r"socket closed|heartbeat|barrier|unavailable|deadline.?exceeded|peer",
+  re.IGNORECASE,
+)
+
+
+def _short(text: str, limit: int = 160) -> str:
+  text = re.sub(r"\[[^\]]*\.(cc|h|cpp):\d+\]\s*", "", " ".join(text.split()))  # C++ file:line
+  return text if len(text) <= limit else text[:limit] + "..."
+
+
+def peer_lost_error(error: BaseException) -> PeerLostError | None:
+  """The `PeerLostError` a runtime error of a multi-process run amounts to, or None when it is not a
+  failed collective (or this run has one process)."""
+  if jax.process_count() < 2 or not _COLLECTIVE_FAILURE.search(str(error)):
+    return None
+  me, count = jax.process_index(), jax.process_count()
+  # With two processes the lost one is the other; with more, the collective cannot tell which.
+  who = f"lost process {1 - me} of 2" if count == 2 else f"lost a peer of process {me}/{count}"
+  return PeerLostError(lost_peer_message(f"{who}: a collective failed ({_short(str(error))})"))
+
+
+def exit_with_one_line(message: str, status: int = 2):
+  """Writes ``error: message`` as the process's last stderr line and exits at once.
+
+  Whatever other threads print afterwards (Orbax, TensorStore, the runtime's own logs while it
+  fails) would bury the line, so stderr is pointed at /dev/null first; whichever thread gets here
+  first is the one line.
+  """
+  real_stderr = os.dup(2)
+  devnull = os.open(os.devnull, os.O_WRONLY)
+  os.dup2(devnull, 2)
+  os.write(real_stderr, f"error: {message}\n".encode())
+  os._exit(status)  # pylint: disable=protected-access
 
 
 def _backend_started() -> bool:

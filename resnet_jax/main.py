@@ -531,6 +531,7 @@ def unknown_command(name: str) -> str:
 def _known_errors():
   from resnet_jax.checkpoint import CheckpointError  # pylint: disable=g-import-not-at-top
   from resnet_jax.distributed import DistributedInitError  # pylint: disable=g-import-not-at-top
+  from resnet_jax.distributed import PeerLostError  # pylint: disable=g-import-not-at-top
   from resnet_jax.train.loop import NonFiniteLossError  # pylint: disable=g-import-not-at-top
 
   return (
@@ -540,6 +541,7 @@ def _known_errors():
     NonFiniteLossError,
     FileNotFoundError,
     DistributedInitError,
+    PeerLostError,
   )
 
 

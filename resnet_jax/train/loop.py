@@ -23,6 +23,7 @@ from absl import logging
 
 from resnet_jax import checkpoint as checkpoint_lib
 from resnet_jax import data as data_lib
+from resnet_jax import distributed
 from resnet_jax import metrics as metrics_lib
 from resnet_jax import models
 from resnet_jax import storage
@@ -42,33 +43,57 @@ class NonFiniteLossError(RuntimeError):
 
 
 class _Preemption:
-  """Turns SIGTERM/SIGINT into a request to save at the next step boundary and exit cleanly."""
+  """Turns SIGTERM/SIGINT into one step at which every process saves and exits cleanly.
 
-  def __init__(self):
+  One process: our handler notes the signal and the next step boundary stops.
+
+  Many processes: the processes of a TPU slice or a SLURM job get the signal at different moments,
+  so a local flag cannot decide (a process saving alone waits in a collective forever). JAX's
+  distributed runtime has the protocol made for this: ``jax.distributed.initialize`` starts a
+  preemption sync manager whose own SIGTERM handler tells the coordination service; the service
+  has every process publish the last step it reached and fixes ``max + 1`` as the step at which
+  all stop. ``reached(step)`` (Orbax's ``CheckpointManager.reached_preemption``, a lock and a
+  comparison in C++) is true on every process at that same step, and costs no host
+  synchronisation while nothing happens. We leave the runtime's SIGTERM handler in place and
+  forward SIGINT to it as SIGTERM.
+  """
+
+  def __init__(self, ckpt: checkpoint_lib.Checkpointer):
     self.requested = False
+    self._ckpt = ckpt
     self._previous = {}
+    self.coordinated = jax.process_count() > 1
 
   def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
-      for sig in (signal.SIGTERM, signal.SIGINT):
-        self._previous[sig] = signal.signal(sig, self._handle)
+    if threading.current_thread() is not threading.main_thread():
+      return self
+    if self.coordinated and not jax.config.jax_enable_preemption_service:
+      logging.warning(
+        "jax_enable_preemption_service is off: a SIGTERM ends this process without a checkpoint"
+      )
+      return self
+    signals = (signal.SIGINT,) if self.coordinated else (signal.SIGTERM, signal.SIGINT)
+    for sig in signals:
+      self._previous[sig] = signal.signal(sig, self._handle)
     return self
 
   def _handle(self, signum, frame):  # pylint: disable=unused-argument
-    logging.warning("received signal %d: saving at the next step boundary", signum)
     self.requested = True
+    if self.coordinated:
+      logging.warning("received signal %d: all processes will agree on a step to save", signum)
+      signal.raise_signal(signal.SIGTERM)  # the runtime's handler starts the agreement
+    else:
+      logging.warning("received signal %d: saving at the next step boundary", signum)
 
   def __exit__(self, *exc):
     for sig, handler in self._previous.items():
       signal.signal(sig, handler)
 
-  def any_process_requested(self) -> bool:
-    if jax.process_count() == 1:
-      return self.requested
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-
-    flags = multihost_utils.process_allgather(np.asarray(self.requested))
-    return bool(np.any(flags))
+  def reached(self, step: int) -> bool:
+    """True at the step where this run stops for a signal (the same step on every process)."""
+    if self.coordinated:
+      return self._ckpt.reached_preemption(step)
+    return self.requested
 
 
 def model_kwargs(config) -> dict[str, Any]:
@@ -226,11 +251,20 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     keep_last=config.keep_checkpoints,
     async_save=config.async_checkpoints,
   )
+  distributed.set_last_good_checkpoint(lambda: ckpt.committed_step)
+  lost = None
   try:
     return _train(config, workdir, ckpt, info, model, primary)
+  except jax.errors.JaxRuntimeError as e:
+    lost = distributed.peer_lost_error(e)
+    if lost is None:
+      raise
+    raise lost from None
   finally:
-    # Also on errors: an open manager's background threads would die noisily at exit.
-    ckpt.close()
+    # Also on errors: an open manager's background threads would die noisily at exit. Not after a
+    # lost peer: Orbax would wait at its barriers for the lost process.
+    if lost is None:
+      ckpt.close()
 
 
 def _train(config, workdir, ckpt, info, model, primary) -> dict[str, Any]:
@@ -238,6 +272,9 @@ def _train(config, workdir, ckpt, info, model, primary) -> dict[str, Any]:
 
   # Shapes come from the data itself: the first batch of the step we start from.
   start_step = ckpt.latest_step() or 0
+  # Tell the preemption protocol where we are early: a SIGTERM during start-up stops every
+  # process at start_step + 1 (it would otherwise agree on step 1, already behind a resumed run).
+  ckpt.reached_preemption(start_step)
   train_iter = data_lib.train_batches(
     config.dataset,
     global_batch_size=config.global_batch_size,
@@ -397,7 +434,7 @@ def _train(config, workdir, ckpt, info, model, primary) -> dict[str, Any]:
     return last_eval
 
   preempted = False
-  with _Preemption() as preemption:
+  with _Preemption(ckpt) as preemption:
     step = start_step
     try:
       while step < final_step:
@@ -415,11 +452,7 @@ def _train(config, workdir, ckpt, info, model, primary) -> dict[str, Any]:
             run_eval(step)
           if is_eval or (step % config.checkpoint_every_steps == 0 and step < final_step):
             save(step, last_eval if is_eval else None)
-        if preemption.requested or (
-          jax.process_count() > 1
-          and step % config.log_every_steps == 0
-          and preemption.any_process_requested()
-        ):
+        if preemption.reached(step):
           if step < final_step:
             if last_good_checkpoint != step:
               save(step)
@@ -431,8 +464,8 @@ def _train(config, workdir, ckpt, info, model, primary) -> dict[str, Any]:
         final = run_eval(step)
         if last_good_checkpoint != step:
           save(step, final)
-    finally:
       ckpt.wait()
+    finally:
       progress.close()
 
   result = {"step": step, "preempted": preempted, **last_eval}
