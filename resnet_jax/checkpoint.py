@@ -233,6 +233,15 @@ class Checkpointer:
     if not self._async:
       self.committed_step = step
 
+  def reached_preemption(self, step: int) -> bool:
+    """True at the step all processes agreed to stop at after a preemption notice (SIGTERM).
+
+    JAX's preemption sync point, through Orbax (which also consults it inside ``save``, so both
+    must be given the training step). Always False in a single-process run. Every process must
+    call it at every step, from the same start step.
+    """
+    return self._manager.reached_preemption(step)
+
   def wait(self):
     """Blocks until the save in flight (if any) has committed."""
     try:
