@@ -346,9 +346,6 @@ def test_sigkill_of_a_peer_ends_the_other_with_one_line_then_rerun_finishes(chai
 FILE_SIZE_LIMIT = 16 * 1024
 
 
-_CLOSED_LOOP = re.compile(r"Traceback|_check_closed|Event loop is closed")
-
-
 def _limit_file_size():
   resource.setrlimit(resource.RLIMIT_FSIZE, (FILE_SIZE_LIMIT, FILE_SIZE_LIMIT))
 
@@ -375,14 +372,12 @@ def test_full_disk_is_one_line_and_exit_2_then_resumes(tmp_path, reference):
     preexec_fn=_limit_file_size,
   )
   assert full.returncode == 2, full.stderr[-3000:]
-  # Known leftover, racy (about one run in three here): TensorStore's writes still in flight after
-  # the first failure each print a bare "RuntimeError: Event loop is closed" traceback (Orbax
-  # closed its loop), through no Python hook we could filter. Anything else is a failure.
-  tracebacks = full.stderr.count("Traceback (most recent call last)")
-  assert tracebacks == full.stderr.count("RuntimeError: Event loop is closed"), full.stderr[-3000:]
+  # No traceback: Orbax's thread errors are one line each, and TensorStore's writes still in flight
+  # into Orbax's closed event loop are dropped (checkpoint._drop_abandoned_read_callbacks).
+  assert "Traceback" not in full.stderr, full.stderr[-3000:]
   lines = full.stderr.strip().splitlines()
   # Beyond the routine INFO log, a few lines: Orbax's one-line errors from its threads, and ours.
-  others = [l for l in lines if not l.startswith(("I", "W", " ")) and not _CLOSED_LOOP.search(l)]
+  others = [l for l in lines if not l.startswith(("I", "W", " "))]
   assert len(others) <= 6, others
   assert lines[-1].startswith("error: could not write checkpoint step"), lines[-5:]
   assert os.path.join(workdir, "checkpoints") in lines[-1]
