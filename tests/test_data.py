@@ -4,6 +4,8 @@ import collections
 import logging
 import os
 import signal
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -411,3 +413,25 @@ def test_mocked_tfds_code_paths(name, train_shape, eval_shape, num_batches, num_
     assert ev[0]["image"].shape == eval_shape and len(ev) == num_batches
     assert sum(int(e["mask"].sum()) for e in ev) == num_real
   datasets.clear_cache()
+
+
+def test_only_one_run_at_a_time_prepares_a_local_dataset(tmp_path):
+  # Two runs starting together on a fresh machine (sweep --parallel, test workers) both building the
+  # digits failed the second at tfds's final rename; the second must wait for the first instead.
+  order = []
+  first_inside = threading.Event()
+
+  def hold():
+    with datasets._one_preparer(str(tmp_path), "digits"):
+      order.append("first in")
+      first_inside.set()
+      time.sleep(0.3)
+      order.append("first out")
+
+  holder = threading.Thread(target=hold)
+  holder.start()
+  first_inside.wait(5)
+  with datasets._one_preparer(str(tmp_path), "digits"):
+    order.append("second in")
+  holder.join()
+  assert order == ["first in", "first out", "second in"]

@@ -20,7 +20,9 @@ data_dir is the folder root laid out as ``root/<split>/<class_name>/<image>.jpg|
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import inspect
 import logging
 import os
@@ -267,6 +269,27 @@ def imagenet_missing_message(data_dir) -> str:
   )
 
 
+@contextlib.contextmanager
+def _one_preparer(data_dir: str, name: str):
+  """Holds an exclusive lock while a local dataset is built.
+
+  Runs that start together on a fresh machine (a sweep with --parallel, a test runner's workers)
+  would otherwise all build the same dataset, and tfds's final rename fails for every run but the
+  first. A bucket has no file locks; there the first run to finish wins, as before.
+  """
+  if "://" in data_dir:
+    yield
+    return
+  epath.Path(data_dir).mkdir(parents=True, exist_ok=True)
+  # flock needs a local file descriptor: this path is local by the check above.
+  with open(os.path.join(data_dir, f".{name}.prepare.lock"), "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def get_builder(spec: DatasetSpec, data_dir: str | None = None):
   """The tfds builder for a registry entry, prepared (built/downloaded) if needed."""
   hide_gpus_from_tf()
@@ -287,7 +310,9 @@ def get_builder(spec: DatasetSpec, data_dir: str | None = None):
     return builder
   logging.info("Preparing %s in %s", spec.builder, data_dir)
   try:
-    builder.download_and_prepare()
+    with _one_preparer(data_dir, spec.name):
+      if not builder.is_prepared():  # another run may have built it while this one waited
+        builder.download_and_prepare()
   except Exception as e:  # Network down, disk full, ...: say what and where in one line.
     raise DatasetNotFoundError(
       f"Could not download/prepare {spec.name} into {data_dir} ({type(e).__name__}: "
