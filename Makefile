@@ -19,9 +19,11 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
-# CI runs this target: style and lint first (seconds), then the suite.
+# CI runs this target: style and lint first (seconds), then the suite. Most tests are one
+# single-threaded process at a time, so one pytest worker per core halves the wall time; a file's
+# tests stay on one worker so its module fixtures (shared training runs) run once.
 test: lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --dist loadfile
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff format --check --quiet .
