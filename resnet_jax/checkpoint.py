@@ -302,10 +302,15 @@ class Checkpointer:
         step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
       )["state"]
     except Exception as e:  # noqa: BLE001
-      raise CheckpointError(
-        f"checkpoint {self.directory} step {step} could not be read ({type(e).__name__}: "
-        f"{str(e).splitlines()[0][:200] if str(e) else ''}); it may be corrupt"
-      ) from None
+      raise self._unreadable(step, "read", e) from None
+
+  def _unreadable(self, step: int, verb: str, error: Exception) -> CheckpointError:
+    """One line for a checkpoint Orbax failed on: where, which step, and the library's first line."""
+    first = str(error).splitlines()[0][:200] if str(error) else ""
+    return CheckpointError(
+      f"checkpoint {self.directory} step {step} could not be {verb} ({type(error).__name__}: "
+      f"{first}); it may be corrupt"
+    )
 
   def restore(
     self,
@@ -354,10 +359,7 @@ class Checkpointer:
         step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
       )["state"]
     except Exception as e:  # noqa: BLE001
-      raise CheckpointError(
-        f"checkpoint {self.directory} step {step} could not be restored ({type(e).__name__}: "
-        f"{str(e).splitlines()[0][:200] if str(e) else ''}); it may be corrupt"
-      ) from None
+      raise self._unreadable(step, "restored", e) from None
     return restored, meta
 
   def _check_structure(self, step: int, template):
