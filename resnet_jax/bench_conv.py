@@ -4,7 +4,7 @@ The measurement behind ``conv_impl="onednn"`` (issue 17; figures in docs/benchma
 
     python -m resnet_jax.bench_conv                      # CPU split into one device per core
     python -m resnet_jax.bench_conv --cpu_devices=1      # no split: one device on every core
-    python -m resnet_jax.bench_conv --model=resnet56 --batch=128 --size=32   # whole train steps
+    python -m resnet_jax.bench_conv --model=resnet56 --batch_size=128 --image_size=32  # whole train steps
 
 Defaults: 3x3, batch 128, 16x16x32 -> 32, stride 1, padding 1, fp32.  Rows (whichever apply):
 
@@ -24,13 +24,14 @@ reported, with the median, and the load average before and after.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
 import time
+import types
 
 import numpy as np
+from absl import app, flags
 
 from resnet_jax import distributed
 
@@ -287,38 +288,52 @@ def format_report(r: dict) -> str:
   return "\n".join(lines)
 
 
-def main(argv=None) -> None:
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--batch", type=int, default=128)
-  p.add_argument("--size", type=int, default=16)
-  p.add_argument("--cin", type=int, default=32)
-  p.add_argument("--cout", type=int, default=32)
-  p.add_argument("--kernel", type=int, default=3)
-  p.add_argument("--stride", type=int, default=1)
-  p.add_argument("--rounds", type=int, default=30)
-  p.add_argument("--reps", type=int, default=3)
-  p.add_argument("--components", action="store_true", help="also time each pass alone")
-  p.add_argument("--cpu_devices", default="auto", help="'auto' (one per core) or a number")
-  p.add_argument("--no_torch", action="store_true")
-  p.add_argument(
-    "--model",
-    default="",
-    help="time whole train steps of this registry model instead (--batch, --size = image side)",
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 128, "images per step")
+_IMAGE_SIZE = flags.DEFINE_integer("image_size", 16, "image side in pixels (the layer's input)")
+_CIN = flags.DEFINE_integer("cin", 32, "layer input channels")
+_COUT = flags.DEFINE_integer("cout", 32, "layer output channels")
+_KERNEL = flags.DEFINE_integer("kernel", 3, "layer kernel side")
+_STRIDE = flags.DEFINE_integer("stride", 1, "layer stride")
+_ROUNDS = flags.DEFINE_integer("rounds", 30, "round-robin rounds over the implementations")
+_REPS = flags.DEFINE_integer("reps", 3, "calls per implementation per round")
+_COMPONENTS = flags.DEFINE_bool("components", False, "also time each pass alone")
+_CPU_DEVICES = flags.DEFINE_string("cpu_devices", "auto", "'auto' (one per core) or a number")
+_TORCH = flags.DEFINE_bool("torch", True, "also time PyTorch (--notorch to skip)")
+_MODEL = flags.DEFINE_string(
+  "model", "", "time whole train steps of this registry model instead of one layer"
+)
+_SINGLE_THREAD = flags.DEFINE_bool(
+  "single_thread", False, "also oneDNN and PyTorch on one thread, whole batch"
+)
+_JSONL = flags.DEFINE_string("jsonl", None, "append the result as one JSON line")
+
+
+def main(argv) -> None:
+  del argv
+  # run() reads the settings by the short names the timing code uses.
+  settings = types.SimpleNamespace(
+    batch=_BATCH_SIZE.value,
+    size=_IMAGE_SIZE.value,
+    cin=_CIN.value,
+    cout=_COUT.value,
+    kernel=_KERNEL.value,
+    stride=_STRIDE.value,
+    rounds=_ROUNDS.value,
+    reps=_REPS.value,
+    components=_COMPONENTS.value,
+    cpu_devices=_CPU_DEVICES.value,
+    no_torch=not _TORCH.value,
+    model=_MODEL.value,
+    single_thread=_SINGLE_THREAD.value,
+    jsonl=_JSONL.value,
   )
-  p.add_argument(
-    "--single_thread",
-    action="store_true",
-    help="also oneDNN and PyTorch on one thread, whole batch",
-  )
-  p.add_argument("--jsonl", default=None, help="append the result as one JSON line")
-  a = p.parse_args(argv)
-  r = run(a)
+  r = run(settings)
   print(format_report(r))
-  if a.jsonl:
+  if settings.jsonl:
     from resnet_jax import storage  # pylint: disable=g-import-not-at-top
 
-    storage.append_text(a.jsonl, json.dumps(r) + "\n")
+    storage.append_text(settings.jsonl, json.dumps(r) + "\n")
 
 
 if __name__ == "__main__":
-  main()
+  app.run(main)

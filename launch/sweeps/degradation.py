@@ -4,7 +4,7 @@ Plain nets get worse with depth (the degradation problem); residual nets get bet
 uses the paper-recipe config of its model (configs/cifar10_<model>.py).
   resnet-jax sweep launch/sweeps/degradation.py --workdir=runs/degradation
   python -m resnet_jax.sweep launch/sweeps/degradation.py --workdir=gs://BUCKET/degradation \
-      --emit=tpu --launcher-arg=--name=my-tpu --launcher-arg=--zone=us-central2-b
+      --emit=tpu --launcher_arg=--name=my-tpu --launcher_arg=--zone=us-central2-b
 """
 
 from resnet_jax.sweep import product
