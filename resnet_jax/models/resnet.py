@@ -142,32 +142,23 @@ class ResNet(nn.Module, Architecture):
     x = jnp.asarray(x, self.dtype)
 
     stem_width = scaled(self.stem_width, self.width_multiplier)
+    # Table 1's 7x7/2 stem for ImageNet; section 4.2's 3x3 stem for CIFAR.
+    kernel, stride = (7, 2) if self.stem == "imagenet" else (3, 1)
+    x = conv(
+      stem_width,
+      kernel,
+      stride,
+      name="stem_conv",
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      matmul_1x1=self.matmul_1x1,
+      conv_impl=self.conv_impl,
+    )(x)
     if self.stem == "imagenet":
-      x = conv(
-        stem_width,
-        7,
-        2,
-        name="stem_conv",
-        dtype=self.dtype,
-        param_dtype=self.param_dtype,
-        matmul_1x1=self.matmul_1x1,
-        conv_impl=self.conv_impl,
-      )(x)
       x = nn.relu(self._bn(train, "stem_bn")(x))
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
-    else:
-      x = conv(
-        stem_width,
-        3,
-        1,
-        name="stem_conv",
-        dtype=self.dtype,
-        param_dtype=self.param_dtype,
-        matmul_1x1=self.matmul_1x1,
-        conv_impl=self.conv_impl,
-      )(x)
-      if not self.preact:  # v2 CIFAR: the first block pre-activates the stem output.
-        x = nn.relu(self._bn(train, "stem_bn")(x))
+    elif not self.preact:  # v2 CIFAR: the first block pre-activates the stem output.
+      x = nn.relu(self._bn(train, "stem_bn")(x))
 
     for i, (n_blocks, planes) in enumerate(zip(self.stage_sizes, self.stage_widths)):
       fields = dict(
