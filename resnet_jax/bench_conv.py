@@ -203,6 +203,7 @@ def _net_rows(args, n_dev: int) -> dict:
 
 
 def run(args) -> dict:
+  distributed.reuse_freed_host_memory()
   n_dev = distributed.split_cpu_into_devices(args.cpu_devices, [args.batch])
   import jax  # pylint: disable=g-import-not-at-top
 

@@ -111,23 +111,39 @@ def _define_cpu_devices(fv: flags.FlagValues) -> None:
     "cpu_devices",
     "auto",
     "On a CPU-only machine: split the host into this many single-threaded XLA devices and run data "
-    "parallel over them ('auto' = one per core, lowered until it divides the batch; 1 = one device "
-    "using every core). Ignored on GPU/TPU, in multi-process runs and when XLA_FLAGS sets it.",
+    "parallel over them ('auto' = one per core, lowered until it divides the batch, or one device "
+    "with conv_impl=onednn; 1 = one device using every core). Ignored on GPU/TPU, in multi-process "
+    "runs and when XLA_FLAGS sets it.",
     flag_values=fv,
   )
+
+
+def _cpu_devices(requested: str, conv_impl: str) -> str:
+  """--cpu_devices, with 'auto' meaning one device when oneDNN runs the convolutions.
+
+  The split exists because XLA's convolutions use two cores badly; oneDNN spreads each convolution
+  over every core itself, and one device spares the cross-device BatchNorm sync at every layer:
+  ResNet-50 b16 2252 ms a step on one device vs 2632 ms split (2 cores, docs/benchmarks.md).
+  """
+  return "1" if requested == "auto" and conv_impl == "onednn" else requested
 
 
 def _train_or_eval(fv: flags.FlagValues, mode: str) -> None:
   config = _require(fv, "config")
   workdir = _require(fv, "workdir")
   from resnet_jax import distributed  # pylint: disable=g-import-not-at-top
+
+  distributed.reuse_freed_host_memory()  # before TensorFlow starts its threads
   from resnet_jax.train import loop  # pylint: disable=g-import-not-at-top
 
   if fv.compilation_cache and not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
     import jax  # pylint: disable=g-import-not-at-top
 
     jax.config.update("jax_compilation_cache_dir", fv.compilation_cache)
-  split = distributed.split_cpu_into_devices(fv.cpu_devices, [config.global_batch_size])
+  split = distributed.split_cpu_into_devices(
+    _cpu_devices(fv.cpu_devices, config.model_overrides.get("conv_impl", "")),
+    [config.global_batch_size],
+  )
   if split > 1:
     logging.info("CPU split into %d single-threaded devices (--cpu_devices)", split)
   distributed.initialize()
@@ -217,8 +233,10 @@ def _define_bench_flags(fv: flags.FlagValues) -> None:
 
 def _bench(fv, positionals):
   _no_positionals(positionals)
-  from resnet_jax import bench  # pylint: disable=g-import-not-at-top
   from resnet_jax import distributed  # pylint: disable=g-import-not-at-top
+
+  distributed.reuse_freed_host_memory()  # before TensorFlow starts its threads
+  from resnet_jax import bench  # pylint: disable=g-import-not-at-top
 
   model = _require(fv, "model")
   overrides = {}
@@ -233,7 +251,9 @@ def _bench(fv, positionals):
     )
     print(bench.format_inference_report(report))
     return
-  distributed.split_cpu_into_devices(fv.cpu_devices, [fv.batch_size])
+  distributed.split_cpu_into_devices(
+    _cpu_devices(fv.cpu_devices, overrides.get("conv_impl", "")), [fv.batch_size]
+  )
   report = bench.run_benchmark(
     model,
     fv.batch_size,
@@ -311,6 +331,9 @@ def _define_predict_flags(fv: flags.FlagValues) -> None:
 
 def _predict(fv, positionals):
   workdir = _require(fv, "workdir")
+  from resnet_jax import distributed  # pylint: disable=g-import-not-at-top
+
+  distributed.reuse_freed_host_memory()  # before TensorFlow starts its threads
   from resnet_jax import serving  # pylint: disable=g-import-not-at-top
 
   serving.predict_command(

@@ -18,6 +18,11 @@
 // Primitives are created once per (shape, attributes, thread count) and cached: oneDNN picks its
 // kernel from the thread count at creation.  Scratch memory is per calling thread (XLA runs one
 // call per device thread concurrently under pmap), so primitives are shared, buffers are not.
+//
+// A call on more than one thread takes the whole machine, so such calls never overlap: XLA runs
+// independent thunks concurrently (a conv's two gradients, for one), and two OpenMP teams on the
+// same cores stall each other at every barrier.  Calls on one thread each (the CPU split into one
+// device per core) run side by side as before.
 
 #include <omp.h>
 
@@ -160,6 +165,22 @@ struct Attrs {
   int64_t stride_h, stride_w, pad_lo_h, pad_hi_h, pad_lo_w, pad_hi_w, groups, threads;
 };
 
+std::mutex& WholeMachine() {
+  static std::mutex mu;
+  return mu;
+}
+
+// Holds WholeMachine() for a multi-threaded call; nothing for a single-threaded one.
+class CoreOwnership {
+ public:
+  explicit CoreOwnership(int threads) {
+    if (threads > 1) lock_ = std::unique_lock<std::mutex>(WholeMachine());
+  }
+
+ private:
+  std::unique_lock<std::mutex> lock_;
+};
+
 Geometry MakeGeometry(ffi::Span<const int64_t> x, ffi::Span<const int64_t> w,
                       ffi::Span<const int64_t> y, const Attrs& a) {
   if (a.threads > 0) omp_set_num_threads(static_cast<int>(a.threads));
@@ -189,6 +210,7 @@ ffi::Error ConvFwd(F32 x, F32 w, F32Out y, int64_t stride_h, int64_t stride_w, i
   return Guarded([&] {
     const Attrs a{stride_h, stride_w, pad_lo_h, pad_hi_h, pad_lo_w, pad_hi_w, groups, threads};
     const Primitives& p = Lookup(MakeGeometry(x.dimensions(), w.dimensions(), y->dimensions(), a));
+    const CoreOwnership cores(omp_get_max_threads());
     dnnl::engine& eng = Engine();
     dnnl::stream stream(eng);
     memory user_w(p.user_w_md, eng, w.typed_data());
@@ -214,6 +236,7 @@ ffi::Error ConvBwdData(F32 dy, F32 w, F32Out dx, int64_t stride_h, int64_t strid
     const Attrs a{stride_h, stride_w, pad_lo_h, pad_hi_h, pad_lo_w, pad_hi_w, groups, threads};
     const Primitives& p =
         Lookup(MakeGeometry(dx->dimensions(), w.dimensions(), dy.dimensions(), a));
+    const CoreOwnership cores(omp_get_max_threads());
     dnnl::engine& eng = Engine();
     dnnl::stream stream(eng);
     memory user_w(p.user_w_md, eng, w.typed_data());
@@ -240,6 +263,7 @@ ffi::Error ConvBwdWeights(F32 x, F32 dy, F32Out dw, int64_t stride_h, int64_t st
     const Attrs a{stride_h, stride_w, pad_lo_h, pad_hi_h, pad_lo_w, pad_hi_w, groups, threads};
     const Primitives& p =
         Lookup(MakeGeometry(x.dimensions(), dw->dimensions(), dy.dimensions(), a));
+    const CoreOwnership cores(omp_get_max_threads());
     dnnl::engine& eng = Engine();
     dnnl::stream stream(eng);
     memory user_dw(p.user_w_md, eng, dw->typed_data());
