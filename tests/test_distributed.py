@@ -356,3 +356,43 @@ def test_split_cpu_into_devices_before_backend_start(
   result = json.loads(proc.stdout.split("RESULT ", 1)[1])
   assert result["returned"] == returned and result["local"] == local
   assert ("--xla_cpu_multi_thread_eigen=false" in result["xla_flags"]) == (returned > 1)
+
+
+# A block larger than glibc's largest mmap threshold (32 MiB), freed and allocated again, the way
+# XLA:CPU allocates each step's temporaries; prints the page faults of the second round.
+_REALLOC_PROBE = """
+import resource
+from resnet_jax import distributed
+applied = distributed.reuse_freed_host_memory()
+block = bytearray(256 << 20); del block  # first round: the heap grows once
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+block = bytearray(256 << 20); del block  # second round: faults only if the block was unmapped
+print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+def _realloc_probe(extra_env=None):
+  env = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "JAX_PLATFORMS"))}
+  env.update(extra_env or {})
+  out = subprocess.run(
+    [sys.executable, "-c", _REALLOC_PROBE], env=env, capture_output=True, text=True, timeout=120
+  )
+  assert out.returncode == 0, out.stderr[-2000:]
+  applied, faults = out.stdout.split()
+  return applied == "True", int(faults)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_freed_host_memory_is_reused_instead_of_faulted_in_again():
+  applied, faults = _realloc_probe()
+  assert applied
+  # 256 MiB is 65,536 pages: without the setting every one of them faults in again.
+  assert faults < 1000, faults
+  applied, faults = _realloc_probe({"MALLOC_ARENA_MAX": "4"})  # the user's own setting wins
+  assert not applied and faults > 60000, faults
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_freed_host_memory_is_left_alone_on_accelerator_hosts():
+  applied, faults = _realloc_probe({"JAX_PLATFORMS": "tpu"})
+  assert not applied and faults > 60000, faults

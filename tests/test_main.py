@@ -92,3 +92,11 @@ def test_help_and_models_start_without_tensorflow_or_jax():
   out, loaded = _modules_after("models")
   assert "resnet1202" in out and "19,421,274" in out
   assert loaded == "[]", loaded  # analytic counts: neither TensorFlow nor JAX
+
+
+def test_onednn_runs_on_one_cpu_device_unless_asked_otherwise():
+  # oneDNN spreads each convolution over the cores itself; a split would add a BN sync per layer.
+  assert main._cpu_devices("auto", "onednn") == "1"
+  assert main._cpu_devices("auto", "xla") == "auto"
+  assert main._cpu_devices("auto", "") == "auto"
+  assert main._cpu_devices("2", "onednn") == "2"  # an explicit count is the user's decision
