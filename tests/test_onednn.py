@@ -81,10 +81,17 @@ def _rel_err(a, b):
   return float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
 
 
-def test_conv_and_both_gradients_equal_lax_conv():
+# threads=2: a 2-thread OpenMP team per call (one device using both cores), calls never overlap;
+# 0: OpenMP's own setting.
+@pytest.mark.parametrize("threads", [0, 2])
+def test_conv_and_both_gradients_equal_lax_conv(threads):
   _needs_kernel()
   operands = [_operands(c, seed=i) for i, c in enumerate(CASES)]
-  got = _value_and_grads(onednn.conv_nhwc, CASES, operands)
+
+  def conv(x, w, strides, padding, groups=1):
+    return onednn.conv_nhwc(x, w, strides, padding, groups, threads)
+
+  got = _value_and_grads(conv, CASES, operands)
   want = _value_and_grads(_lax_conv, CASES, operands)
   for case, g, w in zip(CASES, got, want):
     for name, a, b in zip(("y", "dx", "dw"), g, w):
