@@ -231,7 +231,7 @@ def run_benchmark(
   if jsonl:  # a bad bucket fails now, not after the benchmark has run
     from resnet_jax import storage  # pylint: disable=g-import-not-at-top
 
-    storage.check_access(jsonl, "--jsonl")
+    storage.check_access(jsonl, "--jsonl", write=True)
   spec = models.model_spec(model)
   num_classes = num_classes or spec.num_classes
   config = _bench_config(model, batch, precision)

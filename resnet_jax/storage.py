@@ -6,9 +6,10 @@ tfds use the same ``epath`` layer; Orbax's arrays go through TensorStore's own `
 
 Buckets are reached through fsspec's gcsfs (``EPATH_USE_TF=false``), not TensorFlow's file system:
 one client, configured the fsspec way (``FSSPEC_GCS_TOKEN``, ``STORAGE_EMULATOR_HOST``), for every
-file this program writes. ``check_access`` turns the three ways a bucket location fails (no
-credentials, no such bucket, no permission) into one ``StorageError`` line naming the path and the
-cause, before anything is written anywhere.
+file this program writes. ``check_access`` turns the ways a bucket location fails (no
+credentials, no such bucket, no permission to list it, or, for a location that will be written, no
+permission to write) into one ``StorageError`` line naming the path and the cause, before anything
+is written anywhere.
 """
 
 from __future__ import annotations
@@ -24,6 +25,11 @@ from etils import epath  # noqa: E402  (after the backend choice above)
 PathLike = Union[str, os.PathLike]
 # Object stores: no append, no rename, no directories; an upload replaces the object atomically.
 _OBJECT_STORE_SCHEMES = ("gs://", "s3://", "az://", "hf://")
+
+
+# What writing a run needs: new objects, and replacing or removing old ones (Orbax's temporary
+# checkpoint folders, rewritten results files).
+WRITE_PERMISSIONS = ("storage.objects.create", "storage.objects.delete")
 
 
 class StorageError(ValueError):
@@ -43,13 +49,15 @@ def is_object_store(path: PathLike) -> bool:
   return os.fspath(path).startswith(_OBJECT_STORE_SCHEMES)
 
 
-def check_access(path: PathLike, purpose: str) -> epath.Path:
+def check_access(path: PathLike, purpose: str, *, write: bool = False) -> epath.Path:
   """Fails early, with one line, if the bucket behind ``path`` cannot be used; local paths pass.
 
   ``purpose`` names the location in the message (e.g. ``"--workdir"``). Checks, in order, that
   credentials exist (unless anonymous access is configured, ``FSSPEC_GCS_TOKEN=anon``), that the
-  bucket exists, and that its objects can be listed. Creates nothing, here or in the bucket
-  (gcsfs's ``makedirs`` would create a missing bucket, so this runs before any of them).
+  bucket exists, that its objects can be listed and, with ``write``, that this account may create
+  and delete objects in it (GCS's testIamPermissions, which needs no permission itself), so a
+  read-only bucket fails now rather than at the first checkpoint. Creates nothing, here or in the
+  bucket (gcsfs's ``makedirs`` would create a missing bucket, so this runs before any of them).
   """
   where = location(path)
   text = os.fspath(where)
@@ -70,7 +78,31 @@ def check_access(path: PathLike, purpose: str) -> epath.Path:
     ) from None
   except Exception as e:  # noqa: BLE001 - gcsfs raises OSError/HttpError with the HTTP status
     raise StorageError(f"{purpose}={text}: {_describe_failure(e, bucket)}") from None
+  if write:
+    missing = _missing_write_permissions(fs, bucket)
+    if missing:
+      raise StorageError(
+        f"{purpose}={text}: this account can read gs://{bucket} but not write to it (lacks "
+        f"{', '.join(missing)}); grant it roles/storage.objectAdmin on the bucket, or choose a "
+        f"bucket it can write to"
+      )
   return where
+
+
+def _missing_write_permissions(fs, bucket: str) -> list[str]:
+  """The WRITE_PERMISSIONS this account lacks on ``bucket``; [] when GCS cannot say."""
+  try:
+    answer = fs.call(
+      "GET",
+      "b/{}/iam/testPermissions",
+      bucket,
+      permissions=list(WRITE_PERMISSIONS),
+      json_out=True,
+    )
+  except Exception:  # noqa: BLE001 - a server without the IAM API: the first write will tell
+    return []
+  granted = set(answer.get("permissions", ()))
+  return [p for p in WRITE_PERMISSIONS if p not in granted]
 
 
 def _describe_failure(error: Exception, bucket: str) -> str:

@@ -415,7 +415,7 @@ def run_sweep(
     return 0
   if parallel < 1:
     raise ValueError(f"parallel must be >= 1, got {parallel}")
-  root = storage.check_access(root, "--workdir")
+  root = storage.check_access(root, "--workdir", write=True)
   logs = _MemberLogs(root)
   configs = {m.config: _resolve_config(m.config, sweep_file) for m in members}
 

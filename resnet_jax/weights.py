@@ -280,7 +280,7 @@ def convert(
   unless the import succeeded.  Returns a summary dict (directory, step, parameter count, ...)."""
   if source not in SOURCES:
     raise ValueError(f"--from={source!r}: supported sources are {', '.join(SOURCES)}")
-  ckpt_dir = storage.check_access(workdir, "--workdir") / CHECKPOINT_DIR
+  ckpt_dir = storage.check_access(workdir, "--workdir", write=True) / CHECKPOINT_DIR
   if _has_checkpoints(ckpt_dir):
     raise FileExistsError(
       f"{ckpt_dir} already has checkpoints; convert into a fresh --workdir "

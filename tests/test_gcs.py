@@ -35,6 +35,7 @@ from test_train import final_params, losses
 
 BUCKET = "resnet-jax-test"
 FORBIDDEN_BUCKET = "resnet-jax-forbidden"  # the emulator has no IAM: the fixture answers 403
+READ_ONLY_BUCKET = "resnet-jax-read-only"  # listed and read, but not written, by this account
 
 
 def free_port():
@@ -91,8 +92,10 @@ def emulator_handler():
   gcp-storage-emulator 2026.7.19 ignores generation preconditions and sends no ``x-goog-generation``
   header with a download. TensorStore's OCDBT (Orbax's checkpoint format) depends on both, as on
   GCS: it writes manifests with ``ifGenerationMatch`` and revalidates cached reads with
-  ``ifGenerationNotMatch`` (without them a save fails with "Malformed StorageGeneration"). One
-  bucket answers 403, as GCS does to an account without access (the emulator has no IAM).
+  ``ifGenerationNotMatch`` (without them a save fails with "Malformed StorageGeneration"). The
+  emulator has no IAM, so the handler plays it: one bucket answers 403, as GCS does to an account
+  without access; another can be listed but not written; ``testIamPermissions`` grants what each
+  bucket allows.
   """
   import re
   import urllib.parse
@@ -123,12 +126,32 @@ def emulator_handler():
       self.wfile.write(body)
       return True
 
+    def _json(self, payload):
+      body = json.dumps(payload).encode()
+      self.send_response(200)
+      self.send_header("Content-Type", "application/json")
+      self.send_header("Content-Length", str(len(body)))
+      self.end_headers()
+      self.wfile.write(body)
+      return True
+
     def _intercepted(self):
       """Answers a request the emulator would get wrong; False lets the emulator answer."""
       url = urllib.parse.urlsplit(self.path)
       query = urllib.parse.parse_qs(url.query)
       if f"/b/{FORBIDDEN_BUCKET}" in url.path:
         return self._answer(403, "caller does not have storage.objects.list access")
+      if url.path.endswith("/iam/testPermissions"):
+        wanted = query.get("permissions", [])
+        if f"/b/{READ_ONLY_BUCKET}/" in url.path:
+          wanted = [p for p in wanted if p in ("storage.objects.list", "storage.objects.get")]
+        return self._json(
+          {"kind": "storage#testIamPermissionsResponse", "permissions": wanted} if wanted else {}
+        )
+      if f"/b/{READ_ONLY_BUCKET}" in url.path:
+        if self.command == "GET" and url.path.endswith(f"/b/{READ_ONLY_BUCKET}/o"):
+          return self._json({"kind": "storage#objects"})
+        return self._answer(403, "caller does not have storage.objects.create access")
       found = object_path.match(url.path) or upload_path.match(url.path)
       if not found:
         return False
@@ -483,6 +506,7 @@ def test_bad_bucket_inputs_are_one_line_and_create_nothing(gcs, tmp_path):
   cases = {
     "missing": (f"gs://no-such-bucket-{os.getpid()}/run", True, "does not exist"),
     "forbidden": (f"gs://{FORBIDDEN_BUCKET}/run", True, "no permission"),
+    "read_only": (f"gs://{READ_ONLY_BUCKET}/run", True, "can read gs://"),
     "no_credentials": (f"gs://{BUCKET}/no_credentials", False, "no Google Cloud credentials"),
   }
   procs, cwds = {}, {}

@@ -138,7 +138,7 @@ def run_analysis(name: str, flag_values: flags.FlagValues) -> dict[str, Any]:
   from resnet_jax import analysis as A  # pylint: disable=g-import-not-at-top
   from resnet_jax import storage  # pylint: disable=g-import-not-at-top
 
-  storage.check_access(a.out, "--out")
+  storage.check_access(a.out, "--out", write=True)
 
   if name == "degradation":
     from resnet_jax.analysis import degradation  # pylint: disable=g-import-not-at-top

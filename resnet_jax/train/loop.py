@@ -240,7 +240,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   info = data_lib.dataset_info(config.dataset)
   model = build_model(config, info.num_classes)
   primary = jax.process_index() == 0
-  workdir = storage.check_access(workdir, "--workdir")
+  workdir = storage.check_access(workdir, "--workdir", write=True)
   if config.init_from:
     storage.check_access(config.init_from, "config.init_from")
   if not storage.is_object_store(workdir):  # a bucket has no folders to make
@@ -503,7 +503,7 @@ def evaluate(config, workdir: str, step: int | None = None, method: str | None =
   method = method or config.eval_method
   info = data_lib.dataset_info(config.dataset)
   model = build_model(config, info.num_classes)
-  workdir = storage.check_access(workdir, "--workdir")
+  workdir = storage.check_access(workdir, "--workdir", write=True)  # eval_*.json goes here
   ckpt_dir = workdir / CHECKPOINT_DIR
   if not ckpt_dir.is_dir():
     raise checkpoint_lib.CheckpointError(
