@@ -110,12 +110,22 @@ def _write_failure_cause(error: BaseException) -> str | None:
   return None
 
 
+# Orbax warns that a read-only manager is read-only; `eval` opens checkpoints that way on purpose.
+_EXPECTED_ORBAX_WARNINGS = (
+  "CheckpointManagerOptions.read_only=True",
+  "Given directory is read only",
+)
+
+
 class _OneLineOrbaxErrors(logging.Filter):
   """Drops the tracebacks Orbax logs when a background save thread fails: the same error is raised
   again in the main thread, where it becomes one `CheckpointWriteError` line; hundreds of traceback
-  lines before it only bury that line."""
+  lines before it only bury that line. Also drops Orbax's notices that a read-only manager is
+  read-only."""
 
   def filter(self, record):
+    if "/orbax/" in record.pathname and str(record.msg).startswith(_EXPECTED_ORBAX_WARNINGS):
+      return False
     if "/orbax/" in record.pathname and record.exc_info:
       record.exc_info, record.exc_text = None, None
       record.msg, record.args = str(record.getMessage()).splitlines()[0][:300], ()
@@ -170,6 +180,7 @@ class Checkpointer:
     async_save: bool = True,
     read_only: bool = False,
   ):
+    logging.getLogger("absl").addFilter(_ORBAX_LOG_FILTER)  # Orbax logs through absl; idempotent
     # A folder or a bucket URL: Orbax writes both (arrays through TensorStore's gs:// driver).
     self.directory = storage.location(directory)
     policies = [ocm.LatestN(n=keep_last)]
@@ -193,7 +204,6 @@ class Checkpointer:
       options=options,
       item_handlers={"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()},
     )
-    logging.getLogger("absl").addFilter(_ORBAX_LOG_FILTER)  # Orbax logs through absl; idempotent
     self._async = async_save
     # The last step known to be fully written (what a rerun resumes from), and the one in flight.
     self.committed_step: int | None = None if read_only else self.latest_step()

@@ -153,7 +153,10 @@ def _train_or_eval(fv: flags.FlagValues, mode: str) -> None:
     result = loop.train_and_evaluate(config, workdir)
   shown = {k: (round(v, 5) if isinstance(v, float) else v) for k, v in result.items()}
   print(f"{mode} finished: {shown}")
-  print(f"results in {workdir}: metrics.jsonl, tensorboard/, checkpoints/, curves.png")
+  if mode == "eval":
+    print(f"result in {workdir}: eval_{result['method']}_step{result['step']}.json")
+  else:
+    print(f"results in {workdir}: metrics.jsonl, tensorboard/, checkpoints/, curves.png")
 
 
 def _train(fv, positionals):

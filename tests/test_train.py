@@ -405,6 +405,8 @@ def test_eval_mode_reads_the_checkpoint_with_each_test_time_method(straight_run,
   for method in ("center", "ten_crop"):
     proc = run_main(straight_run, "--mode=eval", f"--eval_method={method}")
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"result in {straight_run}: eval_{method}_step12.json" in proc.stdout
+    assert "read only" not in proc.stderr and "read_only=True" not in proc.stderr  # Orbax's notices
     results[method] = json.load(open(os.path.join(straight_run, f"eval_{method}_step12.json")))
     assert results[method]["eval_count"] == 1000
   done = json.load(open(os.path.join(straight_run, "DONE")))
