@@ -214,11 +214,17 @@ def chain(tmp_path_factory):
         break
       time.sleep(0.02)
     by_id = {}
-    for pid in subprocess.run(
-      ["pgrep", "-P", str(launcher.pid)], capture_output=True, text=True
-    ).stdout.split():
-      with open(f"/proc/{pid}/environ", "rb") as f:
-        for item in f.read().split(b"\0"):
+    found_by = time.monotonic() + 30
+    while len(by_id) < 2 and time.monotonic() < found_by:
+      for pid in subprocess.run(
+        ["pgrep", "-P", str(launcher.pid)], capture_output=True, text=True
+      ).stdout.split():
+        try:
+          with open(f"/proc/{pid}/environ", "rb") as f:
+            environ = f.read()
+        except OSError:  # a short-lived child of the launcher (its `sleep 0.2`) is already gone
+          continue
+        for item in environ.split(b"\0"):
           if item.startswith(b"RESNET_JAX_PROCESS_ID="):
             by_id[int(item.split(b"=")[1])] = int(pid)
     os.kill(by_id[1], signal.SIGTERM)
