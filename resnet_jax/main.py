@@ -154,7 +154,7 @@ def _train_or_eval(fv: flags.FlagValues, mode: str) -> None:
   shown = {k: (round(v, 5) if isinstance(v, float) else v) for k, v in result.items()}
   print(f"{mode} finished: {shown}")
   if mode == "eval":
-    print(f"result in {workdir}: eval_{result['method']}_step{result['step']}.json")
+    print(f"result in {workdir}: {loop.eval_result_file(result['method'], result['step'])}")
   else:
     print(f"results in {workdir}: metrics.jsonl, tensorboard/, checkpoints/, curves.png")
 

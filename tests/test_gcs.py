@@ -117,8 +117,8 @@ def emulator_handler():
           self.send_header(name, value)
       super().end_headers()
 
-    def _answer(self, code, message=""):
-      body = json.dumps({"error": {"code": code, "message": message}}).encode() if message else b""
+    def _json(self, payload, code=200):
+      body = json.dumps(payload).encode() if payload is not None else b""
       self.send_response(code)
       self.send_header("Content-Type", "application/json")
       self.send_header("Content-Length", str(len(body)))
@@ -126,14 +126,8 @@ def emulator_handler():
       self.wfile.write(body)
       return True
 
-    def _json(self, payload):
-      body = json.dumps(payload).encode()
-      self.send_response(200)
-      self.send_header("Content-Type", "application/json")
-      self.send_header("Content-Length", str(len(body)))
-      self.end_headers()
-      self.wfile.write(body)
-      return True
+    def _answer(self, code, message=""):
+      return self._json({"error": {"code": code, "message": message}} if message else None, code)
 
     def _intercepted(self):
       """Answers a request the emulator would get wrong; False lets the emulator answer."""

@@ -497,6 +497,11 @@ def _initialise_from(state, init_dir: str):
   return state.replace(params=params, batch_stats=batch_stats)
 
 
+def eval_result_file(method: str, step: int) -> str:
+  """The file in the workdir where :func:`evaluate` writes its result."""
+  return f"eval_{method}_step{step}.json"
+
+
 def evaluate(config, workdir: str, step: int | None = None, method: str | None = None):
   """Evaluates a checkpoint of ``workdir`` (latest, or ``step``) with a test-time method."""
   check_config(config)
@@ -545,5 +550,5 @@ def evaluate(config, workdir: str, step: int | None = None, method: str | None =
   state = par.replicate(state)
   result = {"step": used_step, "method": method, **Evaluator(config, model, par)(state, method)}
   if jax.process_index() == 0:
-    _write_json(workdir / f"eval_{method}_step{used_step}.json", result)
+    _write_json(workdir / eval_result_file(method, used_step), result)
   return result
