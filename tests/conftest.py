@@ -1,6 +1,8 @@
 """Shared test set-up: quiet TensorFlow, and helpers to run the real command in a subprocess."""
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -14,14 +16,23 @@ TINY_CONFIG = os.path.join(REPO, "tests", "configs", "tiny_digits.py")
 
 
 # One persistent XLA cache for every subprocess of this test session (not the user's): the same
-# tiny programs are compiled once instead of once per run.
-_CACHE = tempfile.mkdtemp(prefix="resnet_jax_xla_cache_")
+# tiny programs are compiled once instead of once per run. pytest-xdist's workers inherit the
+# controller's environment, so they share its cache; whoever made it removes it at exit.
+_CACHE = os.environ.get("RESNET_JAX_TEST_XLA_CACHE")
+if not _CACHE:
+  _CACHE = os.environ["RESNET_JAX_TEST_XLA_CACHE"] = tempfile.mkdtemp(
+    prefix="resnet_jax_xla_cache_"
+  )
+  atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 
 
 def command_env(devices: int = 1, **extra) -> dict:
   env = dict(os.environ)
   env.setdefault("JAX_COMPILATION_CACHE_DIR", _CACHE)
   env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+  # A size bound makes JAX lock the cache around reads and writes: processes of different test
+  # files now share it, and one must not read an entry another is still writing.
+  env.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(4 << 30))
   env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
   env["PYTHONPATH"] = REPO
   env.update({k: str(v) for k, v in extra.items()})

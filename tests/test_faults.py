@@ -25,7 +25,9 @@ import pytest
 
 from conftest import REPO, command_env, train_command
 
-STEPS = 150  # long enough that the ~1 s a SIGTERM takes to reach agreement ends mid-run
+# Long enough that every fault lands mid-run: the chain stops three times, each within about 15
+# steps of the last (the ~1 s a SIGTERM takes to reach agreement included), so by step ~60.
+STEPS = 90
 COMMON = (
   f"--config.num_train_steps={STEPS}",
   "--config.async_checkpoints=True",

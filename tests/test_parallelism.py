@@ -221,3 +221,41 @@ def test_bad_parallelism_is_refused_in_one_line(overrides, words):
   with pytest.raises(ValueError, match="config.parallelism=") as raised:
     config_lib.validate(config, known_models=["resnet20"], known_datasets=["digits"])
   assert words in str(raised.value) and "\n" not in str(raised.value)
+
+
+@pytest.mark.parametrize("parallelism", ["pmap", "jit"])
+def test_a_step_fed_its_own_output_does_not_compile_again(parallelism):
+  """``replicate`` gives the state the sharding the step returns, so step 2 runs step 1's program.
+
+  flax's ``jax_utils.replicate`` named pmap's mesh axis differently from pmap's outputs: every run
+  compiled its train step twice, at step 1 and again at step 2.
+  """
+  from jax import lax
+
+  from resnet_jax.train import parallel, steps
+
+  par = parallel.create(parallelism)
+
+  def step(state, batch):
+    mean = lax.pmean(batch.mean(), steps.AXIS)
+    return jax.tree_util.tree_map(lambda x: x + mean, state), mean
+
+  step = par.compile(step, (parallel.REPLICATED, parallel.SHARDED), donate_argnums=(0,))
+  batch = par.put_batch(np.ones((jax.local_device_count(), 2, 3), np.float32))
+  state = par.replicate({"w": np.zeros((3, 2), np.float32), "b": np.zeros((2,), np.float32)})
+  compiles = []
+
+  def on_event(event, duration_secs, **kwargs):
+    if event == "/jax/core/compile/backend_compile_duration":
+      compiles.append(duration_secs)
+
+  jax.monitoring.register_event_duration_secs_listener(on_event)
+  try:
+    state, _ = step(state, batch)
+    first = len(compiles)
+    for _ in range(2):
+      state, _ = step(state, batch)
+  finally:
+    jax.monitoring.unregister_event_duration_listener(on_event)
+  assert first == 1 and len(compiles) == first, compiles
+  np.testing.assert_allclose(par.fetch(state)["w"], np.full((3, 2), 3.0))

@@ -23,6 +23,27 @@ _LOAD_NOTICE = re.compile(
 )
 
 
+# TensorFlow imports Keras while it loads, only so that Keras optimizers register for SavedModels
+# (``importlib.import_module("keras.src.optimizers")`` inside a ``try``). Nothing of ours uses Keras,
+# and that import is about 2 s of every process start, so it is made to fail fast; ``tf.keras``
+# still loads Keras on first use.
+_KERAS_EAGER_IMPORT = "keras.src.optimizers"
+
+
+def _import_tensorflow_without_keras():
+  if "keras" in sys.modules:  # already paid for by whoever imported it
+    import tensorflow  # pylint: disable=g-import-not-at-top
+
+    return tensorflow
+  sys.modules[_KERAS_EAGER_IMPORT] = None  # an import of this name now raises ImportError
+  try:
+    import tensorflow  # pylint: disable=g-import-not-at-top
+  finally:
+    if sys.modules.get(_KERAS_EAGER_IMPORT, 0) is None:
+      del sys.modules[_KERAS_EAGER_IMPORT]
+  return tensorflow
+
+
 def _import_tensorflow():
   """``import tensorflow``, honouring TF_CPP_MIN_LOG_LEVEL for what TF prints while it loads.
 
@@ -32,15 +53,13 @@ def _import_tensorflow():
   warnings, errors and anything else written meanwhile are passed on unchanged.
   """
   if "tensorflow" in sys.modules or os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0") in ("", "0"):
-    import tensorflow  # pylint: disable=g-import-not-at-top
-
-    return tensorflow
+    return _import_tensorflow_without_keras()
   sys.stderr.flush()
   saved_stderr = os.dup(2)
   with tempfile.TemporaryFile() as captured:
     os.dup2(captured.fileno(), 2)
     try:
-      import tensorflow  # pylint: disable=g-import-not-at-top
+      tensorflow = _import_tensorflow_without_keras()
     finally:
       sys.stderr.flush()
       os.dup2(saved_stderr, 2)

@@ -36,7 +36,6 @@ from typing import Any
 
 import jax
 import numpy as np
-from flax import jax_utils
 from jax import lax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -141,7 +140,16 @@ class Pmap(DataParallel):
     return jax.tree_util.tree_map(lambda x: jax.device_put(x, self._local_sharded), batch)
 
   def replicate(self, tree):
-    return jax_utils.replicate(tree, devices=self.devices)
+    # The same sharding as the step's outputs (mesh axis ``steps.AXIS``). flax's
+    # ``jax_utils.replicate`` names its mesh axis differently, and that alone made pmap compile the
+    # train step a second time at step 2.
+    copies = len(self.devices)
+
+    def put(x):
+      host = np.asarray(jax.device_get(x))
+      return jax.device_put(np.broadcast_to(host, (copies, *host.shape)), self._local_sharded)
+
+    return jax.tree_util.tree_map(put, tree)
 
   def fetch(self, tree):
     def first(x):
