@@ -21,9 +21,9 @@ timed steps and windows interleaved so the machine's drift hits both alike):
 * peak device memory of the train step from XLA's memory analysis (arguments + outputs - donated
   aliases + temporaries);
 * ``compare='torch'``: the same architecture written in PyTorch (eager, channels_last, same batch,
-  SGD momentum 0.9 + weight decay 1e-4 like ``optim.create_optimizer``), timed the same way in a
-  fresh Python process of its own; ``torch_ratio`` = JAX images/s / PyTorch images/s (> 1: JAX is
-  faster).
+  SGD momentum 0.9 + weight decay 1e-4 like ``optim.create_optimizer``) in a Python process of its
+  own (:class:`TorchApart`), its ``steps`` timed steps alternating with ours one for one;
+  ``torch_ratio`` = JAX images/s / PyTorch images/s (> 1: JAX is faster).
 
 Results come back as a dict, print with :func:`format_report` and append as one JSON line to
 ``jsonl``.  PyTorch is optional (``pip install resnet-jax[bench]``) and imported only for
@@ -44,6 +44,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -317,9 +318,26 @@ def run_benchmark(
 
   for path in paths.values():
     one_step(path)  # first execution (allocations, thread pools) is not timed
-  for _ in range(steps):  # interleaved: the machine's drift hits every path alike
-    for path in paths.values():
-      path["times"] += _time_steps(lambda path=path: one_step(path), 1)
+  torch_apart = None
+  if compare == "torch":
+    torch_apart = TorchApart(
+      model,
+      batch,
+      image_size,
+      precision=precision,
+      num_classes=num_classes,
+      overrides=overrides,
+    )
+  torch_times = []
+  try:
+    for _ in range(steps):  # interleaved: the machine's drift hits every path (PyTorch's) alike
+      for path in paths.values():
+        path["times"] += _time_steps(lambda path=path: one_step(path), 1)
+      if torch_apart:
+        torch_times += torch_apart.time_steps(1)
+  finally:
+    if torch_apart:
+      torch_apart.close()
 
   if loop:
     for path in paths.values():
@@ -404,21 +422,12 @@ def run_benchmark(
   if loop:
     result["loop_steps"], result["loop_rounds"] = n_loop, loop_rounds
 
-  if compare == "torch":
-    t = torch_benchmark_apart(
-      model,
-      batch,
-      image_size,
-      precision=precision,
-      steps=steps,
-      num_classes=num_classes,
-      overrides=overrides,
-    )
-    result["torch_version"] = t["torch_version"]
-    result["torch_threads"] = t["threads"]
-    result["torch_images_per_sec"] = t["images_per_sec"]
-    result["torch_images_per_sec_median"] = t["images_per_sec_median"]
-    result["torch_ratio"] = result["images_per_sec"] / t["images_per_sec"]
+  if torch_apart:
+    result["torch_version"] = torch_apart.info["torch_version"]
+    result["torch_threads"] = torch_apart.info["threads"]
+    result["torch_images_per_sec"] = batch / min(torch_times)
+    result["torch_images_per_sec_median"] = batch / statistics.median(torch_times)
+    result["torch_ratio"] = result["images_per_sec"] / result["torch_images_per_sec"]
 
   if jsonl:
     _append_result(jsonl, result)
@@ -610,16 +619,16 @@ def torch_resnet(model: str, num_classes: int | None = None, overrides: dict | N
   return nn.Sequential(*layers)
 
 
-def torch_benchmark(
+def torch_train_step(
   model: str,
   batch: int,
   image_size: int,
   precision: str = "fp32",
-  steps: int = 5,
   num_classes: int | None = None,
   overrides: dict | None = None,
-) -> dict[str, Any]:
-  """PyTorch eager, channels_last, SGD(momentum 0.9, weight decay 1e-4): best-of-``steps``."""
+) -> Callable[[], None]:
+  """One PyTorch eager training step of ``model`` (channels_last, SGD with momentum 0.9 and weight
+  decay 1e-4, random batch), run once already so that later calls are steady-state."""
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError as e:
@@ -644,38 +653,69 @@ def torch_benchmark(
     loss.item()
 
   one_step()
-  times = _time_steps(one_step, steps)
-  return {
-    "torch_version": torch.__version__,
-    "threads": torch.get_num_threads(),
-    "images_per_sec": batch / min(times),
-    "images_per_sec_median": batch / statistics.median(times),
-  }
+  return one_step
 
 
-def torch_benchmark_apart(model: str, batch: int, image_size: int, **kwargs) -> dict[str, Any]:
-  """:func:`torch_benchmark` in a fresh Python process.
+def _torch_worker(args_json: str) -> None:
+  """The PyTorch side of :class:`TorchApart`: one line in (a step count), one line out (times)."""
+  one_step = torch_train_step(**json.loads(args_json))  # its ImportError names the extra
+  import torch  # pylint: disable=g-import-not-at-top
 
-  Run in this process, after the JAX steps, PyTorch took up to 25 % longer a step (ResNet-56 b128:
+  print(json.dumps({"torch_version": torch.__version__, "threads": torch.get_num_threads()}))
+  sys.stdout.flush()
+  for line in sys.stdin:
+    print(json.dumps(_time_steps(one_step, int(line))))
+    sys.stdout.flush()
+
+
+class TorchApart:
+  """PyTorch's training step in a Python process of its own, timed when asked.
+
+  In our process, after the JAX steps, PyTorch took up to 25 % longer a step (ResNet-56 b128:
   155-161 against 203-212 images/s in its own process): it shares the process with XLA's thread
   pools, a second OpenMP runtime (the oneDNN kernel's) and the allocator settings of
-  :func:`distributed.reuse_freed_host_memory`.  Its own process is how PyTorch users run it.
+  :func:`distributed.reuse_freed_host_memory`. Its own process is how PyTorch users run it. It
+  stays alive so that its steps can alternate with ours: this machine's speed drifts by up to 30 %
+  within minutes, and a ratio of two windows taken minutes apart carries that drift.
   """
-  code = (
-    "import json, sys\n"
-    "from resnet_jax import bench\n"
-    "print(json.dumps(bench.torch_benchmark(**json.loads(sys.argv[1]))))"
-  )
-  args = {"model": model, "batch": batch, "image_size": image_size, **kwargs}
-  proc = subprocess.run(
-    [sys.executable, "-c", code, json.dumps(args)], capture_output=True, text=True, check=False
-  )
-  if proc.returncode != 0:
-    last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+
+  def __init__(self, model: str, batch: int, image_size: int, **kwargs):
+    args = {"model": model, "batch": batch, "image_size": image_size, **kwargs}
+    code = "import sys\nfrom resnet_jax import bench\nbench._torch_worker(sys.argv[1])"
+    self._proc = subprocess.Popen(
+      [sys.executable, "-c", code, json.dumps(args)],
+      stdin=subprocess.PIPE,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    self.info = self._read()
+
+  def _read(self):
+    line = self._proc.stdout.readline()
+    if line:
+      return json.loads(line)
+    self._proc.wait()
+    last = (self._proc.stderr.read().strip().splitlines() or ["(no output)"])[-1]
     if "ImportError" in last or "ModuleNotFoundError" in last:
       raise ImportError(last.split(": ", 1)[-1])
     raise RuntimeError(f"the PyTorch comparison failed: {last}")
-  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+  def time_steps(self, n: int) -> list[float]:
+    self._proc.stdin.write(f"{n}\n")
+    self._proc.stdin.flush()
+    return self._read()
+
+  def close(self):
+    if self._proc.poll() is None:
+      self._proc.stdin.close()
+      try:
+        self._proc.wait(timeout=60)
+      except subprocess.TimeoutExpired:
+        self._proc.kill()
+        self._proc.wait()
+    self._proc.stdout.close()
+    self._proc.stderr.close()
 
 
 # --- inference: jit eval step vs exported SavedModel in TensorFlow vs PyTorch eager ---------------
