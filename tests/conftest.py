@@ -39,6 +39,18 @@ def command_env(devices: int = 1, **extra) -> dict:
   return env
 
 
+def run_python(code: str, devices: int = 1, timeout: float = 120) -> subprocess.CompletedProcess:
+  """``python -c CODE`` from the repository with the tests' environment, bounded in time."""
+  return subprocess.run(
+    [sys.executable, "-c", code],
+    env=command_env(devices),
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+    cwd=REPO,
+  )
+
+
 def train_command(workdir, *overrides, config=TINY_CONFIG):
   return [
     sys.executable,

@@ -440,10 +440,7 @@ def test_only_one_run_at_a_time_prepares_a_local_dataset(tmp_path):
 def test_tensorflow_loads_without_keras_and_tf_keras_still_works():
   """TensorFlow's load-time Keras import (~2 s of every process start) is skipped; ``tf.keras``
   still loads Keras when something asks for it."""
-  import subprocess
-  import sys
-
-  from conftest import REPO, command_env
+  from conftest import run_python
 
   probe = (
     "import sys\n"
@@ -451,13 +448,6 @@ def test_tensorflow_loads_without_keras_and_tf_keras_still_works():
     "print('keras' in sys.modules)\n"
     "print(tf_device.tf.keras.layers.Dense(3).units, 'keras' in sys.modules)\n"
   )
-  proc = subprocess.run(
-    [sys.executable, "-c", probe],
-    env=command_env(),
-    capture_output=True,
-    text=True,
-    timeout=120,
-    cwd=REPO,
-  )
+  proc = run_python(probe)
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert proc.stdout.split() == ["False", "3", "True"]

@@ -3,7 +3,7 @@
 import subprocess
 import sys
 
-from conftest import REPO, command_env
+from conftest import REPO, command_env, run_python
 
 from resnet_jax import main
 
@@ -72,14 +72,7 @@ def _modules_after(*args):
     "from resnet_jax import main\n"
     "main.run()\n"
   )
-  proc = subprocess.run(
-    [sys.executable, "-c", probe],
-    env=command_env(),
-    capture_output=True,
-    text=True,
-    timeout=120,
-    cwd=REPO,
-  )
+  proc = run_python(probe)
   assert proc.returncode == 0, proc.stderr
   return proc.stdout, proc.stderr.strip().splitlines()[-1]
 

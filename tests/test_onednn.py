@@ -6,8 +6,6 @@ compiler is missing; the fallback tests run everywhere.
 
 import functools
 import logging
-import subprocess
-import sys
 import textwrap
 
 import jax
@@ -16,7 +14,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from conftest import command_env
+from conftest import run_python
 from resnet_jax.models import blocks, get_model, onednn
 from resnet_jax.models.onednn import convolution as conv_lib
 from resnet_jax.models.onednn import kernel
@@ -160,13 +158,7 @@ def test_under_pmap_on_two_devices():
     print("OK")
     """
   )
-  proc = subprocess.run(
-    [sys.executable, "-c", script],
-    env=command_env(devices=2),
-    capture_output=True,
-    text=True,
-    timeout=300,
-  )
+  proc = run_python(script, devices=2, timeout=300)
   assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-3000:]
 
 
