@@ -70,6 +70,8 @@ from collections.abc import Callable, Sequence
 
 import jax
 
+from resnet_jax import runtime
+
 ENV_COORDINATOR = "RESNET_JAX_COORDINATOR"
 ENV_NUM_PROCESSES = "RESNET_JAX_NUM_PROCESSES"
 ENV_PROCESS_ID = "RESNET_JAX_PROCESS_ID"
@@ -298,7 +300,7 @@ def initialize(
     kwargs["initialization_timeout"] = int(remaining) + _JOIN_GRACE_S
   watchdog = threading.Timer(
     remaining,
-    exit_with_one_line,
+    runtime.exit_with_error,
     [
       f"not every process joined {where} within {timeout_s}s: start all processes with the "
       f"same coordinator and process count, or raise {ENV_INIT_TIMEOUT}"
@@ -369,20 +371,6 @@ def peer_lost_error(error: BaseException) -> PeerLostError | None:
   # With two processes the lost one is the other; with more, the collective cannot tell which.
   who = f"lost process {1 - me} of 2" if count == 2 else f"lost a peer of process {me}/{count}"
   return PeerLostError(lost_peer_message(f"{who}: a collective failed ({_short(str(error))})"))
-
-
-def exit_with_one_line(message: str, status: int = 2):
-  """Writes ``error: message`` as the process's last stderr line and exits at once.
-
-  Whatever other threads print afterwards (Orbax, TensorStore, the runtime's own logs while it
-  fails) would bury the line, so stderr is pointed at /dev/null first; whichever thread gets here
-  first is the one line.
-  """
-  real_stderr = os.dup(2)
-  devnull = os.open(os.devnull, os.O_WRONLY)
-  os.dup2(devnull, 2)
-  os.write(real_stderr, f"error: {message}\n".encode())
-  os._exit(status)  # pylint: disable=protected-access
 
 
 def _backend_started() -> bool:
