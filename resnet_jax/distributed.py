@@ -70,7 +70,7 @@ from collections.abc import Callable, Sequence
 
 import jax
 
-from resnet_jax import runtime
+from resnet_jax import runtime as process_setup
 
 ENV_COORDINATOR = "RESNET_JAX_COORDINATOR"
 ENV_NUM_PROCESSES = "RESNET_JAX_NUM_PROCESSES"
@@ -300,7 +300,7 @@ def initialize(
     kwargs["initialization_timeout"] = int(remaining) + _JOIN_GRACE_S
   watchdog = threading.Timer(
     remaining,
-    runtime.exit_with_error,
+    process_setup.exit_with_error,
     [
       f"not every process joined {where} within {timeout_s}s: start all processes with the "
       f"same coordinator and process count, or raise {ENV_INIT_TIMEOUT}"
