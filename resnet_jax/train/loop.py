@@ -8,12 +8,14 @@ restored from step k continues exactly as if it had never stopped.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import json
 import math
 import signal
 import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -27,15 +29,14 @@ from resnet_jax import distributed
 from resnet_jax import metrics as metrics_lib
 from resnet_jax import models
 from resnet_jax import storage
+from resnet_jax.runs import CHECKPOINT_DIR, CONFIG_FILE, DONE_FILE, model_kwargs
+from resnet_jax.runs import checkpoint_meta as _checkpoint_meta
+from resnet_jax.runs import expect_meta as _expect_meta
 from resnet_jax.train import config as config_lib
 from resnet_jax.train import optim
 from resnet_jax.train import parallel
 from resnet_jax.train import state as state_lib
 from resnet_jax.train import steps
-
-CHECKPOINT_DIR = "checkpoints"
-DONE_FILE = "DONE"
-CONFIG_FILE = "config.json"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -96,15 +97,6 @@ class _Preemption:
     return self.requested
 
 
-def model_kwargs(config) -> dict[str, Any]:
-  kwargs = {k: v for k, v in config.model_overrides.items() if v not in ("", ())}
-  if config.precision in ("bf16", "fp16"):
-    kwargs["dtype"] = jnp.bfloat16 if config.precision == "bf16" else jnp.float16
-  if config.cross_replica_bn:
-    kwargs["bn_axis_name"] = steps.AXIS
-  return kwargs
-
-
 def build_model(config, num_classes: int):
   return models.get_model(config.model, num_classes=num_classes, **model_kwargs(config))
 
@@ -120,35 +112,6 @@ def check_config(config):
       f"config.global_batch_size={config.global_batch_size} is not divisible by the "
       f"{devices} devices; choose a multiple of {devices}"
     )
-
-
-# ResNet fields that change neither the function computed nor the parameters: a run may resume
-# with different values (e.g. switch on remat, or bf16 compute).
-_NOT_ARCHITECTURE = (
-  "dtype",
-  "param_dtype",
-  "bn_axis_name",
-  "bn_momentum",
-  "zero_init_last_bn",
-  "remat",
-  "matmul_1x1",
-  "conv_impl",
-)
-
-
-def _architecture(config) -> dict[str, Any]:
-  """The resolved network (registry defaults + overrides), through JSON as stored."""
-  num_classes = data_lib.dataset_info(config.dataset).num_classes
-  full = models.registry.model_config(config.model, num_classes=num_classes, **model_kwargs(config))
-  return json.loads(json.dumps({k: v for k, v in full.items() if k not in _NOT_ARCHITECTURE}))
-
-
-def _checkpoint_meta(config, controller: optim.LearningRateController) -> dict[str, Any]:
-  return {**_expect_meta(config), "dataset": config.dataset, "lr_controller": controller.to_json()}
-
-
-def _expect_meta(config) -> dict[str, Any]:
-  return {"model": config.model, "architecture": _architecture(config)}
 
 
 def _data_kwargs(config) -> dict[str, Any]:
@@ -267,9 +230,66 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       ckpt.close()
 
 
-def _train(config, workdir, ckpt, info, model, primary) -> dict[str, Any]:
-  schedule = optim.create_schedule(config)
+@dataclasses.dataclass
+class _Run:
+  """What the pieces of the loop share, in one place: the state they read and change.
 
+  ``state`` is the train state replicated over the devices; ``step`` the number of steps it has
+  taken. ``pending`` holds the metrics of steps not yet logged, still on the devices: fetching
+  them waits for those steps, so it happens only at a log step or a save.
+  """
+
+  config: Any
+  workdir: Any
+  primary: bool
+  par: parallel.DataParallel
+  ckpt: checkpoint_lib.Checkpointer
+  controller: optim.LearningRateController
+  state: Any
+  step: int
+  final_step: int  # num_train_steps, or stop_after_steps if that comes first
+  p_train_step: Callable
+  p_sync: Callable
+  p_params_finite: Callable
+  evaluator: Evaluator
+  writer: metrics_lib.MetricWriter
+  progress: metrics_lib.Progress
+  throughput: metrics_lib.Throughput
+  pending: list[tuple[int, Any]] = dataclasses.field(default_factory=list)
+  last_good_checkpoint: int | None = None
+  last_eval: dict[str, float] = dataclasses.field(default_factory=dict)
+  preempted: bool = False
+
+
+def _train(config, workdir, ckpt, info, model, primary) -> dict[str, Any]:
+  """The loop: step, log, evaluate and save on schedule, stop at the end or for a signal."""
+  run, batches = _set_up(config, workdir, ckpt, info, model, primary)
+  with _Preemption(ckpt) as preemption:
+    try:
+      while run.step < run.final_step:
+        _step(run, batches)
+        step = run.step
+        if step % config.log_every_steps == 0:
+          _log_train_metrics(run)
+        is_eval = step % config.eval_every_steps == 0 and step < run.final_step
+        with run.throughput.paused():  # evaluation and checkpoints are not training time
+          if is_eval:
+            _evaluate(run)
+          if is_eval or (step % config.checkpoint_every_steps == 0 and step < run.final_step):
+            _save(run, run.last_eval if is_eval else None)
+        if preemption.reached(step) and step < run.final_step:
+          _stop_for_preemption(run)
+          break
+      if not run.preempted:
+        _finish_training(run)
+      ckpt.wait()
+    finally:
+      run.progress.close()
+  return _close(run)
+
+
+def _set_up(config, workdir, ckpt, info, model, primary) -> tuple[_Run, Iterator]:
+  """Restores (or creates) the state and compiles the steps; returns the run and its batches."""
   # Shapes come from the data itself: the first batch of the step we start from.
   start_step = ckpt.latest_step() or 0
   # Tell the preemption protocol where we are early: a SIGTERM during start-up stops every
@@ -286,41 +306,13 @@ def _train(config, workdir, ckpt, info, model, primary) -> dict[str, Any]:
   )
   first = next(train_iter)
   image_shape = first["image"].shape[2:]
-
-  init_rng = jax.random.key(config.seed)
   # One trace of model.init serves the optimizer's mask and the checkpoint template.
   abstract_variables = state_lib.abstract_variables(model, image_shape)
   tx = optim.create_optimizer(config, abstract_variables["params"])
-  controller = optim.LearningRateController.from_config(config)
-  template = state_lib.abstract_train_state(
-    model,
-    tx,
-    image_shape,
-    controller.lr_scale,
-    config.precision == "fp16",
-    variables=abstract_variables,
-  )
   par = parallel.create(config.parallelism)
-  if start_step:
-    # Either path restores the other's checkpoint: both write the same single-copy state.
-    state, meta = ckpt.restore(
-      template, expect_meta=_expect_meta(config), sharding=par.restore_sharding
-    )
-    controller = optim.LearningRateController.from_json(meta["lr_controller"])
-    logging.info("resumed from %s at step %d", ckpt.directory, start_step)
-  else:
-    state = jax.jit(
-      functools.partial(
-        state_lib.create_train_state,
-        model,
-        tx,
-        image_shape=image_shape,
-        lr_scale=controller.lr_scale,
-        use_loss_scale=config.precision == "fp16",
-      )
-    )(init_rng)
-    if config.init_from:
-      state = _initialise_from(state, config.init_from)
+  state, controller = _initial_state(
+    config, ckpt, par, model, tx, image_shape, abstract_variables, start_step
+  )
   if primary:
     _write_json(workdir / CONFIG_FILE, config.to_dict())
     logging.info(
@@ -333,153 +325,211 @@ def _train(config, workdir, ckpt, info, model, primary) -> dict[str, Any]:
       config.global_batch_size,
       workdir,
     )
-
-  p_train_step = par.train_step(
-    steps.train_step,
-    seed=config.seed + 1,
-    model=model,
-    tx=tx,
-    schedule=schedule,
-    num_classes=info.num_classes,
-    label_smoothing=config.label_smoothing,
-  )
-  replicated = parallel.REPLICATED
-  p_sync = par.compile(steps.sync_batch_stats, (replicated,), replicated)
-  p_params_finite = par.compile(
-    lambda tree: jnp.all(
-      jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)])
-    ),
-    (replicated,),
-    replicated,
-  )
+  compiled = _compile_steps(config, par, model, tx, info.num_classes)
   evaluator = Evaluator(config, model, par)
   writer = metrics_lib.MetricWriter(workdir, enabled=primary, resume_step=start_step)
   progress = metrics_lib.Progress(config.num_train_steps, start_step, enabled=primary)
-
   state = par.replicate(state)
   batches = par.prefetch(itertools.chain([first], train_iter), 2)
+  run = _Run(
+    config=config,
+    workdir=workdir,
+    primary=primary,
+    par=par,
+    ckpt=ckpt,
+    controller=controller,
+    state=state,
+    step=start_step,
+    final_step=min(config.num_train_steps, config.stop_after_steps or config.num_train_steps),
+    **compiled,
+    evaluator=evaluator,
+    writer=writer,
+    progress=progress,
+    throughput=metrics_lib.Throughput(config.global_batch_size),
+    last_good_checkpoint=start_step or None,
+  )
+  return run, batches
 
-  pending: list[tuple[int, dict]] = []  # step metrics not yet checked/logged
-  last_good_checkpoint = start_step if start_step else None
-  last_eval: dict[str, float] = {}
-  throughput = metrics_lib.Throughput(config.global_batch_size)
-  final_step = config.num_train_steps
-  if config.stop_after_steps:
-    final_step = min(final_step, config.stop_after_steps)
 
-  def check_finite():
-    """Stops the run at the first pending step whose loss is not finite (nothing is saved)."""
-    for s, m in pending:
-      loss = float(par.fetch(m["train_loss"]))
-      if not math.isfinite(loss):
-        raise NonFiniteLossError(
-          f"loss became {loss} at step {s}; stopped without saving. Last good checkpoint: "
-          f"{'step ' + str(last_good_checkpoint) if last_good_checkpoint else 'none'}. "
-          f"Lower config.learning_rate or use config.precision='fp32'"
-        )
-
-  def log_train_metrics(step: int):
-    nonlocal pending
-    if not pending:
-      return
-    check_finite()
-    fetched = [par.fetch(m) for _, m in pending]
-    pending = []
-    means = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
-    means.update(throughput.window())
-    # The warm-up decision reads only this step's error, so it does not depend on where the log
-    # window started (a resumed run decides exactly as an uninterrupted one).
-    if controller.after_train_metrics(config, step, float(fetched[-1]["train_top1_error"])):
-      state_set_lr_scale(controller.lr_scale)
-      logging.info("warm-up over at step %d: learning rate scale now %g", step, controller.lr_scale)
-    writer.write(step, means)
-    shown = ("train_loss", "train_top1_error", "learning_rate", *metrics_lib.THROUGHPUT_KEYS)
-    progress.update(step, {k: means[k] for k in shown if k in means})
-
-  def save(step: int, eval_metrics: dict[str, float] | None = None):
-    nonlocal state, last_good_checkpoint
-    check_finite()
-    # The losses seen so far were computed before the last update: check what would be saved too.
-    if not bool(par.fetch(p_params_finite(state.params))):
-      raise NonFiniteLossError(
-        f"parameters became non-finite by step {step}; stopped without saving. Last good "
-        f"checkpoint: {'step ' + str(last_good_checkpoint) if last_good_checkpoint else 'none'}."
-        f" Lower config.learning_rate or use config.precision='fp32'"
-      )
-    state = p_sync(state)
-    writer.flush()  # every record up to this step is durable before the checkpoint that covers it
-    ckpt.save(
-      step,
-      par.checkpoint_state(state),
-      _checkpoint_meta(config, controller),
-      metrics=eval_metrics or None,
+def _initial_state(config, ckpt, par, model, tx, image_shape, abstract_variables, start_step):
+  """The state to start from and its learning-rate controller: restored from the checkpoint at
+  ``start_step``, or (at step 0) freshly initialised, from ``config.init_from`` if it is set."""
+  controller = optim.LearningRateController.from_config(config)
+  if start_step:
+    template = state_lib.abstract_train_state(
+      model,
+      tx,
+      image_shape,
+      controller.lr_scale,
+      config.precision == "fp16",
+      variables=abstract_variables,
     )
-    last_good_checkpoint = step
+    # Either parallelism restores the other's checkpoint: both write the same single-copy state.
+    state, meta = ckpt.restore(
+      template, expect_meta=_expect_meta(config), sharding=par.restore_sharding
+    )
+    logging.info("resumed from %s at step %d", ckpt.directory, start_step)
+    return state, optim.LearningRateController.from_json(meta["lr_controller"])
+  state = jax.jit(
+    functools.partial(
+      state_lib.create_train_state,
+      model,
+      tx,
+      image_shape=image_shape,
+      lr_scale=controller.lr_scale,
+      use_loss_scale=config.precision == "fp16",
+    )
+  )(jax.random.key(config.seed))
+  if config.init_from:
+    state = _initialise_from(state, config.init_from)
+  return state, controller
 
-  def state_set_lr_scale(value: float):
-    nonlocal state
-    state = state.replace(lr_scale=par.replicate(jnp.asarray(value, jnp.float32)))
 
-  def run_eval(step: int) -> dict[str, float]:
-    nonlocal state, last_eval
-    state = p_sync(state)
-    last_eval = evaluator(state, "center")
-    writer.write(step, last_eval)
-    if controller.after_eval(config, last_eval["eval_top1_error"]):
-      state_set_lr_scale(controller.lr_scale)
-      logging.info(
-        "validation plateau at step %d: learning rate scale now %g", step, controller.lr_scale
+def _compile_steps(config, par, model, tx, num_classes) -> dict[str, Callable]:
+  """The train step, the BN-statistics sync, and the check that parameters are finite."""
+  replicated = parallel.REPLICATED
+  finite = lambda tree: jnp.all(
+    jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)])
+  )
+  return {
+    "p_train_step": par.train_step(
+      steps.train_step,
+      seed=config.seed + 1,
+      model=model,
+      tx=tx,
+      schedule=optim.create_schedule(config),
+      num_classes=num_classes,
+      label_smoothing=config.label_smoothing,
+    ),
+    "p_sync": par.compile(steps.sync_batch_stats, (replicated,), replicated),
+    "p_params_finite": par.compile(finite, (replicated,), replicated),
+  }
+
+
+def _step(run: _Run, batches: Iterator):
+  """One train step; its metrics stay on the devices until the next log step."""
+  with run.throughput.waiting():
+    batch = next(batches)
+  run.state, step_metrics = run.p_train_step(run.state, batch)
+  run.step += 1
+  run.throughput.step()
+  run.pending.append((run.step, step_metrics))
+
+
+def _log_train_metrics(run: _Run):
+  """Writes the means of the pending steps' metrics and the window's throughput."""
+  if not run.pending:
+    return
+  _check_finite(run)
+  fetched = [run.par.fetch(m) for _, m in run.pending]
+  run.pending = []
+  means = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+  means.update(run.throughput.window())
+  # The warm-up decision reads only this step's error, so it does not depend on where the log
+  # window started (a resumed run decides exactly as an uninterrupted one).
+  error = float(fetched[-1]["train_top1_error"])
+  if run.controller.after_train_metrics(run.config, run.step, error):
+    _set_lr_scale(run)
+    logging.info(
+      "warm-up over at step %d: learning rate scale now %g", run.step, run.controller.lr_scale
+    )
+  run.writer.write(run.step, means)
+  shown = ("train_loss", "train_top1_error", "learning_rate", *metrics_lib.THROUGHPUT_KEYS)
+  run.progress.update(run.step, {k: means[k] for k in shown if k in means})
+
+
+def _set_lr_scale(run: _Run):
+  """Puts the controller's learning-rate scale into the replicated state."""
+  value = run.par.replicate(jnp.asarray(run.controller.lr_scale, jnp.float32))
+  run.state = run.state.replace(lr_scale=value)
+
+
+def _evaluate(run: _Run) -> dict[str, float]:
+  """Center-crop evaluation at this step; the plateau rule of the learning rate reads it."""
+  run.state = run.p_sync(run.state)
+  run.last_eval = run.evaluator(run.state, "center")
+  run.writer.write(run.step, run.last_eval)
+  if run.controller.after_eval(run.config, run.last_eval["eval_top1_error"]):
+    _set_lr_scale(run)
+    logging.info(
+      "validation plateau at step %d: learning rate scale now %g",
+      run.step,
+      run.controller.lr_scale,
+    )
+  logging.info("eval at step %d: %s", run.step, {k: round(v, 4) for k, v in run.last_eval.items()})
+  return run.last_eval
+
+
+def _last_good(run: _Run) -> str:
+  step = run.last_good_checkpoint
+  return f"Last good checkpoint: {'step ' + str(step) if step else 'none'}."
+
+
+def _check_finite(run: _Run):
+  """Stops the run at the first pending step whose loss is not finite (nothing is saved)."""
+  for s, m in run.pending:
+    loss = float(run.par.fetch(m["train_loss"]))
+    if not math.isfinite(loss):
+      raise NonFiniteLossError(
+        f"loss became {loss} at step {s}; stopped without saving. {_last_good(run)} "
+        f"Lower config.learning_rate or use config.precision='fp32'"
       )
-    logging.info("eval at step %d: %s", step, {k: round(v, 4) for k, v in last_eval.items()})
-    return last_eval
 
-  preempted = False
-  with _Preemption(ckpt) as preemption:
-    step = start_step
-    try:
-      while step < final_step:
-        with throughput.waiting():
-          batch = next(batches)
-        state, step_metrics = p_train_step(state, batch)
-        step += 1
-        throughput.step()
-        pending.append((step, step_metrics))
-        if step % config.log_every_steps == 0:
-          log_train_metrics(step)
-        is_eval = step % config.eval_every_steps == 0 and step < final_step
-        with throughput.paused():  # evaluation and checkpoints are not training time
-          if is_eval:
-            run_eval(step)
-          if is_eval or (step % config.checkpoint_every_steps == 0 and step < final_step):
-            save(step, last_eval if is_eval else None)
-        if preemption.reached(step):
-          if step < final_step:
-            if last_good_checkpoint != step:
-              save(step)
-            preempted = True
-            logging.warning("preempted: saved step %d; rerun the same command to resume", step)
-            break
-      if not preempted:
-        log_train_metrics(step)
-        final = run_eval(step)
-        if last_good_checkpoint != step:
-          save(step, final)
-      ckpt.wait()
-    finally:
-      progress.close()
 
-  result = {"step": step, "preempted": preempted, **last_eval}
-  if preempted or step < config.num_train_steps:
-    writer.close()
+def _save(run: _Run, eval_metrics: dict[str, float] | None = None):
+  """Checkpoints this step, after checking that what it would save is finite."""
+  _check_finite(run)
+  # The losses seen so far were computed before the last update: check what would be saved too.
+  if not bool(run.par.fetch(run.p_params_finite(run.state.params))):
+    raise NonFiniteLossError(
+      f"parameters became non-finite by step {run.step}; stopped without saving. "
+      f"{_last_good(run)} Lower config.learning_rate or use config.precision='fp32'"
+    )
+  run.state = run.p_sync(run.state)
+  run.writer.flush()  # every record up to this step is durable before the checkpoint that covers it
+  run.ckpt.save(
+    run.step,
+    run.par.checkpoint_state(run.state),
+    _checkpoint_meta(run.config, run.controller),
+    metrics=eval_metrics or None,
+  )
+  run.last_good_checkpoint = run.step
+
+
+def _stop_for_preemption(run: _Run):
+  """Saves the step at which every process stops for a signal (unless saved already)."""
+  if run.last_good_checkpoint != run.step:
+    _save(run)
+  run.preempted = True
+  logging.warning("preempted: saved step %d; rerun the same command to resume", run.step)
+
+
+def _finish_training(run: _Run):
+  """The last log window, the final evaluation, and its checkpoint."""
+  _log_train_metrics(run)
+  final = _evaluate(run)
+  if run.last_good_checkpoint != run.step:
+    _save(run, final)
+
+
+def _close(run: _Run) -> dict[str, Any]:
+  """The result; a run that reached num_train_steps also gets its test-time evaluation (if
+  config.eval_method is not 'center'), its curves and the DONE file."""
+  config, step = run.config, run.step
+  result = {"step": step, "preempted": run.preempted, **run.last_eval}
+  if run.preempted or step < config.num_train_steps:
+    run.writer.close()
     return result
   if config.eval_method != "center":
-    test_time = evaluator(state, config.eval_method)
-    writer.write(step, {f"{config.eval_method}_{k}": v for k, v in test_time.items()})
-    result.update({f"{config.eval_method}_{k}": v for k, v in test_time.items()})
-  writer.close()
-  if primary:
-    result["curves"] = metrics_lib.plot_curves(workdir, title=f"{config.model} on {config.dataset}")
-    _write_json(workdir / DONE_FILE, result)
+    test_time = run.evaluator(run.state, config.eval_method)
+    test_time = {f"{config.eval_method}_{k}": v for k, v in test_time.items()}
+    run.writer.write(step, test_time)
+    result.update(test_time)
+  run.writer.close()
+  if run.primary:
+    title = f"{config.model} on {config.dataset}"
+    result["curves"] = metrics_lib.plot_curves(run.workdir, title=title)
+    _write_json(run.workdir / DONE_FILE, result)
   return result
 
 
