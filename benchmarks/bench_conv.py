@@ -1,10 +1,11 @@
 """One convolution layer, forward and both gradients: oneDNN inside XLA vs ``lax.conv`` vs PyTorch.
 
-The measurement behind ``conv_impl="onednn"`` (issue 17; figures in docs/benchmarks.md)::
+The measurement behind ``conv_impl="onednn"`` (figures in docs/benchmarks.md), run from the
+checkout::
 
-    python -m resnet_jax.bench_conv                      # CPU split into one device per core
-    python -m resnet_jax.bench_conv --cpu_devices=1      # no split: one device on every core
-    python -m resnet_jax.bench_conv --model=resnet56 --batch_size=128 --image_size=32  # whole train steps
+    python benchmarks/bench_conv.py                      # CPU split into one device per core
+    python benchmarks/bench_conv.py --cpu_devices=1      # no split: one device on every core
+    python benchmarks/bench_conv.py --model=resnet56 --batch_size=128 --image_size=32  # train steps
 
 Defaults: 3x3, batch 128, 16x16x32 -> 32, stride 1, padding 1, fp32.  Rows (whichever apply):
 
@@ -33,7 +34,7 @@ import types
 import numpy as np
 from absl import app, flags
 
-from resnet_jax import distributed
+from resnet_jax import host, runtime
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -150,7 +151,9 @@ def _net_rows(args, n_dev: int) -> dict:
   import optax  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
 
-  from resnet_jax import bench, models  # pylint: disable=g-import-not-at-top
+  from torch_reference import torch_resnet  # pylint: disable=g-import-not-at-top  (this folder)
+
+  from resnet_jax import models  # pylint: disable=g-import-not-at-top
 
   n, size, classes = args.batch, args.size, 10
   rng = np.random.default_rng(0)
@@ -187,8 +190,8 @@ def _net_rows(args, n_dev: int) -> dict:
 
     rows[(f"{impl}/net", "step")] = call
   if not args.no_torch:
-    torch.set_num_threads(distributed.usable_cores())  # as many threads as XLA's devices use
-    tnet = bench.torch_resnet(args.model, classes).to(memory_format=torch.channels_last)
+    torch.set_num_threads(host.usable_cores())  # as many threads as XLA's devices use
+    tnet = torch_resnet(args.model, classes).to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(tnet.parameters(), lr=0.01, momentum=0.9)
     tx_ = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
     ty = torch.from_numpy(labels).long()
@@ -203,8 +206,8 @@ def _net_rows(args, n_dev: int) -> dict:
 
 
 def run(args) -> dict:
-  distributed.reuse_freed_host_memory()
-  n_dev = distributed.split_cpu_into_devices(args.cpu_devices, [args.batch])
+  runtime.reuse_freed_host_memory()
+  n_dev = runtime.split_cpu_into_devices(args.cpu_devices, [args.batch])
   import jax  # pylint: disable=g-import-not-at-top
 
   if args.model:

@@ -1,4 +1,4 @@
-"""Input-pipeline throughput on real JPEGs: `python -m resnet_jax.data.throughput`.
+"""Input-pipeline throughput on real JPEGs: `python benchmarks/throughput.py` (from the checkout).
 
 Writes a few hundred JPEG photographs (random crops/resizes of scikit-learn's china and
 flower sample photos, 300-500 px) into a temporary image folder, then times the
@@ -9,12 +9,16 @@ images/s per CPU core available to this process.
 
 from __future__ import annotations
 
-import argparse
 import os
 import tempfile
 import time
 
 import numpy as np
+from absl import app, flags
+
+_NUM_IMAGES = flags.DEFINE_integer("num_images", 300, "JPEG photographs written per split")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 32, "images per batch")
+_NUM_BATCHES = flags.DEFINE_integer("num_batches", 8, "timed batches per pipeline")
 
 
 def write_photo_folder(root: str, num_images: int = 300, seed: int = 0) -> str:
@@ -51,18 +55,13 @@ def _time(iterator, num_batches: int, batch_images: int) -> float:
   return num_batches * batch_images / (time.perf_counter() - start)
 
 
-def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--num_images", type=int, default=300)
-  parser.add_argument("--batch_size", type=int, default=32)
-  parser.add_argument("--num_batches", type=int, default=8)
-  args = parser.parse_args(argv)
-
+def measure(num_images: int, batch_size: int, num_batches: int) -> list[tuple[str, float]]:
+  """Times the pipelines, prints the table; returns (pipeline, images/s) rows."""
   from resnet_jax.data import pipeline
 
   cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
   common = dict(
-    global_batch_size=args.batch_size,
+    global_batch_size=batch_size,
     data_dir=None,
     process_index=0,
     process_count=1,
@@ -70,23 +69,21 @@ def main(argv=None):
   )
   rows = []
   with tempfile.TemporaryDirectory() as tmp:
-    root = write_photo_folder(tmp, args.num_images)
+    root = write_photo_folder(tmp, num_images)
     common["data_dir"] = root
     rate = _time(
       pipeline.train_batches("image_folder", seed=0, augment="paper", **common),
-      args.num_batches,
-      args.batch_size,
+      num_batches,
+      batch_size,
     )
     rows.append(("train paper 224 (256-480 resize, crop, flip, PCA)", rate))
     for method in ("center", "ten_crop"):
       # The eval split has num_images examples: keep to batches that exist.
-      n = min(args.num_batches, args.num_images // args.batch_size - 1)
-      rate = _time(
-        pipeline.eval_batches("image_folder", method=method, **common), n, args.batch_size
-      )
+      n = min(num_batches, num_images // batch_size - 1)
+      rate = _time(pipeline.eval_batches("image_folder", method=method, **common), n, batch_size)
       rows.append((f"eval {method} 256->224", rate))
   print(
-    f"{args.num_images} JPEGs (300-500 px shorter side), batch {args.batch_size}, "
+    f"{num_images} JPEGs (300-500 px shorter side), batch {batch_size}, "
     f"{cores} CPU core(s) available"
   )
   print(f"{'pipeline':<52}{'images/s':>10}{'per core':>10}")
@@ -95,5 +92,10 @@ def main(argv=None):
   return rows
 
 
+def main(argv) -> None:
+  del argv
+  measure(_NUM_IMAGES.value, _BATCH_SIZE.value, _NUM_BATCHES.value)
+
+
 if __name__ == "__main__":
-  main()
+  app.run(main)
