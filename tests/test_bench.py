@@ -147,7 +147,7 @@ def test_bench_tiny_report_has_every_field_with_sane_values(tmp_path):
 
 
 def test_bench_command_splits_the_cpu_and_counts_the_whole_batch(tmp_path):
-  """`python -m resnet_jax.bench` on 2 single-threaded CPU devices: the global batch is split, the
+  """`resnet-jax bench` on 2 single-threaded CPU devices: the global batch is split, the
   FLOPs and images/s are those of the whole batch, and the run says how it was split."""
   import subprocess
   import sys
@@ -192,6 +192,21 @@ def test_compare_without_pytorch_names_the_extra(tmp_path, monkeypatch):
   )
   with pytest.raises(ImportError, match=r"pip install 'resnet-jax\[bench\]'"):
     bench.TorchApart("resnet20", 8, 32)
+
+
+def test_compare_outside_the_checkout_says_it_needs_benchmarks(tmp_path, monkeypatch):
+  """An installed wheel has no benchmarks/ folder: --compare=torch says so before compiling."""
+  from resnet_jax.bench import reference
+
+  wheel = tmp_path / "site-packages" / "resnet_jax" / "bench"
+  wheel.mkdir(parents=True)
+  monkeypatch.setattr(reference, "__file__", str(wheel / "reference.py"))
+  monkeypatch.chdir(tmp_path)
+  with pytest.raises(FileNotFoundError, match="benchmarks/torch_reference.py.*checkout"):
+    bench.run_benchmark("resnet20", 8, 32, compare="torch", steps=1, loop=False)
+  (tmp_path / "benchmarks").mkdir()
+  (tmp_path / "benchmarks" / "torch_reference.py").write_text("")
+  assert reference.reference_path() == tmp_path / "benchmarks" / "torch_reference.py"
 
 
 @pytest.mark.skipif(not HAVE_TORCH, reason="PyTorch (the [bench] extra) is not installed")

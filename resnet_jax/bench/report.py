@@ -1,0 +1,127 @@
+"""The bench reports: the training table, the paths side by side, the inference table, and the
+results file (one JSON line a run)."""
+
+from __future__ import annotations
+
+import json
+
+
+def append_result(jsonl, result: dict):
+  from resnet_jax import storage  # pylint: disable=g-import-not-at-top
+
+  storage.append_text(jsonl, json.dumps(result, sort_keys=True) + "\n")
+
+
+def _fmt(v, unit="", digits=2):
+  if v is None:
+    return "-"
+  if isinstance(v, float):
+    return f"{v:.{digits}f}{unit}"
+  return f"{v}{unit}"
+
+
+def format_report(r: dict) -> str:
+  """The report as a two-column table."""
+  gib = lambda b: None if b is None else b / 2**30  # noqa: E731
+  over = r.get("overrides") or {}
+  rows = [
+    (
+      "model",
+      f"{r['model']}  batch {r['batch']}  {r['image_size']}²  {r['precision']}"
+      + (f"  {over}" if over else ""),
+    ),
+    ("parameters", f"{r['num_params']:,}"),
+    (
+      "device",
+      f"{r['backend']} ({r.get('num_devices', 1)} × {r['device']}, {r['cpu_count']} cpus)"
+      + (f"  XLA_FLAGS={r['xla_flags']}" if r.get("xla_flags") else ""),
+    ),
+    ("compile train step", _fmt(r["compile_train_s"], " s", 1)),
+    ("compile eval step", _fmt(r["compile_eval_s"], " s", 1)),
+    (
+      "train step (best / median)",
+      f"{_fmt(r['step_time_best_s'] * 1e3, ' ms', 1)} / "
+      f"{_fmt(r['step_time_median_s'] * 1e3, ' ms', 1)}",
+    ),
+    (f"bare images/s (best of {r['steps']})", _fmt(r["images_per_sec"])),
+    ("full-loop images/s", _fmt(r["loop_images_per_sec"])),
+    (
+      "loop overhead (interleaved)",
+      _fmt(r["loop_overhead_pct"], " %", 1)
+      + (f"  ({r['loop_rounds']} x {r['loop_steps']} steps each)" if r.get("loop_rounds") else ""),
+    ),
+    (
+      "FLOPs / step (XLA)",
+      _fmt(None if r["flops_per_step"] is None else r["flops_per_step"] / 1e9, " GFLOP", 1),
+    ),
+    (
+      "achieved",
+      _fmt(None if r["achieved_tflops"] is None else r["achieved_tflops"] * 1e3, " GFLOP/s", 1),
+    ),
+    (
+      "MFU",
+      _fmt(None if r["mfu"] is None else 100 * r["mfu"], " %", 1)
+      + (f" of {r['peak_tflops']} TFLOP/s" if r.get("peak_tflops") else ""),
+    ),
+    ("peak memory (XLA)", _fmt(gib(r["peak_memory_bytes"]), " GiB", 2)),
+  ]
+  if r.get("compare") == "torch":
+    rows += [
+      (f"PyTorch {r.get('torch_version', '')} eager images/s", _fmt(r["torch_images_per_sec"])),
+      ("JAX / PyTorch", _fmt(r["torch_ratio"], "×")),
+    ]
+  width = max(len(k) for k, _ in rows)
+  lines = [f"{'':-<{width}}-+-{'':-<40}"]
+  lines += [f"{k:<{width}} | {v}" for k, v in rows]
+  paths = r.get("paths") or {}
+  if len(paths) > 1:
+    lines += ["", format_paths(r)]
+  return "\n".join(lines)
+
+
+def format_paths(r: dict) -> str:
+  """The data-parallel paths side by side (their steps were timed interleaved)."""
+  paths = r["paths"]
+  gib = lambda b: None if b is None else b / 2**30  # noqa: E731
+  rows = [
+    ("parallelism", list(paths)),
+    ("compile train step", [_fmt(p["compile_train_s"], " s", 1) for p in paths.values()]),
+    ("compile eval step", [_fmt(p["compile_eval_s"], " s", 1) for p in paths.values()]),
+    (
+      f"bare images/s (best of {r['steps']})",
+      [_fmt(p["images_per_sec"]) for p in paths.values()],
+    ),
+    ("bare images/s (median)", [_fmt(p["images_per_sec_median"]) for p in paths.values()]),
+    ("full-loop images/s", [_fmt(p["loop_images_per_sec"]) for p in paths.values()]),
+    (
+      "checkpoint save: first / later",
+      [
+        f"{_fmt(p.get('checkpoint_first_s'), ' s', 2)} / {_fmt(p.get('checkpoint_s'), ' s', 2)}"
+        for p in paths.values()
+      ],
+    ),
+    ("peak memory (XLA)", [_fmt(gib(p["peak_memory_bytes"]), " GiB", 2) for p in paths.values()]),
+  ]
+  width = max(len(k) for k, _ in rows)
+  cols = [max(len(v[i]) for _, v in rows) for i in range(len(paths))]
+  lines = [f"{'':-<{width}}-+-" + "-+-".join("-" * c for c in cols)]
+  for k, values in rows:
+    lines.append(f"{k:<{width}} | " + " | ".join(f"{v:>{c}}" for v, c in zip(values, cols)))
+  return "\n".join(lines)
+
+
+def format_inference_report(r: dict) -> str:
+  """One row per batch size: images/s of each path and the ratios to the jit eval step."""
+  batches = sorted({int(k.split("_b")[1].split("_")[0]) for k in r if k.startswith("jax_jit_b")})
+  lines = [
+    f"{r['model']} inference, {r['image_size']}x{r['image_size']}, fp32, CPU "
+    f"(best of {r['steps']} calls x {r['rounds']} interleaved rounds)",
+    "batch | jax jit eval step | TF SavedModel (ratio) | PyTorch eager (ratio)   [images/s]",
+  ]
+  for b in batches:
+    lines.append(
+      f"{b:>5} | {r[f'jax_jit_b{b}_images_per_sec']:17.2f} | "
+      f"{r[f'tf_savedmodel_b{b}_images_per_sec']:8.2f} ({r[f'tf_savedmodel_b{b}_ratio']:.2f}x) | "
+      f"{r[f'torch_eager_b{b}_images_per_sec']:8.2f} ({r[f'torch_eager_b{b}_ratio']:.2f}x)"
+    )
+  return "\n".join(lines)
