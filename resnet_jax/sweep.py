@@ -5,7 +5,7 @@ A sweep file is Python, like a config::
     # launch/sweeps/degradation.py
     from resnet_jax.sweep import product, zipped
 
-    CONFIG = "configs/cifar10_resnet20.py"  # optional; default configs/digits.py
+    CONFIG = "configs/cifar10_resnet20.py"  # optional; default: the built-in digits recipe
     OVERRIDES = {"num_train_steps": 64000}  # optional; every member, not part of the names
 
     def get_sweep():
@@ -19,7 +19,9 @@ A sweep file is Python, like a config::
 (``product(config=["configs/cifar10_plain20.py", ...], seed=[0])``; names start ``config=STEM``).
 
 Each member runs ``python -m resnet_jax.main --config=CONFIG --workdir=ROOT/NAME --config.k=v ...``
-(argument lists, never a shell). NAME comes from the overrides in sorted key order, e.g.
+(argument lists, never a shell); with no CONFIG it leaves ``--config`` out, so the training program
+uses the package's default experiment (``resnet_jax.train.config.digits``), which an installed wheel
+has too. NAME comes from the overrides in sorted key order, e.g.
 ``model=resnet20,seed=0``: stable when the sweep file is reordered, so re-running a sweep finds its
 workdirs again. Members whose workdir holds ``DONE`` are skipped; the training program resumes the
 others from their checkpoints. ``ROOT/summary.csv`` and ``ROOT/summary.md`` hold one row per member.
@@ -57,9 +59,12 @@ DONE_FILE = "DONE"  # written by the training program after its last step
 METRICS_FILE = "metrics.jsonl"  # one JSON object per line, written by the training program
 LOG_FILE = "sweep.log"  # the member's stdout+stderr, appended on every run
 MEMBER_FILE = "sweep_member.json"  # config, overrides and command of the member
-DEFAULT_CONFIG = "configs/digits.py"
+# No config file: members train the default experiment the training program has built in.
+DEFAULT_CONFIG = None
 EMIT_KINDS = ("tpu", "slurm", "local")
-_REPO = Path(__file__).resolve().parents[1]
+# The checkout this package runs from, where a sweep's relative config paths are looked up last;
+# an installed wheel has none (its parent folder holds no configs/ nor launch/).
+_CHECKOUT = Path(__file__).resolve().parents[1]
 _MAX_NAME = 150
 
 
@@ -159,12 +164,13 @@ def member_name(overrides: Mapping[str, Any], config: str | None = None) -> str:
 @dataclasses.dataclass(frozen=True)
 class Member:
   name: str
-  config: str
+  config: str | None  # None: the training program's built-in default experiment
   overrides: dict
 
   def train_args(self, workdir: str) -> list[str]:
     """Arguments of ``python -m resnet_jax.main`` (and of the launch scripts)."""
-    return [f"--config={self.config}", f"--workdir={workdir}"] + [
+    config = [f"--config={self.config}"] if self.config is not None else []
+    return [*config, f"--workdir={workdir}"] + [
       f"--config.{k}={format_value(v)}" for k, v in self.overrides.items()
     ]
 
@@ -197,7 +203,8 @@ def load_sweep(sweep_file: str | os.PathLike) -> list[Member]:
     if name in seen:
       raise ValueError(f"{path}: members {seen[name]} and {i} share the workdir name {name!r}")
     seen[name] = i
-    members.append(Member(name, str(own_config or default_config), {**common, **overrides}))
+    config = own_config or default_config
+    members.append(Member(name, None if config is None else str(config), {**common, **overrides}))
   return members
 
 
@@ -319,22 +326,32 @@ def _row(member: Member, root, status: str, seconds: float | None) -> dict:
 # --- running ----------------------------------------------------------------------------------------
 
 
-def _resolve_config(config: str, sweep_file: Path) -> str:
+def _resolve_config(config: str | None, sweep_file: Path) -> str | None:
   """An existing config path for a local run: as given (from the cwd), else next to the sweep
-  file, else in the repository."""
+  file, else in the checkout the package runs from. None (the built-in default) stays None."""
+  if config is None:
+    return None
   path, sep, arg = config.partition(":")
-  for base in (Path.cwd(), sweep_file.parent, _REPO):
+  bases = [Path.cwd(), sweep_file.parent]
+  if (_CHECKOUT / "configs").is_dir():
+    bases.append(_CHECKOUT)
+  for base in bases:
     cand = base / path
     if cand.is_file():
       return (path if base == Path.cwd() else str(cand)) + sep + arg
   raise FileNotFoundError(
-    f"config file {path!r} not found (from {Path.cwd()}, {sweep_file.parent} or {_REPO})"
+    f"config file {path!r} not found (from {', '.join(str(b) for b in dict.fromkeys(bases))})"
   )
 
 
 def _launch_script(name: str) -> str:
+  """launch/NAME from the cwd, else from the checkout; as a relative path when neither has it (an
+  installed wheel: the command is run where the launch scripts are)."""
   rel = Path("launch") / name
-  return str(rel) if (Path.cwd() / rel).is_file() else str(_REPO / rel)
+  for base in (Path.cwd(), _CHECKOUT):
+    if (base / rel).is_file():
+      return str(rel) if base == Path.cwd() else str(base / rel)
+  return str(rel)
 
 
 def emit_commands(
@@ -406,40 +423,43 @@ def run_sweep(
   out = out or sys.stdout
   sweep_file = Path(sweep_file)
   members = load_sweep(sweep_file)
-  root = os.fspath(root)
   if emit:
     for cmd in emit_commands(
-      members, root, emit, extra_args=extra_args, launcher_args=launcher_args, python=python
+      members,
+      os.fspath(root),
+      emit,
+      extra_args=extra_args,
+      launcher_args=launcher_args,
+      python=python,
     ):
       print(shlex.join(cmd), file=out)
     return 0
   if parallel < 1:
     raise ValueError(f"parallel must be >= 1, got {parallel}")
-  root = storage.check_access(root, "--workdir", write=True)
-  logs = _MemberLogs(root)
+  root = storage.check_access(os.fspath(root), "--workdir", write=True)
   configs = {m.config: _resolve_config(m.config, sweep_file) for m in members}
-
-  status = {m.name: "pending" for m in members}
-  seconds: dict[str, float] = {}
-  todo = []
-  for m in members:
-    if (root / m.name / DONE_FILE).exists():
-      status[m.name] = "done"
-    else:
-      todo.append(m)
-  n = len(members)
-  say = lambda msg: print(f"sweep: {msg}", file=out, flush=True)
-  say(
-    f"{n} members, {n - len(todo)} already done, {len(todo)} to run, {parallel} at a time; "
-    f"root {root}"
+  commands = {
+    m.name: [
+      *_python_cmd(python),
+      "-m",
+      "resnet_jax.main",
+      *dataclasses.replace(m, config=configs[m.config]).train_args(os.fspath(root / m.name)),
+      *extra_args,
+    ]
+    for m in members
+  }
+  run = _LocalRun(members, root, commands, out)
+  run.say(
+    f"{len(members)} members, {len(members) - len(run.todo)} already done, {len(run.todo)} to run, "
+    f"{parallel} at a time; root {root}"
   )
+  _run_locally(run, parallel)
+  return run.finish()
 
-  def summary():
-    write_summary([_row(m, root, status[m.name], seconds.get(m.name)) for m in members], root)
 
-  env = dict(os.environ, PYTHONUNBUFFERED="1")
-  running: dict[subprocess.Popen, tuple[Member, float, Any]] = {}
-  queue = list(todo)
+def _run_locally(run: _LocalRun, parallel: int) -> None:
+  """Starts members until `parallel` run at once, reaps each as it ends; on SIGTERM or ^C stops
+  the running ones (their checkpoints resume them next time) and re-raises."""
   previous = None
   if threading.current_thread() is threading.main_thread():
 
@@ -447,70 +467,88 @@ def run_sweep(
       raise _Stop(f"signal {signum}")
 
     previous = signal.signal(signal.SIGTERM, on_term)
+  queue = list(run.todo)
   try:
-    summary()
-    while queue or running:
-      while queue and len(running) < parallel:
-        m = queue.pop(0)
-        workdir = root / m.name
-        cmd = [
-          *_python_cmd(python),
-          "-m",
-          "resnet_jax.main",
-          *Member(m.name, configs[m.config], m.overrides).train_args(os.fspath(workdir)),
-          *extra_args,
-        ]
-        storage.write_atomically(
-          workdir / MEMBER_FILE,
-          json.dumps(
-            {"name": m.name, "config": m.config, "overrides": m.overrides, "command": cmd},
-            indent=1,
-            default=str,
-          ),
-        )
-        log = logs.open(m.name)
-        log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(cmd)}\n")
-        log.flush()
-        running[
-          subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL
-          )
-        ] = (m, time.monotonic(), log)
-        status[m.name] = "running"
-        say(f"start {m.name}")
+    run.write_summary()
+    while queue or run.running:
+      while queue and len(run.running) < parallel:
+        run.start(queue.pop(0))
       time.sleep(0.05)
-      for proc in [p for p in running if p.poll() is not None]:
-        m, t0, log = running.pop(proc)
-        logs.close(m.name, log)
-        seconds[m.name] = time.monotonic() - t0
-        done = (root / m.name / DONE_FILE).exists()
-        if proc.returncode == 0:
-          status[m.name] = "ok" if done else "incomplete"
-        else:
-          status[m.name] = f"failed (exit {proc.returncode})"
-        msg = f"{status[m.name]}: {m.name} after {seconds[m.name]:.1f}s"
-        if status[m.name] != "ok":
-          msg += f"; log {root / m.name / LOG_FILE}:\n" + _tail(logs.local(m.name))
-        say(msg)
-        summary()
+      run.reap()
   except (KeyboardInterrupt, _Stop):
-    say("interrupted: stopping running members (re-run the same command to resume)")
-    _stop_all(running, logs)
-    summary()
+    run.say("interrupted: stopping running members (re-run the same command to resume)")
+    _stop_all(run.running, run.logs)
+    run.write_summary()
     raise
   finally:
     if previous is not None:
       signal.signal(signal.SIGTERM, previous)
-  summary()
-  counts: dict[str, int] = {}
-  for s in status.values():
-    counts[s.split(" ")[0]] = counts.get(s.split(" ")[0], 0) + 1
-  say(
-    "finished: "
-    + ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
-    + f"; summary in {root / 'summary.md'}"
-  )
-  return 0 if all(s in ("ok", "done") for s in status.values()) else 1
+
+
+class _LocalRun:
+  """One local run of a sweep: each member's status, time, process and log, and the summary."""
+
+  def __init__(self, members: Sequence[Member], root, commands: Mapping[str, list[str]], out):
+    self.members, self.root, self.commands, self._out = members, root, commands, out
+    self.logs = _MemberLogs(root)
+    self.status = {
+      m.name: "done" if (root / m.name / DONE_FILE).exists() else "pending" for m in members
+    }
+    self.todo = [m for m in members if self.status[m.name] == "pending"]
+    self.seconds: dict[str, float] = {}
+    self.running: dict[subprocess.Popen, tuple[Member, float, Any]] = {}
+    self._env = dict(os.environ, PYTHONUNBUFFERED="1")
+
+  def say(self, msg: str) -> None:
+    print(f"sweep: {msg}", file=self._out, flush=True)
+
+  def write_summary(self) -> None:
+    rows = [_row(m, self.root, self.status[m.name], self.seconds.get(m.name)) for m in self.members]
+    write_summary(rows, self.root)
+
+  def start(self, m: Member) -> None:
+    """Records the member's command in its workdir and starts it, output appended to its log."""
+    cmd = self.commands[m.name]
+    record = {"name": m.name, "config": m.config, "overrides": m.overrides, "command": cmd}
+    storage.write_atomically(
+      self.root / m.name / MEMBER_FILE, json.dumps(record, indent=1, default=str)
+    )
+    log = self.logs.open(m.name)
+    log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(cmd)}\n")
+    log.flush()
+    proc = subprocess.Popen(
+      cmd, stdout=log, stderr=subprocess.STDOUT, env=self._env, stdin=subprocess.DEVNULL
+    )
+    self.running[proc] = (m, time.monotonic(), log)
+    self.status[m.name] = "running"
+    self.say(f"start {m.name}")
+
+  def reap(self) -> None:
+    """Records every member that has ended: ok, incomplete (no DONE) or failed, with its log."""
+    for proc in [p for p in self.running if p.poll() is not None]:
+      m, t0, log = self.running.pop(proc)
+      self.logs.close(m.name, log)
+      self.seconds[m.name] = time.monotonic() - t0
+      done = (self.root / m.name / DONE_FILE).exists()
+      if proc.returncode == 0:
+        self.status[m.name] = "ok" if done else "incomplete"
+      else:
+        self.status[m.name] = f"failed (exit {proc.returncode})"
+      msg = f"{self.status[m.name]}: {m.name} after {self.seconds[m.name]:.1f}s"
+      if self.status[m.name] != "ok":
+        msg += f"; log {self.root / m.name / LOG_FILE}:\n" + _tail(self.logs.local(m.name))
+      self.say(msg)
+      self.write_summary()
+
+  def finish(self) -> int:
+    """Writes the summary and says how the members ended: 0 if every one is done, else 1."""
+    self.write_summary()
+    counts: dict[str, int] = {}
+    for s in self.status.values():
+      counts[s.split(" ")[0]] = counts.get(s.split(" ")[0], 0) + 1
+    tally = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
+    self.say(f"finished: {tally}; summary in {self.root / 'summary.md'}")
+    return 0 if all(s in ("ok", "done") for s in self.status.values()) else 1
 
 
 class _MemberLogs:
@@ -570,7 +608,7 @@ def _stop_all(running: dict, logs: _MemberLogs, grace_s: float = 30.0) -> None:
     logs.close(member.name, log)
 
 
-# --- command line: `resnet-jax sweep` (main defines these flags and calls `command`) ---------------
+# --- `resnet-jax sweep`: resnet_jax.main defines these flags and calls `command` ------------------
 
 
 def define_flags(flag_values: flags.FlagValues) -> None:
@@ -621,21 +659,3 @@ def command(flag_values: flags.FlagValues, args: Sequence[str]) -> int:
     python=flag_values["python"].value,
     launcher_args=flag_values["launcher_arg"].value,
   )
-
-
-def cli(argv: Sequence[str] | None = None) -> int:
-  """``python -m resnet_jax.sweep SWEEP.py --workdir=ROOT [--parallel=N] [--emit=tpu|slurm|local]
-  [--launcher_arg=X ...] [-- --config.key=value ...]``: what ``resnet-jax sweep`` runs."""
-  argv = list(sys.argv[1:] if argv is None else argv)
-  flag_values = flags.FlagValues()
-  define_flags(flag_values)
-  try:
-    args = flag_values(["resnet-jax sweep", *argv])[1:]
-    return command(flag_values, args)
-  except (flags.Error, ValueError, FileNotFoundError) as e:  # one line the user can act on
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-
-
-if __name__ == "__main__":
-  sys.exit(cli())

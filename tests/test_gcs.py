@@ -476,7 +476,7 @@ def test_sweep_rooted_on_a_bucket_writes_its_summary_there_and_skips_finished_me
     SWEEP.format(config=os.path.join(REPO, "tests", "configs", "tiny_digits.py"))
   )
   root = f"gs://{BUCKET}/sweep"
-  command = [sys.executable, "-m", "resnet_jax.sweep", str(sweep_file), f"--workdir={root}"]
+  command = [sys.executable, "-m", "resnet_jax.main", "sweep", str(sweep_file), f"--workdir={root}"]
   first = subprocess.run(
     [*command, "--parallel=2"], env=gcs.env(), capture_output=True, text=True, timeout=600, cwd=REPO
   )
@@ -514,7 +514,8 @@ def test_bad_bucket_inputs_are_one_line_and_create_nothing(gcs, tmp_path):
     [
       sys.executable,
       "-m",
-      "resnet_jax.sweep",
+      "resnet_jax.main",
+      "sweep",
       os.path.join(REPO, "launch", "sweeps", "digits_tiny.py"),
       f"--workdir=gs://{FORBIDDEN_BUCKET}/sweep",
     ],

@@ -62,6 +62,40 @@ def test_a_flag_of_another_command_is_one_line_and_exit_2():
   ]
 
 
+def test_a_wrong_analysis_name_is_named_as_such_in_one_line_and_exit_2(tmp_path):
+  names = "degradation, layer_responses, gradient_flow, shortcuts, test_time"
+  for args in (("nosuch", f"--out={tmp_path}"), ("nosuch", "--help"), ("nosuch",)):
+    proc = _run("analyze", *args)
+    assert proc.returncode == 2 and proc.stdout == "", (args, proc.stdout)
+    assert proc.stderr.strip().splitlines() == [
+      f"error: unknown analysis 'nosuch' (one of {names})"
+    ], args
+  proc = _run("analyze", f"--out={tmp_path}")  # flags but no name: the name is what is missing
+  assert proc.returncode == 2
+  assert (
+    proc.stderr.strip()
+    .splitlines()[-1]
+    .startswith("error: name an analysis first: resnet-jax analyze degradation|layer_responses|")
+  ), proc.stderr
+  assert not any(tmp_path.iterdir())
+
+
+def test_an_analysis_that_fails_ends_with_one_error_line_and_exit_2(tmp_path):
+  proc = _run("analyze", "layer_responses", f"--out={tmp_path}", f"--runs={tmp_path}", timeout=120)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: ") and str(tmp_path) in last, last
+
+
+def test_eval_needs_the_runs_config_where_train_has_a_default(tmp_path):
+  proc = _run("eval", f"--workdir={tmp_path}")
+  assert proc.returncode == 2
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last == "error: --config is required (the config the run was trained with)", last
+  assert "Default: the built-in digits experiment." in main.command_help("train", [])
+  assert main.DEFAULT_CONFIG_FILE.endswith("resnet_jax/train/config.py")
+
+
 def _modules_after(*args):
   """The heavy libraries a `resnet-jax ARGS` process had imported when it exited."""
   probe = (

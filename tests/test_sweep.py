@@ -351,28 +351,45 @@ def test_emit_prints_one_quoted_command_per_member(fake, emit, capsys, tmp_path,
   assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == files_before
 
 
-def test_cli(fake, capsys):
+def test_the_front_door_runs_a_sweep_and_a_default_member_names_no_config_file(fake, tmp_path):
+  # A sweep file without CONFIG trains the built-in default experiment: its members leave --config
+  # out, so they need no configs/ folder (an installed wheel has none).
   _, write_sweep, _ = fake
   path = write_sweep("def get_sweep():\n  return product(seed=[3])\n")
-  assert (
-    sweep.cli(
-      [
-        str(path),
-        "--workdir=gs://b/r",
-        "--emit=local",
-        "--python=py",
-        "--",
-        "--config.num_train_steps=5",
-      ]
-    )
-    == 0
-  )
-  assert shlex.split(capsys.readouterr().out) == [
+  argv = [str(path), "--workdir=gs://b/r", "--emit=local", "--python=py", "--"]
+  proc = _front_door("sweep", *argv, "--config.num_train_steps=5", cwd=tmp_path)
+  assert proc.returncode == 0, proc.stderr
+  assert shlex.split(proc.stdout) == [
     "py",
     "-m",
     "resnet_jax.main",
-    "--config=configs/digits.py",
     "--workdir=gs://b/r/seed=3",
     "--config.seed=3",
     "--config.num_train_steps=5",
   ]
+  proc = _front_door("sweep", *argv[:-1], "stray", cwd=tmp_path)
+  assert proc.returncode == 2 and proc.stdout == ""
+  assert proc.stderr.strip().splitlines()[-1] == (
+    "error: unexpected arguments ['stray']; member flags go after --, e.g. -- --config.x=1"
+  )
+
+
+def _front_door(*args, cwd):
+  env = dict(os.environ, PYTHONPATH=str(REPO))
+  return subprocess.run(
+    [sys.executable, "-m", "resnet_jax.main", *args],
+    capture_output=True,
+    text=True,
+    timeout=60,
+    cwd=cwd,
+    env=env,
+  )
+
+
+def test_a_local_member_without_a_config_file_trains_the_default_experiment(fake, tmp_path):
+  python, write_sweep, _ = fake
+  path = write_sweep("def get_sweep():\n  return product(seed=[0])\n")
+  assert sweep.run_sweep(path, tmp_path / "runs", python=python) == 0
+  member = json.loads((tmp_path / "runs" / "seed=0" / sweep.MEMBER_FILE).read_text())
+  assert member["config"] is None
+  assert not any(a.startswith("--config=") for a in member["command"]), member["command"]

@@ -3,7 +3,7 @@
 Plain nets get worse with depth (the degradation problem); residual nets get better. Each member
 uses the paper-recipe config of its model (configs/cifar10_<model>.py).
   resnet-jax sweep launch/sweeps/degradation.py --workdir=runs/degradation
-  python -m resnet_jax.sweep launch/sweeps/degradation.py --workdir=gs://BUCKET/degradation \
+  resnet-jax sweep launch/sweeps/degradation.py --workdir=gs://BUCKET/degradation \
       --emit=tpu --launcher_arg=--name=my-tpu --launcher_arg=--zone=us-central2-b
 """
 

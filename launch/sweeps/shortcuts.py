@@ -2,7 +2,7 @@
 
 Needs `--config.model_overrides.shortcut` to be accepted by the config (model_overrides is a
 ConfigDict of ResNet fields).
-  python -m resnet_jax.sweep launch/sweeps/shortcuts.py --workdir=gs://BUCKET/shortcuts --emit=tpu \
+  resnet-jax sweep launch/sweeps/shortcuts.py --workdir=gs://BUCKET/shortcuts --emit=tpu \
       --launcher_arg=--name=my-v4-32 --launcher_arg=--zone=us-central2-b
 """
 

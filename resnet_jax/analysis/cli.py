@@ -8,13 +8,13 @@
   resnet-jax analyze test_time       --out=DIR (--runs=DIR | --workdirs=W1) [--methods=...]
 
 absl flags, spelled like every other command's; ``resnet-jax analyze NAME --help`` lists NAME's.
-``main`` defines them with :func:`define_flags` and calls :func:`run_analysis`;
-:func:`analyze_command` parses an argument list itself (tests, ``python -m``).
+The front door (``resnet_jax.main``) is the only command line: it defines NAME's flags with
+:func:`define_flags` and calls :func:`run_analysis`. :func:`analyze_command` does both for a list of
+flag strings, for tests and notebooks; it raises, and never prints an error or exits.
 """
 
 from __future__ import annotations
 
-import sys
 from typing import Any, Sequence
 
 from absl import flags
@@ -25,10 +25,9 @@ USAGE = "analyses:\n" + __doc__.split("\n\n")[1]
 
 def check_name(name: str) -> str:
   """``name`` with dashes as underscores; ``ValueError`` naming the choices if it is not one."""
-  name = name.replace("-", "_")
-  if name not in NAMES:
-    raise ValueError(f"unknown analysis {name!r}; choose one of {', '.join(NAMES)}")
-  return name
+  if name.replace("-", "_") not in NAMES:
+    raise ValueError(f"unknown analysis {name!r} (one of {', '.join(NAMES)})")
+  return name.replace("-", "_")
 
 
 def define_flags(name: str, flag_values: flags.FlagValues) -> None:
@@ -189,27 +188,3 @@ def run_analysis(name: str, flag_values: flags.FlagValues) -> dict[str, Any]:
   print(f"{name}: figure {result['figure']}, table {result['table']}")
   return result
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-  """``python -m resnet_jax.analysis.cli NAME --out=DIR ...``"""
-  argv = list(sys.argv[1:] if argv is None else argv)
-  if not argv or argv[0] in ("-h", "--help"):
-    print(__doc__)
-    return 0 if argv else 2
-  if len(argv) > 1 and any(a in ("-h", "--help") for a in argv[1:]):
-    flag_values = flags.FlagValues()
-    define_flags(check_name(argv[0]), flag_values)
-    print(flag_values.get_help(include_special_flags=False))
-    return 0
-  from resnet_jax.checkpoint import CheckpointError  # pylint: disable=g-import-not-at-top
-
-  try:
-    analyze_command(argv[0], argv[1:])
-  except (ValueError, FileNotFoundError, CheckpointError) as e:  # one line the user can act on
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  return 0
-
-
-if __name__ == "__main__":
-  sys.exit(main())

@@ -164,6 +164,15 @@ def digits() -> ml_collections.ConfigDict:
   return c
 
 
+def get_config() -> ml_collections.ConfigDict:
+  """This module is also a config file: the default experiment, :func:`digits`.
+
+  ``resnet-jax train`` loads it when no ``--config`` is given, and so do the members of a sweep
+  whose file names no config: it is inside the package, so an installed wheel has it.
+  """
+  return digits()
+
+
 def cifar10_table6(model: str) -> ml_collections.ConfigDict:
   """The paper's CIFAR-10 recipe (§4.2, Table 6) for one of the 6n+2 nets or its plain twin.
 
