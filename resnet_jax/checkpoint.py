@@ -9,7 +9,10 @@ A checkpoint step holds two items:
   ``meta``   JSON: the model name, the config fingerprint and the host-side controller state needed to
              resume exactly (learning-rate events), plus anything the caller adds.
 
-Every process must call ``save``/``restore``/``wait`` (Orbax synchronises them). Nothing here deletes
+Every process must call ``save``/``restore``/``wait`` (Orbax synchronises them). What a failed read
+or write would print besides its one line (Orbax's logged tracebacks, TensorStore's late callbacks)
+is kept quiet by ``resnet_jax.runtime.setup``, not here: importing or using this module changes
+nothing of the process's. Nothing here deletes
 or rewrites an existing step except Orbax's own retention of old steps after a successful save.
 
 A save that cannot be written (full disk, read-only or unwritable workdir) -- also when it fails in
@@ -21,10 +24,8 @@ is untouched.
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import re
-import sys
 import threading
 from typing import Any
 
@@ -38,45 +39,6 @@ from resnet_jax import storage
 
 class CheckpointError(RuntimeError):
   """A checkpoint that cannot be used: corrupt, or written by a different model/architecture."""
-
-
-def _is_abandoned_read_callback(unraisable) -> bool:
-  """A TensorStore completion callback that found its asyncio event loop already closed."""
-  if not (
-    isinstance(unraisable.exc_value, RuntimeError)
-    and str(unraisable.exc_value) == "Event loop is closed"
-  ):
-    return False
-  tb, functions = unraisable.exc_traceback, set()
-  while tb is not None:
-    functions.add(tb.tb_frame.f_code.co_name)
-    tb = tb.tb_next
-  return "call_soon_threadsafe" in functions
-
-
-def _drop_abandoned_read_callbacks() -> None:
-  """Called before every read of a checkpoint (idempotent).
-
-  Orbax reads a checkpoint's arrays as one ``asyncio.gather`` of TensorStore operations on an event
-  loop of its own. When one fails (a corrupt file), the error propagates and Orbax closes that loop
-  while the sibling operations are still in flight in TensorStore's threads. As each completes,
-  TensorStore hands its result to the closed loop, which raises ``RuntimeError('Event loop is
-  closed')``, and reports it through ``sys.unraisablehook``: a traceback on stderr whenever that
-  happens -- before, within or after the one error line, depending only on how loaded the machine
-  is. Those results belong to a read that has already failed and been reported, so they are
-  dropped; every other unraisable exception still reaches the previous hook. Installed before the
-  read, not after it fails: a completion can land between Orbax closing its loop and our handler.
-  """
-  previous = sys.unraisablehook
-  if getattr(previous, "_drops_abandoned_reads", False):
-    return
-
-  def hook(unraisable):
-    if not _is_abandoned_read_callback(unraisable):
-      previous(unraisable)
-
-  hook._drops_abandoned_reads = True  # pylint: disable=protected-access
-  sys.unraisablehook = hook
 
 
 class CheckpointWriteError(CheckpointError):
@@ -108,31 +70,6 @@ def _write_failure_cause(error: BaseException) -> str | None:
       return first if len(first) <= 200 else first[:200] + "..."
     seen = seen.__cause__ or seen.__context__
   return None
-
-
-# Orbax warns that a read-only manager is read-only; `eval` opens checkpoints that way on purpose.
-_EXPECTED_ORBAX_WARNINGS = (
-  "CheckpointManagerOptions.read_only=True",
-  "Given directory is read only",
-)
-
-
-class _OneLineOrbaxErrors(logging.Filter):
-  """Drops the tracebacks Orbax logs when a background save thread fails: the same error is raised
-  again in the main thread, where it becomes one `CheckpointWriteError` line; hundreds of traceback
-  lines before it only bury that line. Also drops Orbax's notices that a read-only manager is
-  read-only."""
-
-  def filter(self, record):
-    if "/orbax/" in record.pathname and str(record.msg).startswith(_EXPECTED_ORBAX_WARNINGS):
-      return False
-    if "/orbax/" in record.pathname and record.exc_info:
-      record.exc_info, record.exc_text = None, None
-      record.msg, record.args = str(record.getMessage()).splitlines()[0][:300], ()
-    return True
-
-
-_ORBAX_LOG_FILTER = _OneLineOrbaxErrors()
 
 
 class _Manager(ocp.CheckpointManager):
@@ -180,7 +117,6 @@ class Checkpointer:
     async_save: bool = True,
     read_only: bool = False,
   ):
-    logging.getLogger("absl").addFilter(_ORBAX_LOG_FILTER)  # Orbax logs through absl; idempotent
     # A folder or a bucket URL: Orbax writes both (arrays through TensorStore's gs:// driver).
     self.directory = storage.location(directory)
     policies = [ocm.LatestN(n=keep_last)]
@@ -225,8 +161,8 @@ class Checkpointer:
     state = jax.tree_util.tree_map(
       lambda x: x if isinstance(x, jax.Array) else np.asarray(x), state
     )
-    # A write that fails (full disk) leaves TensorStore writes in flight into Orbax's closed loop.
-    _drop_abandoned_read_callbacks()
+    # A write that fails (full disk) leaves TensorStore writes in flight into Orbax's closed loop:
+    # their late results are dropped by runtime.drop_abandoned_read_callbacks.
     try:
       # Orbax first waits for the previous save to commit (and raises its error, if any).
       self._manager.save(
@@ -287,7 +223,6 @@ class Checkpointer:
     ) from None
 
   def read_meta(self, step: int) -> dict[str, Any]:
-    _drop_abandoned_read_callbacks()
     try:
       return self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))[
         "meta"
@@ -339,7 +274,6 @@ class Checkpointer:
     shapes must match the template. Either mismatch, or an unreadable file, raises ``CheckpointError``
     with one line naming it. Nothing on disk is touched.
     """
-    _drop_abandoned_read_callbacks()
     step = self.latest_step() if step is None else step
     if step is None:
       raise CheckpointError(f"no checkpoint in {self.directory}")

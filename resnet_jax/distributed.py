@@ -1,6 +1,7 @@
-"""JAX distributed runtime: initialise once at start-up; process and device facts.
+"""JAX distributed runtime: initialise once at start-up; process and device facts; faults.
 
-`initialize()` is called once by `resnet_jax.main`, before anything touches a JAX device. It picks
+`initialize()` is called once at process start (``resnet_jax.runtime.start``, which the front door
+calls), before anything touches a JAX device. It picks
 one of three modes, in this order:
 
 1. **explicit** -- arguments, or these environment variables (arguments win):
@@ -176,6 +177,12 @@ def detect_cluster() -> str | None:
   return None
 
 
+def multi_process_requested() -> bool:
+  """Whether this process is one of several (explicit settings or a detected cluster): their
+  launcher, not this process, decides how many devices each one has."""
+  return (_env_int(ENV_NUM_PROCESSES) or 1) > 1 or detect_cluster() is not None
+
+
 def _resolve(coordinator_address, num_processes, process_id, local_device_ids) -> Runtime:
   coordinator_address = coordinator_address or os.environ.get(ENV_COORDINATOR) or None
   num_processes = num_processes if num_processes is not None else _env_int(ENV_NUM_PROCESSES)
@@ -235,42 +242,59 @@ def initialize(
   rt = _resolve(coordinator_address, num_processes, process_id, local_device_ids)
   if timeout_s is None:
     timeout_s = _env_int(ENV_INIT_TIMEOUT) or DEFAULT_TIMEOUT_S
-  heartbeat_s = _env_int(ENV_HEARTBEAT_TIMEOUT) or DEFAULT_HEARTBEAT_TIMEOUT_S
-  shutdown_s = _env_int(ENV_SHUTDOWN_TIMEOUT) or DEFAULT_SHUTDOWN_TIMEOUT_S
+  liveness = dict(  # read up front: a typo fails every run, not only multi-process ones
+    heartbeat_timeout_seconds=_env_int(ENV_HEARTBEAT_TIMEOUT) or DEFAULT_HEARTBEAT_TIMEOUT_S,
+    shutdown_timeout_seconds=_env_int(ENV_SHUTDOWN_TIMEOUT) or DEFAULT_SHUTDOWN_TIMEOUT_S,
+  )
   if rt.mode == "single":
     if rt.local_device_ids is not None:
       log.warning("%s ignored in a single-process run", ENV_LOCAL_DEVICE_IDS)
     _RUNTIME = rt
     return rt
-
-  if _backend_started():
+  if backend_started():
     raise DistributedInitError(
       f"{rt.mode} multi-process run: distributed.initialize() must run before any JAX "
       "computation or device query (call it first thing in main)"
     )
+  _join(rt, timeout_s, liveness)
+  if rt.mode != "explicit":  # what JAX detected; read without starting the backend
+    rt = dataclasses.replace(rt, **_jax_detected())
+  _RUNTIME = rt
+  log.info("distributed runtime up: %s", rt)
+  return rt
 
-  if not os.environ.get("JAX_CPU_COLLECTIVES_IMPLEMENTATION"):
-    # Only affects the CPU client; GPUs use NCCL and TPUs ICI regardless.
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
 
-  ids = list(rt.local_device_ids) if rt.local_device_ids else None
-  params = inspect.signature(jax.distributed.initialize).parameters
+def _where(rt: Runtime) -> str:
+  """Whom this process joins, as the messages name it."""
   if rt.mode == "explicit":
-    kwargs = dict(
+    return f"coordinator {rt.coordinator_address} as process {rt.process_id}/{rt.num_processes}"
+  return f"the {rt.mode} cluster's coordinator"
+
+
+def _join_arguments(rt: Runtime, liveness: dict) -> dict:
+  """``jax.distributed.initialize``'s arguments for `rt`, those this jax version takes."""
+  params = inspect.signature(jax.distributed.initialize).parameters
+  ids = list(rt.local_device_ids) if rt.local_device_ids else None
+  kwargs = dict(local_device_ids=ids)
+  if rt.mode == "explicit":
+    kwargs.update(
       coordinator_address=rt.coordinator_address,
       num_processes=rt.num_processes,
       process_id=rt.process_id,
-      local_device_ids=ids,
     )
     if "cluster_detection_method" in params:  # what we were told, not what SLURM_* says
       kwargs["cluster_detection_method"] = "deactivate"
-  else:
-    kwargs = dict(local_device_ids=ids)
-  where = (
-    f"coordinator {rt.coordinator_address} as process {rt.process_id}/{rt.num_processes}"
-    if rt.mode == "explicit"
-    else f"the {rt.mode} cluster's coordinator"
-  )
+  kwargs.update({k: v for k, v in liveness.items() if k in params})
+  return kwargs
+
+
+def _join(rt: Runtime, timeout_s: int, liveness: dict) -> None:
+  """Joins the coordinator of `rt` within `timeout_s`, or ends with one line (see module doc)."""
+  if not os.environ.get("JAX_CPU_COLLECTIVES_IMPLEMENTATION"):
+    # Only affects the CPU client; GPUs use NCCL and TPUs ICI regardless.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  where = _where(rt)
+  kwargs = _join_arguments(rt, liveness)
   deadline = time.monotonic() + timeout_s
   probe = _coordinator_to_probe(rt)
   if probe is not None:
@@ -283,10 +307,6 @@ def initialize(
         f"could not reach {where} within {timeout_s}s ({err}); check the address/port, that "
         "process 0 is running, and the firewall"
       )
-  if "heartbeat_timeout_seconds" in params:
-    kwargs["heartbeat_timeout_seconds"] = heartbeat_s
-  if "shutdown_timeout_seconds" in params:
-    kwargs["shutdown_timeout_seconds"] = shutdown_s
   print(
     f"resnet_jax.distributed: joining {where} (mode {rt.mode}, up to {timeout_s}s)",
     file=sys.stderr,
@@ -296,8 +316,14 @@ def initialize(
   # (its fatal-error callback cannot be replaced from Python in this jaxlib: the status argument
   # has no Python type). Our own deadline comes first and ends the process with one line.
   remaining = max(deadline - time.monotonic(), min(10, timeout_s), 1)
-  if "initialization_timeout" in params:
+  if "initialization_timeout" in inspect.signature(jax.distributed.initialize).parameters:
     kwargs["initialization_timeout"] = int(remaining) + _JOIN_GRACE_S
+  _initialize_before(remaining, kwargs, where, timeout_s)
+
+
+def _initialize_before(remaining: float, kwargs: dict, where: str, timeout_s: int) -> None:
+  """``jax.distributed.initialize(**kwargs)``, ending the process with one line if it has not
+  returned after `remaining` seconds."""
   watchdog = threading.Timer(
     remaining,
     process_setup.exit_with_error,
@@ -320,11 +346,6 @@ def initialize(
     ) from e
   finally:
     watchdog.cancel()
-  if rt.mode != "explicit":  # what JAX detected; read without starting the backend
-    rt = dataclasses.replace(rt, **_jax_detected())
-  _RUNTIME = rt
-  log.info("distributed runtime up: %s", rt)
-  return rt
 
 
 # --- faults after start-up: one line and exit status 2 ---------------------------------------------
@@ -373,7 +394,8 @@ def peer_lost_error(error: BaseException) -> PeerLostError | None:
   return PeerLostError(lost_peer_message(f"{who}: a collective failed ({_short(str(error))})"))
 
 
-def _backend_started() -> bool:
+def backend_started() -> bool:
+  """Whether JAX has started its backends (after which devices and this runtime are fixed)."""
   try:
     from jax._src import xla_bridge
 
@@ -464,124 +486,4 @@ def describe() -> str:
     f"process {f['process_index']}/{f['process_count']}: {f['local_device_count']} local / "
     f"{f['global_device_count']} global {f['platform']} devices ({f['device_kind']}; "
     f"{f['mode']})"
-  )
-
-
-# --- CPU: one XLA device per core -------------------------------------------------------------------
-CPU_SPLIT_FLAGS = ("xla_force_host_platform_device_count", "xla_cpu_multi_thread_eigen")
-
-
-def usable_cores() -> int:
-  try:
-    return len(os.sched_getaffinity(0))
-  except AttributeError:  # pragma: no cover - not Linux
-    return os.cpu_count() or 1
-
-
-def cpu_device_count(
-  requested: str | int, batch_sizes: Sequence[int] = (), cores: int | None = None
-) -> int:
-  """How many CPU devices a single-process run should use.
-
-  ``requested`` is ``"auto"`` (one per usable core) or a number. The result is lowered to the
-  largest count that divides every batch size, so a batch is never left indivisible by the split.
-  """
-  if str(requested) == "auto":
-    n = cores if cores is not None else usable_cores()
-  else:
-    try:
-      n = int(requested)
-    except ValueError:
-      n = 0
-    if n < 1:
-      raise ValueError(f"--cpu_devices must be 'auto' or a positive integer, got {requested!r}")
-  while n > 1 and any(b % n for b in batch_sizes):
-    n -= 1
-  return max(n, 1)
-
-
-def split_cpu_into_devices(requested: str | int = "auto", batch_sizes: Sequence[int] = ()) -> int:
-  """On CPU, run data parallel over one single-threaded XLA device per core; returns the count.
-
-  XLA:CPU spreads one convolution over the cores badly for the small tensors of a ResNet step
-  (a 3x3 conv over 16-64 channels runs about as fast on one core as on two), so a step split into
-  per-core replicas of half the batch is faster: ResNet-56, batch 128, on 2 cores took 1534-1598
-  instead of 1984-2015 ms a step, +27% (docs/benchmarks.md). With cross-replica BatchNorm (the default) the maths of the
-  step is unchanged. Must run before the JAX backend starts; it leaves alone an explicit
-  ``XLA_FLAGS`` device count or threading flag, ``JAX_NUM_CPU_DEVICES``, and multi-process runs
-  (their launcher decides the devices per process).  Has no effect on GPU or TPU backends.
-  """
-  flags = os.environ.get("XLA_FLAGS", "")
-  n = cpu_device_count(requested, batch_sizes)
-  user_decided = (
-    any(f in flags for f in CPU_SPLIT_FLAGS)
-    or os.environ.get("JAX_NUM_CPU_DEVICES")
-    or (_env_int(ENV_NUM_PROCESSES) or 1) > 1
-    or detect_cluster() is not None
-  )
-  if n <= 1 or user_decided or _accelerator_expected() or _backend_started():
-    return 1
-  jax.config.update("jax_num_cpu_devices", n)
-  os.environ["XLA_FLAGS"] = f"{flags} --xla_cpu_multi_thread_eigen=false".strip()
-  return n
-
-
-# glibc's mallopt parameters (malloc.h).
-_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
-_MALLOC_ENV = (
-  "MALLOC_ARENA_MAX",
-  "MALLOC_MMAP_MAX_",
-  "MALLOC_TRIM_THRESHOLD_",
-  "MALLOC_MMAP_THRESHOLD_",
-)
-
-
-def reuse_freed_host_memory() -> bool:
-  """On a CPU backend, make glibc's malloc keep freed memory for reuse; True if it was set.
-
-  XLA:CPU allocates each execution's temporaries as one block (0.4 GiB for a ResNet-56 step at
-  batch 128). glibc serves a block that large with a fresh ``mmap`` and unmaps it on free, so every
-  step page-faults its whole working set in again: 101,000 faults and 165-190 ms of kernel time in
-  a 680 ms step (``ru_minflt``, one core). One arena, no ``mmap`` and no trimming let the next step
-  reuse the block: no faults, the step 17 % faster on one core and 25-35 % on two (docs/benchmarks.md).
-  The process keeps its peak heap until it exits, which a training run reaches anyway.
-
-  It must run before TensorFlow starts its threads: a thread keeps the arena it first allocated
-  from, and a block this size in any arena but the main one is always mmapped. Left alone: GPU and
-  TPU hosts (their many input threads would contend for one arena), an allocator other than glibc's,
-  and a user's own ``MALLOC_*`` or ``GLIBC_TUNABLES`` settings.
-  """
-  if _accelerator_expected() or any(os.environ.get(v) for v in _MALLOC_ENV):
-    return False
-  if "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", ""):
-    return False
-  import ctypes  # pylint: disable=g-import-not-at-top
-  import platform  # pylint: disable=g-import-not-at-top
-
-  if platform.libc_ver()[0] != "glibc":
-    return False
-  try:
-    libc = ctypes.CDLL(None)
-    settings = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1))
-    return all(libc.mallopt(param, value) == 1 for param, value in settings)
-  except (OSError, AttributeError):  # no mallopt in this process's C library
-    return False
-
-
-def _accelerator_expected() -> bool:
-  """True when JAX will pick a GPU/TPU backend (read from the environment and installed plugins)."""
-  platforms = os.environ.get("JAX_PLATFORMS", "").strip().lower()
-  if platforms:
-    return not platforms.startswith("cpu")
-  import importlib.util  # pylint: disable=g-import-not-at-top
-
-  return any(
-    importlib.util.find_spec(m) is not None
-    for m in (
-      "jax_cuda12_plugin",
-      "jax_cuda13_plugin",
-      "jax_rocm60_plugin",
-      "jax_rocm7_plugin",
-      "libtpu",
-    )
   )

@@ -14,16 +14,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import logging as pylogging
 import os
 import sys
 import textwrap
-from typing import Callable, NoReturn, Sequence
-
-# TensorFlow (tf.data only) prints start-up banners at INFO; keep its warnings and errors, unless
-# --verbosity asks for more (the user's own setting always wins).
-_TF_LOG_LEVEL_IS_OURS = "TF_CPP_MIN_LOG_LEVEL" not in os.environ
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+from typing import Callable, Sequence
 
 from absl import app
 from absl import flags
@@ -69,20 +63,13 @@ def _no_positionals(positionals: list[str]) -> None:
 # --- train / eval -------------------------------------------------------------------------------
 
 
-# train/config.py is itself a config file: its get_config() is the default experiment (digits), which
-# an installed wheel has too, so `train` and a sweep without a config file need no configs/ folder.
-DEFAULT_CONFIG_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train", "config.py")
-
-
-def _define_run_flags(fv: flags.FlagValues, with_mode: bool, args: Sequence[str]) -> None:
+def _define_run_flags(fv: flags.FlagValues, with_mode: bool) -> None:
   config_flags.DEFINE_config_file(
     "config",
-    DEFAULT_CONFIG_FILE if with_mode else None,
-    "Experiment config file (configs/NAME.py); override keys with --config.key=value."
-    + (" Default: the built-in digits experiment." if with_mode else ""),
+    None,
+    "Experiment config file (configs/NAME.py); override keys with --config.key=value.",
     lock_config=True,
     flag_values=fv,
-    sys_argv=["", *args],  # which --config.key overrides to define, also on the default
   )
   flags.DEFINE_string(
     "workdir", None, "Directory for checkpoints, metrics and plots.", flag_values=fv
@@ -138,26 +125,18 @@ def _cpu_devices(requested: str, conv_impl: str) -> str:
 
 
 def _train_or_eval(fv: flags.FlagValues, mode: str) -> None:
-  if mode == "eval" and not fv["config"].present:  # the default experiment is for training
-    raise UsageError("--config is required (the config the run was trained with)")
-  config = fv.config
+  config = _require(fv, "config")
   workdir = _require(fv, "workdir")
-  from resnet_jax import distributed  # pylint: disable=g-import-not-at-top
-
-  distributed.reuse_freed_host_memory()  # before TensorFlow starts its threads
-  from resnet_jax.train import loop  # pylint: disable=g-import-not-at-top
-
-  if fv.compilation_cache and not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
-    import jax  # pylint: disable=g-import-not-at-top
-
-    jax.config.update("jax_compilation_cache_dir", fv.compilation_cache)
-  split = distributed.split_cpu_into_devices(
-    _cpu_devices(fv.cpu_devices, config.model_overrides.get("conv_impl", "")),
-    [config.global_batch_size],
+  split = runtime.start(
+    cpu_devices=_cpu_devices(fv.cpu_devices, config.model_overrides.get("conv_impl", "")),
+    batch_sizes=[config.global_batch_size],
+    compilation_cache=fv.compilation_cache,
+    distributed=True,
   )
   if split > 1:
     logging.info("CPU split into %d single-threaded devices (--cpu_devices)", split)
-  distributed.initialize()
+  from resnet_jax.train import loop  # pylint: disable=g-import-not-at-top
+
   if mode == "eval":
     result = loop.evaluate(config, workdir, step=fv.eval_step, method=fv.eval_method)
   else:
@@ -247,9 +226,7 @@ def _define_bench_flags(fv: flags.FlagValues) -> None:
 
 def _bench(fv, positionals):
   _no_positionals(positionals)
-  from resnet_jax import distributed  # pylint: disable=g-import-not-at-top
-
-  distributed.reuse_freed_host_memory()  # before TensorFlow starts its threads
+  runtime.start()
   from resnet_jax import bench  # pylint: disable=g-import-not-at-top
 
   model = _require(fv, "model")
@@ -265,7 +242,7 @@ def _bench(fv, positionals):
     )
     print(bench.format_inference_report(report))
     return
-  distributed.split_cpu_into_devices(
+  runtime.split_cpu_into_devices(
     _cpu_devices(fv.cpu_devices, overrides.get("conv_impl", "")), [fv.batch_size]
   )
   report = bench.run_benchmark(
@@ -345,9 +322,7 @@ def _define_predict_flags(fv: flags.FlagValues) -> None:
 
 def _predict(fv, positionals):
   workdir = _require(fv, "workdir")
-  from resnet_jax import distributed  # pylint: disable=g-import-not-at-top
-
-  distributed.reuse_freed_host_memory()  # before TensorFlow starts its threads
+  runtime.start()
   from resnet_jax import serving  # pylint: disable=g-import-not-at-top
 
   serving.predict_command(
@@ -414,24 +389,23 @@ def _sweep(fv, positionals):
     sys.exit(status)
 
 
-_NAME_AN_ANALYSIS = "name an analysis first: " + PROG + " analyze {names} --out=DIR ..."
+def _analysis_name(args: Sequence[str]) -> str | None:
+  return args[0].replace("-", "_") if args and not args[0].startswith("-") else None
 
 
 def _define_analyze_flags(fv, args):
-  """The flags of the analysis named first; a wrong name is named as such, before any flag."""
   from resnet_jax.analysis import cli  # pylint: disable=g-import-not-at-top  (no JAX at import)
 
-  if args and not args[0].startswith("-"):
-    cli.define_flags(cli.check_name(args[0]), fv)
-  elif args:  # flags but no name: say so, rather than that the flags are unknown
-    raise UsageError(_NAME_AN_ANALYSIS.format(names="|".join(cli.NAMES)))
+  name = _analysis_name(args)
+  if name in cli.NAMES:
+    cli.define_flags(name, fv)
 
 
 def _analyze(fv, positionals):
   from resnet_jax.analysis import cli  # pylint: disable=g-import-not-at-top
 
   if not positionals:
-    raise UsageError(_NAME_AN_ANALYSIS.format(names="|".join(cli.NAMES)))
+    raise UsageError(f"name an analysis: {PROG} analyze {'|'.join(cli.NAMES)} --out=DIR ...")
   _no_positionals(positionals[1:])
   cli.run_analysis(cli.check_name(positionals[0]), fv)
 
@@ -448,13 +422,13 @@ COMMANDS: dict[str, Command] = {
   "train": Command(
     "train a model from a config file, resuming from the latest checkpoint in its workdir",
     "resnet-jax train --config=configs/digits.py --workdir=runs/digits --config.seed=1",
-    lambda fv, args: _define_run_flags(fv, with_mode=True, args=args),
+    lambda fv, args: _define_run_flags(fv, with_mode=True),
     _train,
   ),
   "eval": Command(
     "evaluate a checkpoint of a workdir (center, ten-crop or fully-convolutional test)",
     "resnet-jax eval --config=configs/digits.py --workdir=runs/digits --eval_method=ten_crop",
-    lambda fv, args: _define_run_flags(fv, with_mode=False, args=args),
+    lambda fv, args: _define_run_flags(fv, with_mode=False),
     _eval,
   ),
   "models": Command(
@@ -563,7 +537,7 @@ def command_help(name: str, args: Sequence[str]) -> str:
 def unknown_command(name: str) -> str:
   close = difflib.get_close_matches(name, list(COMMANDS), n=3, cutoff=0.5)
   hint = f"did you mean {' or '.join(close)}? " if close else ""
-  return f"unknown command {name!r}; {hint}({PROG} --help lists the commands)"
+  return f"error: unknown command {name!r}; {hint}({PROG} --help lists the commands)"
 
 
 def _known_errors():
@@ -585,31 +559,26 @@ def _known_errors():
 
 def main(command: Command, argv: list[str]) -> None:
   """Runs ``command`` on the parsed flags; ``argv`` is absl's rest (program name, positionals)."""
-  if _TF_LOG_LEVEL_IS_OURS and logging.get_verbosity() > logging.INFO:
-    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"  # --verbosity=1: TensorFlow's C++ INFO lines too
+  # Before anything heavy loads; --verbosity=1 lets every library's INFO lines through.
+  runtime.setup(verbose=logging.get_verbosity() > logging.INFO)
   try:
     command.handler(flags.FLAGS, argv[1:])
   except _known_errors() as e:  # one line, no traceback: the user can act on it
-    logging.flush()
-    runtime.exit_with_error(e.args[0] if isinstance(e, KeyError) and e.args else e)
+    _fail(e.args[0] if isinstance(e, KeyError) and e.args else e)
 
 
-class _OnlyOurInfo(pylogging.Filter):
-  """Below WARNING, only our own records reach the run log: tfds ("Load dataset info", reader,
-  logging_logger), JAX's backend probing and Orbax's per-save chatter log INFO through absl or
-  their named Python loggers into the same handler. --verbosity=1 (DEBUG) lets them all through;
-  warnings and errors always show."""
-
-  _OURS = tuple(
-    {os.path.dirname(f(__file__)) + os.sep for f in (os.path.abspath, os.path.realpath)}
-  )
-
-  def filter(self, record):
-    return (
-      record.levelno >= pylogging.WARNING
-      or record.pathname.startswith(self._OURS)
-      or logging.get_verbosity() > logging.INFO
-    )
+def _fail(message) -> None:
+  logging.flush()
+  sys.stdout.flush()
+  sys.stderr.flush()
+  # After a failed read, Orbax/TensorStore background threads can print tracebacks at any moment
+  # until the process ends, burying the one line that matters: point the process's stderr at
+  # /dev/null, write the line to the real one, and exit without interpreter shutdown.
+  real_stderr = os.dup(2)
+  devnull = os.open(os.devnull, os.O_WRONLY)
+  os.dup2(devnull, 2)
+  os.write(real_stderr, f"error: {message}\n".encode())
+  os._exit(2)  # pylint: disable=protected-access
 
 
 def run(argv: Sequence[str] | None = None) -> None:
@@ -618,33 +587,26 @@ def run(argv: Sequence[str] | None = None) -> None:
   args = argv[1:]
   if not args or args[0] in HELP_ARGS or args[0] == "help":
     topic = args[1] if len(args) > 1 and args[0] == "help" else None
-    _show_help(topic if topic in COMMANDS else None, args[2:])
+    if topic in COMMANDS:
+      print(command_help(topic, args[2:]))
+    else:
+      print(overview())
+    sys.exit(0)
   name = DEFAULT_COMMAND if args[0].startswith("-") else args.pop(0)
   if name not in COMMANDS:
-    runtime.exit_with_error(unknown_command(name))
+    print(unknown_command(name), file=sys.stderr)
+    sys.exit(2)
   command = COMMANDS[name]
   own = args[: args.index("--")] if "--" in args else args
   if any(a in HELP_ARGS for a in own):
-    _show_help(name, [a for a in own if a not in HELP_ARGS])
-  try:
-    command.define_flags(flags.FLAGS, args)
-  except ValueError as e:  # e.g. an analysis name that is not one
-    runtime.exit_with_error(e)
-  logging.get_absl_handler().addFilter(_OnlyOurInfo())
+    print(command_help(name, [a for a in own if a not in HELP_ARGS]))
+    sys.exit(0)
+  command.define_flags(flags.FLAGS, args)
   app.run(
     lambda rest: main(command, rest),
     argv=[f"{PROG} {name}", *args],
     flags_parser=lambda a: _parse_flags(name, a),
   )
-
-
-def _show_help(name: str | None, args: Sequence[str]) -> NoReturn:
-  """Prints the overview (no ``name``) or command ``name``'s help, and exits."""
-  try:
-    print(command_help(name, args) if name else overview())
-  except ValueError as e:  # `analyze NOSUCH --help`
-    runtime.exit_with_error(e)
-  sys.exit(0)
 
 
 def _parse_flags(name: str, argv: list[str]) -> list[str]:
@@ -664,7 +626,9 @@ def _parse_flags(name: str, argv: list[str]) -> list[str]:
   except (AttributeError, KeyError, TypeError, ValueError) as e:
     text = str(e.args[0] if e.args else e).replace("\\n", " ").replace("\\", "")
     message = "bad --config override: " + text.strip("'\"").replace("''", "'")
-  runtime.exit_with_error(" ".join(message.split()))
+  message = " ".join(message.split())
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(2)
 
 
 if __name__ == "__main__":

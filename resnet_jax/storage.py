@@ -6,7 +6,9 @@ tfds use the same ``epath`` layer; Orbax's arrays go through TensorStore's own `
 
 Buckets are reached through fsspec's gcsfs (``EPATH_USE_TF=false``), not TensorFlow's file system:
 one client, configured the fsspec way (``FSSPEC_GCS_TOKEN``, ``STORAGE_EMULATOR_HOST``), for every
-file this program writes. ``check_access`` turns the ways a bucket location fails (no
+file this program writes. etils reads that choice from the environment, once, at the first bucket
+path; ``resnet_jax.runtime.setup`` makes it (a library user without it gets etils' default, which
+is TensorFlow's file system where TensorFlow is installed). ``check_access`` turns the ways a bucket location fails (no
 credentials, no such bucket, no permission to list it, or, for a location that will be written, no
 permission to write) into one ``StorageError`` line naming the path and the cause, before anything
 is written anywhere.
@@ -17,10 +19,7 @@ from __future__ import annotations
 import os
 from typing import Union
 
-# Must be set before epath first picks a backend for a gs:// path (it caches the choice).
-os.environ.setdefault("EPATH_USE_TF", "false")
-
-from etils import epath  # noqa: E402  (after the backend choice above)
+from etils import epath
 
 PathLike = Union[str, os.PathLike]
 # Object stores: no append, no rename, no directories; an upload replaces the object atomically.

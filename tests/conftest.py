@@ -9,7 +9,11 @@ import tempfile
 
 import pytest
 
+from resnet_jax import runtime
+
+# The tests' process set-up is the front door's, with TensorFlow's warnings off too.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+runtime.setup()
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_CONFIG = os.path.join(REPO, "tests", "configs", "tiny_digits.py")

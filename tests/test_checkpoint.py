@@ -55,13 +55,14 @@ def test_reads_abandoned_by_a_failed_restore_print_nothing(monkeypatch):
   """Why the corrupt-checkpoint test was flaky, replayed deterministically: Orbax gathers TensorStore
   reads on its own event loop and closes it when one fails; a sibling read that completes later
   raises 'Event loop is closed' in TensorStore's thread, reported through sys.unraisablehook (a
-  traceback on stderr at a moment set by the machine's load). Checkpointer drops exactly those."""
+  traceback on stderr at a moment set by the machine's load). The runtime's set-up drops exactly
+  those."""
   import asyncio
   import sys
 
   import tensorstore as ts
 
-  from resnet_jax import checkpoint
+  from resnet_jax import runtime
 
   reported = []
   monkeypatch.setattr(sys, "unraisablehook", lambda u: reported.append(u.exc_value))
@@ -84,8 +85,8 @@ def test_reads_abandoned_by_a_failed_restore_print_nothing(monkeypatch):
   failed_read_leaving_one_in_flight()
   assert [str(e) for e in reported] == ["Event loop is closed"]  # the traceback users saw
   reported.clear()
-  checkpoint._drop_abandoned_read_callbacks()  # what every Checkpointer read does first
-  checkpoint._drop_abandoned_read_callbacks()  # idempotent: one hook, not a chain
+  runtime.drop_abandoned_read_callbacks()  # what the front door's set-up does first
+  runtime.drop_abandoned_read_callbacks()  # idempotent: one hook, not a chain
   failed_read_leaving_one_in_flight()
   assert reported == []
   sys.unraisablehook(

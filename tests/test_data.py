@@ -444,9 +444,10 @@ def test_tensorflow_loads_without_keras_and_tf_keras_still_works():
 
   probe = (
     "import sys\n"
-    "from resnet_jax.data import tf_device\n"
+    "from resnet_jax import runtime\n"
+    "tf = runtime.import_tensorflow()\n"
     "print('keras' in sys.modules)\n"
-    "print(tf_device.tf.keras.layers.Dense(3).units, 'keras' in sys.modules)\n"
+    "print(tf.keras.layers.Dense(3).units, 'keras' in sys.modules)\n"
   )
   proc = run_python(probe)
   assert proc.returncode == 0, proc.stderr[-2000:]

@@ -382,7 +382,7 @@ def test_full_disk_is_one_line_and_exit_2_then_resumes(tmp_path, reference):
   )
   assert full.returncode == 2, full.stderr[-3000:]
   # No traceback: Orbax's thread errors are one line each, and TensorStore's writes still in flight
-  # into Orbax's closed event loop are dropped (checkpoint._drop_abandoned_read_callbacks).
+  # into Orbax's closed event loop are dropped (runtime.drop_abandoned_read_callbacks).
   assert "Traceback" not in full.stderr, full.stderr[-3000:]
   lines = full.stderr.strip().splitlines()
   # Beyond the routine INFO log, a few lines: Orbax's one-line errors from its threads, and ours.

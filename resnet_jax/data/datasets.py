@@ -30,15 +30,6 @@ from typing import Any, Mapping
 
 import numpy as np
 
-try:  # tfds 4.9.10 lazily imports `importlib_resources` in DatasetBuilder.code_path but only
-  import importlib_resources  # noqa: F401  declares it for Python < 3.9; without it every
-except ImportError:  # download_and_prepare() fails. The stdlib module has the same API.
-  import importlib.resources
-  import importlib.resources.abc
-  import sys
-
-  sys.modules["importlib_resources"] = importlib.resources
-
 import tensorflow_datasets as tfds
 from etils import epath
 

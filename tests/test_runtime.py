@@ -1,0 +1,77 @@
+"""resnet_jax.runtime: the one process set-up, each step checked in a fresh interpreter (it changes
+the process it runs in, once)."""
+
+import os
+import subprocess
+import sys
+
+from conftest import REPO
+
+
+def _probe(code: str, **env) -> subprocess.CompletedProcess:
+  """``python -c CODE`` with nothing of the test runner's environment but what is given."""
+  base = {"PATH": "/usr/bin:/bin", "PYTHONPATH": REPO, "HOME": "/tmp", "JAX_PLATFORMS": "cpu"}
+  result = subprocess.run(
+    [sys.executable, "-c", code],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=120,
+    env={**base, **env},
+  )
+  assert result.returncode == 0, result.stderr[-2000:]
+  return result
+
+
+_SETUP = (
+  "import os, sys, logging\n"
+  "from absl import logging as absl_logging\n"
+  "from resnet_jax import runtime\n"
+  "runtime.setup(verbose=VERBOSE); runtime.setup(verbose=VERBOSE)\n"
+  "print(os.environ.get('TF_CPP_MIN_LOG_LEVEL'), os.environ['EPATH_USE_TF'],\n"
+  "      len(absl_logging.get_absl_handler().filters), len(logging.getLogger('absl').filters),\n"
+  "      getattr(sys.unraisablehook, '_drops_abandoned_reads', False),\n"
+  "      'jax' in sys.modules or 'tensorflow' in sys.modules)\n"
+)
+
+
+def test_setup_sets_the_environment_and_filters_once_and_loads_nothing_heavy():
+  out = _probe(_SETUP.replace("VERBOSE", "False")).stdout.split()
+  assert out == ["1", "false", "1", "1", "True", "False"]
+  assert _probe(_SETUP.replace("VERBOSE", "True")).stdout.split()[0] == "0"
+
+
+def test_setup_leaves_the_users_own_settings():
+  out = _probe(_SETUP.replace("VERBOSE", "True"), TF_CPP_MIN_LOG_LEVEL="3", EPATH_USE_TF="true")
+  assert out.stdout.split()[:2] == ["3", "true"]
+
+
+def test_only_our_info_reaches_the_run_log():
+  code = (
+    "import logging\n"
+    "from absl import logging as absl_logging\n"
+    "from resnet_jax import runtime\n"
+    "runtime.setup()\n"
+    "(f,) = absl_logging.get_absl_handler().filters\n"
+    "def record(path, level):\n"
+    "  return logging.LogRecord('x', level, path, 1, 'm', (), None)\n"
+    f"ours = {os.path.join(REPO, 'resnet_jax', 'metrics.py')!r}\n"
+    "print(bool(f.filter(record(ours, logging.INFO))),\n"
+    "      bool(f.filter(record('/site-packages/tensorflow_datasets/x.py', logging.INFO))),\n"
+    "      bool(f.filter(record('/site-packages/orbax/x.py', logging.WARNING))))\n"
+  )
+  assert _probe(code).stdout.split() == ["True", "False", "True"]
+
+
+def test_start_imports_tensorflow_quietly_and_keeps_the_compile_cache(tmp_path):
+  code = (
+    "import sys\n"
+    "from resnet_jax import runtime\n"
+    f"n = runtime.start(cpu_devices='1', compilation_cache={str(tmp_path)!r})\n"
+    "import jax\n"
+    "print(n, 'tensorflow' in sys.modules, jax.config.jax_compilation_cache_dir)\n"
+  )
+  result = _probe(code)
+  assert result.stdout.split() == ["1", "True", str(tmp_path)]
+  # TensorFlow's load-time INFO notices are dropped (warnings would still show).
+  assert "absl::InitializeLog" not in result.stderr and " I0" not in result.stderr, result.stderr
