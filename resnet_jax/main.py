@@ -17,7 +17,7 @@ import difflib
 import os
 import sys
 import textwrap
-from typing import Callable, Sequence
+from typing import Callable, NoReturn, Sequence
 
 from absl import app
 from absl import flags
@@ -63,13 +63,20 @@ def _no_positionals(positionals: list[str]) -> None:
 # --- train / eval -------------------------------------------------------------------------------
 
 
-def _define_run_flags(fv: flags.FlagValues, with_mode: bool) -> None:
+# train/config.py is itself a config file: its get_config() is the default experiment (digits), which
+# an installed wheel has too, so `train` and a sweep without a config file need no configs/ folder.
+DEFAULT_CONFIG_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train", "config.py")
+
+
+def _define_run_flags(fv: flags.FlagValues, with_mode: bool, args: Sequence[str]) -> None:
   config_flags.DEFINE_config_file(
     "config",
-    None,
-    "Experiment config file (configs/NAME.py); override keys with --config.key=value.",
+    DEFAULT_CONFIG_FILE if with_mode else None,
+    "Experiment config file (configs/NAME.py); override keys with --config.key=value."
+    + (" Default: the built-in digits experiment." if with_mode else ""),
     lock_config=True,
     flag_values=fv,
+    sys_argv=["", *args],  # which --config.key overrides to define, also on the default
   )
   flags.DEFINE_string(
     "workdir", None, "Directory for checkpoints, metrics and plots.", flag_values=fv
@@ -125,7 +132,9 @@ def _cpu_devices(requested: str, conv_impl: str) -> str:
 
 
 def _train_or_eval(fv: flags.FlagValues, mode: str) -> None:
-  config = _require(fv, "config")
+  if mode == "eval" and not fv["config"].present:  # the default experiment is for training
+    raise UsageError("--config is required (the config the run was trained with)")
+  config = fv.config
   workdir = _require(fv, "workdir")
   split = runtime.start(
     cpu_devices=_cpu_devices(fv.cpu_devices, config.model_overrides.get("conv_impl", "")),
@@ -389,23 +398,24 @@ def _sweep(fv, positionals):
     sys.exit(status)
 
 
-def _analysis_name(args: Sequence[str]) -> str | None:
-  return args[0].replace("-", "_") if args and not args[0].startswith("-") else None
+_NAME_AN_ANALYSIS = "name an analysis first: " + PROG + " analyze {names} --out=DIR ..."
 
 
 def _define_analyze_flags(fv, args):
+  """The flags of the analysis named first; a wrong name is named as such, before any flag."""
   from resnet_jax.analysis import cli  # pylint: disable=g-import-not-at-top  (no JAX at import)
 
-  name = _analysis_name(args)
-  if name in cli.NAMES:
-    cli.define_flags(name, fv)
+  if args and not args[0].startswith("-"):
+    cli.define_flags(cli.check_name(args[0]), fv)
+  elif args:  # flags but no name: say so, rather than that the flags are unknown
+    raise UsageError(_NAME_AN_ANALYSIS.format(names="|".join(cli.NAMES)))
 
 
 def _analyze(fv, positionals):
   from resnet_jax.analysis import cli  # pylint: disable=g-import-not-at-top
 
   if not positionals:
-    raise UsageError(f"name an analysis: {PROG} analyze {'|'.join(cli.NAMES)} --out=DIR ...")
+    raise UsageError(_NAME_AN_ANALYSIS.format(names="|".join(cli.NAMES)))
   _no_positionals(positionals[1:])
   cli.run_analysis(cli.check_name(positionals[0]), fv)
 
@@ -422,13 +432,13 @@ COMMANDS: dict[str, Command] = {
   "train": Command(
     "train a model from a config file, resuming from the latest checkpoint in its workdir",
     "resnet-jax train --config=configs/digits.py --workdir=runs/digits --config.seed=1",
-    lambda fv, args: _define_run_flags(fv, with_mode=True),
+    lambda fv, args: _define_run_flags(fv, with_mode=True, args=args),
     _train,
   ),
   "eval": Command(
     "evaluate a checkpoint of a workdir (center, ten-crop or fully-convolutional test)",
     "resnet-jax eval --config=configs/digits.py --workdir=runs/digits --eval_method=ten_crop",
-    lambda fv, args: _define_run_flags(fv, with_mode=False),
+    lambda fv, args: _define_run_flags(fv, with_mode=False, args=args),
     _eval,
   ),
   "models": Command(
@@ -537,7 +547,7 @@ def command_help(name: str, args: Sequence[str]) -> str:
 def unknown_command(name: str) -> str:
   close = difflib.get_close_matches(name, list(COMMANDS), n=3, cutoff=0.5)
   hint = f"did you mean {' or '.join(close)}? " if close else ""
-  return f"error: unknown command {name!r}; {hint}({PROG} --help lists the commands)"
+  return f"unknown command {name!r}; {hint}({PROG} --help lists the commands)"
 
 
 def _known_errors():
@@ -564,21 +574,8 @@ def main(command: Command, argv: list[str]) -> None:
   try:
     command.handler(flags.FLAGS, argv[1:])
   except _known_errors() as e:  # one line, no traceback: the user can act on it
-    _fail(e.args[0] if isinstance(e, KeyError) and e.args else e)
-
-
-def _fail(message) -> None:
-  logging.flush()
-  sys.stdout.flush()
-  sys.stderr.flush()
-  # After a failed read, Orbax/TensorStore background threads can print tracebacks at any moment
-  # until the process ends, burying the one line that matters: point the process's stderr at
-  # /dev/null, write the line to the real one, and exit without interpreter shutdown.
-  real_stderr = os.dup(2)
-  devnull = os.open(os.devnull, os.O_WRONLY)
-  os.dup2(devnull, 2)
-  os.write(real_stderr, f"error: {message}\n".encode())
-  os._exit(2)  # pylint: disable=protected-access
+    logging.flush()
+    runtime.exit_with_error(e.args[0] if isinstance(e, KeyError) and e.args else e)
 
 
 def run(argv: Sequence[str] | None = None) -> None:
@@ -587,26 +584,32 @@ def run(argv: Sequence[str] | None = None) -> None:
   args = argv[1:]
   if not args or args[0] in HELP_ARGS or args[0] == "help":
     topic = args[1] if len(args) > 1 and args[0] == "help" else None
-    if topic in COMMANDS:
-      print(command_help(topic, args[2:]))
-    else:
-      print(overview())
-    sys.exit(0)
+    _show_help(topic if topic in COMMANDS else None, args[2:])
   name = DEFAULT_COMMAND if args[0].startswith("-") else args.pop(0)
   if name not in COMMANDS:
-    print(unknown_command(name), file=sys.stderr)
-    sys.exit(2)
+    runtime.exit_with_error(unknown_command(name))
   command = COMMANDS[name]
   own = args[: args.index("--")] if "--" in args else args
   if any(a in HELP_ARGS for a in own):
-    print(command_help(name, [a for a in own if a not in HELP_ARGS]))
-    sys.exit(0)
-  command.define_flags(flags.FLAGS, args)
+    _show_help(name, [a for a in own if a not in HELP_ARGS])
+  try:
+    command.define_flags(flags.FLAGS, args)
+  except ValueError as e:  # e.g. an analysis name that is not one
+    runtime.exit_with_error(e)
   app.run(
     lambda rest: main(command, rest),
     argv=[f"{PROG} {name}", *args],
     flags_parser=lambda a: _parse_flags(name, a),
   )
+
+
+def _show_help(name: str | None, args: Sequence[str]) -> NoReturn:
+  """Prints the overview (no ``name``) or command ``name``'s help, and exits."""
+  try:
+    print(command_help(name, args) if name else overview())
+  except ValueError as e:  # `analyze NOSUCH --help`
+    runtime.exit_with_error(e)
+  sys.exit(0)
 
 
 def _parse_flags(name: str, argv: list[str]) -> list[str]:
@@ -626,9 +629,7 @@ def _parse_flags(name: str, argv: list[str]) -> list[str]:
   except (AttributeError, KeyError, TypeError, ValueError) as e:
     text = str(e.args[0] if e.args else e).replace("\\n", " ").replace("\\", "")
     message = "bad --config override: " + text.strip("'\"").replace("''", "'")
-  message = " ".join(message.split())
-  print(f"error: {message}", file=sys.stderr)
-  sys.exit(2)
+  runtime.exit_with_error(" ".join(message.split()))
 
 
 if __name__ == "__main__":
