@@ -1,0 +1,110 @@
+"""The package as users install it: a built wheel in a fresh venv, run from a folder that is not the
+checkout. Trains a tiny run from a config file, runs `analyze degradation` and a sweep whose members
+train the built-in default experiment, none of which may read the checkout's configs/.
+
+Nothing is downloaded: the wheel is built without build isolation, installed without dependencies,
+and the new venv sees the project venv's packages through a .pth file (the project's own editable
+install is not among them: a .pth line adds a folder to sys.path, it does not run that folder's
+.pth hooks).
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, TINY_CONFIG, command_env
+
+pytestmark = pytest.mark.slow
+
+# A few channels wide, one block per stage, one step: what the default experiment trains in a sweep.
+TINY_OVERRIDES = [
+  "--config.num_train_steps=1",
+  "--config.global_batch_size=16",
+  "--config.model_overrides.stage_sizes=(1, 1, 1)",
+  "--config.model_overrides.width_multiplier=0.25",
+  "--config.eval_every_steps=1000",
+  "--config.checkpoint_every_steps=1",
+]
+
+
+def _run(cmd, *, cwd, env, timeout):
+  proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+  assert proc.returncode == 0, (cmd, proc.stdout[-3000:], proc.stderr[-3000:])
+  return proc
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory):
+  """(venv bin folder, environment, a working folder outside the checkout) with the wheel in."""
+  tmp = tmp_path_factory.mktemp("wheel")
+  # Build from a copy: an in-tree build writes build/ and egg-info into the shared checkout.
+  src = tmp / "src"
+  src.mkdir()
+  for name in ("pyproject.toml", "README.md"):
+    shutil.copy(os.path.join(REPO, name), src / name)
+  ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.so", "*.egg-info")
+  shutil.copytree(os.path.join(REPO, "resnet_jax"), src / "resnet_jax", ignore=ignore)
+  pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input"]
+  build = [*pip, "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", tmp / "dist"]
+  _run([*build, src], cwd=tmp, env=os.environ, timeout=300)
+  (wheel,) = (tmp / "dist").glob("resnet_jax-*.whl")
+
+  venv = tmp / "venv"
+  _run([sys._base_executable, "-m", "venv", "--without-pip", venv], cwd=tmp, env={}, timeout=120)
+  python = venv / "bin" / "python"
+  install = [*pip, "--python", python, "install", "--no-deps", "--no-index", wheel]
+  _run(install, cwd=tmp, env=os.environ, timeout=300)
+  site = _run(
+    [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+    cwd=tmp,
+    env={},
+    timeout=60,
+  ).stdout.strip()
+  Path(site, "project_venv.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+
+  env = command_env()
+  env.pop("PYTHONPATH")  # the installed package, not the checkout
+  env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env['PATH']}"
+  work = tmp / "work"
+  work.mkdir()
+  located = _run(
+    [python, "-c", "import resnet_jax; print(resnet_jax.__file__)"], cwd=work, env=env, timeout=60
+  )
+  assert located.stdout.strip().startswith(site), located.stdout  # not the checkout's package
+  return venv / "bin", env, work
+
+
+def test_an_installed_wheel_trains_from_a_config_file(installed):
+  bin_dir, env, work = installed
+  shutil.copy(TINY_CONFIG, work / "tiny.py")
+  cmd = [bin_dir / "resnet-jax", "train", "--config=tiny.py", "--workdir=run"]
+  proc = _run([*cmd, "--config.num_train_steps=2"], cwd=work, env=env, timeout=600)
+  assert "train finished" in proc.stdout
+  assert (work / "run" / "DONE").exists()
+
+
+def test_an_installed_wheel_runs_analyze_degradation(installed):
+  bin_dir, env, work = installed
+  tiny = ["--depths=8", "--families=resnet", "--steps=2", "--width=0.25", "--batch_size=16"]
+  cmd = [bin_dir / "resnet-jax", "analyze", "degradation", "--out=deg", *tiny, "--evals=1"]
+  proc = _run(cmd, cwd=work, env=env, timeout=600)
+  assert "degradation: figure" in proc.stdout
+  assert (work / "deg" / "degradation.png").stat().st_size > 1000
+
+
+def test_an_installed_wheel_sweeps_the_built_in_default_experiment(installed):
+  bin_dir, env, work = installed
+  (work / "s.py").write_text(
+    "from resnet_jax.sweep import product\n\ndef get_sweep():\n  return product(seed=[0])\n"
+  )
+  cmd = [bin_dir / "resnet-jax", "sweep", "s.py", "--workdir=sweep", "--", *TINY_OVERRIDES]
+  proc = _run(cmd, cwd=work, env=env, timeout=600)
+  assert "1 ok" in proc.stdout, proc.stdout
+  log = (work / "sweep" / "seed=0" / "sweep.log").read_text()
+  assert "--config=" not in log.split("\n=== ", 1)[1].splitlines()[0]  # no config file was named
+  assert (work / "sweep" / "seed=0" / "DONE").exists()
