@@ -54,6 +54,14 @@ def test_config_builds(path):
   jax.eval_shape(tx.init, variables["params"])
 
 
+def test_the_package_is_itself_the_default_config_file():
+  # `resnet-jax train` without --config, and sweep members whose file names no CONFIG, load
+  # train/config.py as a config file: the default experiment must be configs/digits.py's.
+  default = load(config_lib.__file__)
+  assert default.to_dict() == load(os.path.join(CONFIG_DIR, "digits.py")).to_dict()
+  assert default.dataset == "digits" and default.model == "resnet20"
+
+
 def test_table6_recipe_matches_the_paper():
   c = load(os.path.join(CONFIG_DIR, "cifar10_resnet110.py"))
   assert (c.global_batch_size, c.learning_rate, tuple(c.lr_boundaries), c.num_train_steps) == (
