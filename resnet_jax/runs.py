@@ -12,13 +12,23 @@ serving, weights) goes through it. It imports nothing that trains.
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from typing import Any
+import os
+from typing import Any, Mapping
 
+import jax
 import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from etils import epath
 
+from resnet_jax import checkpoint as checkpoint_lib
 from resnet_jax import data as data_lib
 from resnet_jax import models
+from resnet_jax import storage
+from resnet_jax.train import config as config_lib
+from resnet_jax.train import state as state_lib
 from resnet_jax.train import steps
 
 CHECKPOINT_DIR = "checkpoints"
@@ -66,3 +76,208 @@ def checkpoint_meta(config, controller) -> dict[str, Any]:
   """The meta saved with each checkpoint: :func:`expect_meta`, the dataset, and the learning-rate
   controller's state (``optim.LearningRateController.to_json()``)."""
   return {**expect_meta(config), "dataset": config.dataset, "lr_controller": controller.to_json()}
+
+
+# --- reading a run back ---------------------------------------------------------------------------
+# A converted checkpoint (``resnet-jax convert``) carries no config: torchvision's ImageNet
+# preprocessing.
+CONVERTED_DATASET = "imagenet2012"
+
+
+class RunError(ValueError):
+  """A workdir whose checkpoint does not fit the network its config describes (one line)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Checkpoint:
+  """One checkpoint's variables (host numpy arrays) and meta, read without a template."""
+
+  params: dict
+  batch_stats: dict
+  meta: dict
+  step: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """A run (or converted weights) ready to apply: ``model.apply(variables, x, train=False)``."""
+
+  workdir: str
+  config: ml_collections.ConfigDict
+  model: Any
+  variables: dict  # {'params', 'batch_stats'} as jax arrays
+  step: int
+  meta: dict
+
+  @property
+  def is_converted(self) -> bool:
+    """Weights written by ``resnet-jax convert`` rather than by training."""
+    return self.meta.get("kind") == "weights"
+
+
+def is_done(workdir) -> bool:
+  """Whether the run in ``workdir`` finished (the loop wrote its DONE file)."""
+  return (storage.location(workdir) / DONE_FILE).exists()
+
+
+def final_metrics(workdir) -> dict[str, Any]:
+  """The final metrics a finished run wrote into its DONE file."""
+  return json.loads((storage.location(workdir) / DONE_FILE).read_text())
+
+
+def is_run(path) -> bool:
+  """Whether ``path`` is a training workdir (holds a config.json)."""
+  return (storage.location(path) / CONFIG_FILE).exists()
+
+
+def _tuples(tree):
+  """JSON's lists back to the tuples the config holds."""
+  if isinstance(tree, dict):
+    return {k: _tuples(v) for k, v in tree.items()}
+  return tuple(_tuples(v) for v in tree) if isinstance(tree, list) else tree
+
+
+def read_config(workdir) -> ml_collections.ConfigDict:
+  """The config a run was trained with (its config.json) over today's defaults, so a key added
+  since the run was written reads as its default."""
+  path = storage.check_access(workdir, "--workdir") / CONFIG_FILE
+  if not path.exists():
+    raise FileNotFoundError(
+      f"{path} not found: {workdir} is not a training workdir; pass the --workdir of a training "
+      f"run or of `resnet-jax convert`"
+    )
+  config = config_lib.base_config()
+  config.update(_tuples(json.loads(path.read_text())))
+  return config
+
+
+def converted_config(meta: dict) -> ml_collections.ConfigDict:
+  """The config that serves converted weights: their model, ImageNet preprocessing."""
+  config = config_lib.base_config()
+  config.model = meta["model"]
+  config.dataset = CONVERTED_DATASET
+  config.cross_replica_bn = False
+  return config
+
+
+def checkpoint_dir(path, what: str = "--workdir") -> epath.Path:
+  """A workdir's ``checkpoints/``, or ``path`` itself if it is a checkpoints directory."""
+  path = storage.check_access(path, what)
+  sub = path / CHECKPOINT_DIR
+  if sub.is_dir():
+    return sub
+  if path.is_dir() and any(p.name.isdigit() for p in path.iterdir()):
+    return path
+  raise checkpoint_lib.CheckpointError(
+    f"{what}='{path}' has no checkpoints: pass the --workdir of `resnet-jax convert` or of a "
+    f"training run"
+  )
+
+
+def _open(directory) -> checkpoint_lib.Checkpointer:
+  return checkpoint_lib.Checkpointer(directory, read_only=True, async_save=False, keep_best=0)
+
+
+def latest_step(workdir) -> int | None:
+  """The newest checkpoint step of a workdir, or None when it has none."""
+  try:
+    directory = checkpoint_dir(workdir)
+  except checkpoint_lib.CheckpointError:
+    return None
+  ckpt = _open(directory)
+  try:
+    return ckpt.latest_step()
+  finally:
+    ckpt.close()
+
+
+def read_checkpoint(path, step: int | None = None, *, what: str = "--workdir") -> Checkpoint:
+  """Params, batch statistics and meta of checkpoint ``step`` (default: the latest) of a workdir
+  or checkpoints directory: a training run's (its optimizer state etc. are not returned) or
+  converted weights. Read as a raw tree, whichever parallelism wrote it."""
+  directory = checkpoint_dir(path, what)
+  ckpt = _open(directory)
+  try:
+    steps_there = ckpt.all_steps()
+    if not steps_there:
+      raise checkpoint_lib.CheckpointError(f"no checkpoint in {directory}")
+    step = steps_there[-1] if step is None else step
+    if step not in steps_there:
+      raise checkpoint_lib.CheckpointError(
+        f"no checkpoint at step {step} in {directory}; available: {steps_there}"
+      )
+    meta = ckpt.read_meta(step)
+    state = ckpt.read_state(step)
+  finally:
+    ckpt.close()
+  if not isinstance(state, Mapping) or "params" not in state:
+    raise checkpoint_lib.CheckpointError(f"checkpoint {directory} step {step} holds no params")
+  return Checkpoint(dict(state["params"]), dict(state.get("batch_stats") or {}), meta, int(step))
+
+
+def _paths(tree) -> dict[str, tuple]:
+  flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+  return {
+    "/".join(str(getattr(k, "key", k)) for k in path): tuple(np.shape(leaf)) for path, leaf in flat
+  }
+
+
+def _check_fits(where: str, config, meta: dict, model, variables, channels: int) -> None:
+  """Refuses a checkpoint whose architecture or parameter tree is not the configured network's."""
+  if meta.get("kind") != "weights" and "architecture" in meta:
+    if meta["architecture"] != expect_meta(config)["architecture"]:
+      raise RunError(
+        f"checkpoint {where} was written by another architecture than "
+        f"config.model={config.model!r} with its overrides; pass the run's own --config"
+      )
+  size = data_lib.eval_image_sizes(config.dataset, config.image_size or None)[0]
+  expected = state_lib.abstract_variables(model, (size, size, channels))
+  expected = {"params": expected["params"], "batch_stats": expected.get("batch_stats", {})}
+  want, got = _paths(expected), _paths(variables)
+  if want != got:
+    differ = sorted(set(want) ^ set(got)) or sorted(k for k in want if want[k] != got[k])
+    raise RunError(
+      f"checkpoint {where} does not fit {config.model} as configured "
+      f"({len(differ)} parameters differ, e.g. {differ[0]}); pass the matching --config"
+    )
+
+
+def load(
+  workdir,
+  step: int | None = None,
+  *,
+  config: ml_collections.ConfigDict | None = None,
+  image_size: int | None = None,
+) -> Run:
+  """Checkpoint ``step`` (default: the latest) of a training run or of converted weights, with the
+  network it fits, for inference or analysis (unreplicated: BN uses running statistics).
+
+  ``config`` replaces the run's config.json (it must still describe the same architecture);
+  ``image_size`` sets config.image_size (the networks are fully convolutional up to the pooled
+  head). The parameter tree must match the network exactly: a loaded model never runs with a
+  freshly initialised head.
+  """
+  ckpt = read_checkpoint(workdir, step)
+  if config is None:
+    if ckpt.meta.get("kind") == "weights" and not is_run(workdir):
+      config = converted_config(ckpt.meta)
+    else:
+      config = read_config(workdir)
+  if image_size:
+    config = config.copy_and_resolve_references()
+    config.image_size = image_size
+  variables = {"params": ckpt.params, "batch_stats": ckpt.batch_stats}
+  kwargs = model_kwargs(config)
+  kwargs.pop("bn_axis_name", None)  # one device: running statistics, no cross-replica reduction
+  num_classes = int(np.shape(ckpt.params["head"]["bias"])[0])
+  model = models.get_model(config.model, num_classes=num_classes, **kwargs)
+  channels = int(np.shape(ckpt.params["stem_conv"]["kernel"])[2])
+  _check_fits(f"{workdir} step {ckpt.step}", config, ckpt.meta, model, variables, channels)
+  return Run(
+    workdir=os.fspath(storage.location(workdir)),
+    config=config,
+    model=model,
+    variables=jax.tree_util.tree_map(jnp.asarray, variables),
+    step=ckpt.step,
+    meta=ckpt.meta,
+  )

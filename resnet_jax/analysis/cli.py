@@ -180,9 +180,9 @@ def run_analysis(name: str, flag_values: flags.FlagValues) -> dict[str, Any]:
 
       result = gradient_flow.run(a.out, workdirs, num_images=a.num_images, step=a.step)
     else:
-      from resnet_jax.analysis import test_time  # pylint: disable=g-import-not-at-top
+      from resnet_jax.analysis import multi_view  # pylint: disable=g-import-not-at-top
 
-      result = test_time.run(
+      result = multi_view.run(
         a.out, workdirs, methods=tuple(a.methods), scales=_ints(a, "scales"), step=a.step
       )
   print(f"{name}: figure {result['figure']}, table {result['table']}")

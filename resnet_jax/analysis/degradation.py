@@ -1,8 +1,9 @@
 """Degradation (paper Fig. 1, 4, 6; Table 6): plain and residual nets of increasing depth, one recipe.
 
-Trains ``plain{d}`` and ``resnet{d}`` for each depth with the same recipe (``analysis.recipe``) and
-plots training error (dashed) and test error (solid) against iterations, one panel for the plain
-nets and one for the residual nets, as in Fig. 6; the table holds the final errors per depth.
+Trains ``plain{d}`` and ``resnet{d}`` for each depth with the same recipe
+(``analysis.recipes.recipe``) and plots training error (dashed) and test error (solid) against
+iterations, one panel for the plain nets and one for the residual nets, as in Fig. 6; the table
+holds the final errors per depth.
 
 Runs go to ``OUT/runs/<model>`` (a finished run is skipped, an interrupted one resumes), either
 in this process one after another (``runner='inline'``) or through the sweep machinery
@@ -14,9 +15,9 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from resnet_jax import analysis as A
 from resnet_jax import metrics as metrics_lib
 from resnet_jax import storage
+from resnet_jax.analysis import recipes, report
 
 FAMILIES = ("plain", "resnet")
 
@@ -43,7 +44,47 @@ def _write_sweep_file(
     "def get_sweep():\n"
     f"  return product(config={configs!r}, seed=[{seed!r}])\n"
   )
-  return A.write_text(path, text)
+  return report.write_text(path, text)
+
+
+def _train_with_sweep(
+  out, runs_dir, models, *, dataset, width_multiplier, steps, batch_size, evals, seed, parallel
+):
+  """The paper's cifar10 config files as a generated sweep, ``parallel`` runs at a time; returns
+  ``{model: workdir}``."""
+  if storage.is_object_store(out):
+    raise ValueError(
+      f"runner='sweep' imports the sweep file it writes into --out={out}: use a local --out "
+      f"(or runner='inline', which works on a bucket)"
+    )
+  if width_multiplier != 1.0 or dataset != "cifar10":
+    raise ValueError(
+      "runner='sweep' runs the paper's cifar10 config files unchanged: use "
+      "dataset='cifar10' and width 1 (or runner='inline')"
+    )
+  from resnet_jax import sweep  # pylint: disable=g-import-not-at-top
+
+  common = {}
+  if steps:
+    probe = recipes.recipe(models[0], dataset=dataset, steps=steps, evals=evals)
+    common = {
+      "num_train_steps": steps,
+      "lr_boundaries": tuple(probe.lr_boundaries),
+      "eval_every_steps": probe.eval_every_steps,
+      "checkpoint_every_steps": probe.checkpoint_every_steps,
+    }
+  if batch_size:
+    common["global_batch_size"] = batch_size
+  sweep_file = _write_sweep_file(
+    report.output_path(out, "degradation_sweep.py"), models, dataset, common, seed
+  )
+  sweep.run_sweep(sweep_file, runs_dir, parallel=parallel)
+  return {
+    m.name.split(",")[0].split("=")[1].replace(f"{dataset}_", ""): report.output_path(
+      runs_dir, m.name
+    )
+    for m in sweep.load_sweep(sweep_file)
+  }
 
 
 def run(
@@ -68,44 +109,24 @@ def run(
   if runner not in ("inline", "sweep"):
     raise ValueError(f"runner must be 'inline' or 'sweep', got {runner!r}")
   models = [f"{f}{d}" for f in families for d in depths]
-  runs = A.output_path(out, "runs")
-  workdirs = {}
+  runs_dir = report.output_path(out, "runs")
   if runner == "sweep":
-    if storage.is_object_store(out):
-      raise ValueError(
-        f"runner='sweep' imports the sweep file it writes into --out={out}: use a local --out "
-        f"(or runner='inline', which works on a bucket)"
-      )
-    if width_multiplier != 1.0 or dataset != "cifar10":
-      raise ValueError(
-        "runner='sweep' runs the paper's cifar10 config files unchanged: use "
-        "dataset='cifar10' and width 1 (or runner='inline')"
-      )
-    from resnet_jax import sweep  # pylint: disable=g-import-not-at-top
-
-    common = {}
-    if steps:
-      probe = A.recipe(models[0], dataset=dataset, steps=steps, evals=evals)
-      common = {
-        "num_train_steps": steps,
-        "lr_boundaries": tuple(probe.lr_boundaries),
-        "eval_every_steps": probe.eval_every_steps,
-        "checkpoint_every_steps": probe.checkpoint_every_steps,
-      }
-    if batch_size:
-      common["global_batch_size"] = batch_size
-    sweep_file = _write_sweep_file(
-      A.output_path(out, "degradation_sweep.py"), models, dataset, common, seed
+    workdirs = _train_with_sweep(
+      out,
+      runs_dir,
+      models,
+      dataset=dataset,
+      width_multiplier=width_multiplier,
+      steps=steps,
+      batch_size=batch_size,
+      evals=evals,
+      seed=seed,
+      parallel=parallel,
     )
-    sweep.run_sweep(sweep_file, runs, parallel=parallel)
-    for m in sweep.load_sweep(sweep_file):
-      workdirs[m.name.split(",")[0].split("=")[1].replace(f"{dataset}_", "")] = A.output_path(
-        runs, m.name
-      )
   else:
+    workdirs = {m: report.output_path(runs_dir, m) for m in models}
     for m in models:
-      workdirs[m] = A.output_path(runs, m)
-      cfg = A.recipe(
+      cfg = recipes.recipe(
         m,
         dataset=dataset,
         steps=steps,
@@ -114,12 +135,13 @@ def run(
         batch_size=batch_size,
         evals=evals,
       )
-      A.train(cfg, workdirs[m])
-  return report(out, workdirs, title_suffix=f"{dataset}, width x{width_multiplier:g}")
+      recipes.train(cfg, workdirs[m])
+  return report_runs(out, workdirs, title_suffix=f"{dataset}, width x{width_multiplier:g}")
 
 
-def report(out: str, workdirs: dict[str, str], title_suffix: str = "") -> dict[str, Any]:
-  """Figure + table from finished runs ``{model: workdir}``."""
+def final_errors(workdirs: dict[str, str]) -> tuple[list[dict[str, Any]], dict[str, dict]]:
+  """``(rows, curves)`` of finished runs ``{model: workdir}``: each run's last train and test
+  error (rows by family, then depth) and its error curves."""
   curves = {m: _curves(w) for m, w in workdirs.items()}
   rows = []
   for m, c in curves.items():
@@ -127,7 +149,7 @@ def report(out: str, workdirs: dict[str, str], title_suffix: str = "") -> dict[s
       {
         "model": m,
         "family": "plain" if m.startswith("plain") else "resnet",
-        "depth": A.depth_of(m),
+        "depth": recipes.depth_of(m),
         "final_step": c["test"][-1][0] if c["test"] else None,
         "train_top1_error": c["train"][-1][1] if c["train"] else None,
         "test_top1_error": c["test"][-1][1] if c["test"] else None,
@@ -135,47 +157,57 @@ def report(out: str, workdirs: dict[str, str], title_suffix: str = "") -> dict[s
       }
     )
   rows.sort(key=lambda r: (r["family"], r["depth"]))
+  return rows, curves
 
-  plt = A.pyplot()
+
+def _plot_family(ax, fam, rows, curves, color, title_suffix):
+  for r in [r for r in rows if r["family"] == fam]:
+    c = curves[r["model"]]
+    if c["train"]:
+      ax.plot(*zip(*c["train"]), "--", color=color[r["depth"]], alpha=0.8, lw=1)
+    if c["test"]:
+      ax.plot(
+        *zip(*c["test"]),
+        "-",
+        color=color[r["depth"]],
+        lw=2,
+        marker="o",
+        ms=3,
+        label=f"{fam}-{r['depth']}",
+      )
+  ax.set_title(f"{'Plain' if fam == 'plain' else 'Residual'} networks ({title_suffix})")
+  ax.set_xlabel("iteration (training step)")
+  ax.set_ylabel("top-1 error (fraction)")
+  ax.grid(alpha=0.3)
+  handles, labels = ax.get_legend_handles_labels()
+  from matplotlib.lines import Line2D  # pylint: disable=g-import-not-at-top
+
+  handles += [Line2D([], [], color="gray", ls="--"), Line2D([], [], color="gray", ls="-")]
+  labels += ["training error (dashed)", "test error (solid)"]
+  ax.legend(handles, labels, fontsize=8)
+
+
+def _figure(rows, curves, title_suffix: str):
+  plt = report.pyplot()
   fams = [f for f in FAMILIES if any(r["family"] == f for r in rows)]
   fig, axes = plt.subplots(1, len(fams), figsize=(6 * len(fams), 4.5), sharey=True, squeeze=False)
   cmap = plt.get_cmap("viridis")
   depths = sorted({r["depth"] for r in rows})
   color = {d: cmap(i / max(1, len(depths) - 1) * 0.85) for i, d in enumerate(depths)}
   for ax, fam in zip(axes[0], fams):
-    for r in [r for r in rows if r["family"] == fam]:
-      c = curves[r["model"]]
-      if c["train"]:
-        ax.plot(*zip(*c["train"]), "--", color=color[r["depth"]], alpha=0.8, lw=1)
-      if c["test"]:
-        ax.plot(
-          *zip(*c["test"]),
-          "-",
-          color=color[r["depth"]],
-          lw=2,
-          marker="o",
-          ms=3,
-          label=f"{fam}-{r['depth']}",
-        )
-    ax.set_title(f"{'Plain' if fam == 'plain' else 'Residual'} networks ({title_suffix})")
-    ax.set_xlabel("iteration (training step)")
-    ax.set_ylabel("top-1 error (fraction)")
-    ax.grid(alpha=0.3)
-    handles, labels = ax.get_legend_handles_labels()
-    from matplotlib.lines import Line2D  # pylint: disable=g-import-not-at-top
-
-    handles += [Line2D([], [], color="gray", ls="--"), Line2D([], [], color="gray", ls="-")]
-    labels += ["training error (dashed)", "test error (solid)"]
-    ax.legend(handles, labels, fontsize=8)
+    _plot_family(ax, fam, rows, curves, color, title_suffix)
   fig.suptitle("Degradation: training (dashed) and test (solid) error vs iterations")
-  figure = A.save_figure(fig, A.output_path(out, "degradation.png"))
+  return fig
 
-  table = A.markdown_table(
+
+def _table(rows, title_suffix: str) -> str:
+  depths = sorted({r["depth"] for r in rows})
+  table = report.markdown_table(
     ["depth", "plain train err", "plain test err", "residual train err", "residual test err"],
     [
       [d]
       + [
-        A.pct(next((r[k] for r in rows if r["family"] == f and r["depth"] == d), None))
+        report.pct(next((r[k] for r in rows if r["family"] == f and r["depth"] == d), None))
         for f in FAMILIES
         for k in ("train_top1_error", "test_top1_error")
       ]
@@ -183,9 +215,19 @@ def report(out: str, workdirs: dict[str, str], title_suffix: str = "") -> dict[s
     ],
   )
   steps = sorted({r["final_step"] for r in rows if r["final_step"] is not None})
-  table = (
+  return (
     f"Final top-1 error after {', '.join(map(str, steps))} iterations ({title_suffix}).\n\n" + table
   )
-  path = A.write_text(A.output_path(out, "degradation.md"), table)
-  A.write_json(A.output_path(out, "degradation.json"), rows)
-  return {"rows": rows, "figure": figure, "table": path}
+
+
+def report_runs(out: str, workdirs: dict[str, str], title_suffix: str = "") -> dict[str, Any]:
+  """Figure + table from finished runs ``{model: workdir}``."""
+  rows, curves = final_errors(workdirs)
+  written = report.write_outputs(
+    out,
+    "degradation",
+    figure=_figure(rows, curves, title_suffix),
+    table=_table(rows, title_suffix),
+    rows=rows,
+  )
+  return {"rows": rows, **written}

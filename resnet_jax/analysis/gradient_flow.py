@@ -20,7 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from resnet_jax import analysis as A
+from resnet_jax import runs
+from resnet_jax.analysis import inputs, recipes, report
 from resnet_jax.models import blocks as blocks_lib
 
 _BLOCK = re.compile(r"stage(\d+)_block(\d+)$")
@@ -101,34 +102,33 @@ def gradient_norms(
   }
 
 
-def run(
-  out: str, workdirs: Sequence[str], *, num_images: int = 128, step: int | None = None
-) -> dict[str, Any]:
-  """Writes ``gradient_flow.png`` and ``gradient_flow.md`` (init and trained, per run)."""
+def measure(workdirs: Sequence[str], *, num_images: int = 128, step: int | None = None):
+  """Gradient norms of each run at initialisation and at checkpoint ``step`` (default: latest), on
+  its first ``num_images`` training images; plain nets first, then by depth."""
   results = []
   for w in workdirs:
-    config, model, trained, used = A.load_run(w, step)
-    _, info = A.build_model(config)
-    images, labels = A.image_batch(config, split="train", size=num_images)
+    run = runs.load(w, step)
+    config = run.config
+    images, labels = inputs.image_batch(config, split="train", size=num_images)
     images, labels = jnp.asarray(images), jnp.asarray(labels)
-    init = A.init_variables(model, config, images.shape[1:])
-    for when, variables in (("init", init), ("trained", trained)):
-      g = gradient_norms(model, variables, images, labels, info.num_classes)
+    init = inputs.init_variables(run.model, config, images.shape[1:])
+    for when, variables in (("init", init), ("trained", run.variables)):
+      g = gradient_norms(run.model, variables, images, labels, run.model.num_classes)
       results.append(
         {
           "workdir": w,
-          "label": A.model_label(config),
-          "model": A.display_name(config),
-          "plain": A.is_plain(config),
-          "depth": A.depth_of(config),
+          **recipes.describe(config),
           "when": when,
-          "step": 0 if when == "init" else used,
+          "step": 0 if when == "init" else run.step,
           **g,
         }
       )
   results.sort(key=lambda r: (not r["plain"], r["depth"], r["when"]))
+  return results
 
-  plt = A.pyplot()
+
+def _figure(results):
+  plt = report.pyplot()
   fig, axes = plt.subplots(2, 2, figsize=(12, 8), sharex=True)
   labels = sorted({(not r["plain"], r["depth"], r["label"]) for r in results})
   cmap = plt.get_cmap("tab10")
@@ -151,45 +151,48 @@ def run(
       ax.legend(fontsize=7, title="dashed: plain, solid: residual", title_fontsize=7)
     axes[1, col].set_xlabel("relative block depth (block index / number of blocks)")
   fig.suptitle("Gradient flow by depth: plain vs residual")
-  figure = A.save_figure(fig, A.output_path(out, "gradient_flow.png"))
+  return fig
 
+
+_HEADER = (
+  "model",
+  "weights",
+  "step",
+  "loss",
+  "input grad first",
+  "input grad last",
+  "ratio",
+  "param grad first",
+  "param grad last",
+  "ratio",
+)
+
+
+def _table(results, num_images: int) -> str:
   rows = []
   for r in results:
     gi, gp = r["input_grad_norm"], r["param_grad_norm"]
     rows.append(
-      [
-        r["label"],
-        r["when"],
-        r["step"],
-        f"{r['loss']:.3f}",
-        f"{gi[0]:.3g}",
-        f"{gi[-1]:.3g}",
-        f"{gi[0] / gi[-1]:.3g}",
-        f"{gp[0]:.3g}",
-        f"{gp[-1]:.3g}",
-        f"{gp[0] / gp[-1]:.3g}",
-      ]
+      [r["label"], r["when"], r["step"], f"{r['loss']:.3f}"]
+      + [f"{v:.3g}" for g in (gi, gp) for v in (g[0], g[-1], g[0] / g[-1])]
     )
-  table = (
+  return (
     f"Loss-gradient norms on {num_images} training images (training-mode BN). "
     "first/last = first/last residual (or plain) block; ratio first/last < 1 means the "
-    "gradient shrinks towards the input.\n\n"
-    + A.markdown_table(
-      [
-        "model",
-        "weights",
-        "step",
-        "loss",
-        "input grad first",
-        "input grad last",
-        "ratio",
-        "param grad first",
-        "param grad last",
-        "ratio",
-      ],
-      rows,
-    )
+    "gradient shrinks towards the input.\n\n" + report.markdown_table(_HEADER, rows)
   )
-  path = A.write_text(A.output_path(out, "gradient_flow.md"), table)
-  A.write_json(A.output_path(out, "gradient_flow.json"), results)
-  return {"results": results, "figure": figure, "table": path}
+
+
+def run(
+  out: str, workdirs: Sequence[str], *, num_images: int = 128, step: int | None = None
+) -> dict[str, Any]:
+  """Writes ``gradient_flow.png``, ``.md`` and ``.json`` (init and trained, per run)."""
+  results = measure(workdirs, num_images=num_images, step=step)
+  written = report.write_outputs(
+    out,
+    "gradient_flow",
+    figure=_figure(results),
+    table=_table(results, num_images),
+    rows=results,
+  )
+  return {"results": results, **written}

@@ -15,7 +15,8 @@ from typing import Any, Sequence
 import jax.numpy as jnp
 import numpy as np
 
-from resnet_jax import analysis as A
+from resnet_jax import runs
+from resnet_jax.analysis import inputs, recipes, report
 
 _BN = re.compile(r"(stem_bn|bn\d+)$")
 
@@ -87,30 +88,29 @@ def response_stds(model, variables, images, layers=None) -> list[tuple[str, floa
   return [("/".join(p), float(jnp.std(v.astype(jnp.float32)))) for p, v in caps.items()]
 
 
-def run(
-  out: str, workdirs: Sequence[str], *, num_images: int = 256, step: int | None = None
-) -> dict[str, Any]:
-  """Writes ``layer_responses.png`` and ``layer_responses.md`` for the runs in ``workdirs``."""
+def measure(workdirs: Sequence[str], *, num_images: int = 256, step: int | None = None):
+  """Response stds of each run's checkpoint ``step`` (default: latest) on its first ``num_images``
+  test images; plain nets first, then by depth."""
   results = []
   for w in workdirs:
-    config, model, variables, used = A.load_run(w, step)
-    images, _ = A.image_batch(config, split="eval", size=num_images)
-    stds = response_stds(model, variables, jnp.asarray(images))
+    run = runs.load(w, step)
+    images, _ = inputs.image_batch(run.config, split="eval", size=num_images)
+    stds = response_stds(run.model, run.variables, jnp.asarray(images))
     results.append(
       {
         "workdir": w,
-        "label": A.model_label(config),
-        "model": A.display_name(config),
-        "plain": A.is_plain(config),
-        "depth": A.depth_of(config),
-        "step": used,
+        **recipes.describe(run.config),
+        "step": run.step,
         "layers": [n for n, _ in stds],
         "std": [s for _, s in stds],
       }
     )
   results.sort(key=lambda r: (not r["plain"], r["depth"]))
+  return results
 
-  plt = A.pyplot()
+
+def _figure(results):
+  plt = report.pyplot()
   fig, axes = plt.subplots(2, 1, figsize=(9, 7.5))
   for r in results:
     style = "--" if r["plain"] else "-"
@@ -124,8 +124,22 @@ def run(
     ax.set_ylabel("std of response (normalised input units)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, ncol=2)
-  figure = A.save_figure(fig, A.output_path(out, "layer_responses.png"))
+  return fig
 
+
+_HEADER = (
+  "model",
+  "step",
+  "3x3 layers",
+  "mean std",
+  "median std",
+  "min std",
+  "max std",
+  "mean std, last third",
+)
+
+
+def _table(results, num_images: int) -> str:
   rows = [
     [
       r["label"],
@@ -139,22 +153,22 @@ def run(
     ]
     for r in results
   ]
-  table = (
+  return (
     f"Std of each 3x3 layer's response on {num_images} test images (inference mode).\n\n"
-    + A.markdown_table(
-      [
-        "model",
-        "step",
-        "3x3 layers",
-        "mean std",
-        "median std",
-        "min std",
-        "max std",
-        "mean std, last third",
-      ],
-      rows,
-    )
+    + report.markdown_table(_HEADER, rows)
   )
-  path = A.write_text(A.output_path(out, "layer_responses.md"), table)
-  A.write_json(A.output_path(out, "layer_responses.json"), results)
-  return {"results": results, "figure": figure, "table": path}
+
+
+def run(
+  out: str, workdirs: Sequence[str], *, num_images: int = 256, step: int | None = None
+) -> dict[str, Any]:
+  """Writes ``layer_responses.png``, ``.md`` and ``.json`` for the runs in ``workdirs``."""
+  results = measure(workdirs, num_images=num_images, step=step)
+  written = report.write_outputs(
+    out,
+    "layer_responses",
+    figure=_figure(results),
+    table=_table(results, num_images),
+    rows=results,
+  )
+  return {"results": results, **written}

@@ -5,48 +5,29 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from resnet_jax import analysis as A
+from resnet_jax.analysis import recipes, report
 from resnet_jax.train import state as state_lib
 
 OPTIONS = ("A", "B", "C")
 
 
 def param_count(config) -> int:
-  model, info = A.build_model(config)
-  shape = A.image_shape_of(config, info)
+  """Parameters of the net a recipe describes (counted from shapes, nothing computed)."""
+  model, info = recipes.build_model(config)
+  shape = recipes.image_shape_of(config, info)
   return state_lib.count_params(state_lib.abstract_variables(model, shape)["params"])
 
 
-def run(
-  out: str,
-  *,
-  model: str = "resnet20",
-  options: Sequence[str] = OPTIONS,
-  dataset: str = "digits",
-  steps: int | None = None,
-  width_multiplier: float = 1.0,
-  seed: int = 0,
-  batch_size: int | None = None,
-  evals: int = 4,
-) -> dict[str, Any]:
-  """Trains ``model`` with each shortcut option into ``OUT/runs/shortcut=X``; writes
-  ``shortcuts.png`` and ``shortcuts.md``."""
+def train_options(out: str, model: str, options: Sequence[str], **recipe_kwargs) -> list[dict]:
+  """Trains ``model`` with each shortcut option into ``OUT/runs/shortcut=X`` (a finished run is
+  skipped); one row per option with its final errors and parameter count."""
   rows = []
   for opt in options:
     if opt not in OPTIONS + ("none",):
       raise ValueError(f"shortcut option {opt!r}: choose from A, B, C, none")
-    cfg = A.recipe(
-      model,
-      dataset=dataset,
-      steps=steps,
-      width_multiplier=width_multiplier,
-      seed=seed,
-      batch_size=batch_size,
-      evals=evals,
-      overrides={"model_overrides.shortcut": opt},
-    )
-    workdir = A.output_path(A.output_path(out, "runs"), f"shortcut={opt}")
-    res = A.train(cfg, workdir)
+    cfg = recipes.recipe(model, overrides={"model_overrides.shortcut": opt}, **recipe_kwargs)
+    workdir = report.output_path(report.output_path(out, "runs"), f"shortcut={opt}")
+    res = recipes.train(cfg, workdir)
     rows.append(
       {
         "option": opt,
@@ -58,8 +39,11 @@ def run(
         "workdir": workdir,
       }
     )
+  return rows
 
-  plt = A.pyplot()
+
+def _figure(rows, model: str, dataset: str):
+  plt = report.pyplot()
   fig, ax = plt.subplots(figsize=(6, 4))
   xs = range(len(rows))
   bars = ax.bar(
@@ -78,24 +62,57 @@ def run(
   ax.set_ylabel("test top-1 error (%)")
   ax.set_title(f"Shortcut options: {model} on {dataset}, {rows[0]['step']} iterations")
   ax.legend(fontsize=8)
-  figure = A.save_figure(fig, A.output_path(out, "shortcuts.png"))
-  table = A.markdown_table(
+  return fig
+
+
+def _table(rows, dataset: str, width_multiplier: float) -> str:
+  table = report.markdown_table(
     ["option", "model", "parameters", "test top-1 err", "test top-5 err", "iterations"],
     [
       [
         r["option"],
         r["model"],
         f"{r['params']:,}",
-        A.pct(r["test_top1_error"]),
-        A.pct(r["test_top5_error"]),
+        report.pct(r["test_top1_error"]),
+        report.pct(r["test_top5_error"]),
         r["step"],
       ]
       for r in rows
     ],
   )
-  path = A.write_text(
-    A.output_path(out, "shortcuts.md"),
-    f"Shortcut options on {dataset} (width x{width_multiplier:g}).\n\n" + table,
+  return f"Shortcut options on {dataset} (width x{width_multiplier:g}).\n\n" + table
+
+
+def run(
+  out: str,
+  *,
+  model: str = "resnet20",
+  options: Sequence[str] = OPTIONS,
+  dataset: str = "digits",
+  steps: int | None = None,
+  width_multiplier: float = 1.0,
+  seed: int = 0,
+  batch_size: int | None = None,
+  evals: int = 4,
+) -> dict[str, Any]:
+  """Trains ``model`` with each shortcut option into ``OUT/runs/shortcut=X``; writes
+  ``shortcuts.png``, ``.md`` and ``.json``."""
+  rows = train_options(
+    out,
+    model,
+    options,
+    dataset=dataset,
+    steps=steps,
+    width_multiplier=width_multiplier,
+    seed=seed,
+    batch_size=batch_size,
+    evals=evals,
   )
-  A.write_json(A.output_path(out, "shortcuts.json"), rows)
-  return {"rows": rows, "figure": figure, "table": path}
+  written = report.write_outputs(
+    out,
+    "shortcuts",
+    figure=_figure(rows, model, dataset),
+    table=_table(rows, dataset, width_multiplier),
+    rows=rows,
+  )
+  return {"rows": rows, **written}

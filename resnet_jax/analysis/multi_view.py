@@ -1,5 +1,6 @@
-"""Test-time methods (paper Tables 3/4, §3.4): center crop vs 10-crop vs fully-convolutional
-multi-scale, for a checkpoint, through ``train.loop.evaluate`` (the training program's evaluator).
+"""Test-time methods (paper Tables 3/4, §3.4), the ``test_time`` analysis: center crop vs 10-crop vs
+fully-convolutional multi-scale, for a checkpoint, through ``train.loop.evaluate`` (the training
+program's evaluator).
 
 10-crop: the four corners and the centre crop plus their flips, softmax averaged. full_conv: the
 whole image resized to each shorter side in ``scales``, the net applied fully convolutionally,
@@ -11,27 +12,27 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from resnet_jax import analysis as A
+from resnet_jax import runs
+from resnet_jax.analysis import recipes, report
 
 METHODS = ("center", "ten_crop", "full_conv")
+# The command's name and its output files' stem: the paper's "testing" methods.
+NAME = "test_time"
 
 
-def run(
-  out: str,
+def evaluate(
   workdirs: Sequence[str],
   *,
   methods: Sequence[str] = METHODS,
   scales: Sequence[int] | None = None,
   step: int | None = None,
-) -> dict[str, Any]:
-  """Writes ``test_time.png`` and ``test_time.md``. ``scales``: shorter sides for full_conv
-  (default: the run's config.eval_scales, and if that is empty ``train.loop.full_conv_scales``'
-  choice from the image size, as ``resnet-jax eval`` makes it)."""
+) -> list[dict[str, Any]]:
+  """Test error of each run's checkpoint ``step`` (default: latest) under each method."""
   from resnet_jax.train import loop  # pylint: disable=g-import-not-at-top
 
   rows = []
   for w in workdirs:
-    config = A.run_config(w)
+    config = runs.read_config(w)
     if scales:
       config.eval_scales = tuple(int(s) for s in scales)
     for method in methods:
@@ -39,7 +40,7 @@ def run(
       rows.append(
         {
           "workdir": w,
-          "label": A.model_label(config),
+          "label": recipes.model_label(config),
           "method": method,
           "scales": list(loop.full_conv_scales(config)) if method == "full_conv" else None,
           "step": res["step"],
@@ -48,8 +49,11 @@ def run(
           "count": res["eval_count"],
         }
       )
+  return rows
 
-  plt = A.pyplot()
+
+def _figure(rows, methods: Sequence[str]):
+  plt = report.pyplot()
   fig, ax = plt.subplots(figsize=(7, 4))
   labels = list(dict.fromkeys(r["label"] for r in rows))
   width = 0.8 / max(1, len(methods))
@@ -64,8 +68,11 @@ def run(
   ax.set_ylabel("test top-1 error (%)")
   ax.set_title("Test-time methods: center vs 10-crop vs fully-convolutional multi-scale")
   ax.legend(fontsize=8)
-  figure = A.save_figure(fig, A.output_path(out, "test_time.png"))
-  table = A.markdown_table(
+  return fig
+
+
+def _table(rows) -> str:
+  return report.markdown_table(
     ["model", "step", "method", "scales", "test top-1 err", "test top-5 err", "images"],
     [
       [
@@ -73,13 +80,28 @@ def run(
         r["step"],
         r["method"],
         ",".join(map(str, r["scales"] or [])) or "-",
-        A.pct(r["top1_error"]),
-        A.pct(r["top5_error"]),
+        report.pct(r["top1_error"]),
+        report.pct(r["top5_error"]),
         r["count"],
       ]
       for r in rows
     ],
   )
-  path = A.write_text(A.output_path(out, "test_time.md"), table)
-  A.write_json(A.output_path(out, "test_time.json"), rows)
-  return {"rows": rows, "figure": figure, "table": path}
+
+
+def run(
+  out: str,
+  workdirs: Sequence[str],
+  *,
+  methods: Sequence[str] = METHODS,
+  scales: Sequence[int] | None = None,
+  step: int | None = None,
+) -> dict[str, Any]:
+  """Writes ``test_time.png``, ``.md`` and ``.json``. ``scales``: shorter sides for full_conv
+  (default: the run's config.eval_scales, and if that is empty ``train.loop.full_conv_scales``'
+  choice from the image size, as ``resnet-jax eval`` makes it)."""
+  rows = evaluate(workdirs, methods=methods, scales=scales, step=step)
+  written = report.write_outputs(
+    out, NAME, figure=_figure(rows, methods), table=_table(rows), rows=rows
+  )
+  return {"rows": rows, **written}

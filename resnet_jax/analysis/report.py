@@ -1,0 +1,70 @@
+"""What every analysis writes: Markdown tables, JSON rows and PNG figures, to a folder or bucket."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Sequence
+
+from resnet_jax import storage
+
+
+def markdown_table(
+  header: Sequence[str], rows: Sequence[Sequence[Any]], align: Sequence[str] | None = None
+) -> str:
+  """A Markdown table; by default the first column left-aligned and the others right."""
+  align = align or ["---"] + ["---:"] * (len(header) - 1)
+  lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
+  for r in rows:
+    lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in r) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def output_path(out, name: str) -> str:
+  """``out/name``, where ``out`` (an analysis's ``--out``) may be a folder or a bucket URL."""
+  return os.fspath(storage.location(out) / name)
+
+
+def write_text(path: str, text: str) -> str:
+  storage.write_atomically(path, text)
+  return path
+
+
+def write_json(path: str, obj) -> str:
+  return write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=float) + "\n")
+
+
+def pct(v) -> str:
+  """A fraction as a percentage with two decimals ('' for None)."""
+  return "" if v is None else f"{100 * float(v):.2f}%"
+
+
+def pyplot():
+  """matplotlib.pyplot on the file-only Agg backend (no display needed)."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  return plt
+
+
+def save_figure(fig, path: str) -> str:
+  """Writes ``fig`` as a PNG at ``path`` (a file or bucket object) and closes it."""
+  target = storage.location(path)
+  if not storage.is_object_store(target):
+    target.parent.mkdir(parents=True, exist_ok=True)
+  fig.tight_layout()
+  with target.open("wb") as f:
+    fig.savefig(f, format="png", dpi=110)
+  pyplot().close(fig)
+  return path
+
+
+def write_outputs(out, stem: str, *, figure, table: str, rows) -> dict[str, Any]:
+  """``stem.png``, ``stem.md`` and ``stem.json`` in ``out``; returns where the figure and table
+  went, the shape of every analysis's result."""
+  figure_path = save_figure(figure, output_path(out, f"{stem}.png"))
+  table_path = write_text(output_path(out, f"{stem}.md"), table)
+  write_json(output_path(out, f"{stem}.json"), rows)
+  return {"figure": figure_path, "table": table_path}
