@@ -4,6 +4,8 @@ import collections
 import logging
 import os
 import signal
+import sys
+import tempfile
 import threading
 import time
 
@@ -16,9 +18,71 @@ from resnet_jax import data
 from resnet_jax.data import augment, datasets, digits
 
 
+class _Output:
+  """Everything written to file descriptors 1 and 2, and every log record, while it is open."""
+
+  def __enter__(self):
+    self.records, self.text = [], ""
+    self._handler = logging.Handler()
+    self._handler.emit = self.records.append
+    self._level = logging.getLogger().level
+    logging.getLogger().addHandler(self._handler)
+    logging.getLogger().setLevel(logging.INFO)
+    self._file = tempfile.TemporaryFile()
+    for stream in (sys.stdout, sys.stderr):
+      stream.flush()
+    self._saved = [os.dup(1), os.dup(2)]
+    os.dup2(self._file.fileno(), 1)
+    os.dup2(self._file.fileno(), 2)
+    return self
+
+  def __exit__(self, *exc):
+    for stream in (sys.stdout, sys.stderr):
+      stream.flush()
+    for fd, saved in zip((1, 2), self._saved):
+      os.dup2(saved, fd)
+      os.close(saved)
+    logging.getLogger().removeHandler(self._handler)
+    logging.getLogger().setLevel(self._level)
+    self._file.seek(0)
+    self.text = self._file.read().decode(errors="replace")
+    self._file.close()
+
+
 @pytest.fixture(scope="session")
-def data_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp("tfds"))
+def first_preparation(tmp_path_factory):
+  """The digits prepared once into a fresh data dir, as the first run on a machine does, with what
+  that printed and logged."""
+  directory = str(tmp_path_factory.mktemp("tfds"))
+  with _Output() as output:
+    datasets.get_builder(datasets.dataset_info("digits"), directory)
+  return directory, output
+
+
+@pytest.fixture(scope="session")
+def data_dir(first_preparation):
+  return first_preparation[0]
+
+
+def test_the_first_preparation_of_the_digits_is_one_line_of_ours(first_preparation):
+  """Not tfds's "Downloading and preparing dataset Unknown size", its warnings that the dataset
+  has no dataset_info.json yet, or its progress bars, for a dataset that downloads nothing."""
+  directory, output = first_preparation
+  assert output.text.strip() == "", output.text[-2000:]
+  # What reaches the run log: warnings from anywhere, and our own INFO (runtime drops the rest).
+  ours = os.path.dirname(datasets.__file__)
+  lines = [
+    r.getMessage()
+    for r in output.records
+    if r.levelno >= logging.WARNING or r.pathname.startswith(ours)
+  ]
+  assert lines == [
+    f"Preparing the bundled digits dataset in {directory} (once; later runs reuse it)"
+  ]
+  assert tfds.core.utils.tqdm_utils._active  # the progress bars are back on for everyone else
+  with _Output() as again:
+    datasets.get_builder(datasets.dataset_info("digits"), directory)
+  assert again.text.strip() == "" and not [r for r in again.records if r.levelno >= logging.WARNING]
 
 
 @pytest.fixture(scope="session")

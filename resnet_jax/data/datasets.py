@@ -281,6 +281,27 @@ def _one_preparer(data_dir: str, name: str):
       fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+def _is_prepared(builder) -> bool:
+  """``builder.is_prepared()``, less tfds's warning, at every first run, that a dataset not yet
+  prepared has no ``dataset_info.json``: that file is what it checks for."""
+  return (epath.Path(builder.data_path) / "dataset_info.json").exists()
+
+
+@contextlib.contextmanager
+def _progress_bars(shown: bool):
+  """tfds's progress bars on or off while a dataset is prepared, as they were afterwards.
+
+  Off for the bundled digits: a few seconds of writing, nothing downloaded, and four bars of it
+  would bury the run's first lines; a download's bars say how long it will take.
+  """
+  before = getattr(tfds.core.utils.tqdm_utils, "_active", True)
+  tfds.display_progress_bar(shown)
+  try:
+    yield
+  finally:
+    tfds.display_progress_bar(before)
+
+
 def get_builder(spec: DatasetSpec, data_dir: str | None = None):
   """The tfds builder for a registry entry, prepared (built/downloaded) if needed."""
   hide_gpus_from_tf()
@@ -290,7 +311,7 @@ def get_builder(spec: DatasetSpec, data_dir: str | None = None):
     builder = digits_lib.HandwrittenDigits(data_dir=data_dir)
   else:
     builder = tfds.builder(spec.builder, data_dir=data_dir)
-  if _tfds_is_mocked() or builder.is_prepared():
+  if _tfds_is_mocked() or _is_prepared(builder):
     return builder
   if spec.name == "imagenet2012":
     manual = epath.Path(data_dir) / "downloads" / "manual"
@@ -299,10 +320,13 @@ def get_builder(spec: DatasetSpec, data_dir: str | None = None):
       raise DatasetNotFoundError(imagenet_missing_message(data_dir))
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual))
     return builder
-  logging.info("Preparing %s in %s", spec.builder, data_dir)
+  if spec.name == "digits":
+    logging.info("Preparing the bundled digits dataset in %s (once; later runs reuse it)", data_dir)
+  else:
+    logging.info("Preparing %s in %s", spec.builder, data_dir)
   try:
-    with _one_preparer(data_dir, spec.name):
-      if not builder.is_prepared():  # another run may have built it while this one waited
+    with _one_preparer(data_dir, spec.name), _progress_bars(spec.name != "digits"):
+      if not _is_prepared(builder):  # another run may have built it while this one waited
         builder.download_and_prepare()
   except Exception as e:  # Network down, disk full, ...: say what and where in one line.
     raise DatasetNotFoundError(

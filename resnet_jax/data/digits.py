@@ -67,6 +67,13 @@ class HandwrittenDigits(tfds.core.GeneratorBasedBuilder):
     for Python < 3.9; the bundled dataset must prepare without it."""
     return epath.Path(__file__)
 
+  def _log_download_bytes(self) -> None:
+    """Nothing: tfds would print "Downloading and preparing dataset Unknown size ..." for a dataset
+    that downloads nothing; the caller says in one line what it prepares."""
+
+  def _log_download_done(self) -> None:
+    """Nothing (tfds: "Dataset ... downloaded and prepared"), for the same reason."""
+
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
       builder=self,
