@@ -286,6 +286,7 @@ def _define_convert_flags(fv: flags.FlagValues) -> None:
 
 def _convert(fv, positionals):
   _no_positionals(positionals)
+  runtime.import_tensorflow()  # quietly, before the checkpoint code loads it
   from resnet_jax import weights  # pylint: disable=g-import-not-at-top
 
   print(
@@ -371,6 +372,7 @@ def _export(fv, positionals):
     if len(fv.input_size) != 2 or not all(v.strip().isdigit() for v in fv.input_size):
       raise UsageError(f"--input_size={','.join(fv.input_size)}: give H,W, e.g. 256,256")
     input_size = tuple(int(v) for v in fv.input_size)
+  runtime.import_tensorflow()  # quietly, before serving loads it
   from resnet_jax import serving  # pylint: disable=g-import-not-at-top
 
   print(
@@ -417,6 +419,7 @@ def _analyze(fv, positionals):
   if not positionals:
     raise UsageError(_NAME_AN_ANALYSIS.format(names="|".join(cli.NAMES)))
   _no_positionals(positionals[1:])
+  runtime.import_tensorflow()  # quietly, before the analyses' input pipeline loads it
   cli.run_analysis(cli.check_name(positionals[0]), fv)
 
 
