@@ -3,7 +3,7 @@
 
 from resnet_jax.serving.export import FORMATS, export_command, export_model, serving_function
 from resnet_jax.serving.predict import classify, find_images, format_table, predict_command
-from resnet_jax.serving.restore import ServingError, ServingModel, load
+from resnet_jax.serving.model import ServingError, ServingModel, load
 
 __all__ = [
   "FORMATS",

@@ -28,8 +28,9 @@ import jax
 import jax.numpy as jnp
 from etils import epath
 
-from resnet_jax.serving.restore import ServingError
-from resnet_jax.serving.restore import ServingModel
+from resnet_jax.serving import model as model_lib
+from resnet_jax.serving.model import ServingError
+from resnet_jax.serving.model import ServingModel
 
 FORMATS = ("stablehlo", "savedmodel")
 METHODS = ("center", "ten_crop")
@@ -231,10 +232,8 @@ def export_command(
   workdir: str, fmt: str, out: str, *, method: str = "center", config=None, input_size=None
 ) -> str:
   """``resnet-jax export``: checks the request, loads the run, exports; returns the line to print."""
-  from resnet_jax.serving import restore  # pylint: disable=g-import-not-at-top
-
   check_request(fmt, out, method)
-  model = restore.load(workdir, config=config)
+  model = model_lib.load(workdir, config=config)
   input_size = tuple(input_size or default_input_size(model))
   path = export_model(model, fmt, out, method=method, input_size=input_size)
   return (

@@ -27,8 +27,8 @@ from flax import jax_utils
 
 from resnet_jax import metrics as metrics_lib
 from resnet_jax.data import augment
-from resnet_jax.serving.restore import ServingError
-from resnet_jax.serving.restore import ServingModel
+from resnet_jax.serving.model import ServingError
+from resnet_jax.serving.model import ServingModel
 from resnet_jax.train import state as state_lib
 from resnet_jax.train import steps
 

@@ -1,0 +1,120 @@
+"""A trained run or converted weights, ready for inference: network, variables, preprocessing, names.
+
+``load(workdir)`` reads the latest checkpoint of ``workdir`` through :func:`resnet_jax.runs.load`
+-- a training run (its ``config.json`` gives the model, dataset and image size) or ``resnet-jax
+convert``'s torchvision weights (no config: ImageNet preprocessing, and ImageNet's class names when
+the head has 1,000 outputs) -- and adds what serving needs besides: class names and preprocessing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import ml_collections
+
+from resnet_jax import checkpoint as checkpoint_lib
+from resnet_jax import data as data_lib
+from resnet_jax import runs
+
+
+class ServingError(ValueError):
+  """Bad input to predict/export (a path, a format, an option): one line says what and how to fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ServingModel:
+  """Everything inference needs, and nothing of training (no optimizer state).
+
+  labels: the dataset's label names (tfds ``ClassLabel``: ImageNet synsets, '0'..'9', folder names).
+  names: readable names in the same order (ImageNet's words; otherwise the labels themselves).
+  image_size / resize_size: the eval crop side and the shorter side resized to before it (None: no
+  resize), as ``data.eval_batches`` uses them. mean / std: per channel, 0..255 pixel units.
+  """
+
+  workdir: str
+  config: ml_collections.ConfigDict
+  model: Any
+  variables: dict
+  step: int
+  source: str  # 'run' (a training checkpoint) or the converter's source, e.g. 'torchvision'
+  labels: tuple[str, ...]
+  names: tuple[str, ...]
+  channels: int
+  image_size: int
+  resize_size: int | None
+  mean: tuple[float, ...]
+  std: tuple[float, ...]
+
+  @property
+  def num_classes(self) -> int:
+    return len(self.labels)
+
+  def describe(self) -> dict[str, Any]:
+    """The facts a consumer of an exported model needs besides the function (JSON-able)."""
+    return {
+      "model": self.config.model,
+      "dataset": self.config.dataset,
+      "workdir": self.workdir,
+      "checkpoint_step": self.step,
+      "source": self.source,
+      "channels": self.channels,
+      "image_size": self.image_size,
+      "resize_size": self.resize_size,
+      "mean": list(self.mean),
+      "std": list(self.std),
+      "labels": list(self.labels),
+      "names": list(self.names),
+    }
+
+
+def _class_names(config, num_classes: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
+  labels = data_lib.class_names(config.dataset, config.data_dir or None)
+  readable = data_lib.readable_class_names(config.dataset)
+  if len(labels) != num_classes:  # e.g. a converted head with another class count
+    return tuple(str(i) for i in range(num_classes)), tuple(str(i) for i in range(num_classes))
+  return tuple(labels), tuple(readable if readable and len(readable) == num_classes else labels)
+
+
+def load(
+  workdir: str,
+  *,
+  config: ml_collections.ConfigDict | None = None,
+  image_size: int | None = None,
+) -> ServingModel:
+  """The latest checkpoint of ``workdir`` for inference.
+
+  ``config`` replaces the run's config.json (a training checkpoint must still have been written by
+  the same architecture). ``image_size`` serves at another crop side than the run's (the resize
+  side follows, as in ``data.eval_batches``): the networks are fully convolutional up to the
+  pooled head.
+  """
+  if runs.latest_step(workdir) is None:
+    raise ServingError(
+      f"no checkpoint in {workdir}: pass the --workdir of a training run or of `resnet-jax convert`"
+    )
+  try:
+    run = runs.load(workdir, config=config, image_size=image_size)
+  except (runs.RunError, FileNotFoundError, checkpoint_lib.CheckpointError) as e:
+    raise ServingError(str(e)) from None
+  config = run.config
+  params = run.variables["params"]
+  num_classes = int(params["head"]["bias"].shape[0])
+  image_size, resize_size = data_lib.eval_image_sizes(config.dataset, config.image_size or None)
+  labels, names = _class_names(config, num_classes)
+  spec = data_lib.dataset_info(config.dataset)
+  return ServingModel(
+    workdir=run.workdir,
+    config=config,
+    model=run.model,
+    variables=run.variables,
+    step=run.step,
+    source=run.meta.get("source", "run") if run.is_converted else "run",
+    labels=labels,
+    names=names,
+    channels=int(params["stem_conv"]["kernel"].shape[2]),
+    image_size=image_size,
+    resize_size=resize_size,
+    mean=tuple(float(m) for m in spec.mean),
+    std=tuple(float(s) for s in spec.std),
+  )
