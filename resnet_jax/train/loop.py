@@ -2,8 +2,15 @@
 
 Data flow: ``data`` yields per-host batches shaped ``[local_devices, per_device, ...]`` ->
 ``steps.train_step`` on every device of every host (``parallel``: pmap, or jit over a mesh, by
-``config.parallelism``) -> ``metrics`` (process 0 only) and ``checkpoint`` (every process). The step number fixes the data position and the rng, so a run
-restored from step k continues exactly as if it had never stopped.
+``config.parallelism``) -> ``metrics`` (process 0 only) and ``checkpoint`` (every process). The
+step number fixes the data position and the rng, so a run restored from step k continues exactly as
+if it had never stopped.
+
+``_train`` is the loop on one screen; its pieces share one ``_Run`` (the replicated state, the step,
+the learning-rate controller, the writers): ``_set_up`` restores or creates the state and compiles
+the steps, then ``_step``, ``_log_train_metrics``, ``_evaluate`` and ``_save`` run on their
+schedules until the last step (``_finish_training``) or a signal (``preemption``,
+``_stop_for_preemption``) ends it, and ``_close`` makes the result.
 """
 
 from __future__ import annotations
@@ -13,8 +20,6 @@ import functools
 import itertools
 import json
 import math
-import signal
-import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -35,66 +40,13 @@ from resnet_jax.runs import expect_meta as _expect_meta
 from resnet_jax.train import config as config_lib
 from resnet_jax.train import optim
 from resnet_jax.train import parallel
+from resnet_jax.train import preemption as preemption_lib
 from resnet_jax.train import state as state_lib
 from resnet_jax.train import steps
 
 
 class NonFiniteLossError(RuntimeError):
   """Training produced a NaN/inf loss; the run stops and keeps its last good checkpoint."""
-
-
-class _Preemption:
-  """Turns SIGTERM/SIGINT into one step at which every process saves and exits cleanly.
-
-  One process: our handler notes the signal and the next step boundary stops.
-
-  Many processes: the processes of a TPU slice or a SLURM job get the signal at different moments,
-  so a local flag cannot decide (a process saving alone waits in a collective forever). JAX's
-  distributed runtime has the protocol made for this: ``jax.distributed.initialize`` starts a
-  preemption sync manager whose own SIGTERM handler tells the coordination service; the service
-  has every process publish the last step it reached and fixes ``max + 1`` as the step at which
-  all stop. ``reached(step)`` (Orbax's ``CheckpointManager.reached_preemption``, a lock and a
-  comparison in C++) is true on every process at that same step, and costs no host
-  synchronisation while nothing happens. We leave the runtime's SIGTERM handler in place and
-  forward SIGINT to it as SIGTERM.
-  """
-
-  def __init__(self, ckpt: checkpoint_lib.Checkpointer):
-    self.requested = False
-    self._ckpt = ckpt
-    self._previous = {}
-    self.coordinated = jax.process_count() > 1
-
-  def __enter__(self):
-    if threading.current_thread() is not threading.main_thread():
-      return self
-    if self.coordinated and not jax.config.jax_enable_preemption_service:
-      logging.warning(
-        "jax_enable_preemption_service is off: a SIGTERM ends this process without a checkpoint"
-      )
-      return self
-    signals = (signal.SIGINT,) if self.coordinated else (signal.SIGTERM, signal.SIGINT)
-    for sig in signals:
-      self._previous[sig] = signal.signal(sig, self._handle)
-    return self
-
-  def _handle(self, signum, frame):  # pylint: disable=unused-argument
-    self.requested = True
-    if self.coordinated:
-      logging.warning("received signal %d: all processes will agree on a step to save", signum)
-      signal.raise_signal(signal.SIGTERM)  # the runtime's handler starts the agreement
-    else:
-      logging.warning("received signal %d: saving at the next step boundary", signum)
-
-  def __exit__(self, *exc):
-    for sig, handler in self._previous.items():
-      signal.signal(sig, handler)
-
-  def reached(self, step: int) -> bool:
-    """True at the step where this run stops for a signal (the same step on every process)."""
-    if self.coordinated:
-      return self._ckpt.reached_preemption(step)
-    return self.requested
 
 
 def build_model(config, num_classes: int):
@@ -264,7 +216,7 @@ class _Run:
 def _train(config, workdir, ckpt, info, model, primary) -> dict[str, Any]:
   """The loop: step, log, evaluate and save on schedule, stop at the end or for a signal."""
   run, batches = _set_up(config, workdir, ckpt, info, model, primary)
-  with _Preemption(ckpt) as preemption:
+  with preemption_lib.Preemption(ckpt) as preemption:
     try:
       while run.step < run.final_step:
         _step(run, batches)
