@@ -21,7 +21,7 @@ imported network reproduces torchvision's eval-mode logits (tests/test_weights.p
 ``convert(src, model_name, workdir)`` writes the result as an Orbax checkpoint (step 0, state
 ``{'params', 'batch_stats'}``, meta ``{'model', 'source': 'torchvision', 'kind': 'weights'}``) in
 ``<workdir>/checkpoints``; ``--config.init_from=<workdir>`` starts training from it
-(:func:`load_variables` + :func:`merge_into`, used by ``train.loop``).
+(:func:`resnet_jax.runs.read_checkpoint` + :func:`merge_into`, used by ``train.loop``).
 
 torch is an optional extra (``pip install resnet-jax[torch]``), imported only here and only when a
 ``.pth`` file is read or torch tensors are converted; ``torch.load`` runs with ``weights_only=True``
@@ -41,6 +41,7 @@ from absl import logging
 
 from resnet_jax import checkpoint as checkpoint_lib
 from resnet_jax import models
+from resnet_jax import runs
 from resnet_jax import storage
 
 SUPPORTED = (
@@ -56,7 +57,6 @@ SUPPORTED = (
   "wide_resnet101_2",
 )
 SOURCES = ("torchvision",)
-CHECKPOINT_DIR = "checkpoints"  # same sub-directory as train.loop.CHECKPOINT_DIR
 _IGNORED_SUFFIXES = ("num_batches_tracked",)
 _MAX_LISTED = 12
 
@@ -280,7 +280,7 @@ def convert(
   unless the import succeeded.  Returns a summary dict (directory, step, parameter count, ...)."""
   if source not in SOURCES:
     raise ValueError(f"--from={source!r}: supported sources are {', '.join(SOURCES)}")
-  ckpt_dir = storage.check_access(workdir, "--workdir", write=True) / CHECKPOINT_DIR
+  ckpt_dir = storage.check_access(workdir, "--workdir", write=True) / runs.CHECKPOINT_DIR
   if _has_checkpoints(ckpt_dir):
     raise FileExistsError(
       f"{ckpt_dir} already has checkpoints; convert into a fresh --workdir "
@@ -317,39 +317,6 @@ def convert_command(source: str, model: str, src: str, workdir: str) -> str:
     f"{info['num_classes']} classes) from {src} -> {info['directory']} step 0; "
     f"start from it with --config.init_from={storage.location(workdir)}"
   )
-
-
-def _checkpoint_dir(init_dir):
-  """A workdir (with ``checkpoints/``) or the checkpoints directory itself (a folder or bucket)."""
-  init_dir = storage.check_access(init_dir, "config.init_from")
-  sub = init_dir / CHECKPOINT_DIR
-  if sub.is_dir():
-    return sub
-  if init_dir.is_dir() and any(p.name.isdigit() for p in init_dir.iterdir()):
-    return init_dir
-  raise checkpoint_lib.CheckpointError(
-    f"config.init_from='{init_dir}' has no checkpoints: pass the --workdir of `resnet-jax "
-    f"convert` or of a training run"
-  )
-
-
-def load_variables(init_dir: str) -> tuple[dict, dict, dict]:
-  """``(params, batch_stats, meta)`` of the latest checkpoint under ``init_dir``: a converted
-  weights checkpoint or a training run's (whose state also holds opt_state etc., ignored).  Read
-  as a raw tree (no template), as host numpy arrays, whichever parallelism wrote it."""
-  directory = _checkpoint_dir(init_dir)
-  ckpt = checkpoint_lib.Checkpointer(directory, read_only=True, async_save=False, keep_best=0)
-  try:
-    step = ckpt.latest_step()
-    if step is None:
-      raise checkpoint_lib.CheckpointError(f"no checkpoint in {directory}")
-    meta = ckpt.read_meta(step)
-    state = ckpt.read_state(step)
-  finally:
-    ckpt.close()
-  if not isinstance(state, Mapping) or "params" not in state:
-    raise checkpoint_lib.CheckpointError(f"checkpoint {directory} step {step} holds no params")
-  return dict(state["params"]), dict(state.get("batch_stats") or {}), meta
 
 
 def merge_into(params, batch_stats, source_params, source_batch_stats, *, describe: str = "source"):
@@ -425,11 +392,13 @@ def merge_into(params, batch_stats, source_params, source_batch_stats, *, descri
 
 
 def initialise_from(params, batch_stats, init_dir: str):
-  """:func:`load_variables` + :func:`merge_into`; logs what was adapted.  For ``train.loop``."""
-  src_params, src_stats, meta = load_variables(init_dir)
-  describe = f"checkpoint {init_dir} ({meta.get('model', '?')})"
+  """The latest checkpoint under ``init_dir`` (a workdir or its checkpoints directory: converted
+  weights or a training run) merged into ``params``/``batch_stats`` by :func:`merge_into`; logs
+  what was adapted.  For ``train.loop``."""
+  source = runs.read_checkpoint(init_dir, what="config.init_from")
+  describe = f"checkpoint {init_dir} ({source.meta.get('model', '?')})"
   params, batch_stats, notes = merge_into(
-    params, batch_stats, src_params, src_stats, describe=describe
+    params, batch_stats, source.params, source.batch_stats, describe=describe
   )
   logging.info("initialised from %s", describe)
   for note in notes:

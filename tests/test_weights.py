@@ -19,7 +19,7 @@ import pytest
 torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
-from resnet_jax import models, weights  # noqa: E402
+from resnet_jax import models, runs, weights  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -244,7 +244,9 @@ def converted(tmp_path_factory):
 def test_convert_writes_a_weights_checkpoint_and_refuses_to_overwrite(converted):
   net, pth, workdir, line = converted
   assert "11,689,512 parameters" in line and "--config.init_from=" in line
-  params, batch_stats, meta = weights.load_variables(str(workdir))
+  ckpt = runs.read_checkpoint(str(workdir))
+  params, batch_stats, meta = ckpt.params, ckpt.batch_stats, ckpt.meta
+  assert ckpt.step == 0
   assert {k: meta[k] for k in ("model", "source", "kind")} == {
     "model": "resnet18",
     "source": "torchvision",
@@ -313,7 +315,8 @@ def test_finetune_digits_from_converted_checkpoint(converted, tmp_path):
   # The fine-tuned run's params started from the converted ones: the body moved only a little.
   # (The converted checkpoint holds exactly these -- test_convert_writes_... -- so no 2nd restore.)
   src_params, _ = weights.from_torchvision(net.state_dict(), "resnet18")
-  ft_params, _, ft_meta = weights.load_variables(str(tmp_path / "ft"))
+  ft = runs.read_checkpoint(str(tmp_path / "ft"))
+  ft_params, ft_meta = ft.params, ft.meta
   assert ft_meta["model"] == "resnet18"
   w0 = src_params["stage4_block1"]["conv2"]["kernel"]
   w1 = ft_params["stage4_block1"]["conv2"]["kernel"]
