@@ -49,6 +49,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+import dataclasses
 import functools
 
 import flax.linen as nn
@@ -331,16 +332,27 @@ def subsample_pad(x: jnp.ndarray, stride: int, out_channels: int) -> jnp.ndarray
   return x
 
 
-class _Block(nn.Module):
-  """Fields shared by both blocks.  ``planes`` is the stage width; output = planes * expansion."""
+@dataclasses.dataclass(kw_only=True)
+class Compute:
+  """How a network computes and initialises, not what it is: declared once, for the network and
+  for its blocks (the network hands :meth:`compute_fields` down to every block it builds).
 
-  planes: int
-  stride: int = 1
-  shortcut: str = "B"
-  stride_on: str = "3x3"
-  groups: int = 1
-  base_width: int = 64
-  preact: bool = False
+  None of these changes the parameter tree; ``zero_init_last_bn`` changes only initial values (the
+  zero-γ of Goyal et al. 2017, "Accurate, Large Minibatch SGD"; torchvision's
+  ``zero_init_residual``).
+  Keyword-only, so a block's own fields keep their positions (``BasicBlock(planes, stride)``).
+
+  Attributes:
+    zero_init_last_bn: zero scale of each block's last BN (pre-activation: last conv's kernel).
+    bn_momentum, bn_epsilon: BatchNorm running-average momentum / epsilon (torchvision: 0.9, 1e-5;
+      BN after every conv, paper §3.4).
+    bn_axis_name: pmap axis name for cross-replica BN statistics (None: per-replica).
+    dtype: compute dtype (e.g. ``jnp.bfloat16``); param_dtype: parameter dtype.
+    matmul_1x1: 1x1 convs as matmuls (same parameters; faster on XLA CPU).
+    conv_impl: ``'xla'`` (lax.conv) or ``'onednn'`` (oneDNN inside the step on CPU, the extra
+      ``resnet-jax[cpu]``; falls back to lax.conv elsewhere); same parameters.
+  """
+
   zero_init_last_bn: bool = False
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-5
@@ -348,13 +360,13 @@ class _Block(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   matmul_1x1: bool = True
-  forward_form_grads: bool = False
   conv_impl: str = "xla"
 
-  expansion = 1  # class attribute, not a field
+  def compute_fields(self) -> dict[str, Any]:
+    """These fields' values, to build a part of the network that computes the same way."""
+    return {f.name: getattr(self, f.name) for f in dataclasses.fields(Compute)}
 
-  # -- helpers -------------------------------------------------------------------------------
-  def _conv(self, features, kernel, stride=1, groups=1, *, name, zero=False):
+  def _conv(self, features, kernel, stride=1, groups=1, *, name, zero=False, forward_form=False):
     return conv(
       features,
       kernel,
@@ -365,7 +377,7 @@ class _Block(nn.Module):
       param_dtype=self.param_dtype,
       kernel_init=nn.initializers.zeros if zero else None,
       matmul_1x1=self.matmul_1x1,
-      forward_form_grads=self.forward_form_grads,
+      forward_form_grads=forward_form,
       conv_impl=self.conv_impl,
     )
 
@@ -379,6 +391,31 @@ class _Block(nn.Module):
       axis_name=self.bn_axis_name,
       dtype=self.dtype,
       param_dtype=self.param_dtype,
+    )
+
+
+class _Block(nn.Module, Compute):
+  """Fields shared by both blocks.  ``planes`` is the stage width; output = planes * expansion.
+
+  ``forward_form_grads``: the convs compute their gradients in forward form
+  (:func:`conv_forward_form_grads`), which the network asks for in the blocks it scans.
+  """
+
+  planes: int
+  stride: int = 1
+  shortcut: str = "B"
+  stride_on: str = "3x3"
+  groups: int = 1
+  base_width: int = 64
+  preact: bool = False
+  forward_form_grads: bool = False
+
+  expansion = 1  # class attribute, not a field
+
+  def _conv(self, features, kernel, stride=1, groups=1, *, name, zero=False):
+    forward_form = self.forward_form_grads
+    return super()._conv(
+      features, kernel, stride, groups, name=name, zero=zero, forward_form=forward_form
     )
 
   def _layers(self):

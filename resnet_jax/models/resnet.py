@@ -51,8 +51,6 @@ Performance options (docs/benchmarks.md; none changes the arithmetic or the para
 
 from __future__ import annotations
 
-from typing import Any, Optional
-
 import re
 
 import flax.linen as nn
@@ -61,9 +59,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from .architecture import Architecture, scaled
-from .blocks import BLOCKS, SHORTCUTS, STRIDE_ON, batch_norm, conv
+from .blocks import BLOCKS, SHORTCUTS, STRIDE_ON, Compute
 
-Dtype = Any
 STEMS = ("imagenet", "cifar")
 
 
@@ -76,8 +73,12 @@ def _uniform_fan_in(fan_in: int):
   return init
 
 
-class ResNet(nn.Module, Architecture):
+class ResNet(nn.Module, Architecture, Compute):
   """A residual (or plain) network; every field can be overridden through ``get_model``.
+
+  The shape fields come from :class:`~.architecture.Architecture`, the compute fields (dtypes,
+  BatchNorm settings, ``matmul_1x1``, ``conv_impl``, ``zero_init_last_bn``) from
+  :class:`~.blocks.Compute`, which the blocks share; the network adds how blocks are stacked.
 
   Attributes:
     stage_sizes: blocks per stage (Table 1, e.g. (3, 4, 6, 3); CIFAR: (n, n, n)).
@@ -92,121 +93,90 @@ class ResNet(nn.Module, Architecture):
     groups, width_per_group: ResNeXt cardinality and per-group width (64 = plain ResNet; wide
       ResNet-50-2 is 128).
     preact: pre-activation v2 blocks plus a final BN-ReLU.
-    zero_init_last_bn: zero scale of each block's last BN (pre-activation: last conv's kernel).
-    bn_momentum, bn_epsilon: BatchNorm running-average momentum / epsilon (torchvision: 0.9, 1e-5).
-    bn_axis_name: pmap axis name for cross-replica BN statistics (None: per-replica).
-    dtype: compute dtype (e.g. ``jnp.bfloat16``); param_dtype: parameter dtype.
-    matmul_1x1: 1x1 convs as matmuls (same parameters; faster on XLA CPU).
     scan_blocks: compile the repeated blocks of a stage once (``nn.scan``; scanned param layout).
     remat: rematerialise each block in the backward pass (less memory, ~1/3 more compute).
-    conv_impl: ``'xla'`` (lax.conv) or ``'onednn'`` (oneDNN inside the step on CPU, the extra
-      ``resnet-jax[cpu]``; falls back to lax.conv elsewhere); same parameters.
+    (compute fields): see :class:`~.blocks.Compute`.
   """
 
-  # The shape fields (stage_sizes ... preact) come from Architecture; the rest only change compute.
-  zero_init_last_bn: bool = False
-  bn_momentum: float = 0.9
-  bn_epsilon: float = 1e-5
-  bn_axis_name: Optional[str] = None
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
-  matmul_1x1: bool = True
   scan_blocks: bool = False
   remat: bool = False
-  conv_impl: str = "xla"
-
-  def _bn(self, train, name):
-    return batch_norm(
-      train,
-      name=name,
-      momentum=self.bn_momentum,
-      epsilon=self.bn_epsilon,
-      axis_name=self.bn_axis_name,
-      dtype=self.dtype,
-      param_dtype=self.param_dtype,
-    )
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    if self.block not in BLOCKS:
-      raise ValueError(f"block must be one of {tuple(BLOCKS)}, got {self.block!r}")
-    if self.stem not in STEMS:
-      raise ValueError(f"stem must be one of {STEMS}, got {self.stem!r}")
-    if self.shortcut not in SHORTCUTS:
-      raise ValueError(f"shortcut must be one of {SHORTCUTS}, got {self.shortcut!r}")
-    if self.stride_on not in STRIDE_ON:
-      raise ValueError(f"stride_on must be one of {STRIDE_ON}, got {self.stride_on!r}")
+    """Stem, then the stages of blocks, then the pooled head (Table 1's columns, top to bottom)."""
+    self._check()
+    x = self._stem(jnp.asarray(x, self.dtype), train)
+    for i, (n_blocks, planes) in enumerate(zip(self.stage_sizes, self.stage_widths)):
+      x = self._stage(x, i + 1, n_blocks, scaled(planes, self.width_multiplier), train)
+    return self._head(x, train)
+
+  def _check(self):
+    for field, allowed in (
+      ("block", tuple(BLOCKS)),
+      ("stem", STEMS),
+      ("shortcut", SHORTCUTS),
+      ("stride_on", STRIDE_ON),
+    ):
+      if getattr(self, field) not in allowed:
+        raise ValueError(f"{field} must be one of {allowed}, got {getattr(self, field)!r}")
     if len(self.stage_sizes) != len(self.stage_widths):
       raise ValueError("stage_sizes and stage_widths must have the same length")
-    block_cls = BLOCKS[self.block]
-    x = jnp.asarray(x, self.dtype)
 
-    stem_width = scaled(self.stem_width, self.width_multiplier)
-    # Table 1's 7x7/2 stem for ImageNet; section 4.2's 3x3 stem for CIFAR.
+  def _stem(self, x, train: bool):
+    """Table 1's conv1 (7x7/2, 64) and 3x3/2 max-pool for ImageNet; §4.2's 3x3 conv for CIFAR."""
     kernel, stride = (7, 2) if self.stem == "imagenet" else (3, 1)
-    x = conv(
-      stem_width,
-      kernel,
-      stride,
-      name="stem_conv",
-      dtype=self.dtype,
-      param_dtype=self.param_dtype,
-      matmul_1x1=self.matmul_1x1,
-      conv_impl=self.conv_impl,
+    x = self._conv(
+      scaled(self.stem_width, self.width_multiplier), kernel, stride, name="stem_conv"
     )(x)
     if self.stem == "imagenet":
-      x = nn.relu(self._bn(train, "stem_bn")(x))
-      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
-    elif not self.preact:  # v2 CIFAR: the first block pre-activates the stem output.
-      x = nn.relu(self._bn(train, "stem_bn")(x))
+      x = nn.relu(self._bn(train, name="stem_bn")(x))
+      return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    if not self.preact:  # v2 CIFAR: the first block pre-activates the stem output.
+      x = nn.relu(self._bn(train, name="stem_bn")(x))
+    return x
 
-    for i, (n_blocks, planes) in enumerate(zip(self.stage_sizes, self.stage_widths)):
-      fields = dict(
-        planes=scaled(planes, self.width_multiplier),
-        shortcut=self.shortcut,
-        stride_on=self.stride_on,
-        groups=self.groups,
-        base_width=self.width_per_group,
-        preact=self.preact,
-        zero_init_last_bn=self.zero_init_last_bn,
-        bn_momentum=self.bn_momentum,
-        bn_epsilon=self.bn_epsilon,
-        bn_axis_name=self.bn_axis_name,
-        dtype=self.dtype,
-        param_dtype=self.param_dtype,
-        matmul_1x1=self.matmul_1x1,
-        conv_impl=self.conv_impl,
-      )
-      # train is positional (argument 2) so that nn.remat can treat it as static.
-      first_cls = nn.remat(block_cls, static_argnums=(2,)) if self.remat else block_cls
-      x = first_cls(stride=2 if i > 0 else 1, name=f"stage{i + 1}_block0", **fields)(x, train)
-      if n_blocks <= 1:
-        continue
-      if self.scan_blocks:
-        body = _ScanBody
-        if self.remat:
-          body = nn.remat(body, prevent_cse=False)
-        scanned = nn.scan(
-          body,
-          variable_axes={"params": 0, "batch_stats": 0},
-          split_rngs={"params": True},
-          length=n_blocks - 1,
-        )
-        # Inside the scan's while loop XLA:CPU needs the gradient convolutions written
-        # in forward form (blocks.conv_forward_form_grads); same parameters and values.
-        body_fields = {**fields, "forward_form_grads": True}
-        x, _ = scanned(
-          block=self.block,
-          fields=tuple(sorted(body_fields.items())),
-          train=train,
-          name=f"stage{i + 1}_blocks",
-        )(x, None)
-      else:
-        for j in range(1, n_blocks):
-          x = first_cls(stride=1, name=f"stage{i + 1}_block{j}", **fields)(x, train)
+  def _stage(self, x, stage: int, n_blocks: int, planes: int, train: bool):
+    """One stage (Table 1's conv2_x ... conv5_x; §4.2's 2n layers per map size): block 0 takes
+    the stride (2 from the second stage on, "performed by conv3_1, conv4_1, and conv5_1") and any
+    projection, then ``n_blocks - 1`` identical blocks, unrolled or as one ``nn.scan``."""
+    block_cls = BLOCKS[self.block]
+    fields = dict(
+      planes=planes,
+      shortcut=self.shortcut,
+      stride_on=self.stride_on,
+      groups=self.groups,
+      base_width=self.width_per_group,
+      preact=self.preact,
+      **self.compute_fields(),
+    )
+    # train is positional (argument 2) so that nn.remat can treat it as static.
+    first_cls = nn.remat(block_cls, static_argnums=(2,)) if self.remat else block_cls
+    x = first_cls(stride=2 if stage > 1 else 1, name=f"stage{stage}_block0", **fields)(x, train)
+    if n_blocks <= 1:
+      return x
+    if not self.scan_blocks:
+      for j in range(1, n_blocks):
+        x = first_cls(stride=1, name=f"stage{stage}_block{j}", **fields)(x, train)
+      return x
+    body = nn.remat(_ScanBody, prevent_cse=False) if self.remat else _ScanBody
+    scanned = nn.scan(
+      body,
+      variable_axes={"params": 0, "batch_stats": 0},
+      split_rngs={"params": True},
+      length=n_blocks - 1,
+    )
+    # Inside the scan's while loop XLA:CPU needs the gradient convolutions written in forward
+    # form (blocks.conv_forward_form_grads); same parameters and values.
+    body_fields = tuple(sorted({**fields, "forward_form_grads": True}.items()))
+    x, _ = scanned(block=self.block, fields=body_fields, train=train, name=f"stage{stage}_blocks")(
+      x, None
+    )
+    return x
 
-    if self.preact:
-      x = nn.relu(self._bn(train, "final_bn")(x))
+  def _head(self, x, train: bool):
+    """Global average pooling and the fully connected layer (Table 1's last row; §3.4)."""
+    if self.preact:  # v2: the last unit's output is not activated, so BN-ReLU before the pool
+      x = nn.relu(self._bn(train, name="final_bn")(x))
     x = jnp.mean(x, axis=(1, 2))
     init = _uniform_fan_in(x.shape[-1])
     x = nn.Dense(
