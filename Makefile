@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 WORKDIR ?= runs/digits
 CONFIG ?= configs/digits.py
 
-.PHONY: install test lint format train clean
+.PHONY: install test test-fast lint format train clean
 
 install: $(STAMP)
 
@@ -15,8 +15,14 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 
+# With a C++ compiler the [cpu] extra (oneDNN) comes too, so conv_impl="onednn" and its kernel tests
+# run; without one they are skipped, as the kernel is compiled on first use.
 $(STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install -q -e '.[test]'
+	if command -v g++ >/dev/null 2>&1; then \
+	  $(PY) -m pip install -q -e '.[test,cpu]'; \
+	else \
+	  $(PY) -m pip install -q -e '.[test]'; \
+	fi
 	touch $(STAMP)
 
 # CI runs this target: style and lint first (seconds), then the suite. Most tests are one
@@ -24,6 +30,11 @@ $(STAMP): pyproject.toml | $(PY)
 # tests stay on one worker so its module fixtures (shared training runs) run once.
 test: lint
 	$(PY) -m pytest -q -n auto --dist loadfile
+
+# The unit tier, for while you work: no slow, multi-process or end-to-end tests (pyproject's
+# markers); `make test` stays the one that must pass.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -n auto --dist loadfile -m "not slow and not multiprocess and not e2e"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff format --check --quiet .

@@ -81,3 +81,24 @@ def run_main():
     )
 
   return run
+
+
+# The test tiers (markers in pyproject.toml; `make test-fast` leaves these out). Whole files mark
+# themselves with `pytestmark`; these are single tests of otherwise quick files, by node id prefix.
+_MARKED = {
+  "test_launch.py::test_local_two_process_jax_job": "multiprocess",
+  "test_multihost.py::": "multiprocess",
+  "test_models.py::test_every_cifar_model_gives_logits_of_the_right_shape": "slow",
+  "test_onednn.py::test_under_pmap_on_two_devices": "multiprocess",
+  "test_weights.py::test_eval_logits_match_torchvision": "slow",
+  "test_weights.py::test_finetune_digits_from_converted_checkpoint": "e2e",
+  "test_data.py::test_tensorflow_loads_without_keras_and_tf_keras_still_works": "slow",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+  for item in items:
+    node = item.nodeid.rpartition("/")[2]
+    for prefix, mark in _MARKED.items():
+      if node.startswith(prefix):
+        item.add_marker(getattr(pytest.mark, mark))

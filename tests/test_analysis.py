@@ -15,6 +15,8 @@ from resnet_jax import models
 from resnet_jax.analysis import cli, gradient_flow, layer_responses, shortcuts
 from resnet_jax.models import blocks
 
+pytestmark = pytest.mark.e2e
+
 NUM_CLASSES = 10
 
 

@@ -18,6 +18,8 @@ from resnet_jax.models import get_model
 from resnet_jax.models.blocks import Conv1x1, conv_kernel_init
 from resnet_jax.models.resnet import ResNet, to_scanned, to_unrolled
 
+pytestmark = pytest.mark.slow
+
 KEY = jax.random.key(0, impl="unsafe_rbg")
 
 try:

@@ -18,6 +18,8 @@ import pytest
 
 from resnet_jax import distributed
 
+pytestmark = pytest.mark.multiprocess
+
 REPO = Path(__file__).resolve().parents[1]
 _ENV_VARS = (
   distributed.ENV_COORDINATOR,

@@ -25,6 +25,8 @@ import pytest
 
 from conftest import REPO, command_env, train_command
 
+pytestmark = pytest.mark.multiprocess
+
 # Long enough that every fault lands mid-run: the chain stops three times, each within about 15
 # steps of the last (the ~1 s a SIGTERM takes to reach agreement included), so by step ~60.
 STEPS = 90

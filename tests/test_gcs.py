@@ -33,6 +33,8 @@ import pytest
 from conftest import REPO, TINY_CONFIG, command_env, train_command
 from test_train import final_params, losses
 
+pytestmark = pytest.mark.e2e
+
 BUCKET = "resnet-jax-test"
 FORBIDDEN_BUCKET = "resnet-jax-forbidden"  # the emulator has no IAM: the fixture answers 403
 READ_ONLY_BUCKET = "resnet-jax-read-only"  # listed and read, but not written, by this account

@@ -19,6 +19,8 @@ import tensorflow_datasets as tfds
 from resnet_jax import data
 from resnet_jax.data import datasets
 
+pytestmark = pytest.mark.slow
+
 SIZE = 16
 SYNSETS = 4
 PER_SYNSET = 8  # 32 train images

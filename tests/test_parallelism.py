@@ -22,6 +22,8 @@ from test_multihost import free_port
 from resnet_jax.checkpoint import Checkpointer
 from test_train import losses, tree_equal, wait_for_checkpoint
 
+pytestmark = pytest.mark.multiprocess
+
 STEPS = 6
 # Eval over 90 of the 1,000 test digits: 90 is not a multiple of the batch of 16, so the last batch
 # is padded and masked on every device and process count.

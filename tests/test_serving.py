@@ -27,6 +27,8 @@ from resnet_jax.serving import predict as predict_lib
 from resnet_jax.train import loop
 from resnet_jax.train import steps
 
+pytestmark = pytest.mark.e2e
+
 TOL = 1e-5
 
 

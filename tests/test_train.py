@@ -20,6 +20,8 @@ from conftest import REPO, command_env, train_command
 from resnet_jax.checkpoint import Checkpointer
 from resnet_jax.metrics import read_metrics
 
+pytestmark = pytest.mark.e2e
+
 
 def losses(workdir):
   return {r["step"]: r["train_loss"] for r in read_metrics(workdir) if "train_loss" in r}
