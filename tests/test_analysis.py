@@ -12,7 +12,9 @@ import pytest
 
 from resnet_jax import analysis as A
 from resnet_jax import models
+from resnet_jax import runs as resnet_runs
 from resnet_jax.analysis import cli, gradient_flow, layer_responses, shortcuts
+from resnet_jax.checkpoint import CheckpointError
 from resnet_jax.models import blocks
 
 pytestmark = pytest.mark.e2e
@@ -147,6 +149,27 @@ def _assert_outputs(out, stem):
   return text
 
 
+def _check_runs_reads_back(workdir):
+  """resnet_jax.runs reads a finished run back: config, DONE, checkpoints by step, and refuses a
+  config of another architecture."""
+  assert resnet_runs.is_run(workdir) and resnet_runs.is_done(workdir)
+  assert resnet_runs.final_metrics(workdir)["step"] == 4
+  assert resnet_runs.latest_step(workdir) == 4
+  run = resnet_runs.load(workdir)
+  assert run.step == 4 and not run.is_converted
+  assert (
+    run.config.model == "resnet20" and tuple(run.config.model_overrides.stage_sizes) == (1,) * 3
+  )
+  assert A.display_name(run.config) == "resnet8" and run.model.num_classes == 10
+  assert resnet_runs.load(workdir, step=2).step == 2
+  with pytest.raises(CheckpointError, match="no checkpoint at step 3"):
+    resnet_runs.load(workdir, step=3)
+  other = resnet_runs.read_config(workdir)
+  other.model_overrides.shortcut = "C"
+  with pytest.raises(resnet_runs.RunError, match="another architecture"):
+    resnet_runs.load(workdir, config=other)
+
+
 def test_commands_end_to_end(tmp_path):
   out = str(tmp_path)
   tiny = ["--steps=4", "--width=0.25", "--batch_size=32", "--evals=2"]
@@ -161,6 +184,7 @@ def test_commands_end_to_end(tmp_path):
   assert open(os.path.join(deg, "degradation.md")).read() == text
 
   runs = os.path.join(deg, "runs")
+  _check_runs_reads_back(os.path.join(runs, "resnet8"))
   res = cli.analyze_command(
     "layer_responses", [f"--out={out}/lr", f"--runs={runs}", "--num_images=16"]
   )
