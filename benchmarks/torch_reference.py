@@ -19,14 +19,13 @@ import time
 from collections.abc import Callable
 
 from resnet_jax import models
+from resnet_jax.models.resnet import ResNet
 
 EXTRA_HINT = "pip install 'resnet-jax[bench]' (torch==2.13.0, CPU build)"
 
 
 def _config(model: str, num_classes: int | None, overrides: dict | None) -> dict:
-  cfg = {
-    f.name: f.default for f in dataclasses.fields(models.ResNet) if f.name not in ("parent", "name")
-  }
+  cfg = {f.name: f.default for f in dataclasses.fields(ResNet) if f.name not in ("parent", "name")}
   cfg.update(
     models.registry.model_config(
       model,
