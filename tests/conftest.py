@@ -87,6 +87,7 @@ def run_main():
 # themselves with `pytestmark`; these are single tests of otherwise quick files, by node id prefix.
 _MARKED = {
   "test_launch.py::test_local_two_process_jax_job": "multiprocess",
+  "test_main.py::test_eval_needs_the_runs_config_where_train_has_a_default": "e2e",
   "test_multihost.py::": "multiprocess",
   "test_models.py::test_every_cifar_model_gives_logits_of_the_right_shape": "slow",
   "test_onednn.py::test_under_pmap_on_two_devices": "multiprocess",

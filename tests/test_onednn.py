@@ -107,6 +107,7 @@ def _model_loss_and_grads(model, variables, x):
   return jax.jit(jax.value_and_grad(loss))(variables["params"])
 
 
+@pytest.mark.slow  # whole networks compiled twice (oneDNN and XLA), with gradients
 @pytest.mark.parametrize(
   "name,overrides,size",
   [
