@@ -187,4 +187,3 @@ def run_analysis(name: str, flag_values: flags.FlagValues) -> dict[str, Any]:
       )
   print(f"{name}: figure {result['figure']}, table {result['table']}")
   return result
-
