@@ -17,6 +17,8 @@ Train:
              equivalent choice that keeps eval independent of the train split.
   digits     scale + normalise (mean/std), optional pad-and-crop (pad 2); no flip.
   none       normalisation only (image already at image_size): for inspection and tests.
+Any of them + RandAugment (timm spec string) before normalisation and random erasing (timm's
+per-pixel mode) after it: train_transform(..., randaugment=, random_erasing=).
 Test:
   center     shorter side -> resize_size (256), centre image_size (224) crop. With
              resize_size None (32/28 px datasets): centre crop of image_size (identity
@@ -33,6 +35,9 @@ import functools
 from typing import Callable, Sequence
 
 import tensorflow as tf
+
+from resnet_jax.data import randaugment as randaugment_lib
+from resnet_jax.data import random_erasing as random_erasing_lib
 
 # AlexNet / fb.resnet.torch PCA lighting on [0, 1]-scaled RGB.
 PCA_EIGVAL = (0.2175, 0.0188, 0.0045)
@@ -228,14 +233,65 @@ def num_views(method: str) -> int:
 
 
 def train_transform(
-  name: str, *, image_size: int, mean, std, channels: int, **kwargs
+  name: str,
+  *,
+  image_size: int,
+  mean,
+  std,
+  channels: int,
+  randaugment: str = "",
+  random_erasing: float = 0.0,
+  **kwargs,
 ) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
-  """fn(image, seed) -> float32 [image_size, image_size, channels]."""
+  """fn(image, seed) -> float32 [image_size, image_size, channels].
+
+  ``randaugment`` (a timm spec string, '' = off) and ``random_erasing`` (a probability, 0 = off)
+  add the ResNet strikes back augmentations to the named transform (see :func:`modern_train`);
+  with both off the transform is the named one, unchanged.
+  """
   if name not in TRAIN_AUGMENTS:
     raise ValueError(f"Unknown train augmentation {name!r}; known: {sorted(TRAIN_AUGMENTS)}.")
+  base = functools.partial(TRAIN_AUGMENTS[name], image_size=image_size, channels=channels, **kwargs)
+  if not randaugment and not random_erasing:
+    return functools.partial(base, mean=mean, std=std)
+  if randaugment:
+    randaugment_lib.parse(randaugment)  # A malformed string fails here, not in a tf.data thread.
   return functools.partial(
-    TRAIN_AUGMENTS[name], image_size=image_size, mean=mean, std=std, channels=channels, **kwargs
+    modern_train,
+    base=base,
+    mean=mean,
+    std=std,
+    randaugment=randaugment,
+    random_erasing=random_erasing,
   )
+
+
+def modern_train(image, seed, *, base, mean, std, randaugment="", random_erasing=0.0):
+  """``base`` (crop, flip, ...), then RandAugment, normalisation and random erasing, as timm orders
+  them for ResNet strikes back.
+
+  timm runs RandAugment on the PIL image the crop produced: ``base`` runs with an identity
+  normalisation, its pixels are rounded to uint8 as PIL stores them, and RandAugment quantises each
+  op as PIL does, filling uncovered areas with the dataset mean in pixels (timm's ``img_mean``).
+  Random erasing (timm's per-pixel mode) works on the normalised image. Their seeds are folded from
+  the example's seed, so ``base`` draws exactly what it draws without them.
+  """
+  if randaugment:
+    identity = ([0.0] * len(mean), [1.0] * len(std))
+    x = base(image, seed, mean=identity[0], std=identity[1])
+    x = tf.cast(tf.clip_by_value(tf.round(x), 0.0, 255.0), tf.uint8)
+    fill = [min(255.0, float(round(m))) for m in mean]
+    x = randaugment_lib.randaugment(
+      x, tf.random.experimental.stateless_fold_in(seed, 1), randaugment, fill=fill
+    )
+    x = normalize(x, mean, std)
+  else:
+    x = base(image, seed, mean=mean, std=std)
+  if random_erasing:
+    x = random_erasing_lib.random_erase(
+      x, tf.random.experimental.stateless_fold_in(seed, 2), random_erasing, mode="pixel"
+    )
+  return x
 
 
 def eval_transform(

@@ -70,18 +70,25 @@ def _layout(global_batch_size, process_index, process_count, local_device_count)
   return process_index, process_count, local_device_count, per_host
 
 
-def _sizes(spec, image_size, resize_size):
-  """(image_size, resize_size) with resize scaled like the registry's 256/224 ratio."""
+def _sizes(spec, image_size, resize_size, crop_ratio=None):
+  """(image_size, resize_size) with resize scaled like the registry's 256/224 ratio, or, given a
+  crop ratio, floor(image_size / crop_ratio) as timm's ``crop_pct`` (0.95: 224 -> 235)."""
   size = image_size or spec.image_size
+  if resize_size is None and crop_ratio:
+    resize_size = int(math.floor(size / crop_ratio))
   if resize_size is None and spec.resize_size:
     resize_size = int(round(size * spec.resize_size / spec.image_size))
   return size, resize_size
 
 
-def eval_image_sizes(dataset: str, image_size: int | None = None) -> tuple[int, int | None]:
+def eval_image_sizes(
+  dataset: str, image_size: int | None = None, crop_ratio: float | None = None
+) -> tuple[int, int | None]:
   """``(crop side, shorter side before the crop or None)`` the eval transforms use for a run of
-  ``dataset`` at ``image_size`` (None: the dataset's own): e.g. (224, 256), (64, 73), (28, None)."""
-  return _sizes(dataset_info(dataset), image_size, None)
+  ``dataset`` at ``image_size`` (None: the dataset's own): e.g. (224, 256), (64, 73), (28, None).
+  ``crop_ratio`` (timm's crop_pct, e.g. 0.95): the shorter side is floor(image_size / crop_ratio),
+  for every dataset (224 -> 235, 28 -> 29); None keeps the dataset's rule."""
+  return _sizes(dataset_info(dataset), image_size, None, crop_ratio)
 
 
 def _channels(source: Source) -> int:
@@ -216,11 +223,16 @@ def train_batches(
   local_device_count: int | None = None,
   resize_size: int | None = None,
   skip_corrupt: bool = False,
+  randaugment: str = "",
+  random_erasing: float = 0.0,
 ) -> Iterator[dict[str, np.ndarray]]:
   """Endless iterator of {'image': float32 [D, B/D, H, W, C], 'label': int32 [D, B/D]}.
 
   D = local_device_count, B = global_batch_size / process_count (this host's share).
   Same (seed, step, host) -> same batch; start_step=k resumes exactly at batch k.
+  ``randaugment`` (timm spec string) and ``random_erasing`` (probability) add to the train
+  transform (augment.train_transform); they draw from each example's augmentation seed, so they
+  are as deterministic and resumable as the crops.
   """
   pi, pc, ldc, per_host = _layout(
     global_batch_size, process_index, process_count, local_device_count
@@ -239,7 +251,14 @@ def train_batches(
       lo, hi = int(round(lo * size / 224)), int(round(hi * size / 224))
     kwargs["scale_range"] = (lo, hi)
   transform = augment_lib.train_transform(
-    aug_name, image_size=size, mean=spec.mean, std=spec.std, channels=_channels(source), **kwargs
+    aug_name,
+    image_size=size,
+    mean=spec.mean,
+    std=spec.std,
+    channels=_channels(source),
+    randaugment=randaugment,
+    random_erasing=random_erasing,
+    **kwargs,
   )
   seed = int(seed) & _MASK64
   if source.kind == "records":
@@ -322,10 +341,13 @@ def eval_batches(
   process_count: int | None = None,
   local_device_count: int | None = None,
   skip_corrupt: bool = False,
+  crop_ratio: float | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
   """Finite iterator of {'image': float32 [D, B/D, V, H, W, C], 'label': int32 [D, B/D],
   'mask': bool [D, B/D]} (V = 10 for ten_crop, else 1; padding has mask False, label 0
-  and a zero image). Every host yields ceil(ceil(N / P) / B) batches."""
+  and a zero image). Every host yields ceil(ceil(N / P) / B) batches.
+  ``crop_ratio`` with no ``resize_size``: the shorter side is resized to
+  floor(image_size / crop_ratio) before the crops (eval_image_sizes)."""
   pi, pc, ldc, per_host = _layout(
     global_batch_size, process_index, process_count, local_device_count
   )
@@ -335,7 +357,7 @@ def eval_batches(
   source = load_source(dataset, split, data_dir, train=False)
   if skip_corrupt:
     source = _drop_corrupt(source)
-  size, resize = _sizes(spec, image_size, resize_size)
+  size, resize = _sizes(spec, image_size, resize_size, crop_ratio)
   channels = _channels(source)
   transform = augment_lib.eval_transform(
     method,

@@ -100,7 +100,11 @@ def load(
   config = run.config
   params = run.variables["params"]
   num_classes = int(params["head"]["bias"].shape[0])
-  image_size, resize_size = data_lib.eval_image_sizes(config.dataset, config.image_size or None)
+  # The run's test-time side and crop ratio (eval_image_size, eval_crop_ratio) unless asked for one.
+  side = image_size or config.eval_image_size or config.image_size or None
+  image_size, resize_size = data_lib.eval_image_sizes(
+    config.dataset, side, config.eval_crop_ratio or None
+  )
   labels, names = _class_names(config, num_classes)
   spec = data_lib.dataset_info(config.dataset)
   return ServingModel(

@@ -51,6 +51,18 @@ def base_config() -> ml_collections.ConfigDict:
   # the paper's 224, 256, 384, 480, 640 at a 224 crop; 28, 32, 40 on 28 px digits).
   c.eval_scales = ()
   c.image_size = 0  # 0 = the dataset's native training crop.
+  # Testing at another resolution than training (ResNet strikes back A3 trains at 160, tests at
+  # 224): eval_image_size 0 = image_size. eval_crop_ratio (timm's crop_pct) > 0: the shorter side
+  # is resized to floor(eval size / ratio) before the centre crop; 0 = the dataset's rule (256/224
+  # of the crop for ImageNet-sized images, no resize for the 28/32 px datasets).
+  c.eval_image_size = 0
+  c.eval_crop_ratio = 0.0
+  # timm's RandAugment string, e.g. 'rand-m7-mstd0.5-inc1' (resnet_jax.data.randaugment documents
+  # it), applied per training example before normalisation; '' = off.
+  c.randaugment = ""
+  # Probability of random erasing per training example (timm's per-pixel mode, after
+  # normalisation); 0 = off.
+  c.random_erasing = 0.0
   # Optimisation (resnet_jax.train.optim documents each).
   c.global_batch_size = 128
   c.num_train_steps = 1000
@@ -115,6 +127,7 @@ def validate(config, *, known_models, known_datasets) -> None:
     )
   if config.eval_method not in ("center", "ten_crop", "full_conv"):
     bad("eval_method", "must be one of center, ten_crop, full_conv")
+  _validate_data_augments(config, bad)
   for key in (
     "learning_rate",
     "global_batch_size",
@@ -139,6 +152,23 @@ def validate(config, *, known_models, known_datasets) -> None:
       f"config.model_overrides.conv_impl={conv_impl!r}: must be 'xla' or 'onednn' "
       "(oneDNN needs pip install 'resnet-jax[cpu]')"
     )
+
+
+def _validate_data_augments(config, bad) -> None:
+  """The input keys' checks: RandAugment strings parse here, not in a tf.data thread mid-run."""
+  if config.randaugment:
+    from resnet_jax.data import randaugment  # pylint: disable=g-import-not-at-top
+
+    try:
+      randaugment.parse(config.randaugment)
+    except ValueError as e:
+      bad("randaugment", str(e))
+  if not 0 <= config.random_erasing <= 1:
+    bad("random_erasing", "must be a probability in [0, 1]")
+  if config.eval_image_size < 0:
+    bad("eval_image_size", "must be 0 (= image_size) or a side in pixels")
+  if not 0 <= config.eval_crop_ratio <= 1:
+    bad("eval_crop_ratio", "must be 0 (the dataset's rule) or a crop fraction in (0, 1]")
 
 
 def digits() -> ml_collections.ConfigDict:

@@ -70,13 +70,22 @@ def _data_kwargs(config) -> dict[str, Any]:
   return {"data_dir": config.data_dir or None, "image_size": config.image_size or None}
 
 
+def _eval_data_kwargs(config) -> dict[str, Any]:
+  """The test-time input: its own resolution and crop ratio where the config sets them."""
+  return {
+    "data_dir": config.data_dir or None,
+    "image_size": config.eval_image_size or config.image_size or None,
+    "crop_ratio": config.eval_crop_ratio or None,
+  }
+
+
 # The paper's full_conv scales (§3.4) for its 224 px crop.
 PAPER_SCALES = (224, 256, 384, 480, 640)
 
 
 def full_conv_scales(config) -> tuple[int, ...]:
   """The shorter sides ``full_conv`` evaluates at: ``config.eval_scales``, or if that is empty,
-  scales relative to the eval crop side s (``config.image_size`` or the dataset's).
+  scales relative to the eval crop side s (``eval_image_size``, ``image_size`` or the dataset's).
 
   Datasets whose images are resized down to the crop (ImageNet, image folders) get the paper's
   scales times s/224 (exactly the paper's at 224). Datasets stored at their crop size (28/32 px
@@ -87,7 +96,7 @@ def full_conv_scales(config) -> tuple[int, ...]:
   if config.eval_scales:
     return tuple(int(s) for s in config.eval_scales)
   info = data_lib.dataset_info(config.dataset)
-  size = config.image_size or info.image_size
+  size = config.eval_image_size or config.image_size or info.image_size
   if info.resize_size:
     return tuple(int(round(k * size / PAPER_SCALES[0])) for k in PAPER_SCALES)
   above = (size // 8 + 1) * 8
@@ -116,7 +125,7 @@ class Evaluator:
       method=method,
       scale=scale,
       split=c.eval_split or None,
-      **_data_kwargs(c),
+      **_eval_data_kwargs(c),
     )
 
   def __call__(self, replicated_state, method: str = "center") -> dict[str, float]:
@@ -254,6 +263,8 @@ def _set_up(config, workdir, ckpt, info, model, primary) -> tuple[_Run, Iterator
     start_step=start_step,
     augment=config.train_augment or None,
     split=config.train_split or None,
+    randaugment=config.randaugment,
+    random_erasing=config.random_erasing,
     **_data_kwargs(config),
   )
   first = next(train_iter)
@@ -524,7 +535,7 @@ def evaluate(config, workdir: str, step: int | None = None, method: str | None =
         global_batch_size=config.global_batch_size,
         method="center",
         split=config.eval_split or None,
-        **_data_kwargs(config),
+        **_eval_data_kwargs(config),
       )
     )
   )
