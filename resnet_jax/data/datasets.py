@@ -188,6 +188,24 @@ REGISTRY: dict[str, DatasetSpec] = {
       256,
       download=False,
     ),
+    # Random batches made in memory (data/synthetic.py): times the step without input.
+    DatasetSpec(
+      "synthetic",
+      "",
+      "synthetic",
+      1000,
+      (224, 224, 3),
+      {"train": "train", "test": "test"},
+      "train",
+      "test",
+      "",
+      "center",
+      (0.0, 0.0, 0.0),
+      (1.0, 1.0, 1.0),
+      224,
+      None,
+      download=False,
+    ),
   ]
 }
 

@@ -27,7 +27,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from resnet_jax.data import augment
+from resnet_jax.data import augment, synthetic
 from resnet_jax.data.datasets import (
   CorruptImageError,
   Source,
@@ -237,6 +237,11 @@ def train_batches(
   pi, pc, ldc, per_host = _layout(
     global_batch_size, process_index, process_count, local_device_count
   )
+  if dataset == synthetic.NAME:  # random batches made in memory: no tf.data, no files
+    yield from synthetic.train_batches(
+      per_host=per_host, local_device_count=ldc, image_size=image_size, seed=seed, process_index=pi
+    )
+    return
   hide_gpus_from_tf()
   spec = dataset_info(dataset)
   source = load_source(dataset, split, data_dir, train=True)
@@ -354,6 +359,15 @@ def eval_batches(
   hide_gpus_from_tf()
   spec = dataset_info(dataset)
   method = method or spec.eval_method
+  if dataset == synthetic.NAME:
+    yield from synthetic.eval_batches(
+      num_views=augment_lib.num_views(method),
+      per_host=per_host,
+      local_device_count=ldc,
+      image_size=(scale if method == "full_conv" else None) or image_size,
+      process_index=pi,
+    )
+    return
   source = load_source(dataset, split, data_dir, train=False)
   if skip_corrupt:
     source = _drop_corrupt(source)

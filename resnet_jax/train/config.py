@@ -30,7 +30,9 @@ def base_config() -> ml_collections.ConfigDict:
       "conv_impl": "",
     }
   )
-  c.precision = "fp32"  # 'fp32' | 'bf16' (bf16 compute, fp32 params) | 'fp16' (+ loss scaling).
+  # 'fp32' | 'bf16' (bf16 compute, fp32 params) | 'fp16' (+ loss scaling) | 'auto': bf16 on GPU
+  # and TPU, fp32 on CPU, chosen when the run starts (for_platform); config.json records the choice.
+  c.precision = "fp32"
   c.cross_replica_bn = (
     True  # BN statistics over the global batch (else per replica, synced at evals).
   )
@@ -91,7 +93,31 @@ def base_config() -> ml_collections.ConfigDict:
   c.keep_checkpoints = 3  # the latest K, plus the best by validation error.
   c.async_checkpoints = True
   c.stop_after_steps = 0  # > 0: stop (with a checkpoint) after this step, e.g. for tests.
+  # (start, stop): process 0 writes a jax.profiler trace of steps start..stop (counted from 1) to
+  # WORKDIR/profile (TensorBoard's profile plugin, Perfetto); () = off. train.profiling.
+  c.profile_steps = ()
   return c
+
+
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
+
+
+def precision_for_platform(precision: str, platform: str) -> str:
+  """``precision`` with 'auto' made concrete: bf16 on accelerators (their matrix units' type, half
+  the memory traffic), fp32 on CPU (where XLA's bf16 convolutions are slower than fp32)."""
+  if precision != "auto":
+    return precision
+  return "fp32" if platform == "cpu" else "bf16"
+
+
+def for_platform(config, platform: str):
+  """``config`` as it runs on ``platform`` (``jax.default_backend()``): 'auto' made concrete."""
+  resolved = precision_for_platform(config.precision, platform)
+  if resolved == config.precision:
+    return config
+  config = config.copy_and_resolve_references()
+  config.precision = resolved
+  return config
 
 
 def validate(config, *, known_models, known_datasets) -> None:
@@ -111,8 +137,11 @@ def validate(config, *, known_models, known_datasets) -> None:
     )
   if config.dataset not in known_datasets:
     bad("dataset", f"unknown dataset; known: {', '.join(sorted(known_datasets))}")
-  if config.precision not in ("fp32", "bf16", "fp16"):
-    bad("precision", "must be one of fp32, bf16, fp16")
+  if config.precision not in PRECISIONS:
+    bad("precision", f"must be one of {', '.join(PRECISIONS)}")
+  profile = tuple(config.get("profile_steps", ()))
+  if profile and (len(profile) != 2 or not 1 <= profile[0] <= profile[1]):
+    bad("profile_steps", "give () for off or (start, stop) with 1 <= start <= stop")
   if config.optimizer not in optim.OPTIMIZERS:
     bad("optimizer", f"unknown optimizer; choose one of {', '.join(optim.OPTIMIZERS)}")
   if config.schedule not in optim.SCHEDULES:

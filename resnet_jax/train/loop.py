@@ -41,6 +41,7 @@ from resnet_jax.train import config as config_lib
 from resnet_jax.train import optim
 from resnet_jax.train import parallel
 from resnet_jax.train import preemption as preemption_lib
+from resnet_jax.train import profiling
 from resnet_jax.train import state as state_lib
 from resnet_jax.train import steps
 
@@ -161,6 +162,7 @@ def _write_json(path, obj):
 def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   """Trains ``config`` in ``workdir``, resuming from its latest checkpoint; returns final metrics."""
   check_config(config)
+  config = config_lib.for_platform(config, jax.default_backend())
   info = data_lib.dataset_info(config.dataset)
   model = build_model(config, info.num_classes)
   primary = jax.process_index() == 0
@@ -220,6 +222,7 @@ class _Run:
   last_good_checkpoint: int | None = None
   last_eval: dict[str, float] = dataclasses.field(default_factory=dict)
   preempted: bool = False
+  profiler: profiling.Profiler | None = None
 
 
 def _train(config, workdir, ckpt, info, model, primary) -> dict[str, Any]:
@@ -246,6 +249,7 @@ def _train(config, workdir, ckpt, info, model, primary) -> dict[str, Any]:
       ckpt.wait()
     finally:
       run.progress.close()
+      run.profiler.stop()
   return _close(run)
 
 
@@ -293,7 +297,10 @@ def _set_up(config, workdir, ckpt, info, model, primary) -> tuple[_Run, Iterator
   writer = metrics_lib.MetricWriter(workdir, enabled=primary, resume_step=start_step)
   progress = metrics_lib.Progress(config.num_train_steps, start_step, enabled=primary)
   state = par.replicate(state)
-  batches = par.prefetch(itertools.chain([first], train_iter), 2)
+  if info.storage == "synthetic":  # one random batch put on the devices once: steps read no input
+    batches = itertools.repeat(par.put_batch(first))
+  else:
+    batches = par.prefetch(itertools.chain([first], train_iter), 2)
   run = _Run(
     config=config,
     workdir=workdir,
@@ -309,6 +316,7 @@ def _set_up(config, workdir, ckpt, info, model, primary) -> tuple[_Run, Iterator
     writer=writer,
     progress=progress,
     throughput=metrics_lib.Throughput(config.global_batch_size),
+    profiler=profiling.Profiler(config.profile_steps, workdir, enabled=primary),
     last_good_checkpoint=start_step or None,
   )
   return run, batches
@@ -371,10 +379,12 @@ def _compile_steps(config, par, model, tx, num_classes) -> dict[str, Callable]:
 
 def _step(run: _Run, batches: Iterator):
   """One train step; its metrics stay on the devices until the next log step."""
-  with run.throughput.waiting():
-    batch = next(batches)
-  run.state, step_metrics = run.p_train_step(run.state, batch)
+  with run.profiler.step(run.step + 1):
+    with run.throughput.waiting():
+      batch = next(batches)
+    run.state, step_metrics = run.p_train_step(run.state, batch)
   run.step += 1
+  run.profiler.after_step(run.step, step_metrics)
   run.throughput.step()
   run.pending.append((run.step, step_metrics))
 
@@ -518,6 +528,7 @@ def eval_result_file(method: str, step: int) -> str:
 def evaluate(config, workdir: str, step: int | None = None, method: str | None = None):
   """Evaluates a checkpoint of ``workdir`` (latest, or ``step``) with a test-time method."""
   check_config(config)
+  config = config_lib.for_platform(config, jax.default_backend())
   method = method or config.eval_method
   info = data_lib.dataset_info(config.dataset)
   model = build_model(config, info.num_classes)
