@@ -516,3 +516,115 @@ def test_tensorflow_loads_without_keras_and_tf_keras_still_works():
   proc = run_python(probe)
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert proc.stdout.split() == ["False", "3", "True"]
+
+
+# ------------------------------------------------------ modern recipe inputs and eval sizes
+
+RANDAUGMENT = "rand-m7-mstd0.5-inc1"
+
+
+def test_randaugment_and_erasing_are_a_function_of_seed_step_and_example(data_dir):
+  kw = dict(seed=3, randaugment=RANDAUGMENT, random_erasing=0.25)
+  it = _train(data_dir, **kw)
+  for _ in range(3):
+    next(it)
+  expected = next(it)
+  resumed = next(_train(data_dir, start_step=3, **kw))
+  np.testing.assert_array_equal(expected["image"], resumed["image"])
+  np.testing.assert_array_equal(expected["label"], resumed["label"])
+  other_seed = next(_train(data_dir, start_step=3, **{**kw, "seed": 4}))
+  assert not np.array_equal(expected["image"], other_seed["image"])
+  # The same image at two stream positions (two epochs) is augmented differently.
+  t = augment.train_transform(
+    "digits",
+    image_size=28,
+    mean=datasets.MNIST_MEAN,
+    std=datasets.MNIST_STD,
+    channels=1,
+    randaugment=RANDAUGMENT,
+    random_erasing=0.25,
+  )
+  image = datasets.load_source("digits", "train", data_dir).images[0]
+  outs = [t(image, tf.constant([3, p], tf.int64)).numpy() for p in (5, 5, 6, 7, 8)]
+  np.testing.assert_array_equal(outs[0], outs[1])
+  assert not all(np.array_equal(outs[0], o) for o in outs[2:])
+
+
+def test_randaugment_path_adds_only_randaugment_on_pil_like_pixels(data_dir):
+  plain = next(_train(data_dir, seed=5))["image"]
+  # No layers: the crops (their seeds untouched), the uint8 rounding and normalisation alone.
+  np.testing.assert_array_equal(
+    plain, next(_train(data_dir, seed=5, randaugment="rand-n0"))["image"]
+  )
+  ra = next(_train(data_dir, seed=5, randaugment=RANDAUGMENT))["image"].reshape(64, -1)
+  changed = np.mean([not np.array_equal(a, b) for a, b in zip(plain.reshape(64, -1), ra)])
+  assert 0.5 < changed < 0.95  # two layers, each applied with p 0.5: about 3 in 4 images change
+  pixels = ra * datasets.MNIST_STD[0] + datasets.MNIST_MEAN[0]
+  np.testing.assert_allclose(pixels, np.round(pixels), atol=1e-3)  # uint8 levels, as PIL's
+  assert pixels.min() > -1e-3 and pixels.max() < 255 + 1e-3
+
+
+def test_random_erasing_replaces_one_box_with_noise_and_leaves_the_crop_alone(data_dir):
+  plain = next(_train(data_dir, seed=5))["image"].reshape(64, 28, 28)
+  erased = next(_train(data_dir, seed=5, random_erasing=1.0))["image"].reshape(64, 28, 28)
+  noise, boxes = [], 0
+  for p, e in zip(plain, erased):
+    rows, cols = np.nonzero(p != e)
+    if not len(rows):
+      continue  # every one of the 10 attempts drew a box larger than the image
+    boxes += 1
+    top, bottom, left, right = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+    assert (p != e)[top:bottom, left:right].all()  # one filled rectangle
+    area = (bottom - top) * (right - left)
+    assert 0.5 * 0.02 * 784 <= area <= 784 / 3 + 28  # [2 %, 1/3] of the image, up to rounding
+    noise.append(e[top:bottom, left:right].ravel())
+  assert boxes >= 56
+  noise = np.concatenate(noise)
+  assert abs(noise.mean()) < 0.1 and 0.9 < noise.std() < 1.1  # per-pixel N(0, 1)
+
+
+def test_a_malformed_randaugment_string_is_one_line(data_dir):
+  with pytest.raises(ValueError, match="bad RandAugment string 'rand-x7'"):
+    next(_train(data_dir, randaugment="rand-x7"))
+
+
+def test_eval_image_sizes_follow_the_crop_ratio():
+  assert data.eval_image_sizes("imagenet2012", 224) == (224, 256)  # unchanged without a ratio
+  assert data.eval_image_sizes("imagenet2012", 160) == (160, 183)
+  assert data.eval_image_sizes("imagenet2012", 224, 0.95) == (224, 235)  # timm: floor(224 / 0.95)
+  assert data.eval_image_sizes("imagenet2012", 224, 0.875) == (224, 256)
+  assert data.eval_image_sizes("digits") == (28, None)
+  assert data.eval_image_sizes("digits", 24, 0.95) == (24, 25)
+
+
+def test_eval_at_its_own_size_and_crop_ratio_is_resize_then_centre_crop(folder, data_dir):
+  layout = dict(process_index=0, process_count=1, local_device_count=1)
+  ev = next(
+    data.eval_batches(
+      "image_folder",
+      global_batch_size=4,
+      data_dir=folder,
+      image_size=32,
+      crop_ratio=0.8,
+      **layout,
+    )
+  )
+  assert ev["image"].shape == (1, 4, 1, 32, 32, 3)
+  # By hand: the first test image, shorter side to floor(32 / 0.8) = 40, the centre 32 x 32.
+  path = sorted(os.listdir(os.path.join(folder, "test", "china")))[0]
+  with open(os.path.join(folder, "test", "china", path), "rb") as f:
+    image = tf.io.decode_jpeg(f.read()).numpy().astype(np.float32)
+  h, w = image.shape[:2]
+  new_h, new_w = (40, round(w * 40 / h)) if h <= w else (round(h * 40 / w), 40)
+  resized = tf.image.resize(image, [new_h, new_w], "bilinear").numpy()
+  top, left = (new_h - 32) // 2, (new_w - 32) // 2
+  want = (
+    resized[top : top + 32, left : left + 32] - datasets.IMAGENET_MEAN
+  ) / datasets.IMAGENET_STD
+  np.testing.assert_allclose(ev["image"][0, 0, 0], want, atol=1e-4)
+  digits_eval = next(
+    data.eval_batches(
+      "digits", global_batch_size=4, data_dir=data_dir, image_size=24, crop_ratio=0.95, **layout
+    )
+  )
+  assert digits_eval["image"].shape == (1, 4, 1, 24, 24, 1)
