@@ -279,6 +279,7 @@ def imagenet_paper(model: str) -> ml_collections.ConfigDict:
   c.dataset = "imagenet2012"
   c.train_augment = "paper"
   c.eval_method = "ten_crop"
+  c.precision = "auto"  # bf16 on GPU/TPU (the paper's is fp32), fp32 on CPU
   c.global_batch_size = 256
   c.num_train_steps = 600_000
   c.learning_rate = 0.1
