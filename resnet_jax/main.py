@@ -24,6 +24,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from resnet_jax import host
 from resnet_jax import runtime
 
 PROG = "resnet-jax"
@@ -122,13 +123,14 @@ def _define_cpu_devices(fv: flags.FlagValues) -> None:
 
 
 def _cpu_devices(requested: str, conv_impl: str) -> str:
-  """--cpu_devices, with 'auto' meaning one device when oneDNN runs the convolutions.
+  """--cpu_devices, with 'auto' meaning one device when oneDNN runs the convolutions
+  (``conv_impl`` 'onednn', or 'auto' with oneDNN installed: host.onednn_convolutions).
 
   The split exists because XLA's convolutions use two cores badly; oneDNN spreads each convolution
   over every core itself, and one device spares the cross-device BatchNorm sync at every layer:
   ResNet-50 b16 2252 ms a step on one device vs 2632 ms split (2 cores, docs/benchmarks.md).
   """
-  return "1" if requested == "auto" and conv_impl == "onednn" else requested
+  return "1" if requested == "auto" and host.onednn_convolutions(conv_impl) else requested
 
 
 def _train_or_eval(fv: flags.FlagValues, mode: str) -> None:

@@ -3,6 +3,8 @@
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO, command_env, run_python
 
 from resnet_jax import main
@@ -121,9 +123,16 @@ def test_help_and_models_start_without_tensorflow_or_jax():
   assert loaded == "[]", loaded  # analytic counts: neither TensorFlow nor JAX
 
 
-def test_onednn_runs_on_one_cpu_device_unless_asked_otherwise():
+@pytest.mark.parametrize("installed", [True, False])
+def test_onednn_runs_on_one_cpu_device_unless_asked_otherwise(monkeypatch, installed):
   # oneDNN spreads each convolution over the cores itself; a split would add a BN sync per layer.
+  from resnet_jax.models import conv_impl
+
+  monkeypatch.setattr(conv_impl, "_onednn_installed", lambda: installed)
+  monkeypatch.setenv("JAX_PLATFORMS", "cpu")
   assert main._cpu_devices("auto", "onednn") == "1"
   assert main._cpu_devices("auto", "xla") == "auto"
-  assert main._cpu_devices("auto", "") == "auto"
+  # 'auto' (the default, also '') is oneDNN where it is installed.
+  assert main._cpu_devices("auto", "") == main._cpu_devices("auto", "auto")
+  assert main._cpu_devices("auto", "auto") == ("1" if installed else "auto")
   assert main._cpu_devices("2", "onednn") == "2"  # an explicit count is the user's decision

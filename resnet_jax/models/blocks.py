@@ -31,18 +31,18 @@ Parameter names inside a block: ``conv1, bn1, conv2, bn2[, conv3, bn3][, shortcu
 shortcut_bn]`` (pre-activation blocks: ``bn1`` precedes ``conv1`` etc., and the projection shortcut
 is a bare ``shortcut_conv`` applied to the pre-activated input, as in the v2 paper's code).
 
-Performance (docs/benchmarks.md): with ``matmul_1x1=True`` (the default) every ungrouped 1x1 conv
-is :class:`Conv1x1` -- the same ``(1, 1, cin, cout)`` ``kernel`` parameter and initialiser, computed
-as a matmul over channels (a strided 1x1 conv with padding 0 is ``x[:, ::s, ::s]`` then the
-matmul).  XLA's CPU convolution is 2-5x slower than its dot for 1x1 kernels, above all for the
-weight gradient; the arithmetic and the parameters are identical, so checkpoints, parameter counts
-and weight import do not change.
-
-``conv_impl="onednn"`` runs every conv through oneDNN inside the compiled step (:mod:`.onednn`,
-the XLA FFI; the optional extra ``resnet-jax[cpu]``), which is what PyTorch's CPU convolutions run;
-it takes precedence over the two XLA workarounds above and falls back to ``lax.conv`` with one
-warning where oneDNN cannot run (not a CPU backend, not fp32, library or compiler missing).  Same
-``kernel`` parameters.
+Performance (docs/benchmarks.md): ``conv_impl`` and ``matmul_1x1`` choose how convolutions run on
+the CPU, and only there (:mod:`.cpu_conv` picks per platform at lowering; GPU and TPU always get
+plain convolutions).  ``conv_impl="onednn"`` runs every conv through oneDNN inside the compiled
+step (:mod:`.onednn`, the XLA FFI; the optional extra ``resnet-jax[cpu]``), which is what
+PyTorch's CPU convolutions run; ``"xla"`` keeps ``lax.conv``, with every ungrouped 1x1 conv as a
+matmul over channels (``matmul_1x1=True``, the default: XLA's CPU convolution is several times
+slower than its dot for 1x1 kernels, above all for the weight gradient) and, in scanned blocks,
+gradient convolutions in forward form; ``"auto"`` (the default) is oneDNN where the extra and a
+C++ compiler are installed (:mod:`.conv_impl`).  oneDNN falls back to ``lax.conv`` with one
+warning where it cannot run.  Each replacement keeps ``nn.Conv``'s ``(k, k, cin / groups, cout)``
+``kernel`` parameter and initialiser, so checkpoints, parameter counts and weight import do not
+change.
 """
 
 from __future__ import annotations
@@ -50,19 +50,18 @@ from __future__ import annotations
 from typing import Any, Optional
 
 import dataclasses
-import functools
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
-from jax import lax
 
-from . import onednn
+from . import conv_impl as conv_impl_lib
+from . import cpu_conv
+from .cpu_conv import conv_forward_form_grads  # noqa: F401  (part of this module's API)
 
 Dtype = Any
 
 SHORTCUTS = ("A", "B", "C", "none")
-CONV_IMPLS = ("xla", "onednn")
+CONV_IMPLS = conv_impl_lib.CONV_IMPLS
 STRIDE_ON = ("3x3", "1x1")
 
 # torchvision: nn.init.kaiming_normal_(w, mode="fan_out", nonlinearity="relu") -> N(0, 2/fan_out),
@@ -97,11 +96,12 @@ def _nn_conv(
 
 
 class _ConvKernel(nn.Module):
-  """Fields and parameter shared by our replacements for a bias-free, ungrouped ``nn.Conv``.
+  """A bias-free k x k conv (padding k // 2, optionally grouped) computed by :func:`cpu_conv.conv`:
+  the CPU form ``cpu_form`` when lowered for the CPU, a plain convolution elsewhere.
 
-  The ``kernel`` parameter is the one ``nn.Conv(features, (k, k))`` creates -- shape
-  ``(k, k, cin, features)``, same initialiser -- so a replacement is interchangeable with
-  ``nn.Conv`` in a checkpoint, in parameter counts and in weight import.
+  The ``kernel`` parameter is the one ``nn.Conv(features, (k, k), feature_group_count=groups)``
+  creates -- shape ``(k, k, cin / groups, features)``, same initialiser -- so a subclass is
+  interchangeable with ``nn.Conv`` in a checkpoint, in parameter counts and in weight import.
   """
 
   features: int
@@ -109,117 +109,10 @@ class _ConvKernel(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   kernel_init: Any = conv_kernel_init
-
-  def _kernel(self, x, size: int):
-    return self.param(
-      "kernel", self.kernel_init, (size, size, x.shape[-1], self.features), self.param_dtype
-    )
-
-
-class Conv1x1(_ConvKernel):
-  """A bias-free 1x1 conv (padding 0) computed as a matmul over channels.
-
-  ``stride`` s keeps every s-th row and column first (what a 1x1 conv with stride s and no
-  padding computes).
-  """
-
-  @nn.compact
-  def __call__(self, x):
-    kernel = self._kernel(x, 1)
-    if self.stride > 1:
-      x = x[:, :: self.stride, :: self.stride, :]
-    x = jnp.asarray(x, self.dtype)
-    w = jnp.asarray(kernel[0, 0], self.dtype)
-    return lax.dot_general(x, w, (((x.ndim - 1,), (0,)), ((), ())))
-
-
-_NHWC = ("NHWC", "HWIO", "NHWC")
-
-
-def _conv_nhwc(x, kernel, stride: int, padding):
-  return lax.conv_general_dilated(x, kernel, (stride, stride), padding, dimension_numbers=_NHWC)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def conv_forward_form_grads(x, kernel, stride: int, padding):
-  """``lax.conv_general_dilated`` (NHWC, HWIO) whose two gradients are forward-form convolutions.
-
-  Same value and same gradients as the plain convolution.  Why: inside a ``while`` loop (what
-  ``nn.scan`` compiles to) XLA:CPU keeps the gradient convolutions in the transposed dimension
-  orders autodiff gives them, and runs those on a slow generic path -- a scanned ResNet step was
-  13-20x slower than the unrolled one.  Written here as ordinary NHWC/HWIO convolutions (the
-  weight gradient with channels as the batch and the batch as the features, the input gradient
-  with the flipped kernel), the scanned step runs as fast as the unrolled one.
-  """
-  return _conv_nhwc(x, kernel, stride, padding)
-
-
-def _conv_fwd(x, kernel, stride, padding):
-  return _conv_nhwc(x, kernel, stride, padding), (x, kernel)
-
-
-def _conv_bwd(stride, padding, residuals, dy):
-  x, kernel = residuals
-  k = kernel.shape[0]
-  out_hw = dy.shape[1:3]
-  # Input gradient: a stride-1 convolution of the (stride-dilated) output gradient with the
-  # spatially flipped kernel, in/out channels swapped; the barrier keeps XLA from folding the
-  # transpose back into the convolution's dimension numbers.
-  flipped = lax.optimization_barrier(jnp.transpose(jnp.flip(kernel, (0, 1)), (0, 1, 3, 2)))
-  dx_pad = tuple(
-    (k - 1 - lo, k - 1 - hi + (n + lo + hi - k) % stride)
-    for n, (lo, hi) in zip(x.shape[1:3], padding)
-  )
-  dx = lax.conv_general_dilated(
-    dy, flipped, (1, 1), dx_pad, lhs_dilation=(stride, stride), dimension_numbers=_NHWC
-  )
-  # Weight gradient: channels of x as the batch, the batch as features, dy as a (dilated) kernel;
-  # the high padding is chosen so the output is exactly k x k (it may be negative: a crop).
-  dw_pad = tuple(
-    (lo, k + stride * (o - 1) - n - lo) for n, o, (lo, _) in zip(x.shape[1:3], out_hw, padding)
-  )
-  dw = lax.conv_general_dilated(
-    jnp.transpose(x, (3, 1, 2, 0)),
-    jnp.transpose(dy, (1, 2, 0, 3)),
-    (1, 1),
-    dw_pad,
-    rhs_dilation=(stride, stride),
-    dimension_numbers=_NHWC,
-  )
-  return dx.astype(x.dtype), jnp.transpose(dw, (1, 2, 0, 3)).astype(kernel.dtype)
-
-
-conv_forward_form_grads.defvjp(_conv_fwd, _conv_bwd)
-
-
-class ConvForwardFormGrads(_ConvKernel):
-  """A bias-free, ungrouped k x k conv (padding k // 2) computed by :func:`conv_forward_form_grads`.
-
-  Same outputs as ``nn.Conv``; used for the blocks inside ``nn.scan`` (``scan_blocks=True``),
-  where it keeps XLA:CPU's gradient convolutions fast.
-  """
-
-  kernel_size: int = 3
-
-  @nn.compact
-  def __call__(self, x):
-    k = self.kernel_size
-    kernel = self._kernel(x, k)
-    pad = ((k // 2, k // 2), (k // 2, k // 2))
-    return conv_forward_form_grads(
-      jnp.asarray(x, self.dtype), jnp.asarray(kernel, self.dtype), self.stride, pad
-    )
-
-
-class OnednnConv(_ConvKernel):
-  """A bias-free k x k conv (padding k // 2, optionally grouped) run by oneDNN (:func:`onednn.conv`).
-
-  Same ``kernel`` parameter as ``nn.Conv`` -- ``(k, k, cin / groups, features)`` -- and the same
-  outputs; falls back to ``lax.conv`` where oneDNN cannot run.
-  """
-
   kernel_size: int = 3
   groups: int = 1
+
+  cpu_form = ""  # class attribute: one of cpu_conv.CPU_FORMS
 
   @nn.compact
   def __call__(self, x):
@@ -229,7 +122,52 @@ class OnednnConv(_ConvKernel):
     )
     pad = ((k // 2, k // 2), (k // 2, k // 2))
     x, kernel = jnp.asarray(x, self.dtype), jnp.asarray(kernel, self.dtype)
-    return onednn.conv(x, kernel, (self.stride, self.stride), pad, g)
+    return cpu_conv.conv(x, kernel, self.stride, pad, g, self.cpu_form)
+
+
+class Conv1x1(_ConvKernel):
+  """A bias-free 1x1 conv (padding 0), computed on the CPU as a matmul over channels.
+
+  ``stride`` s keeps every s-th row and column first (what a 1x1 conv with stride s and no
+  padding computes).
+  """
+
+  kernel_size: int = 1
+  cpu_form = "matmul"
+
+
+class ConvForwardFormGrads(_ConvKernel):
+  """A bias-free, ungrouped k x k conv whose gradients are, on the CPU, forward-form convolutions
+  (:func:`cpu_conv.conv_forward_form_grads`).
+
+  Same outputs as ``nn.Conv``; used for the blocks inside ``nn.scan`` (``scan_blocks=True``),
+  where it keeps XLA:CPU's gradient convolutions fast.
+  """
+
+  cpu_form = "forward_form"
+
+
+class OnednnConv(_ConvKernel):
+  """A bias-free k x k conv (optionally grouped) run on the CPU by oneDNN (:func:`onednn.conv`).
+
+  Same outputs as ``nn.Conv``; falls back to ``lax.conv`` where oneDNN cannot run.
+  """
+
+  cpu_form = "onednn"
+
+
+def _cpu_class(
+  kernel: int, groups: int, impl: str, matmul_1x1: bool, forward_form_grads: bool
+) -> type[_ConvKernel] | None:
+  """The module computing a conv in its CPU form, or None where the plain ``nn.Conv`` is the CPU's
+  best too."""
+  if impl == "onednn":
+    return OnednnConv
+  if matmul_1x1 and kernel == 1 and groups == 1:
+    return Conv1x1
+  if forward_form_grads and groups == 1:
+    return ConvForwardFormGrads
+  return None
 
 
 def conv(
@@ -244,56 +182,37 @@ def conv(
   kernel_init=None,
   matmul_1x1: bool = False,
   forward_form_grads: bool = False,
-  conv_impl: str = "xla",
+  conv_impl: str = "auto",
 ) -> nn.Module:
   """Bias-free conv with torchvision padding (k // 2 on every side, so stride-2 output is ceil(n/2)).
 
-  ``conv_impl="onednn"``: :class:`OnednnConv` (same parameter; oneDNN on the CPU, see above).
-  ``matmul_1x1``: an ungrouped 1x1 conv becomes :class:`Conv1x1` (same parameter, faster on CPU).
-  ``forward_form_grads``: an ungrouped conv becomes :class:`ConvForwardFormGrads` (same parameter;
-  fast gradients inside ``nn.scan`` on CPU).
+  How it runs on the CPU (other platforms: a plain convolution, :mod:`.cpu_conv`):
+  ``conv_impl`` ``'onednn'`` (or ``'auto'`` where oneDNN is installed, fp32): :class:`OnednnConv`;
+  otherwise ``matmul_1x1``: an ungrouped 1x1 conv is :class:`Conv1x1`; ``forward_form_grads``: an
+  ungrouped conv is :class:`ConvForwardFormGrads`.  Same parameter in every case.
   """
-  if conv_impl not in CONV_IMPLS:
-    raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {conv_impl!r}")
-  if conv_impl == "onednn":
-    return OnednnConv(
+  impl = conv_impl_lib.resolve(conv_impl, fp32=jnp.dtype(dtype) == jnp.float32)
+  cls = _cpu_class(kernel, groups, impl, matmul_1x1, forward_form_grads)
+  if cls is None:
+    return _nn_conv(
       features,
+      kernel,
       stride,
-      dtype=dtype,
-      param_dtype=param_dtype,
-      kernel_init=kernel_init or conv_kernel_init,
-      kernel_size=kernel,
       groups=groups,
       name=name,
-    )
-  if matmul_1x1 and kernel == 1 and groups == 1:
-    return Conv1x1(
-      features,
-      stride,
       dtype=dtype,
       param_dtype=param_dtype,
-      kernel_init=kernel_init or conv_kernel_init,
-      name=name,
+      kernel_init=kernel_init,
     )
-  if forward_form_grads and groups == 1:
-    return ConvForwardFormGrads(
-      features,
-      stride,
-      dtype=dtype,
-      param_dtype=param_dtype,
-      kernel_init=kernel_init or conv_kernel_init,
-      kernel_size=kernel,
-      name=name,
-    )
-  return _nn_conv(
+  return cls(
     features,
-    kernel,
     stride,
-    groups=groups,
-    name=name,
     dtype=dtype,
     param_dtype=param_dtype,
-    kernel_init=kernel_init,
+    kernel_init=kernel_init or conv_kernel_init,
+    kernel_size=kernel,
+    groups=groups,
+    name=name,
   )
 
 
@@ -348,9 +267,10 @@ class Compute:
       BN after every conv, paper §3.4).
     bn_axis_name: pmap axis name for cross-replica BN statistics (None: per-replica).
     dtype: compute dtype (e.g. ``jnp.bfloat16``); param_dtype: parameter dtype.
-    matmul_1x1: 1x1 convs as matmuls (same parameters; faster on XLA CPU).
-    conv_impl: ``'xla'`` (lax.conv) or ``'onednn'`` (oneDNN inside the step on CPU, the extra
-      ``resnet-jax[cpu]``; falls back to lax.conv elsewhere); same parameters.
+    matmul_1x1: 1x1 convs as matmuls on the CPU (same parameters; faster on XLA:CPU).
+    conv_impl: ``'auto'`` (oneDNN where installed, :mod:`.conv_impl`), ``'xla'`` (lax.conv) or
+      ``'onednn'`` (oneDNN inside the step, the extra ``resnet-jax[cpu]``); CPU only, same
+      parameters: other platforms lower plain convolutions (:mod:`.cpu_conv`).
   """
 
   zero_init_last_bn: bool = False
@@ -360,7 +280,7 @@ class Compute:
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   matmul_1x1: bool = True
-  conv_impl: str = "xla"
+  conv_impl: str = "auto"
 
   def compute_fields(self) -> dict[str, Any]:
     """These fields' values, to build a part of the network that computes the same way."""

@@ -86,10 +86,26 @@ def _views(images, size: int, method: str):
   return jnp.concatenate([crops, crops[:, :, :, ::-1]], axis=1)
 
 
+def portable_network(network):
+  """``network`` with ``lax.conv`` convolutions (``conv_impl='xla'``), as serving lowers it.
+
+  oneDNN's convolutions are custom calls without a compatibility guarantee, which ``jax.export``
+  refuses to serialize and a server could not run; ``lax.conv`` computes the same function with
+  the same parameters (to fp32 rounding), so a run trained with oneDNN exports all the same.
+  """
+  if getattr(network, "conv_impl", "xla") == "xla":
+    return network
+  return network.clone(conv_impl="xla")
+
+
 def serving_function(model: ServingModel, method: str = "center") -> Callable[..., Any]:
-  """``fn(variables, images uint8 [B, H, W, C]) -> probabilities float32 [B, classes]``."""
+  """``fn(variables, images uint8 [B, H, W, C]) -> probabilities float32 [B, classes]``.
+
+  The network runs with ``lax.conv`` whatever the run trained with (:func:`portable_network`).
+  """
   if method not in METHODS:
     raise ServingError(f"--eval_method={method!r}: export supports {', '.join(METHODS)}")
+  network = portable_network(model.model)
   mean = jnp.asarray(model.mean, jnp.float32)
   std = jnp.asarray(model.std, jnp.float32)
 
@@ -99,7 +115,7 @@ def serving_function(model: ServingModel, method: str = "center") -> Callable[..
       x = _resize_shorter_side(x, model.resize_size)
     views = (_views(x, model.image_size, method) - mean) / std
     b, v = views.shape[0], views.shape[1]
-    logits = model.model.apply(variables, views.reshape((b * v,) + views.shape[2:]), train=False)
+    logits = network.apply(variables, views.reshape((b * v,) + views.shape[2:]), train=False)
     probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
     return probs.reshape(b, v, -1).mean(axis=1)
 

@@ -25,9 +25,11 @@ def base_config() -> ml_collections.ConfigDict:
       # 6.7 s instead of > 400 s. Checkpoints then hold the stacked layout (resnet.to_unrolled).
       "scan_blocks": False,
       "remat": False,  # recompute block activations in the backward pass (memory).
-      # 'xla' (lax.conv) | 'onednn': convolutions through oneDNN on CPU (pip install
-      # 'resnet-jax[cpu]'; falls back to lax.conv with a warning where it cannot run).
-      "conv_impl": "",
+      # How convolutions run on the CPU (GPU/TPU always lower plain convolutions): 'auto' = oneDNN
+      # where the extra 'resnet-jax[cpu]' and g++ are installed (fp32), else 'xla'; 'xla' = lax.conv
+      # (1x1 as matmuls); 'onednn' = oneDNN inside the step (falls back to lax.conv with a warning
+      # where it cannot run). Parameters and checkpoints are the same for all three.
+      "conv_impl": "auto",
     }
   )
   # 'fp32' | 'bf16' (bf16 compute, fp32 params) | 'fp16' (+ loss scaling) | 'auto': bf16 on GPU
@@ -176,9 +178,9 @@ def validate(config, *, known_models, known_datasets) -> None:
   if list(config.lr_boundaries) != sorted(config.lr_boundaries):
     bad("lr_boundaries", "must be increasing steps")
   conv_impl = config.model_overrides.get("conv_impl", "")
-  if conv_impl not in ("", "xla", "onednn"):
+  if conv_impl not in ("", "auto", "xla", "onednn"):
     raise ValueError(
-      f"config.model_overrides.conv_impl={conv_impl!r}: must be 'xla' or 'onednn' "
+      f"config.model_overrides.conv_impl={conv_impl!r}: must be 'auto', 'xla' or 'onednn' "
       "(oneDNN needs pip install 'resnet-jax[cpu]')"
     )
 

@@ -92,9 +92,11 @@ def _log_once(reason: str) -> None:
 
 
 def unsupported_reason(x, w, groups: int = 1) -> str | None:
-  """Why :func:`conv` would not run oneDNN for these operands, or None if it would."""
-  if jax.default_backend() != "cpu":
-    return f"the backend is {jax.default_backend()}, not cpu"
+  """Why :func:`conv` would not run oneDNN for these operands, or None if it would.
+
+  The platform is not asked here: the model calls :func:`conv` only in the code it lowers for the
+  CPU (``models.cpu_conv``).
+  """
   if x.dtype != jnp.float32 or w.dtype != jnp.float32:
     return f"oneDNN kernel is fp32 only, got {x.dtype}/{w.dtype}"
   if x.ndim != 4 or w.ndim != 4 or groups < 1 or x.shape[-1] != w.shape[2] * groups:
@@ -121,8 +123,9 @@ def conv(x, w, strides: Sequence[int], padding, groups: int = 1):
   """``lax.conv_general_dilated`` (NHWC, HWIO, explicit padding) run by oneDNN when it can.
 
   Falls back to ``lax.conv_general_dilated`` -- with one warning per reason per process -- when
-  the backend is not the CPU, the operands are not fp32, or the kernel cannot be built or loaded
-  (no oneDNN: ``pip install 'resnet-jax[cpu]'``; no C++ compiler).
+  the operands are not fp32 or the kernel cannot be built or loaded (no oneDNN:
+  ``pip install 'resnet-jax[cpu]'``; no C++ compiler). Lowered only for the CPU: the custom calls
+  have no lowering elsewhere (the model picks them per platform, ``models.cpu_conv``).
   """
   padding = tuple(tuple(int(v) for v in p) for p in padding)
   reason = unsupported_reason(x, w, groups)

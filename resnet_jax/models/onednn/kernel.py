@@ -24,13 +24,13 @@ import ctypes
 import hashlib
 import os
 import pathlib
-import shutil
 import subprocess
-import sys
 import tempfile
 import threading
 
 import jax
+
+from .. import conv_impl
 
 SOURCE = pathlib.Path(__file__).with_name("conv.cc")
 TARGETS = {
@@ -38,20 +38,9 @@ TARGETS = {
   "onednn_conv_bwd_data": "OnednnConvBwdData",
   "onednn_conv_bwd_weights": "OnednnConvBwdWeights",
 }
-_LIB_NAME = "libdnnl.so.3"
-_HEADER = pathlib.Path("oneapi", "dnnl", "dnnl.hpp")
 
 _lock = threading.Lock()
 _state: dict = {}
-
-
-def onednn_prefix() -> pathlib.Path | None:
-  """The prefix holding oneDNN's ``lib/libdnnl.so.3`` and headers, or None."""
-  candidates = [os.environ.get("RESNET_JAX_ONEDNN"), sys.prefix, sys.base_prefix]
-  for c in candidates:
-    if c and (pathlib.Path(c, "lib", _LIB_NAME).exists()):
-      return pathlib.Path(c)
-  return None
 
 
 def cache_dir() -> pathlib.Path:
@@ -76,7 +65,7 @@ def _compile_command(prefix: pathlib.Path, out: pathlib.Path, cxx: str) -> list[
     "-o",
     str(out),
     f"-L{lib}",
-    f"-l:{_LIB_NAME}",
+    f"-l:{conv_impl.LIB_NAME}",
     f"-Wl,-rpath,{lib}",
     "-Wl,--no-undefined",
   ]
@@ -105,19 +94,17 @@ def _build(prefix: pathlib.Path, cxx: str) -> pathlib.Path:
   return target
 
 
+def onednn_prefix() -> pathlib.Path | None:
+  """The prefix holding oneDNN's ``lib/libdnnl.so.3`` and headers, or None."""
+  return conv_impl.onednn_prefix()
+
+
 def _load() -> ctypes.CDLL:
+  missing = conv_impl.onednn_missing()
   prefix = onednn_prefix()
-  if prefix is None:
-    raise RuntimeError(
-      f"oneDNN not found ({_LIB_NAME} under {sys.prefix}/lib): pip install 'resnet-jax[cpu]'"
-    )
-  if not (prefix / "include" / _HEADER).exists():
-    raise RuntimeError(
-      f"oneDNN headers missing under {prefix}/include: pip install 'resnet-jax[cpu]'"
-    )
-  cxx = os.environ.get("CXX") or "g++"
-  if shutil.which(cxx) is None:
-    raise RuntimeError(f"no C++ compiler ({cxx}) to build the oneDNN kernel")
+  if missing is not None or prefix is None:
+    raise RuntimeError(missing or "oneDNN not found: pip install 'resnet-jax[cpu]'")
+  cxx = conv_impl.compiler()
   lib = ctypes.CDLL(str(_build(prefix, cxx)))
   for target, symbol in TARGETS.items():
     jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
