@@ -71,3 +71,107 @@ def test_sgd_step_is_l2_then_momentum_like_the_paper():
     w, s = w - lr * v_w, s - lr * v_s
   np.testing.assert_allclose(params["conv"]["kernel"], w, rtol=1e-6)
   np.testing.assert_allclose(params["bn"]["scale"], s, rtol=1e-6)
+
+
+# A conv kernel, a BN layer and a dense head: the kernels are adapted and decayed, BN scale/bias and
+# the dense bias are not (timm's param_groups_weight_decay, MLPerf's LARS).
+TREE = {
+  "conv": {"kernel": np.array([[1.0, -2.0, 0.5], [0.25, 3.0, -1.0]])},
+  "bn": {"scale": np.array([1.0, 0.5, 2.0]), "bias": np.array([0.1, -0.2, 0.3])},
+  "head": {
+    "kernel": np.array([[0.5, -0.5], [1.0, 2.0], [-1.5, 0.0]]),
+    "bias": np.array([0.2, -0.1]),
+  },
+}
+GRADS = {
+  "conv": {"kernel": np.array([[0.3, -0.1, 0.2], [0.05, -0.4, 0.1]])},
+  "bn": {"scale": np.array([0.2, -0.3, 0.1]), "bias": np.array([-0.5, 0.25, 0.05])},
+  "head": {
+    "kernel": np.array([[0.1, 0.2], [-0.3, 0.4], [0.5, -0.6]]),
+    "bias": np.array([0.7, -0.8]),
+  },
+}
+KERNELS = (("conv", "kernel"), ("head", "kernel"))
+NOT_KERNELS = (("bn", "scale"), ("bn", "bias"), ("head", "bias"))
+
+
+def _update(config, steps=1):
+  params = jax.tree_util.tree_map(jnp.asarray, TREE)
+  grads = jax.tree_util.tree_map(jnp.asarray, GRADS)
+  tx = optim.create_optimizer(config, params)
+  state = tx.init(params)
+  for _ in range(steps):
+    updates, state = tx.update(grads, state, params)
+  return jax.tree_util.tree_map(np.asarray, updates)
+
+
+def test_lamb_first_step_is_adam_plus_decay_times_the_trust_ratio_on_kernels_only():
+  """Step 1 of bias-corrected Adam is g / (|g| + eps); kernels add wd * w and are scaled by
+  ||w|| / ||update||; BN and biases keep the plain Adam step (no decay, no trust ratio)."""
+  wd, eps = 0.05, 1e-6
+  updates = _update(make_config(optimizer="lamb", weight_decay=wd, eps=eps))
+  for a, b in KERNELS:
+    w, g = TREE[a][b], GRADS[a][b]
+    u = g / (np.abs(g) + eps) + wd * w
+    want = u * np.linalg.norm(w) / np.linalg.norm(u)
+    np.testing.assert_allclose(updates[a][b], want, rtol=1e-5)
+  for a, b in NOT_KERNELS:
+    g = GRADS[a][b]
+    np.testing.assert_allclose(updates[a][b], g / (np.abs(g) + eps), rtol=1e-5)
+
+
+def test_lars_scales_decayed_kernel_gradients_by_eta_times_the_norm_ratio_then_momentum():
+  """LARS: u = g + wd * w, times eta * ||w|| / ||u|| on kernels; BN and biases get g alone; then
+  momentum v = m * v + u (two steps with the same gradient: v = (1 + m) u)."""
+  wd, eta, m = 1e-4, 0.001, 0.9
+  config = make_config(optimizer="lars", weight_decay=wd, trust_coefficient=eta, momentum=m)
+  one, two = _update(config), _update(config, steps=2)
+  for a, b in KERNELS:
+    w, g = TREE[a][b], GRADS[a][b]
+    u = g + wd * w
+    want = eta * np.linalg.norm(w) / np.linalg.norm(u) * u
+    np.testing.assert_allclose(one[a][b], want, rtol=1e-5)
+    np.testing.assert_allclose(two[a][b], (1 + m) * want, rtol=1e-5)
+  for a, b in NOT_KERNELS:
+    np.testing.assert_allclose(one[a][b], GRADS[a][b], rtol=1e-6)
+    np.testing.assert_allclose(two[a][b], (1 + m) * GRADS[a][b], rtol=1e-6)
+
+
+def test_adamw_decay_is_decoupled_from_the_adaptive_step_and_skips_norm_and_bias():
+  wd, eps = 0.05, 1e-8
+  updates = _update(make_config(optimizer="adamw", weight_decay=wd, eps=eps))
+  for a, b in KERNELS:
+    w, g = TREE[a][b], GRADS[a][b]
+    np.testing.assert_allclose(updates[a][b], g / (np.abs(g) + eps) + wd * w, rtol=1e-5)
+  for a, b in NOT_KERNELS:
+    g = GRADS[a][b]
+    np.testing.assert_allclose(updates[a][b], g / (np.abs(g) + eps), rtol=1e-5)
+
+
+def test_sgd_optimizer_state_keeps_the_layout_its_checkpoints_hold():
+  """Old sgd checkpoints restore only if the state tree is unchanged: (masked decay, momentum)."""
+  params = jax.tree_util.tree_map(jnp.asarray, TREE)
+  state = optim.create_optimizer(make_config(), params).init(params)
+  paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(state)]
+  assert paths == [f"[1].trace['{a}']['{b}']" for a, b in sorted(KERNELS + NOT_KERNELS)], paths
+
+
+@pytest.mark.parametrize(
+  "key, value, words",
+  [
+    (
+      "optimizer",
+      "adamax",
+      "config.optimizer='adamax': unknown optimizer; choose one of sgd, lamb",
+    ),
+    ("loss", "focal", "config.loss='focal': unknown loss; choose one of softmax_ce, bce"),
+    ("ema_decay", 1.0, "config.ema_decay=1.0: must be in [0, 1)"),
+    ("mix_prob", 1.5, "config.mix_prob=1.5: must be in [0, 1]"),
+    ("cutmix_alpha", -1.0, "config.cutmix_alpha=-1.0: must not be negative"),
+  ],
+)
+def test_bad_training_keys_are_refused_in_one_line(key, value, words):
+  config = make_config(**{key: value})
+  with pytest.raises(ValueError) as error:
+    config_lib.validate(config, known_models=["resnet20"], known_datasets=["digits"])
+  assert str(error.value).startswith(words) and "\n" not in str(error.value), str(error.value)

@@ -87,6 +87,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.plateau_patience = 3
   c.plateau_min_delta = 1e-3
   c.label_smoothing = 0.0
+  _beyond_the_paper(c)
   # Bookkeeping.
   c.seed = 0
   c.log_every_steps = 50
@@ -99,6 +100,31 @@ def base_config() -> ml_collections.ConfigDict:
   # WORKDIR/profile (TensorBoard's profile plugin, Perfetto); () = off. train.profiling.
   c.profile_steps = ()
   return c
+
+
+def _beyond_the_paper(c: ml_collections.ConfigDict) -> None:
+  """The training keys of later recipes (Bag of Tricks, ResNet strikes back, MLPerf), all off."""
+  # optimizer 'lamb' | 'lars' | 'adamw' (train.optim): Adam moments and constant, LARS's eta.
+  c.b1 = 0.9
+  c.b2 = 0.999
+  c.eps = 1e-8  # torch AdamW's; timm's Lamb uses 1e-6.
+  c.trust_coefficient = 0.001  # LARS only (MLPerf's 0.001); LAMB's trust ratio is unscaled.
+  # 'softmax_ce' | 'bce': sigmoid binary cross-entropy per class, mean over classes and batch
+  # (timm's BinaryCrossEntropy), on the same (smoothed, mixed) targets.
+  c.loss = "softmax_ce"
+  # 'bce' only: > 0 turns targets above it into 1 and the rest into 0 (timm's target_threshold).
+  c.bce_target_threshold = 0.0
+  # Mixup / CutMix per batch on device (train.mixing, timm's Mixup in batch mode): Beta(alpha, alpha)
+  # for each (0 = that method off); mix a batch with probability mix_prob; with both alphas > 0,
+  # cutmix with probability mix_switch_prob. The train error then compares with the target's argmax.
+  c.mixup_alpha = 0.0
+  c.cutmix_alpha = 0.0
+  c.mix_prob = 1.0
+  c.mix_switch_prob = 0.5
+  # > 0: keep an exponential moving average of the parameters and BN statistics, updated each step
+  # (ema = decay * ema + (1 - decay) * new), evaluated beside the raw model (eval_ema_*), saved in
+  # the checkpoint; predict and export serve it when the run has it. 0.9998 and so on.
+  c.ema_decay = 0.0
 
 
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
@@ -125,6 +151,7 @@ def for_platform(config, platform: str):
 def validate(config, *, known_models, known_datasets) -> None:
   """Raises ``ValueError`` with one line naming the bad key and how to fix it."""
   from resnet_jax.train import optim  # pylint: disable=g-import-not-at-top
+  from resnet_jax.train import steps  # pylint: disable=g-import-not-at-top
 
   def bad(key, why):
     raise ValueError(f"config.{key}={config[key]!r}: {why}")
@@ -146,6 +173,14 @@ def validate(config, *, known_models, known_datasets) -> None:
     bad("profile_steps", "give () for off or (start, stop) with 1 <= start <= stop")
   if config.optimizer not in optim.OPTIMIZERS:
     bad("optimizer", f"unknown optimizer; choose one of {', '.join(optim.OPTIMIZERS)}")
+  if config.loss not in steps.LOSSES:
+    bad("loss", f"unknown loss; choose one of {', '.join(steps.LOSSES)}")
+  for key in ("ema_decay", "bce_target_threshold", "b1", "b2"):
+    if not 0 <= config[key] < 1:
+      bad(key, "must be in [0, 1)")
+  for key in ("mix_prob", "mix_switch_prob"):
+    if not 0 <= config[key] <= 1:
+      bad(key, "must be in [0, 1]")
   if config.schedule not in optim.SCHEDULES:
     bad("schedule", f"unknown schedule; choose one of {', '.join(optim.SCHEDULES)}")
   if config.parallelism not in ("pmap", "jit"):
@@ -170,7 +205,17 @@ def validate(config, *, known_models, known_datasets) -> None:
   ):
     if not config[key] > 0:
       bad(key, "must be positive")
-  for key in ("weight_decay", "momentum", "label_smoothing", "warmup_steps", "warmup_lr_scale"):
+  for key in (
+    "weight_decay",
+    "momentum",
+    "label_smoothing",
+    "warmup_steps",
+    "warmup_lr_scale",
+    "mixup_alpha",
+    "cutmix_alpha",
+    "eps",
+    "trust_coefficient",
+  ):
     if config[key] < 0:
       bad(key, "must not be negative")
   if not 0 < config.lr_decay_factor <= 1:

@@ -38,6 +38,7 @@ from resnet_jax.runs import CHECKPOINT_DIR, CONFIG_FILE, DONE_FILE, model_kwargs
 from resnet_jax.runs import checkpoint_meta as _checkpoint_meta
 from resnet_jax.runs import expect_meta as _expect_meta
 from resnet_jax.train import config as config_lib
+from resnet_jax.train import mixing
 from resnet_jax.train import optim
 from resnet_jax.train import parallel
 from resnet_jax.train import preemption as preemption_lib
@@ -334,11 +335,10 @@ def _initial_state(config, ckpt, par, model, tx, image_shape, abstract_variables
       controller.lr_scale,
       config.precision == "fp16",
       variables=abstract_variables,
+      use_ema=config.ema_decay > 0,
     )
     # Either parallelism restores the other's checkpoint: both write the same single-copy state.
-    state, meta = ckpt.restore(
-      template, expect_meta=_expect_meta(config), sharding=par.restore_sharding
-    )
+    state, meta = _restore(config, ckpt, par, template)
     logging.info("resumed from %s at step %d", ckpt.directory, start_step)
     return state, optim.LearningRateController.from_json(meta["lr_controller"])
   state = jax.jit(
@@ -349,6 +349,7 @@ def _initial_state(config, ckpt, par, model, tx, image_shape, abstract_variables
       image_shape=image_shape,
       lr_scale=controller.lr_scale,
       use_loss_scale=config.precision == "fp16",
+      use_ema=config.ema_decay > 0,
     )
   )(jax.random.key(config.seed))
   if config.init_from:
@@ -371,10 +372,48 @@ def _compile_steps(config, par, model, tx, num_classes) -> dict[str, Callable]:
       schedule=optim.create_schedule(config),
       num_classes=num_classes,
       label_smoothing=config.label_smoothing,
+      loss=config.loss,
+      bce_target_threshold=config.bce_target_threshold,
+      mix=mix_config(config),
+      ema_decay=config.ema_decay,
     ),
     "p_sync": par.compile(steps.sync_batch_stats, (replicated,), replicated),
     "p_params_finite": par.compile(finite, (replicated,), replicated),
   }
+
+
+def mix_config(config) -> mixing.MixConfig:
+  """The config's mixup/cutmix (timm's Mixup arguments); label smoothing goes into its targets."""
+  return mixing.MixConfig(
+    mixup_alpha=config.mixup_alpha,
+    cutmix_alpha=config.cutmix_alpha,
+    mix_prob=config.mix_prob,
+    switch_prob=config.mix_switch_prob,
+    label_smoothing=config.label_smoothing,
+  )
+
+
+def _restore(config, ckpt, par, template, step=None):
+  """``ckpt.restore`` into ``template``, also when the checkpoint holds an EMA the config does not
+  ask for (it is dropped) or lacks one it asks for (the average starts from the restored
+  variables, as at step 0)."""
+  kwargs = {"expect_meta": _expect_meta(config), "sharding": par.restore_sharding}
+  try:
+    return ckpt.restore(template, step, **kwargs)
+  except checkpoint_lib.CheckpointError as error:
+    if template.ema is None:
+      other = template.replace(ema={"params": template.params, "batch_stats": template.batch_stats})
+    else:
+      other = template.replace(ema=None)
+    try:
+      state, meta = ckpt.restore(other, step, **kwargs)
+    except checkpoint_lib.CheckpointError:
+      raise error from None
+  if template.ema is None:
+    logging.info("config.ema_decay is 0: the checkpoint's moving average is not used")
+    return state.replace(ema=None), meta
+  logging.info("the checkpoint has no moving average: it starts from the restored variables")
+  return state.replace(ema=state_lib.initial_ema(state.params, state.batch_stats)), meta
 
 
 def _step(run: _Run, batches: Iterator):
@@ -420,7 +459,7 @@ def _set_lr_scale(run: _Run):
 def _evaluate(run: _Run) -> dict[str, float]:
   """Center-crop evaluation at this step; the plateau rule of the learning rate reads it."""
   run.state = run.p_sync(run.state)
-  run.last_eval = run.evaluator(run.state, "center")
+  run.last_eval = _evaluate_with_ema(run.evaluator, run.state, "center")
   run.writer.write(run.step, run.last_eval)
   if run.controller.after_eval(run.config, run.last_eval["eval_top1_error"]):
     _set_lr_scale(run)
@@ -431,6 +470,16 @@ def _evaluate(run: _Run) -> dict[str, float]:
     )
   logging.info("eval at step %d: %s", run.step, {k: round(v, 4) for k, v in run.last_eval.items()})
   return run.last_eval
+
+
+def _evaluate_with_ema(evaluator: Evaluator, state, method: str) -> dict[str, float]:
+  """The raw model's metrics, and the moving average's as ``eval_ema_*`` when the state has one.
+  Checkpoint ranking and the plateau rule read the raw model's."""
+  result = evaluator(state, method)
+  if state.ema is not None:
+    ema = evaluator(state.ema_state(), method)
+    result.update({f"eval_ema_{k[5:]}": v for k, v in ema.items() if k != "eval_count"})
+  return result
 
 
 def _last_good(run: _Run) -> str:
@@ -517,6 +566,8 @@ def _initialise_from(state, init_dir: str):
   from resnet_jax import weights  # pylint: disable=g-import-not-at-top
 
   params, batch_stats, _ = weights.initialise_from(state.params, state.batch_stats, init_dir)
+  if state.ema is not None:  # the average starts from the imported weights, not the fresh ones
+    state = state.replace(ema=state_lib.initial_ema(params, batch_stats))
   return state.replace(params=params, batch_stats=batch_stats)
 
 
@@ -554,7 +605,12 @@ def evaluate(config, workdir: str, step: int | None = None, method: str | None =
   abstract_variables = state_lib.abstract_variables(model, image_shape)  # traced once, used twice
   tx = optim.create_optimizer(config, abstract_variables["params"])
   template = state_lib.abstract_train_state(
-    model, tx, image_shape, use_loss_scale=config.precision == "fp16", variables=abstract_variables
+    model,
+    tx,
+    image_shape,
+    use_loss_scale=config.precision == "fp16",
+    variables=abstract_variables,
+    use_ema=config.ema_decay > 0,
   )
   par = parallel.create(config.parallelism)
   try:
@@ -566,13 +622,12 @@ def evaluate(config, workdir: str, step: int | None = None, method: str | None =
       )(jax.random.key(0))
       state = _initialise_from(state, workdir)
     else:
-      state, _ = ckpt.restore(
-        template, step, expect_meta=_expect_meta(config), sharding=par.restore_sharding
-      )
+      state, _ = _restore(config, ckpt, par, template, step)
   finally:
     ckpt.close()
   state = par.replicate(state)
-  result = {"step": used_step, "method": method, **Evaluator(config, model, par)(state, method)}
+  evaluator = Evaluator(config, model, par)
+  result = {"step": used_step, "method": method, **_evaluate_with_ema(evaluator, state, method)}
   if jax.process_index() == 0:
     _write_json(workdir / eval_result_file(method, used_step), result)
   return result

@@ -9,12 +9,22 @@ The learning rate at step t is ``schedule(t) * lr_scale``:
   state means a resumed run continues with exactly the rate the interrupted one had.
 
 Config keys read here:
-  optimizer            'sgd' (momentum 0.9, optional Nesterov) or 'adamw'.
+  optimizer            'sgd' (momentum, optional Nesterov; the paper's), 'lamb' (You et al. 2019; timm's
+                       ResNet strikes back), 'lars' (You et al. 2017; MLPerf's large-batch ResNet-50)
+                       or 'adamw' (Loshchilov & Hutter: decay decoupled from the adaptive step).
+                       For lamb, lars and adamw, BN scale/bias and biases get neither weight decay nor
+                       a trust ratio, as timm (``param_groups_weight_decay``) and MLPerf do; the
+                       learning rate multiplies the whole update; for 'lars' after momentum, as in
+                       timm's Lars and torch SGD (optax.lars scales before its momentum, which
+                       differs only while the rate changes).
+  b1, b2, eps          Adam moments and denominator constant of 'lamb' and 'adamw'.
+  trust_coefficient    LARS's eta: trust ratio = eta * ||w|| / ||g + wd * w|| per kernel (optax.lars).
   learning_rate        base rate for a global batch of ``lr_reference_batch`` (0: no scaling).
   lr_reference_batch   the rate is multiplied by global_batch_size / lr_reference_batch (256 for ImageNet).
   momentum, nesterov   SGD momentum (torch semantics: v = m*v + g; p -= lr*v).
   weight_decay         L2 coefficient added to the gradient before momentum (the paper's 1e-4).
-  weight_decay_on_norm_and_bias  whether BN scale/bias and dense biases are decayed too (the paper did).
+  weight_decay_on_norm_and_bias  'sgd' only: whether BN scale/bias and dense biases are decayed too
+                       (the paper did); the other optimizers never decay them.
   schedule             'piecewise' | 'plateau' | 'warmup_cosine' | 'constant'.
   lr_boundaries        steps at which 'piecewise' divides the rate by 1/lr_decay_factor.
   lr_decay_factor      0.1 in the paper.
@@ -35,7 +45,7 @@ import optax
 from flax import traverse_util
 
 SCHEDULES = ("piecewise", "plateau", "warmup_cosine", "constant")
-OPTIMIZERS = ("sgd", "adamw")
+OPTIMIZERS = ("sgd", "lamb", "lars", "adamw")
 
 
 def base_learning_rate(config) -> float:
@@ -75,20 +85,38 @@ def _decay_mask(params, include_norm_and_bias: bool):
 
 
 def create_optimizer(config, params) -> optax.GradientTransformation:
-  """The update rule without the learning rate (the train step applies -lr itself)."""
-  decay = optax.add_decayed_weights(
-    config.weight_decay, mask=_decay_mask(params, config.weight_decay_on_norm_and_bias)
-  )
-  if config.optimizer == "sgd":
-    rule = optax.trace(decay=config.momentum, nesterov=config.nesterov)
-  elif config.optimizer == "adamw":
-    rule = optax.scale_by_adam()
-  else:
-    raise ValueError(
-      f"unknown optimizer {config.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}"
+  """The update rule without the learning rate (the train step applies -lr itself).
+
+  Each rule is its optax alias (``optax.lamb``, ``optax.lars``, ``optax.adamw``) without the
+  learning rate, with weight decay and trust ratio masked to the kernels.
+  """
+  name = config.optimizer
+  if name == "sgd":
+    # L2 on the gradient before momentum, as in the paper's (Caffe/Torch) SGD. The chain's layout
+    # is what checkpoints of sgd runs hold: keep it.
+    decay = optax.add_decayed_weights(
+      config.weight_decay, mask=_decay_mask(params, config.weight_decay_on_norm_and_bias)
     )
-  # L2 on the gradient before momentum, as in the paper's (Caffe/Torch) SGD.
-  return optax.chain(decay, rule)
+    return optax.chain(decay, optax.trace(decay=config.momentum, nesterov=config.nesterov))
+  kernels = _decay_mask(params, include_norm_and_bias=False)
+  decay = optax.add_decayed_weights(config.weight_decay, mask=kernels)
+  if name == "lamb":
+    adam = optax.scale_by_adam(b1=config.b1, b2=config.b2, eps=config.eps)
+    # timm's Lamb adapts only the groups it decays, so norm and bias keep the plain Adam step.
+    return optax.chain(adam, decay, optax.masked(optax.scale_by_trust_ratio(), kernels))
+  if name == "lars":
+    trust = optax.scale_by_trust_ratio(trust_coefficient=config.trust_coefficient)
+    return optax.chain(
+      decay,
+      optax.masked(trust, kernels),
+      optax.trace(decay=config.momentum, nesterov=config.nesterov),
+    )
+  if name == "adamw":
+    adam = optax.scale_by_adam(b1=config.b1, b2=config.b2, eps=config.eps)
+    # The empty first link keeps the Adam state at index 1 of the chain, where runs written
+    # before decay was decoupled saved it, so their checkpoints still restore.
+    return optax.chain(optax.identity(), adam, decay)
+  raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
 
 
 def initial_lr_scale(config) -> float:

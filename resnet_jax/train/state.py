@@ -15,7 +15,9 @@ class TrainState(struct.PyTreeNode):
   """Params, BatchNorm running statistics, optimizer state and step.
 
   ``lr_scale`` multiplies the step schedule (see ``optim``); ``loss_scale`` is the fp16 dynamic loss
-  scale, ``None`` for fp32/bf16 runs.
+  scale, ``None`` for fp32/bf16 runs. ``ema`` is the moving average ``{"params", "batch_stats"}``
+  of ``config.ema_decay``, ``None`` when it is off: a ``None`` field holds no arrays, so checkpoints
+  written without it have the same tree.
   """
 
   step: jnp.ndarray
@@ -24,6 +26,17 @@ class TrainState(struct.PyTreeNode):
   opt_state: optax.OptState
   lr_scale: jnp.ndarray
   loss_scale: DynamicScale | None = None
+  ema: Any = None
+
+  def ema_state(self) -> "TrainState":
+    """This state with the moving average in place of params and BN statistics (for evaluation)."""
+    return self.replace(params=self.ema["params"], batch_stats=self.ema["batch_stats"])
+
+
+def initial_ema(params, batch_stats) -> dict:
+  """The average at its start: a copy of the variables it averages."""
+  copy = lambda tree: jax.tree_util.tree_map(jnp.array, tree)
+  return {"params": copy(params), "batch_stats": copy(batch_stats)}
 
 
 def init_variables(model, rng, image_shape):
@@ -32,17 +45,23 @@ def init_variables(model, rng, image_shape):
 
 
 def train_state_from_variables(
-  variables, tx: optax.GradientTransformation, lr_scale: float = 1.0, use_loss_scale: bool = False
+  variables,
+  tx: optax.GradientTransformation,
+  lr_scale: float = 1.0,
+  use_loss_scale: bool = False,
+  use_ema: bool = False,
 ) -> TrainState:
   """A step-0 state around the model ``variables`` (params, and batch_stats if any)."""
   params = variables["params"]
+  batch_stats = variables.get("batch_stats", {})
   return TrainState(
     step=jnp.zeros((), jnp.int32),
     params=params,
-    batch_stats=variables.get("batch_stats", {}),
+    batch_stats=batch_stats,
     opt_state=tx.init(params),
     lr_scale=jnp.asarray(lr_scale, jnp.float32),
     loss_scale=DynamicScale() if use_loss_scale else None,
+    ema=initial_ema(params, batch_stats) if use_ema else None,
   )
 
 
@@ -53,10 +72,11 @@ def create_train_state(
   image_shape,
   lr_scale: float = 1.0,
   use_loss_scale: bool = False,
+  use_ema: bool = False,
 ) -> TrainState:
   """Initialises the model on a dummy batch of one image of ``image_shape`` (H, W, C)."""
   return train_state_from_variables(
-    init_variables(model, rng, image_shape), tx, lr_scale, use_loss_scale
+    init_variables(model, rng, image_shape), tx, lr_scale, use_loss_scale, use_ema
   )
 
 
@@ -66,7 +86,7 @@ def abstract_variables(model, image_shape):
 
 
 def abstract_train_state(
-  model, tx, image_shape, lr_scale=1.0, use_loss_scale=False, *, variables=None
+  model, tx, image_shape, lr_scale=1.0, use_loss_scale=False, *, variables=None, use_ema=False
 ):
   """Shapes and dtypes of the state without computing it (nothing compiles).
 
@@ -76,7 +96,7 @@ def abstract_train_state(
   if variables is None:
     variables = abstract_variables(model, image_shape)
   return jax.eval_shape(
-    lambda v: train_state_from_variables(v, tx, lr_scale, use_loss_scale), variables
+    lambda v: train_state_from_variables(v, tx, lr_scale, use_loss_scale, use_ema), variables
   )
 
 

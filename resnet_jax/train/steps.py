@@ -7,6 +7,11 @@ Each device sees ``[per_device, ...]`` of the global batch. Gradients are averag
 replicas (every device of every host) with ``lax.pmean``; BatchNorm statistics are averaged too when
 the model was built with ``bn_axis_name=AXIS`` (cross-replica BN), otherwise each replica keeps its
 own until ``sync_batch_stats``.
+
+Beyond the paper, each off unless configured: mixup/cutmix on the replica's share of the batch
+(``train.mixing``), a sigmoid BCE loss, stochastic layers fed the ``"dropout"`` rng, and an
+exponential moving average of the variables (``TrainState.ema``). Every draw comes from the step's
+``rng``: a function of the seed, the step and the replica, so a resumed run draws the same.
 """
 
 from __future__ import annotations
@@ -16,9 +21,11 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
+from resnet_jax.train import mixing
 from resnet_jax.train.state import TrainState
 
 AXIS = "batch"
+LOSSES = ("softmax_ce", "bce")
 
 
 def cross_entropy(logits, labels, num_classes: int, label_smoothing: float = 0.0):
@@ -30,43 +37,52 @@ def cross_entropy(logits, labels, num_classes: int, label_smoothing: float = 0.0
   return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
 
 
-def train_step(
-  state: TrainState,
-  batch,
-  rng,
-  *,
-  model,
-  tx,
-  schedule,
-  num_classes: int,
-  label_smoothing: float = 0.0,
-):
-  """One SGD step on this replica's share of the batch; returns the new state and step metrics.
+def binary_cross_entropy(logits, targets, target_threshold: float = 0.0):
+  """timm's BinaryCrossEntropy: sigmoid BCE per class against soft ``targets`` [N, K], mean over
+  classes and examples; ``target_threshold`` > 0 first sets targets above it to 1, the rest to 0."""
+  targets = targets.astype(jnp.float32)
+  if target_threshold > 0:
+    targets = (targets > target_threshold).astype(jnp.float32)
+  return optax.sigmoid_binary_cross_entropy(logits.astype(jnp.float32), targets).mean()
 
-  ``rng`` is this replica's key for stochastic layers (none of the paper's nets have any; it is
-  threaded through so variants such as stochastic depth stay pure functions of their inputs).
-  """
-  del rng
 
-  def loss_fn(params):
-    logits, new_vars = model.apply(
-      {"params": params, "batch_stats": state.batch_stats},
-      batch["image"],
-      train=True,
-      mutable=["batch_stats"],
-    )
-    loss = cross_entropy(logits, batch["label"], num_classes, label_smoothing).mean()
-    return loss, (logits, new_vars["batch_stats"])
-
-  if state.loss_scale is not None:
-    loss_scale, grads_finite, (loss, (logits, batch_stats)), grads = (
-      state.loss_scale.value_and_grad(loss_fn, has_aux=True, axis_name=AXIS)(state.params)
+def _inputs_and_loss(batch, rng, *, num_classes, label_smoothing, mix, loss, bce_target_threshold):
+  """The images the model sees, ``loss(logits)`` and the class each example counts as for the
+  train error (the label, or with mixing the argmax of its soft target)."""
+  images, labels = batch["image"], batch["label"]
+  if mix is not None and mix.enabled:
+    images, targets = mixing.mix(rng, images, labels, num_classes, mix)
+    labels = jnp.argmax(targets, -1)
+  elif loss == "softmax_ce":
+    # The paper's path, unchanged: integer labels, optax's smoothing.
+    return (
+      images,
+      lambda logits: cross_entropy(logits, labels, num_classes, label_smoothing),
+      labels,
     )
   else:
-    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    grads = lax.pmean(grads, AXIS)
-    loss_scale, grads_finite = None, jnp.array(True)
+    targets = mixing.smooth_one_hot(labels, num_classes, label_smoothing)
+  if loss == "bce":
+    return (
+      images,
+      lambda logits: binary_cross_entropy(logits, targets, bce_target_threshold),
+      labels,
+    )
+  return (
+    images,
+    lambda logits: optax.softmax_cross_entropy(logits.astype(jnp.float32), targets),
+    labels,
+  )
 
+
+def ema_update(ema, params, batch_stats, decay: float):
+  """``decay * ema + (1 - decay) * new`` for every parameter and BN statistic."""
+  new = {"params": params, "batch_stats": batch_stats}
+  return jax.tree_util.tree_map(lambda e, n: decay * e + (1.0 - decay) * n, ema, new)
+
+
+def _apply_gradients(state, grads, batch_stats, grads_finite, *, tx, schedule, ema_decay):
+  """The state one step on (params, BN statistics, optimizer state, average) and the step's rate."""
   lr = schedule(state.step) * state.lr_scale
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, jax.tree_util.tree_map(lambda u: -lr * u, updates))
@@ -79,15 +95,73 @@ def train_step(
     )
     params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
     batch_stats = keep(batch_stats, state.batch_stats)
-
+  ema = state.ema
+  if ema is not None:
+    # From the kept variables: a skipped fp16 step moves the average toward unchanged ones.
+    ema = ema_update(ema, params, batch_stats, ema_decay)
   new_state = state.replace(
-    step=state.step + 1,
-    params=params,
-    batch_stats=batch_stats,
-    opt_state=opt_state,
-    loss_scale=loss_scale,
+    step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state, ema=ema
   )
-  top1_error = jnp.mean(jnp.argmax(logits, -1) != batch["label"])
+  return new_state, lr
+
+
+def train_step(
+  state: TrainState,
+  batch,
+  rng,
+  *,
+  model,
+  tx,
+  schedule,
+  num_classes: int,
+  label_smoothing: float = 0.0,
+  loss: str = "softmax_ce",
+  bce_target_threshold: float = 0.0,
+  mix: mixing.MixConfig | None = None,
+  ema_decay: float = 0.0,
+):
+  """One optimizer step on this replica's share of the batch; returns the new state and metrics.
+
+  ``rng`` is this replica's key: one half draws the batch's mixup/cutmix, the other feeds the
+  model's stochastic layers (stochastic depth) as ``rngs={"dropout": ...}``; a model without any
+  ignores it. ``mix``: a ``mixing.MixConfig`` (None or disabled: no mixing). ``ema_decay`` is
+  used when ``state.ema`` holds an average.
+  """
+  mix_rng, dropout_rng = jax.random.split(rng)
+  images, loss_of, labels = _inputs_and_loss(
+    batch,
+    mix_rng,
+    num_classes=num_classes,
+    label_smoothing=label_smoothing,
+    mix=mix,
+    loss=loss,
+    bce_target_threshold=bce_target_threshold,
+  )
+
+  def loss_fn(params):
+    logits, new_vars = model.apply(
+      {"params": params, "batch_stats": state.batch_stats},
+      images,
+      train=True,
+      mutable=["batch_stats"],
+      rngs={"dropout": dropout_rng},
+    )
+    return loss_of(logits).mean(), (logits, new_vars["batch_stats"])
+
+  if state.loss_scale is not None:
+    loss_scale, grads_finite, (loss, (logits, batch_stats)), grads = (
+      state.loss_scale.value_and_grad(loss_fn, has_aux=True, axis_name=AXIS)(state.params)
+    )
+  else:
+    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    grads = lax.pmean(grads, AXIS)
+    loss_scale, grads_finite = None, jnp.array(True)
+
+  new_state, lr = _apply_gradients(
+    state, grads, batch_stats, grads_finite, tx=tx, schedule=schedule, ema_decay=ema_decay
+  )
+  new_state = new_state.replace(loss_scale=loss_scale)
+  top1_error = jnp.mean(jnp.argmax(logits, -1) != labels)
   metrics = {
     "train_loss": loss,
     "train_top1_error": top1_error,
@@ -135,7 +209,11 @@ def predict_step(state: TrainState, batch, *, model):
 
 def sync_batch_stats(state: TrainState) -> TrainState:
   """Averages per-replica BN statistics so every replica (and every checkpoint) agrees."""
-  return state.replace(batch_stats=lax.pmean(state.batch_stats, AXIS))
+  state = state.replace(batch_stats=lax.pmean(state.batch_stats, AXIS))
+  if state.ema is not None:
+    ema = {**state.ema, "batch_stats": lax.pmean(state.ema["batch_stats"], AXIS)}
+    state = state.replace(ema=ema)
+  return state
 
 
 def summarize_eval(sums) -> dict:
