@@ -1,7 +1,8 @@
-"""Pretrained weights: torchvision ResNet state dicts -> our Flax params, and checkpoints from them.
+"""Pretrained weights: torchvision and timm ResNet state dicts -> our Flax params, and checkpoints.
 
-``from_torchvision(state_dict_or_path, model_name)`` maps a torchvision ``ResNet`` state dict onto
-the parameter names of :mod:`resnet_jax.models.resnet` one-to-one::
+``from_state_dict(state_dict_or_path, model_name, source=...)`` (``from_torchvision``,
+``from_timm``) maps a ``ResNet`` state dict in that library's key layout onto the parameter names
+of :mod:`resnet_jax.models.resnet` one-to-one::
 
     conv1.weight                    -> params/stem_conv/kernel           (O, I, kh, kw) -> (kh, kw, I, O)
     bn1.{weight,bias}               -> params/stem_bn/{scale,bias}
@@ -12,26 +13,36 @@ the parameter names of :mod:`resnet_jax.models.resnet` one-to-one::
     layer{i}.{j}.downsample.1.*     -> .../stage{i}_block{j}/shortcut_bn/*
     fc.{weight,bias}                -> params/head/{kernel (transposed), bias}
 
+timm's plain resnet/resnext/wide_resnet use exactly these keys (timm began as a copy of
+torchvision's resnet.py).  Its other names differ where the network does:
+
+    conv1.{0,1,3,4,6}.*             -> stem_conv1, stem_bn1, stem_conv2, stem_bn2, stem_conv3
+      (ResNet-C deep stem; bn1 -> stem_bn3)
+    layer{i}.{j}.downsample.{1,2}.* -> shortcut_conv, shortcut_bn   (ResNet-D: downsample.0 is
+                                                                      the parameter-free AvgPool)
+    layer{i}.{j}.se.fc{1,2}.{weight,bias} -> .../se/fc{1,2}/{kernel,bias}   (squeeze-excitation)
+
 ``*.num_batches_tracked`` is ignored.  The expected tree comes from ``jax.eval_shape`` of the
 model's ``init`` (nothing is computed), so every missing, unexpected or wrongly shaped tensor is
-found before anything is converted and reported in one :class:`WeightImportError`.  Our ImageNet
-models use torchvision's v1.5 stride placement, option-B shortcuts, padding and BN epsilon, so the
-imported network reproduces torchvision's eval-mode logits (tests/test_weights.py: <= 1e-4, fp32).
+found before anything is converted and reported in one :class:`WeightImportError`; so is a file
+that is not a state dict at all.  Our ImageNet models use torchvision's v1.5 stride placement,
+option-B shortcuts, padding and BN epsilon, and timm's deep stem, average-pool shortcut and SE
+module, so the imported network reproduces the source's eval-mode logits (tests/test_weights.py).
 
-``convert(src, model_name, workdir)`` writes the result as an Orbax checkpoint (step 0, state
-``{'params', 'batch_stats'}``, meta ``{'model', 'source': 'torchvision', 'kind': 'weights'}``) in
+``convert(src, model_name, workdir, source=...)`` writes the result as an Orbax checkpoint (step 0,
+state ``{'params', 'batch_stats'}``, meta ``{'model', 'source', 'kind': 'weights'}``) in
 ``<workdir>/checkpoints``; ``--config.init_from=<workdir>`` starts training from it
 (:func:`resnet_jax.runs.read_checkpoint` + :func:`merge_into`, used by ``train.loop``).
 
 torch is an optional extra (``pip install resnet-jax[torch]``), imported only here and only when a
 ``.pth`` file is read or torch tensors are converted; ``torch.load`` runs with ``weights_only=True``
-(no arbitrary unpickling).
-"""
+(no arbitrary unpickling)."""
 
 from __future__ import annotations
 
 import os
 import re
+import warnings
 from typing import Any, Mapping
 
 import jax
@@ -56,7 +67,19 @@ SUPPORTED = (
   "wide_resnet50_2",
   "wide_resnet101_2",
 )
-SOURCES = ("torchvision",)
+# timm's names beyond torchvision's: ResNet-C/D (deep stem, average-pool shortcut) and
+# squeeze-and-excitation nets; timm's plain resnet/resnext/wide_resnet share torchvision's keys.
+TIMM_SUPPORTED = SUPPORTED + (
+  "resnet18d",
+  "resnet34d",
+  "resnet50d",
+  "resnet101d",
+  "resnet152d",
+  "seresnet50",
+  "seresnet101",
+  "seresnext50_32x4d",
+)
+SOURCES = ("torchvision", "timm")
 _IGNORED_SUFFIXES = ("num_batches_tracked",)
 _MAX_LISTED = 12
 
@@ -65,47 +88,86 @@ class WeightImportError(ValueError):
   """A state dict or checkpoint that does not fit the model; the message lists every mismatch."""
 
 
-# --- torchvision key <-> our path -----------------------------------------------------------------
+def supported(source: str) -> tuple[str, ...]:
+  """The model names whose ``source`` state dicts can be imported."""
+  names = {"torchvision": SUPPORTED, "timm": TIMM_SUPPORTED}.get(source, ())
+  registered = set(models.list_models())
+  return tuple(n for n in names if n in registered)
+
+
+# --- source key <-> our path ----------------------------------------------------------------------
 _BN_LEAVES = {
   ("params", "scale"): "weight",
   ("params", "bias"): "bias",
   ("batch_stats", "mean"): "running_mean",
   ("batch_stats", "var"): "running_var",
 }
+_BLOCK = r"stage(\d+)_block(\d+)"
+# (our module path, regex) -> the source's module name (re.sub template), first match wins.  Both
+# sources name a plain ResNet alike: timm started from a copy of torchvision's resnet.py and kept
+# its names for weight compatibility.
+_TORCHVISION_MODULES = (
+  (r"stem_conv", "conv1"),
+  (r"stem_bn", "bn1"),
+  (r"head", "fc"),
+  (_BLOCK + r"/(conv\d+|bn\d+)", r"layer\1.\2.\3"),
+  (_BLOCK + r"/shortcut_conv", r"layer\1.\2.downsample.0"),
+  (_BLOCK + r"/shortcut_bn", r"layer\1.\2.downsample.1"),
+)
+# timm's deep stem is conv1 = Sequential(conv, bn, relu, conv, bn, relu, conv), then bn1; its
+# squeeze-and-excitation is a block's ``se`` (fc1/fc2: 1x1 convs with bias).
+_TIMM_MODULES = (
+  (r"stem_conv1", "conv1.0"),
+  (r"stem_bn1", "conv1.1"),
+  (r"stem_conv2", "conv1.3"),
+  (r"stem_bn2", "conv1.4"),
+  (r"stem_conv3", "conv1.6"),
+  (r"stem_bn3", "bn1"),
+  (_BLOCK + r"/se/(fc1|fc2)", r"layer\1.\2.se.\3"),
+) + _TORCHVISION_MODULES
+# ResNet-D's shortcut is Sequential(AvgPool2d, conv, bn): the pool holds no parameters but takes
+# index 0 (an Identity where the stride is 1).
+_TIMM_AVG_DOWN_MODULES = (
+  (_BLOCK + r"/shortcut_conv", r"layer\1.\2.downsample.1"),
+  (_BLOCK + r"/shortcut_bn", r"layer\1.\2.downsample.2"),
+) + _TIMM_MODULES
 
 
-def _torch_module(module: str) -> str:
-  """Our module name (``stage3_block12/shortcut_bn``) -> torchvision's (``layer3.12.downsample.1``)."""
-  if module == "stem_conv":
-    return "conv1"
-  if module == "stem_bn":
-    return "bn1"
-  if module == "head":
-    return "fc"
-  m = re.fullmatch(r"stage(\d+)_block(\d+)/(conv\d+|bn\d+|shortcut_conv|shortcut_bn)", module)
-  if not m:
-    raise WeightImportError(
-      f"parameter {module!r} has no torchvision counterpart "
-      f"(pre-activation/plain/CIFAR nets cannot be imported)"
-    )
-  layer = {"shortcut_conv": "downsample.0", "shortcut_bn": "downsample.1"}.get(m[3], m[3])
-  return f"layer{m[1]}.{m[2]}.{layer}"
+def _layout(source: str, model_name: str, model_overrides: Mapping[str, Any] | None = None):
+  """The module-name table of ``source`` for ``model_name`` (timm's depends on the shortcut)."""
+  if source == "torchvision":
+    return _TORCHVISION_MODULES
+  config = {**models.model_spec(model_name).config, **(model_overrides or {})}
+  return _TIMM_AVG_DOWN_MODULES if config.get("shortcut") == "D" else _TIMM_MODULES
 
 
-def _torch_key(collection: str, path: tuple[str, ...]) -> tuple[str, str]:
-  """(collection, path of one leaf) -> (torchvision key, transform) with transform in
-  'conv' (OIHW -> HWIO), 'linear' (out,in -> in,out) or 'none'."""
+def _torch_module(module: str, layout=_TORCHVISION_MODULES) -> str:
+  """Our module name (``stage3_block12/shortcut_bn``) -> the source's (``layer3.12.downsample.1``)."""
+  for pattern, template in layout:
+    if re.fullmatch(pattern, module):
+      return re.sub(pattern, template, module)
+  raise WeightImportError(
+    f"parameter {module!r} has no counterpart in the source's layout "
+    f"(pre-activation/plain/CIFAR nets cannot be imported)"
+  )
+
+
+def _torch_key(
+  collection: str, path: tuple[str, ...], layout=_TORCHVISION_MODULES, ndim: int = 4
+) -> tuple[str, str]:
+  """(collection, path of one leaf of ``ndim`` dimensions) -> (source key, transform) with
+  transform in 'conv' (OIHW -> HWIO), 'linear' (out,in -> in,out) or 'none'."""
   module, leaf = "/".join(path[:-1]), path[-1]
-  prefix = _torch_module(module)
+  prefix = _torch_module(module, layout)
   if leaf == "kernel":
-    return f"{prefix}.weight", ("linear" if module == "head" else "conv")
-  if module == "head" and leaf == "bias":
+    return f"{prefix}.weight", ("conv" if ndim == 4 else "linear")
+  if collection == "params" and leaf == "bias":  # a conv's, the head's or a BN's shift
     return f"{prefix}.bias", "none"
   try:
     return f"{prefix}.{_BN_LEAVES[(collection, leaf)]}", "none"
   except KeyError:
     raise WeightImportError(
-      f"{collection}/{'/'.join(path)} has no torchvision counterpart"
+      f"{collection}/{'/'.join(path)} has no counterpart in the source's layout"
     ) from None
 
 
@@ -126,26 +188,37 @@ def _to_ours(array: np.ndarray, transform: str) -> np.ndarray:
 
 
 # --- reading a state dict -------------------------------------------------------------------------
-def _load_state_dict(state_dict_or_path) -> Mapping[str, Any]:
-  if isinstance(state_dict_or_path, (str, os.PathLike)):
-    path = storage.check_access(state_dict_or_path, "--src")
-    if not path.is_file():
-      raise FileNotFoundError(f"no such state-dict file: {path}")
+def _torch_load(path) -> Any:
+  """``torch.load`` of ``path`` (weights only); any file it cannot read is one WeightImportError."""
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    raise ImportError(
+      "reading a .pth file needs PyTorch: pip install 'resnet-jax[torch]'"
+    ) from None
+  with path.open("rb") as f, warnings.catch_warnings():
+    # Its complaints about a foreign pickle would come before the one line that says what is wrong.
+    warnings.simplefilter("ignore", UserWarning)
     try:
-      import torch  # pylint: disable=g-import-not-at-top
-    except ImportError:
-      raise ImportError(
-        "reading a .pth file needs PyTorch: pip install 'resnet-jax[torch]'"
-      ) from None
-    with path.open("rb") as f:
-      loaded = torch.load(f, map_location="cpu", weights_only=True)
-  else:
-    loaded = state_dict_or_path
-  if not isinstance(loaded, Mapping):
+      return torch.load(f, map_location="cpu", weights_only=True)
+    except OSError:
+      raise
+    except Exception as e:  # noqa: BLE001 -- a file of another kind fails anywhere in the unpickler
+      text = str(e)
+    if "Unsupported global" in text:  # a pickle of objects, e.g. a training script's checkpoint
+      what = text.split("Unsupported global:", 1)[1].split()[1]
+      raise WeightImportError(
+        f"{path} holds Python objects besides tensors ({what}), which are not loaded "
+        "(torch.load with weights_only=True); save the model's state_dict() alone and convert that"
+      )
     raise WeightImportError(
-      f"expected a state dict (a mapping of name -> tensor), got {type(loaded).__name__}"
+      f"{path} is not a PyTorch state dict (a file written by torch.save); nothing was converted"
     )
-  # Common wrappers: {'state_dict': ...} / {'model': ...}; DataParallel's 'module.' prefix.
+
+
+def _unwrap(loaded: Mapping[str, Any]) -> Mapping[str, Any]:
+  """The state dict inside common wrappers: {'state_dict': ...} / {'model': ...} (timm's and
+  other training scripts' checkpoints) and DataParallel's 'module.' prefix."""
   for wrapper in ("state_dict", "model"):
     if set(loaded) == {wrapper} or (
       wrapper in loaded and isinstance(loaded[wrapper], Mapping) and "fc.weight" not in loaded
@@ -153,8 +226,35 @@ def _load_state_dict(state_dict_or_path) -> Mapping[str, Any]:
       loaded = loaded[wrapper]
       break
   keys = list(loaded)
-  if keys and all(k.startswith("module.") for k in keys):
+  if keys and all(isinstance(k, str) and k.startswith("module.") for k in keys):
     loaded = {k[len("module.") :]: v for k, v in loaded.items()}
+  return loaded
+
+
+def _load_state_dict(state_dict_or_path) -> Mapping[str, Any]:
+  what = "the state dict"
+  if isinstance(state_dict_or_path, (str, os.PathLike)):
+    path = storage.check_access(state_dict_or_path, "--src")
+    if not path.is_file():
+      raise FileNotFoundError(f"no such state-dict file: {path}")
+    loaded, what = _torch_load(path), str(path)
+  else:
+    loaded = state_dict_or_path
+  if not isinstance(loaded, Mapping):
+    raise WeightImportError(
+      f"{what} is not a state dict (a mapping of name -> tensor): it holds a "
+      f"{type(loaded).__name__}; nothing was converted"
+    )
+  loaded = _unwrap(loaded)
+  not_tensors = sorted(
+    str(k) for k, v in loaded.items() if not (isinstance(k, str) and hasattr(v, "shape"))
+  )
+  if not loaded or not_tensors:
+    raise WeightImportError(
+      f"{what} is not a state dict (a mapping of name -> tensor): "
+      + (_listing("entries that are not tensors", not_tensors) if loaded else "it is empty")
+      + "; nothing was converted"
+    )
   return loaded
 
 
@@ -206,33 +306,51 @@ def _listing(label: str, items: list[str]) -> str:
   return f"{len(items)} {label}: {shown}{more}"
 
 
-def from_torchvision(
-  state_dict_or_path, model_name: str, *, num_classes: int | None = None, **model_overrides
-) -> tuple[dict, dict]:
-  """A torchvision ResNet state dict (or a ``.pth`` file of one) -> ``(params, batch_stats)``.
+def key_table(model_name: str, source: str, num_classes: int | None = None, **model_overrides):
+  """``{our path: (source key, transform, source shape, our dtype)}`` for every leaf of the model's
+  ``params`` and ``batch_stats`` (no compute: shapes from :func:`expected_tree`)."""
+  layout = _layout(source, model_name, model_overrides)
+  table = {}
+  for path, leaf in _flat(expected_tree(model_name, num_classes, **model_overrides)).items():
+    key, transform = _torch_key(path[0], path[1:], layout, len(leaf.shape))
+    table[path] = (key, transform, _torch_shape(leaf.shape, transform), leaf.dtype)
+  return table
 
-  ``model_name``: one of :data:`SUPPORTED`.  ``num_classes`` defaults to the length of ``fc.bias`` (so a
-  torchvision model fine-tuned to 10 classes imports too).  ``model_overrides`` go to ``get_model``
-  (the tests use ``stage_sizes`` for shallow stand-ins of the deepest nets).  Every missing,
-  unexpected (``num_batches_tracked`` aside) or wrongly shaped tensor is listed in one
-  :class:`WeightImportError`; values are only converted once everything fits.
+
+def from_state_dict(
+  state_dict_or_path,
+  model_name: str,
+  *,
+  source: str = "torchvision",
+  num_classes: int | None = None,
+  **model_overrides,
+) -> tuple[dict, dict]:
+  """A ``source`` state dict (or a ``.pth`` file of one) in that library's key layout ->
+  ``(params, batch_stats)``.
+
+  ``source``: one of :data:`SOURCES`; ``model_name``: one of :func:`supported` ``(source)``.
+  ``num_classes`` defaults to the length of ``fc.bias`` (so a model fine-tuned to 10 classes
+  imports too).  ``model_overrides`` go to ``get_model`` (the tests use ``stage_sizes`` for shallow
+  stand-ins of the deepest nets).  Every missing, unexpected (``num_batches_tracked`` aside) or
+  wrongly shaped tensor is listed in one :class:`WeightImportError`; values are only converted once
+  everything fits.
   """
-  if model_name not in SUPPORTED:
+  if source not in SOURCES:
+    raise WeightImportError(f"--from={source!r}: supported sources are {', '.join(SOURCES)}")
+  if model_name not in supported(source):
     raise WeightImportError(
-      f"model {model_name!r} has no torchvision counterpart; supported: {', '.join(SUPPORTED)}"
+      f"model {model_name!r} has no {source} counterpart; supported: {', '.join(supported(source))}"
     )
   state_dict = _load_state_dict(state_dict_or_path)
   if num_classes is None and "fc.bias" in state_dict and len(_shape(state_dict["fc.bias"])) == 1:
     num_classes = _shape(state_dict["fc.bias"])[
       0
     ]  # the bias: unambiguous if fc.weight is transposed
-  expected = _flat(expected_tree(model_name, num_classes, **model_overrides))
+  table = key_table(model_name, source, num_classes, **model_overrides)
 
-  plan = {}  # our path -> (torch key, transform, dtype)
+  plan = {}  # our path -> (source key, transform, dtype)
   missing, reshaped = [], []
-  for path, leaf in expected.items():
-    key, transform = _torch_key(path[0], path[1:])
-    want = _torch_shape(leaf.shape, transform)
+  for path, (key, transform, want, dtype) in table.items():
     if key not in state_dict:
       missing.append(key)
       continue
@@ -241,8 +359,8 @@ def from_torchvision(
       hint = " (transposed?)" if sorted(got) == sorted(want) else ""
       reshaped.append(f"{key} {got} != expected {want}{hint}")
       continue
-    plan[path] = (key, transform, leaf.dtype)
-  known = {_torch_key(p[0], p[1:])[0] for p in expected}
+    plan[path] = (key, transform, dtype)
+  known = {key for key, *_ in table.values()}
   unexpected = sorted(k for k in state_dict if k not in known and not k.endswith(_IGNORED_SUFFIXES))
   if missing or unexpected or reshaped:
     parts = [
@@ -255,7 +373,7 @@ def from_torchvision(
       if items
     ]
     raise WeightImportError(
-      f"state dict does not match torchvision {model_name} "
+      f"state dict does not match {source} {model_name} "
       f"({num_classes} classes): " + "; ".join(parts) + ". Nothing was converted."
     )
 
@@ -265,6 +383,17 @@ def from_torchvision(
   }
   variables = _unflatten(converted)
   return variables["params"], variables["batch_stats"]
+
+
+def from_torchvision(state_dict_or_path, model_name: str, **kwargs) -> tuple[dict, dict]:
+  """:func:`from_state_dict` of a torchvision ``ResNet`` state dict."""
+  return from_state_dict(state_dict_or_path, model_name, source="torchvision", **kwargs)
+
+
+def from_timm(state_dict_or_path, model_name: str, **kwargs) -> tuple[dict, dict]:
+  """:func:`from_state_dict` of a timm ``ResNet`` state dict (resnet, resnet-d, seresnet,
+  seresnext: timm's names, timm's keys)."""
+  return from_state_dict(state_dict_or_path, model_name, source="timm", **kwargs)
 
 
 # --- checkpoints ----------------------------------------------------------------------------------
@@ -279,14 +408,14 @@ def convert(
   ``<workdir>/checkpoints``.  Refuses a workdir that already has checkpoints; nothing is written
   unless the import succeeded.  Returns a summary dict (directory, step, parameter count, ...)."""
   if source not in SOURCES:
-    raise ValueError(f"--from={source!r}: supported sources are {', '.join(SOURCES)}")
+    raise WeightImportError(f"--from={source!r}: supported sources are {', '.join(SOURCES)}")
   ckpt_dir = storage.check_access(workdir, "--workdir", write=True) / runs.CHECKPOINT_DIR
   if _has_checkpoints(ckpt_dir):
     raise FileExistsError(
       f"{ckpt_dir} already has checkpoints; convert into a fresh --workdir "
       f"(nothing was overwritten)"
     )
-  params, batch_stats = from_torchvision(src, model_name, **model_overrides)
+  params, batch_stats = from_state_dict(src, model_name, source=source, **model_overrides)
   num_classes = int(params["head"]["bias"].shape[0])
   meta = {"model": model_name, "source": source, "kind": "weights", "num_classes": num_classes}
   if isinstance(src, (str, os.PathLike)):

@@ -1,4 +1,4 @@
-"""torchvision -> Flax weight import: logits parity, clear errors, convert + fine-tune from it.
+"""torchvision/timm -> Flax weight import: logits parity, clear errors, convert + fine-tune from it.
 
 No download and no torchvision (it does not build beside this torch): ``TorchResNet`` below is a
 compact re-implementation of torchvision's ResNet/BasicBlock/Bottleneck (v1.5 stride on the 3x3,
@@ -6,10 +6,19 @@ option-B downsample, same state-dict key names), with random weights and non-tri
 statistics.  The three deepest stage-3 stacks (resnet101/152, resnext101_*, wide_resnet101_2) are
 checked numerically with fewer blocks per stage -- the same ``stage_sizes`` on both sides -- to keep
 this file fast on one CPU core; their full-depth key/shape tables are still checked exactly, on
-torch's ``meta`` device (shapes without memory).
+torch's ``meta`` device (shapes without memory).  timm's layout (its deep stem, average-pool
+shortcut and SE blocks included) is checked the same way against ``tests/timm_reference.py``, for
+the reason given there.
 """
 
+import argparse
+import collections
+import io
 import os
+import pickle
+import re
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -18,6 +27,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
+
+import timm_reference  # noqa: E402
+from conftest import REPO, command_env  # noqa: E402
 
 from resnet_jax import models, runs, weights  # noqa: E402
 
@@ -183,11 +195,7 @@ def test_eval_logits_match_torchvision(name):
 def test_full_depth_key_and_shape_tables_match(name):
   """Every torchvision key of the full-depth net maps to our tree with the right shape, both ways."""
   sd = torch_model(name, device="meta").state_dict()
-  expected = weights._flat(weights.expected_tree(name))
-  mapped = {}
-  for path, leaf in expected.items():
-    key, transform = weights._torch_key(path[0], path[1:])
-    mapped[key] = weights._torch_shape(leaf.shape, transform)
+  mapped = {key: shape for key, _, shape, _ in weights.key_table(name, "torchvision").values()}
   ours = {k: tuple(v.shape) for k, v in sd.items() if not k.endswith("num_batches_tracked")}
   assert mapped == ours
 
@@ -333,3 +341,176 @@ def test_finetune_digits_from_converted_checkpoint(converted, tmp_path):
   )
   assert notes == []
   np.testing.assert_array_equal(params["head"]["kernel"], ft_params["head"]["kernel"])
+
+
+# --- timm: its key layout, against tests/timm_reference.py (timm itself is not installed) ---------
+# Numeric parity at 48x48: the stage-4 input is 3x3, so the average-pool shortcut's ceil mode and
+# the stride-2 convs on odd sizes are exercised. (name, blocks per stage or None for full depth).
+TIMM_PARITY = (
+  ("resnet18", None),
+  ("resnext50_32x4d", (1, 1, 2, 1)),
+  ("resnet18d", None),
+  ("resnet50d", (1, 2, 1, 1)),
+  ("seresnet50", (2, 1, 1, 1)),
+  ("seresnext50_32x4d", (1, 1, 2, 1)),
+)
+
+
+def timm_parity(name, stage_sizes=None, image_size=48):
+  net = timm_reference.create(name, layers=stage_sizes, seed=5)
+  x = np.random.default_rng(1).standard_normal((2, 3, image_size, image_size)).astype(np.float32)
+  with torch.no_grad():
+    want = net(torch.from_numpy(x)).numpy()
+  overrides = {"stage_sizes": stage_sizes} if stage_sizes else {}
+  params, batch_stats = weights.from_timm(net.state_dict(), name, **overrides)
+  model = models.get_model(name, **overrides)
+  got = jax.jit(lambda v, im: model.apply(v, im, train=False))(
+    {"params": params, "batch_stats": batch_stats}, jnp.asarray(x.transpose(0, 2, 3, 1))
+  )
+  return float(np.max(np.abs(np.asarray(got) - want))), float(np.max(np.abs(want)))
+
+
+def test_timm_reference_has_timms_parameter_counts():
+  """The reference's full-size nets have timm's published parameter counts."""
+  for name, count in timm_reference.TIMM_PARAM_COUNTS.items():
+    assert timm_reference.num_params(timm_reference.create(name, device="meta")) == count, name
+
+
+def test_timm_names_are_all_importable():
+  assert set(weights.supported("timm")) == set(weights.TIMM_SUPPORTED)
+  assert set(weights.TIMM_SUPPORTED) == set(timm_reference.CONFIGS)
+
+
+@pytest.mark.parametrize("name,stage_sizes", TIMM_PARITY)
+def test_eval_logits_match_timm(name, stage_sizes):
+  diff, scale = timm_parity(name, stage_sizes)
+  print(f"timm {name} stage_sizes={stage_sizes}: max|diff| {diff:.2e} (max|logit| {scale:.2f})")
+  assert scale > 0.1  # the logits are not trivially small
+  assert diff <= 1e-5
+
+
+@pytest.mark.parametrize("name", weights.TIMM_SUPPORTED)
+def test_timm_full_depth_key_and_shape_tables_match(name):
+  """Every key of timm's full-depth net (the reference, shapes only) maps to our tree, both ways."""
+  sd = timm_reference.create(name, device="meta").state_dict()
+  mapped = {key: shape for key, _, shape, _ in weights.key_table(name, "timm").values()}
+  ours = {k: tuple(v.shape) for k, v in sd.items() if not k.endswith("num_batches_tracked")}
+  assert mapped == ours
+
+
+def test_timm_state_dict_of_another_variant_is_refused_in_one_line(tmp_path):
+  plain = timm_reference.create("resnet18").state_dict()
+  with pytest.raises(weights.WeightImportError) as e:
+    weights.from_timm(plain, "resnet18d")
+  msg = str(e.value)
+  assert "\n" not in msg and msg.startswith("state dict does not match timm resnet18d")
+  assert "23 missing: conv1.0.weight, conv1.1.bias" in msg and "13 unexpected: conv1.weight" in msg
+  # A torchvision-layout shortcut (downsample.0 = the conv) is not ResNet-D's (downsample.0 = pool).
+  shifted = {
+    re.sub(r"downsample\.(\d)", lambda m: f"downsample.{int(m[1]) - 1}", k): v
+    for k, v in timm_reference.create("resnet18d").state_dict().items()
+  }
+  with pytest.raises(weights.WeightImportError) as e:
+    weights.from_timm(shifted, "resnet18d")
+  msg = str(e.value)
+  assert "12 missing: layer2.0.downsample.2.bias, " in msg
+  assert "12 unexpected: layer2.0.downsample.0.weight, " in msg
+  assert "layer2.0.downsample.1.weight (128,) != expected (128, 64, 1, 1)" in msg
+  # Names timm has and we do not import: one line with the supported list.
+  with pytest.raises(
+    weights.WeightImportError, match="has no timm counterpart; supported: resnet18"
+  ):
+    weights.from_timm(plain, "preact_resnet18")
+  # Through convert: nothing is written.
+  pth = tmp_path / "r18.pth"
+  torch.save(plain, pth)
+  workdir = tmp_path / "out"
+  with pytest.raises(weights.WeightImportError, match="does not match timm resnet34d"):
+    weights.convert_command("timm", "resnet34d", str(pth), str(workdir))
+  assert not workdir.exists()
+
+
+def test_convert_from_timm_writes_a_checkpoint_with_timms_logits(tmp_path):
+  net = timm_reference.create("resnet18d", seed=7, num_classes=10)
+  pth = tmp_path / "resnet18d.pth"
+  # A training script's checkpoint layout: {'state_dict': ...} with 'module.' prefixes.
+  torch.save({"state_dict": {f"module.{k}": v for k, v in net.state_dict().items()}}, pth)
+  line = weights.convert_command("timm", "resnet18d", str(pth), str(tmp_path / "w"))
+  assert line.startswith("converted timm resnet18d (") and "10 classes" in line
+  ckpt = runs.read_checkpoint(str(tmp_path / "w"))
+  assert ckpt.step == 0 and ckpt.meta["source"] == "timm" and ckpt.meta["model"] == "resnet18d"
+  x = np.random.default_rng(2).standard_normal((1, 3, 40, 40)).astype(np.float32)
+  with torch.no_grad():
+    want = net(torch.from_numpy(x)).numpy()
+  model = models.get_model("resnet18d", num_classes=10)
+  got = model.apply(
+    {"params": ckpt.params, "batch_stats": ckpt.batch_stats},
+    jnp.asarray(x.transpose(0, 2, 3, 1)),
+    train=False,
+  )
+  np.testing.assert_allclose(np.asarray(got), want, atol=1e-5, rtol=0)
+
+
+# --- files that are not state dicts: one line, nothing written -----------------------------------
+PNG_HEADER = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"
+
+
+def _not_state_dicts(tmp_path):
+  """name -> a file torch.load cannot read as a state dict, and a phrase its refusal contains."""
+  rng = np.random.default_rng(0)
+  files = {
+    "photo.png": (PNG_HEADER + rng.bytes(300), "is not a PyTorch state dict"),
+    "random.bin": (rng.bytes(2000), "is not a PyTorch state dict"),
+    "empty.pth": (b"", "is not a PyTorch state dict"),
+    "notes.txt": (b"hello world\n", "is not a PyTorch state dict"),
+    "pickled_list.pkl": (pickle.dumps([1, 2, 3]), "is not a PyTorch state dict"),
+    "pickled_object.pkl": (pickle.dumps(collections.Counter("abc")), "is not a PyTorch state"),
+  }
+  for name, obj, phrase in (
+    ("tensor_list.pth", [torch.zeros(2)], "holds a list"),
+    ("strings.pth", {"conv1.weight": "w", "epoch": 3}, "2 entries that are not tensors: conv1"),
+    ("empty_dict.pth", {}, "it is empty"),
+    ("train_ckpt.pth", {"state_dict": {}, "args": argparse.Namespace(lr=0.1)}, "argparse"),
+  ):
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    files[name] = (buf.getvalue(), phrase)
+  out = {}
+  for name, (data, phrase) in files.items():
+    (tmp_path / name).write_bytes(data)
+    out[tmp_path / name] = phrase
+  return out
+
+
+@pytest.mark.parametrize("source", weights.SOURCES)
+def test_a_file_that_is_not_a_state_dict_is_refused_in_one_line(tmp_path, source):
+  for path, phrase in _not_state_dicts(tmp_path).items():
+    workdir = tmp_path / f"out_{path.stem}"
+    with pytest.raises(weights.WeightImportError) as e:
+      weights.convert_command(source, "resnet18", str(path), str(workdir))
+    msg = str(e.value)
+    assert phrase in msg and str(path) in msg and "\n" not in msg, (path.name, msg)
+    assert not workdir.exists()
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("source", weights.SOURCES)
+def test_convert_command_refuses_a_photo_in_one_line(tmp_path, source):
+  photo = tmp_path / "photo.png"
+  photo.write_bytes(PNG_HEADER + np.random.default_rng(0).bytes(500))
+  workdir = tmp_path / "out"
+  proc = subprocess.run(
+    [sys.executable, "-m", "resnet_jax.main", "convert", f"--from={source}", "--model=resnet18"]
+    + [f"--src={photo}", f"--workdir={workdir}"],
+    env=command_env(),
+    capture_output=True,
+    text=True,
+    timeout=300,
+    cwd=REPO,
+  )
+  last = proc.stderr.strip().splitlines()[-1]
+  assert proc.returncode == 2, proc.stderr
+  want = f"error: {photo} is not a PyTorch state dict (a file written by torch.save); nothing was"
+  assert last == want + " converted", proc.stderr
+  assert "Traceback" not in proc.stderr + proc.stdout
+  assert not workdir.exists()
