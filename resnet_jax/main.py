@@ -278,9 +278,18 @@ def _bench(fv, positionals):
 
 
 def _define_convert_flags(fv: flags.FlagValues) -> None:
-  flags.DEFINE_enum("from", "torchvision", ["torchvision"], "Source format.", flag_values=fv)
-  flags.DEFINE_string("model", None, "Model name (`resnet-jax models`).", flag_values=fv)
-  flags.DEFINE_string("src", None, "The .pth state dict to import.", flag_values=fv)
+  flags.DEFINE_enum(
+    "from",
+    "torchvision",
+    ["torchvision", "timm"],
+    "Whose state dict --src is, in that library's own key layout (timm: also its resnet*d, "
+    "seresnet*, seresnext* names).",
+    flag_values=fv,
+  )
+  flags.DEFINE_string(
+    "model", None, "Model name, as the source names it (`resnet-jax models`).", flag_values=fv
+  )
+  flags.DEFINE_string("src", None, "The .pth state dict to import (torch.save).", flag_values=fv)
   flags.DEFINE_string(
     "workdir", None, "Where the step-0 checkpoint goes (a training workdir).", flag_values=fv
   )
@@ -460,8 +469,8 @@ COMMANDS: dict[str, Command] = {
     _bench,
   ),
   "convert": Command(
-    "import torchvision weights (.pth) as a step-0 checkpoint to evaluate or fine-tune",
-    "resnet-jax convert --model=resnet50 --src=resnet50.pth --workdir=runs/resnet50_tv",
+    "import torchvision or timm weights (.pth) as a step-0 checkpoint to evaluate or fine-tune",
+    "resnet-jax convert --from=timm --model=resnet50d --src=resnet50d.pth --workdir=runs/r50d",
     lambda fv, args: _define_convert_flags(fv),
     _convert,
   ),
