@@ -1,0 +1,37 @@
+"""Every modern-recipe ingredient at once, on the bundled digits: a quick, offline check that they
+train together (ResNet-20, 28 x 28).
+
+Mixup 0.1 and cutmix 1.0 (one of them on half the batches), RandAugment rand-m7-mstd0.5-inc1, random
+erasing 0.25, stochastic depth 0.05, an EMA of the weights (decay 0.99), LAMB at lr 0.01 with weight
+decay 0.02, binary cross-entropy; 500 steps of batch 128 (16 epochs of 4,000 images), warm-up and
+cosine. The digits' own pad-and-crop (no flip, which would turn digits into others) under
+RandAugment.
+"""
+
+from resnet_jax.train.config import digits
+
+# Published top-1: none (a smoke test of the ingredients, not a published recipe); it should reach >= 90 % test top-1.
+PUBLISHED_TOP1 = None
+
+
+def get_config():
+  c = digits()
+  c.num_train_steps = 500
+  c.warmup_steps = 50
+  c.optimizer = "lamb"
+  c.learning_rate = 0.01
+  c.weight_decay = 0.02
+  c.eps = 1e-6
+  c.loss = "bce"
+  c.mixup_alpha = 0.1
+  c.cutmix_alpha = 1.0
+  c.mix_prob = 0.5
+  c.mix_switch_prob = 0.5
+  c.randaugment = "rand-m7-mstd0.5-inc1"
+  c.random_erasing = 0.25
+  c.model_overrides.drop_path_rate = 0.05
+  c.ema_decay = 0.99
+  c.log_every_steps = 50
+  c.eval_every_steps = 250
+  c.checkpoint_every_steps = 250
+  return c
