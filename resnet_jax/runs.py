@@ -96,6 +96,7 @@ class Checkpoint:
   batch_stats: dict
   meta: dict
   step: int
+  ema: dict | None = None  # {'params', 'batch_stats'}: the moving average of config.ema_decay
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +109,7 @@ class Run:
   variables: dict  # {'params', 'batch_stats'} as jax arrays
   step: int
   meta: dict
+  ema: bool = False  # whether ``variables`` are the run's moving average (config.ema_decay)
 
   @property
   def is_converted(self) -> bool:
@@ -212,7 +214,11 @@ def read_checkpoint(path, step: int | None = None, *, what: str = "--workdir") -
     ckpt.close()
   if not isinstance(state, Mapping) or "params" not in state:
     raise checkpoint_lib.CheckpointError(f"checkpoint {directory} step {step} holds no params")
-  return Checkpoint(dict(state["params"]), dict(state.get("batch_stats") or {}), meta, int(step))
+  ema = state.get("ema")
+  ema = dict(ema) if isinstance(ema, Mapping) and "params" in ema else None
+  return Checkpoint(
+    dict(state["params"]), dict(state.get("batch_stats") or {}), meta, int(step), ema
+  )
 
 
 def _paths(tree) -> dict[str, tuple]:
@@ -248,6 +254,7 @@ def load(
   *,
   config: ml_collections.ConfigDict | None = None,
   image_size: int | None = None,
+  use_ema: bool | None = False,
 ) -> Run:
   """Checkpoint ``step`` (default: the latest) of a training run or of converted weights, with the
   network it fits, for inference or analysis (unreplicated: BN uses running statistics).
@@ -256,8 +263,18 @@ def load(
   ``image_size`` sets config.image_size (the networks are fully convolutional up to the pooled
   head). The parameter tree must match the network exactly: a loaded model never runs with a
   freshly initialised head.
+
+  ``use_ema``: False (the default, what analyses study) gives the trained variables; True the
+  run's moving average of parameters and BN statistics (``config.ema_decay``; a run without one
+  is refused); None the average when the run has one, else the trained variables (serving).
   """
   ckpt = read_checkpoint(workdir, step)
+  if use_ema and ckpt.ema is None:
+    raise RunError(
+      f"checkpoint {workdir} step {ckpt.step} has no moving average (trained with "
+      f"config.ema_decay=0); use its own variables"
+    )
+  ema = ckpt.ema is not None and use_ema is not False
   if config is None:
     if ckpt.meta.get("kind") == "weights" and not is_run(workdir):
       config = converted_config(ckpt.meta)
@@ -266,7 +283,8 @@ def load(
   if image_size:
     config = config.copy_and_resolve_references()
     config.image_size = image_size
-  variables = {"params": ckpt.params, "batch_stats": ckpt.batch_stats}
+  source = ckpt.ema if ema else {"params": ckpt.params, "batch_stats": ckpt.batch_stats}
+  variables = {"params": dict(source["params"]), "batch_stats": dict(source["batch_stats"] or {})}
   kwargs = model_kwargs(config)
   kwargs.pop("bn_axis_name", None)  # one device: running statistics, no cross-replica reduction
   num_classes = int(np.shape(ckpt.params["head"]["bias"])[0])
@@ -280,4 +298,5 @@ def load(
     variables=jax.tree_util.tree_map(jnp.asarray, variables),
     step=ckpt.step,
     meta=ckpt.meta,
+    ema=ema,
   )

@@ -245,15 +245,27 @@ def check_request(fmt: str, out: str, method: str) -> None:
 
 
 def export_command(
-  workdir: str, fmt: str, out: str, *, method: str = "center", config=None, input_size=None
+  workdir: str,
+  fmt: str,
+  out: str,
+  *,
+  method: str = "center",
+  config=None,
+  input_size=None,
+  use_ema: bool | None = None,
 ) -> str:
-  """``resnet-jax export``: checks the request, loads the run, exports; returns the line to print."""
+  """``resnet-jax export``: checks the request, loads the run, exports; returns the line to print.
+
+  ``use_ema`` as in ``serving.load``: by default a run's moving average when it kept one.
+  """
   check_request(fmt, out, method)
-  model = model_lib.load(workdir, config=config)
+  model = model_lib.load(workdir, config=config, use_ema=use_ema)
   input_size = tuple(input_size or default_input_size(model))
   path = export_model(model, fmt, out, method=method, input_size=input_size)
+  weights = ", its moving average" if model.ema else ""
   return (
-    f"exported {model.config.model} (checkpoint step {model.step}, {model.num_classes} classes, "
+    f"exported {model.config.model} (checkpoint step {model.step}{weights}, "
+    f"{model.num_classes} classes, "
     f"uint8 [batch, {', '.join(map(str, input_size))}, {model.channels}] in, "
     f"probabilities out) as {fmt} -> {path}"
   )

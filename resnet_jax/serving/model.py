@@ -45,6 +45,7 @@ class ServingModel:
   resize_size: int | None
   mean: tuple[float, ...]
   std: tuple[float, ...]
+  ema: bool = False  # the variables are the run's moving average (config.ema_decay), not its own
 
   @property
   def num_classes(self) -> int:
@@ -57,6 +58,7 @@ class ServingModel:
       "dataset": self.config.dataset,
       "workdir": self.workdir,
       "checkpoint_step": self.step,
+      "weights": "ema" if self.ema else "trained",
       "source": self.source,
       "channels": self.channels,
       "image_size": self.image_size,
@@ -81,6 +83,7 @@ def load(
   *,
   config: ml_collections.ConfigDict | None = None,
   image_size: int | None = None,
+  use_ema: bool | None = None,
 ) -> ServingModel:
   """The latest checkpoint of ``workdir`` for inference.
 
@@ -88,13 +91,18 @@ def load(
   the same architecture). ``image_size`` serves at another crop side than the run's (the resize
   side follows, as in ``data.eval_batches``): the networks are fully convolutional up to the
   pooled head.
+
+  ``use_ema``: serve the run's moving average of parameters and BN statistics
+  (``config.ema_decay``). None (the default) serves it when the run kept one -- the model such a
+  run was trained to deliver -- and the trained variables otherwise; False always the trained
+  variables; True refuses a run without an average. ``describe()['weights']`` says which.
   """
   if runs.latest_step(workdir) is None:
     raise ServingError(
       f"no checkpoint in {workdir}: pass the --workdir of a training run or of `resnet-jax convert`"
     )
   try:
-    run = runs.load(workdir, config=config, image_size=image_size)
+    run = runs.load(workdir, config=config, image_size=image_size, use_ema=use_ema)
   except (runs.RunError, FileNotFoundError, checkpoint_lib.CheckpointError) as e:
     raise ServingError(str(e)) from None
   config = run.config
@@ -121,4 +129,5 @@ def load(
     resize_size=resize_size,
     mean=tuple(float(m) for m in spec.mean),
     std=tuple(float(s) for s in spec.std),
+    ema=run.ema,
   )

@@ -1,0 +1,156 @@
+"""The moving average of parameters and BN statistics: its update, its place in checkpoints (old
+ones without it still restore), its resume, and serving choosing it."""
+
+import functools
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from resnet_jax import runs
+from resnet_jax.checkpoint import Checkpointer
+from resnet_jax.train import config as config_lib
+from resnet_jax.train import loop, optim, parallel, state as state_lib, steps
+from tiny_nets import IMAGE, NUM_CLASSES, DenseBnDropout, batch, on_one_device
+
+
+def _setup(ema_decay):
+  model = DenseBnDropout()
+  c = config_lib.base_config()
+  c.update(learning_rate=0.3, schedule="constant", ema_decay=ema_decay)
+  variables = model.init(jax.random.key(0), jnp.zeros((1, *IMAGE)), train=False)
+  tx = optim.create_optimizer(c, variables["params"])
+  state = state_lib.train_state_from_variables(variables, tx, use_ema=ema_decay > 0)
+  step = functools.partial(
+    steps.train_step,
+    model=model,
+    tx=tx,
+    schedule=optim.create_schedule(c),
+    num_classes=NUM_CLASSES,
+    ema_decay=ema_decay,
+  )
+  return c, tx, state, on_one_device(step)
+
+
+def test_ema_is_decay_times_ema_plus_one_minus_decay_times_the_new_variables_each_step():
+  decay = 0.75
+  _, _, state, step = _setup(decay)
+  variables = lambda s: {"params": s.params, "batch_stats": s.batch_stats}
+  want = jax.tree_util.tree_map(np.asarray, variables(state))  # the average starts at step 0's
+  assert jax.tree_util.tree_all(jax.tree_util.tree_map(np.array_equal, state.ema, want))
+  for i in range(3):
+    state, _ = step(state, batch(seed=i), jax.random.key(i))
+    new = jax.tree_util.tree_map(np.asarray, variables(state))
+    want = jax.tree_util.tree_map(lambda e, n: decay * e + (1 - decay) * n, want, new)
+    for a, b in zip(jax.tree_util.tree_leaves(state.ema), jax.tree_util.tree_leaves(want)):
+      np.testing.assert_allclose(a, b, rtol=1e-6)
+  # Both averaged: parameters moved, and BN statistics (which the optimizer never touches).
+  assert not np.allclose(state.ema["batch_stats"]["BatchNorm_0"]["mean"], 0.0)
+  assert not np.allclose(state.ema["params"]["head"]["kernel"], state.params["head"]["kernel"])
+
+
+def test_without_ema_the_state_tree_is_the_one_older_checkpoints_hold():
+  _, _, state, _ = _setup(0.0)
+  assert state.ema is None
+  paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(state)]
+  assert not any("ema" in p for p in paths)
+  assert sorted({p.split("[")[0].split(".")[1] for p in paths}) == [
+    "batch_stats",
+    "lr_scale",
+    "opt_state",
+    "params",
+    "step",
+  ]
+
+
+@pytest.mark.parametrize(
+  "saved_with_ema, restored_with_ema", [(False, False), (False, True), (True, False), (True, True)]
+)
+def test_checkpoints_restore_whether_or_not_either_side_keeps_an_average(
+  tmp_path, monkeypatch, saved_with_ema, restored_with_ema
+):
+  """A run written before EMA existed (or with it off) restores with it off, or on: the average then
+  starts from the restored variables. A run with one restores with it off: it is dropped."""
+  monkeypatch.setattr(loop, "_expect_meta", lambda config: {})
+  config, tx, saved, step = _setup(0.5 if saved_with_ema else 0.0)
+  saved, _ = step(saved, batch(), jax.random.key(1))
+  ckpt = Checkpointer(tmp_path / "ckpt", async_save=False)
+  ckpt.save(1, jax.tree_util.tree_map(np.asarray, saved), {"model": "tiny"})
+  ckpt.wait()
+  config.ema_decay = 0.5 if restored_with_ema else 0.0
+  template = jax.eval_shape(lambda: _setup(config.ema_decay)[2])
+  restored, _ = loop._restore(config, ckpt, parallel.Pmap(), template)
+  ckpt.close()
+  for field in ("params", "batch_stats", "opt_state", "step"):
+    for a, b in zip(
+      jax.tree_util.tree_leaves(getattr(restored, field)),
+      jax.tree_util.tree_leaves(getattr(saved, field)),
+    ):
+      np.testing.assert_array_equal(a, b)
+  if not restored_with_ema:
+    assert restored.ema is None
+  else:
+    want = (
+      saved.ema if saved_with_ema else {"params": saved.params, "batch_stats": saved.batch_stats}
+    )
+    for a, b in zip(jax.tree_util.tree_leaves(restored.ema), jax.tree_util.tree_leaves(want)):
+      np.testing.assert_array_equal(a, b)
+
+
+# Every training-step ingredient on, on the tiny net: the resume must reproduce all of them.
+MODERN = (
+  "--config.ema_decay=0.6",
+  "--config.optimizer=lamb",
+  "--config.learning_rate=0.01",
+  "--config.weight_decay=0.01",
+  "--config.loss=bce",
+  "--config.bce_target_threshold=0.2",
+  "--config.label_smoothing=0.1",
+  "--config.mixup_alpha=0.2",
+  "--config.cutmix_alpha=1.0",
+)
+
+
+def _state(workdir, step=None):
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True, async_save=False)
+  try:
+    return ckpt.read_state(step)
+  finally:
+    ckpt.close()
+
+
+@pytest.mark.e2e
+def test_a_run_stopped_and_resumed_ends_with_the_same_average_and_serves_it(tmp_path, run_main):
+  straight, stopped = str(tmp_path / "straight"), str(tmp_path / "stopped")
+  for workdir, extra in (
+    (straight, ()),
+    (stopped, ("--config.stop_after_steps=3",)),
+    (stopped, ()),
+  ):
+    proc = run_main(workdir, *MODERN, *extra)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "resumed from" in proc.stderr
+  a, b = _state(straight, 6), _state(stopped, 6)
+  assert set(a) == set(b) and "ema" in a
+  leaves_a, leaves_b = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
+  assert len(leaves_a) == len(leaves_b)
+  assert all(np.array_equal(x, y) for x, y in zip(leaves_a, leaves_b))
+  assert not np.array_equal(a["ema"]["params"]["head"]["kernel"], a["params"]["head"]["kernel"])
+
+  with open(os.path.join(straight, "DONE")) as f:
+    done = json.load(f)
+  assert {"eval_top1_error", "eval_ema_top1_error", "eval_ema_loss"} <= set(done), done
+
+  served = runs.load(straight, use_ema=None)
+  assert served.ema
+  np.testing.assert_array_equal(
+    served.variables["params"]["head"]["kernel"], a["ema"]["params"]["head"]["kernel"]
+  )
+  trained = runs.load(straight)
+  assert not trained.ema
+  np.testing.assert_array_equal(
+    trained.variables["params"]["head"]["kernel"], a["params"]["head"]["kernel"]
+  )
