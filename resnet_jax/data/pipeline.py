@@ -208,6 +208,26 @@ def _stream_indices(seed, epoch_len):
   return fn
 
 
+def _train_transform(aug_name, spec, source, size, randaugment, random_erasing):
+  """The named train transform for ``source`` at crop side ``size``, with the added augmentations."""
+  kwargs = {}
+  if aug_name == "paper":
+    lo, hi = 256, 480
+    if size != 224:  # Tiny test images: scale the [256, 480] range with the crop size.
+      lo, hi = int(round(lo * size / 224)), int(round(hi * size / 224))
+    kwargs["scale_range"] = (lo, hi)
+  return augment_lib.train_transform(
+    aug_name,
+    image_size=size,
+    mean=spec.mean,
+    std=spec.std,
+    channels=_channels(source),
+    randaugment=randaugment,
+    random_erasing=random_erasing,
+    **kwargs,
+  )
+
+
 def train_batches(
   dataset: str,
   *,
@@ -247,23 +267,9 @@ def train_batches(
   source = load_source(dataset, split, data_dir, train=True)
   if skip_corrupt:
     source = _drop_corrupt(source)
-  size, resize = _sizes(spec, image_size, resize_size)
-  aug_name = augment or spec.train_augment
-  kwargs = {}
-  if aug_name == "paper":
-    lo, hi = 256, 480
-    if size != 224:  # Tiny test images: scale the [256, 480] range with the crop size.
-      lo, hi = int(round(lo * size / 224)), int(round(hi * size / 224))
-    kwargs["scale_range"] = (lo, hi)
-  transform = augment_lib.train_transform(
-    aug_name,
-    image_size=size,
-    mean=spec.mean,
-    std=spec.std,
-    channels=_channels(source),
-    randaugment=randaugment,
-    random_erasing=random_erasing,
-    **kwargs,
+  size, _ = _sizes(spec, image_size, resize_size)
+  transform = _train_transform(
+    augment or spec.train_augment, spec, source, size, randaugment, random_erasing
   )
   seed = int(seed) & _MASK64
   if source.kind == "records":
@@ -332,6 +338,24 @@ def _records_train(source, transform, seed, start_step, per_host, pi, pc, ldc):
     yield from _iterate(_options(ds.prefetch(tf.data.AUTOTUNE)), None)
 
 
+def _eval_transform(method, spec, source, sizes, scale):
+  """The test-time transform at (crop side, resize side) ``sizes``, and the zero views padding
+  examples get (same shape)."""
+  size, resize = sizes
+  channels = _channels(source)
+  transform = augment_lib.eval_transform(
+    method,
+    image_size=size,
+    resize_size=resize,
+    mean=spec.mean,
+    std=spec.std,
+    channels=channels,
+    scale=scale,
+  )
+  out = augment_lib.eval_output_size(method, image_size=size, resize_size=resize, scale=scale)
+  return transform, tf.zeros([augment_lib.num_views(method), out, out, channels], tf.float32)
+
+
 def eval_batches(
   dataset: str,
   *,
@@ -371,19 +395,9 @@ def eval_batches(
   source = load_source(dataset, split, data_dir, train=False)
   if skip_corrupt:
     source = _drop_corrupt(source)
-  size, resize = _sizes(spec, image_size, resize_size, crop_ratio)
-  channels = _channels(source)
-  transform = augment_lib.eval_transform(
-    method,
-    image_size=size,
-    resize_size=resize,
-    mean=spec.mean,
-    std=spec.std,
-    channels=channels,
-    scale=scale,
+  transform, blank = _eval_transform(
+    method, spec, source, _sizes(spec, image_size, resize_size, crop_ratio), scale
   )
-  out = augment_lib.eval_output_size(method, image_size=size, resize_size=resize, scale=scale)
-  blank = tf.zeros([augment_lib.num_views(method), out, out, channels], tf.float32)
 
   if source.kind == "records":
     yield from _records_eval(source, transform, blank, per_host, pi, pc, ldc)

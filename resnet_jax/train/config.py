@@ -44,29 +44,7 @@ def base_config() -> ml_collections.ConfigDict:
   # a Mesh: global arrays, replicated state, Orbax saving them without a gather). Same numbers;
   # a checkpoint of either resumes under the other. 'jit' needs cross_replica_bn=True.
   c.parallelism = "pmap"
-  # Data (resnet_jax.data registry).
-  c.dataset = "digits"
-  c.data_dir = ""  # tfds data_dir ('' = tfds default, ~/tensorflow_datasets).
-  c.train_split = ""  # '' = the dataset's default train split.
-  c.eval_split = ""  # '' = the dataset's default eval split.
-  c.train_augment = ""  # '' = the dataset's default ('paper', 'inception', 'cifar', 'digits').
-  c.eval_method = "center"  # 'center' | 'ten_crop' | 'full_conv' (paper §3.4).
-  # Shorter sides for 'full_conv'; () = chosen from the eval image size (train.loop.full_conv_scales:
-  # the paper's 224, 256, 384, 480, 640 at a 224 crop; 28, 32, 40 on 28 px digits).
-  c.eval_scales = ()
-  c.image_size = 0  # 0 = the dataset's native training crop.
-  # Testing at another resolution than training (ResNet strikes back A3 trains at 160, tests at
-  # 224): eval_image_size 0 = image_size. eval_crop_ratio (timm's crop_pct) > 0: the shorter side
-  # is resized to floor(eval size / ratio) before the centre crop; 0 = the dataset's rule (256/224
-  # of the crop for ImageNet-sized images, no resize for the 28/32 px datasets).
-  c.eval_image_size = 0
-  c.eval_crop_ratio = 0.0
-  # timm's RandAugment string, e.g. 'rand-m7-mstd0.5-inc1' (resnet_jax.data.randaugment documents
-  # it), applied per training example before normalisation; '' = off.
-  c.randaugment = ""
-  # Probability of random erasing per training example (timm's per-pixel mode, after
-  # normalisation); 0 = off.
-  c.random_erasing = 0.0
+  _data_keys(c)
   # Optimisation (resnet_jax.train.optim documents each).
   c.global_batch_size = 128
   c.num_train_steps = 1000
@@ -146,6 +124,32 @@ def for_platform(config, platform: str):
   config = config.copy_and_resolve_references()
   config.precision = resolved
   return config
+
+
+def _data_keys(c: ml_collections.ConfigDict) -> None:
+  """The input keys (resnet_jax.data registry and pipeline), in base_config's order."""
+  c.dataset = "digits"
+  c.data_dir = ""  # tfds data_dir ('' = tfds default, ~/tensorflow_datasets).
+  c.train_split = ""  # '' = the dataset's default train split.
+  c.eval_split = ""  # '' = the dataset's default eval split.
+  c.train_augment = ""  # '' = the dataset's default ('paper', 'inception', 'cifar', 'digits').
+  c.eval_method = "center"  # 'center' | 'ten_crop' | 'full_conv' (paper §3.4).
+  # Shorter sides for 'full_conv'; () = chosen from the eval image size (train.loop.full_conv_scales:
+  # the paper's 224, 256, 384, 480, 640 at a 224 crop; 28, 32, 40 on 28 px digits).
+  c.eval_scales = ()
+  c.image_size = 0  # 0 = the dataset's native training crop.
+  # Testing at another resolution than training (ResNet strikes back A3 trains at 160, tests at
+  # 224): eval_image_size 0 = image_size. eval_crop_ratio (timm's crop_pct) > 0: the shorter side
+  # is resized to floor(eval size / ratio) before the centre crop; 0 = the dataset's rule (256/224
+  # of the crop for ImageNet-sized images, no resize for the 28/32 px datasets).
+  c.eval_image_size = 0
+  c.eval_crop_ratio = 0.0
+  # timm's RandAugment string, e.g. 'rand-m7-mstd0.5-inc1' (resnet_jax.data.randaugment documents
+  # it), applied per training example before normalisation; '' = off.
+  c.randaugment = ""
+  # Probability of random erasing per training example (timm's per-pixel mode, after
+  # normalisation); 0 = off.
+  c.random_erasing = 0.0
 
 
 def validate(config, *, known_models, known_datasets) -> None:
