@@ -205,15 +205,23 @@ def _torch_load(path) -> Any:
       raise
     except Exception as e:  # noqa: BLE001 -- a file of another kind fails anywhere in the unpickler
       text = str(e)
-    if "Unsupported global" in text:  # a pickle of objects, e.g. a training script's checkpoint
-      what = text.split("Unsupported global:", 1)[1].split()[1]
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if found:  # a pickle of objects, e.g. a training script's checkpoint with its arguments
       raise WeightImportError(
-        f"{path} holds Python objects besides tensors ({what}), which are not loaded "
-        "(torch.load with weights_only=True); save the model's state_dict() alone and convert that"
+        f"{path} holds Python objects besides tensors ({found[1]}), which are not loaded "
+        "(torch.load with weights_only=True); save the model's state_dict() alone (timm: "
+        "clean_checkpoint.py) and convert that"
       )
+  with path.open("rb") as f:
+    head = f.read(10)
+  if head[8:10] == b'{"':  # safetensors: an 8-byte header length, then the JSON header
     raise WeightImportError(
-      f"{path} is not a PyTorch state dict (a file written by torch.save); nothing was converted"
+      f"{path} is a safetensors file, which is not read here; convert "
+      "torch.save(safetensors.torch.load_file(path), 'model.pth') instead"
     )
+  raise WeightImportError(
+    f"{path} is not a PyTorch state dict (a file written by torch.save); nothing was converted"
+  )
 
 
 def _unwrap(loaded: Mapping[str, Any]) -> Mapping[str, Any]:

@@ -465,6 +465,7 @@ def _not_state_dicts(tmp_path):
     "notes.txt": (b"hello world\n", "is not a PyTorch state dict"),
     "pickled_list.pkl": (pickle.dumps([1, 2, 3]), "is not a PyTorch state dict"),
     "pickled_object.pkl": (pickle.dumps(collections.Counter("abc")), "is not a PyTorch state"),
+    "model.safetensors": (b"\x0e" + b"\x00" * 7 + b'{"a": {"b": 1}}', "is a safetensors file"),
   }
   for name, obj, phrase in (
     ("tensor_list.pth", [torch.zeros(2)], "holds a list"),
