@@ -27,6 +27,19 @@ class Architecture:
   groups: int = 1
   width_per_group: int = 64
   preact: bool = False
+  se_ratio: float = 0.0
+
+
+def check_drop_path_rate(rate) -> None:
+  """Refuse a stochastic-depth rate outside [0, 1) in one line (1 would drop every branch)."""
+  if not 0.0 <= float(rate) < 1.0:
+    raise ValueError(f"drop_path_rate must be in [0, 1), got {rate!r}")
+
+
+def se_channels(channels: int, ratio: float) -> int:
+  """Squeeze-and-excitation bottleneck width: ``channels * ratio`` rounded to the nearest multiple
+  of 8, at least 8 (timm's ``make_divisible(channels * ratio, 8, round_limit=0)``)."""
+  return max(8, int(channels * ratio + 4) // 8 * 8)
 
 
 def scaled(width: int, multiplier: float) -> int:

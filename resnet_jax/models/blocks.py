@@ -20,6 +20,9 @@ Table 3) -- one per network:
   zero-padded extra channels (no parameters).
 * ``'B'``: identity; 1x1 projection (+ BN) only where the shape changes (torchvision's choice).
 * ``'C'``: 1x1 projection (+ BN) on every block.
+* ``'D'``: like B, but a strided projection first averages each 2x2 window (stride s, the last
+  window clipped, padding not counted) and then applies a 1x1 conv with stride 1 (+ BN), so that
+  it sees every input position (He et al. 2019, "Bag of Tricks", ResNet-D; timm's ``avg_down``).
 * ``'none'``: plain network of §4.1 (Fig. 3 middle): no shortcut and no addition.
 
 Stride placement for the bottleneck (``stride_on``): ``'3x3'`` (torchvision "v1.5", the default)
@@ -27,9 +30,15 @@ or ``'1x1'`` (the paper, §3.4/Table 1: "downsampling is performed by conv3_1, c
 with a stride of 2" -- on the first 1x1 in the original Caffe models).  A basic block's first conv
 is the 3x3 either way.
 
-Parameter names inside a block: ``conv1, bn1, conv2, bn2[, conv3, bn3][, shortcut_conv,
-shortcut_bn]`` (pre-activation blocks: ``bn1`` precedes ``conv1`` etc., and the projection shortcut
-is a bare ``shortcut_conv`` applied to the pre-activated input, as in the v2 paper's code).
+Squeeze-and-excitation (``se_ratio`` > 0; Hu et al. 2018, timm's ``SEModule``) rescales the
+channels of the residual branch after its last BN, before the addition.  Stochastic depth
+(``drop_path``; Huang et al. 2016, timm's ``DropPath``) drops the whole residual branch per example
+in training, from the ``"dropout"`` RNG stream, and is the identity at evaluation.
+
+Parameter names inside a block: ``conv1, bn1, conv2, bn2[, conv3, bn3][, se/fc1, se/fc2][,
+shortcut_conv, shortcut_bn]`` (pre-activation blocks: ``bn1`` precedes ``conv1`` etc., and the
+projection shortcut is a bare ``shortcut_conv`` applied to the pre-activated input, as in the v2
+paper's code).
 
 Performance (docs/benchmarks.md): ``conv_impl`` and ``matmul_1x1`` choose how convolutions run on
 the CPU, and only there (:mod:`.cpu_conv` picks per platform at lowering; GPU and TPU always get
@@ -50,17 +59,20 @@ from __future__ import annotations
 from typing import Any, Optional
 
 import dataclasses
+import functools
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from . import conv_impl as conv_impl_lib
 from . import cpu_conv
 from .cpu_conv import conv_forward_form_grads  # noqa: F401  (part of this module's API)
+from .architecture import se_channels
 
 Dtype = Any
 
-SHORTCUTS = ("A", "B", "C", "none")
+SHORTCUTS = ("A", "B", "C", "D", "none")
 CONV_IMPLS = conv_impl_lib.CONV_IMPLS
 STRIDE_ON = ("3x3", "1x1")
 
@@ -251,6 +263,70 @@ def subsample_pad(x: jnp.ndarray, stride: int, out_channels: int) -> jnp.ndarray
   return x
 
 
+def avg_pool_down(x: jnp.ndarray, stride: int) -> jnp.ndarray:
+  """ResNet-D's shortcut pool: 2x2 average with ``stride``, as torch's ``AvgPool2d(2, stride,
+  ceil_mode=True, count_include_pad=False)`` -- an odd edge keeps a last, clipped window that
+  averages only the positions inside the input."""
+  pads = []
+  for n in x.shape[1:3]:
+    out = -(-(n - 2) // stride) + 1 if n >= 2 else 1
+    if (out - 1) * stride >= n:  # torch drops a last window that would start outside the input
+      out -= 1
+    pads.append((0, max(0, (out - 1) * stride + 2 - n)))
+  return nn.avg_pool(x, (2, 2), (stride, stride), tuple(pads), count_include_pad=False)
+
+
+def drop_path(x: jnp.ndarray, rate, rng) -> jnp.ndarray:
+  """Stochastic depth per example: zero ``x[i]`` with probability ``rate``, else scale it by
+  1 / (1 - rate), so the branch's expectation is unchanged (timm's ``DropPath``)."""
+  keep = 1.0 - rate
+  mask = jax.random.bernoulli(rng, keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+  return jnp.where(mask, x / jnp.asarray(keep, x.dtype), jnp.zeros((), x.dtype))
+
+
+def _uniform_fan_in(fan_in: int):
+  """torch's default bias initialiser, U(+-1/sqrt(fan_in))."""
+  bound = 1.0 / max(fan_in, 1) ** 0.5
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
+
+
+class _PointwiseFc(nn.Module):
+  """A 1x1 conv with bias on pooled ``(N, C)`` features, as a matmul; its parameters are those of
+  ``nn.Conv(features, (1, 1), use_bias=True)``: ``kernel`` (1, 1, C, features) and ``bias``."""
+
+  features: int
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    cin = x.shape[-1]
+    kernel = self.param("kernel", conv_kernel_init, (1, 1, cin, self.features), self.param_dtype)
+    bias = self.param("bias", _uniform_fan_in(cin), (self.features,), self.param_dtype)
+    x = jnp.asarray(x, self.dtype)
+    return x @ jnp.asarray(kernel[0, 0], self.dtype) + jnp.asarray(bias, self.dtype)
+
+
+class SqueezeExcite(nn.Module):
+  """Squeeze-and-excitation (Hu et al. 2018, Fig. 3; timm's ``SEModule``): global average pool,
+  ``fc1`` to ``reduced`` channels, ReLU, ``fc2`` back, and a sigmoid gate on each channel."""
+
+  reduced: int
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    fc = functools.partial(_PointwiseFc, dtype=self.dtype, param_dtype=self.param_dtype)
+    s = jnp.mean(x, axis=(1, 2))
+    s = fc(x.shape[-1], name="fc2")(nn.relu(fc(self.reduced, name="fc1")(s)))
+    return x * jnp.asarray(nn.sigmoid(s), x.dtype)[:, None, None, :]
+
+
 @dataclasses.dataclass(kw_only=True)
 class Compute:
   """How a network computes and initialises, not what it is: declared once, for the network and
@@ -319,6 +395,8 @@ class _Block(nn.Module, Compute):
 
   ``forward_form_grads``: the convs compute their gradients in forward form
   (:func:`conv_forward_form_grads`), which the network asks for in the blocks it scans.
+  ``se_ratio``: squeeze-and-excitation with ``se_channels(out, se_ratio)`` channels (0: none).
+  ``drop_path``: this block's stochastic-depth rate (the network raises it block by block).
   """
 
   planes: int
@@ -329,6 +407,8 @@ class _Block(nn.Module, Compute):
   base_width: int = 64
   preact: bool = False
   forward_form_grads: bool = False
+  se_ratio: float = 0.0
+  drop_path: float = 0.0
 
   expansion = 1  # class attribute, not a field
 
@@ -344,10 +424,29 @@ class _Block(nn.Module, Compute):
 
   def _needs_projection(self, in_channels: int) -> bool:
     changes = self.stride != 1 or in_channels != self.planes * self.expansion
-    return self.shortcut == "C" or (self.shortcut == "B" and changes)
+    return self.shortcut == "C" or (self.shortcut in ("B", "D") and changes)
+
+  def _project(self, x, out_channels: int):
+    """The projection shortcut's conv: 1x1 with the block's stride, or for D the 2x2 average pool
+    with that stride and then a 1x1 with stride 1."""
+    if self.shortcut == "D" and self.stride > 1:
+      return self._conv(out_channels, 1, 1, name="shortcut_conv")(avg_pool_down(x, self.stride))
+    return self._conv(out_channels, 1, self.stride, name="shortcut_conv")(x)
+
+  def _residual_out(self, y, train: bool, drop_rate):
+    """The branch as it meets the shortcut: squeeze-and-excitation, then stochastic depth."""
+    if self.se_ratio > 0:
+      reduced = se_channels(y.shape[-1], self.se_ratio)
+      y = SqueezeExcite(reduced, self.dtype, self.param_dtype, name="se")(y)
+    rate = self.drop_path if drop_rate is None else drop_rate
+    if train and not (isinstance(rate, (int, float)) and rate == 0):
+      y = drop_path(y, rate, self.make_rng("dropout"))
+    return y
 
   @nn.compact
-  def __call__(self, x, train: bool = False):
+  def __call__(self, x, train: bool = False, drop_rate=None):
+    """``drop_rate``: this block's stochastic-depth rate as an array (scanned blocks, whose rates
+    differ), in place of the ``drop_path`` field."""
     if self.shortcut not in SHORTCUTS:
       raise ValueError(f"shortcut must be one of {SHORTCUTS}, got {self.shortcut!r}")
     if self.stride_on not in STRIDE_ON:
@@ -361,7 +460,7 @@ class _Block(nn.Module, Compute):
       if self.shortcut == "A":
         identity = subsample_pad(x, self.stride, out_channels)
       elif project:
-        identity = self._conv(out_channels, 1, self.stride, name="shortcut_conv")(y)
+        identity = self._project(y, out_channels)
       else:
         identity = x
       for i, (idx, feats, k, s, g) in enumerate(layers):
@@ -370,6 +469,7 @@ class _Block(nn.Module, Compute):
         last = i == len(layers) - 1
         # No BN follows the last conv, so zero_init_last_bn zeroes that conv's kernel.
         y = self._conv(feats, k, s, g, name=f"conv{idx}", zero=last and self.zero_init_last_bn)(y)
+      y = self._residual_out(y, train, drop_rate)
       return y if self.shortcut == "none" else y + identity
 
     y = x
@@ -379,11 +479,11 @@ class _Block(nn.Module, Compute):
       y = self._bn(train, name=f"bn{idx}", zero=last and self.zero_init_last_bn)(y)
       if not last:
         y = nn.relu(y)
+    y = self._residual_out(y, train, drop_rate)
     if self.shortcut == "none":
       return nn.relu(y)
     if project:
-      identity = self._conv(out_channels, 1, self.stride, name="shortcut_conv")(x)
-      identity = self._bn(train, name="shortcut_bn")(identity)
+      identity = self._bn(train, name="shortcut_bn")(self._project(x, out_channels))
     elif self.shortcut == "A":
       identity = subsample_pad(x, self.stride, out_channels)
     else:

@@ -3,9 +3,10 @@
 :func:`layer_table` walks the network the way resnet.py/blocks.py build it -- stem, stages of
 blocks, head -- and lists every conv, BN and dense layer with its shapes.  From it:
 
-* :func:`count_macs` -- multiply-accumulates of the convs and the dense head, the paper's
-  "FLOPs" (Table 1 counts multiply-adds).  Excluded: BN, ReLU, pooling, the residual additions and
-  option-A padding (all O(activations), ~1% of a conv net).  XLA's ``cost_analysis()['flops']``
+* :func:`count_macs` -- multiply-accumulates of the convs and the dense head (and the two small
+  fully connected layers of each squeeze-and-excitation), the paper's "FLOPs" (Table 1 counts
+  multiply-adds).  Excluded: BN, ReLU, pooling, the SE gate, the residual additions and option-A
+  padding (all O(activations), ~1% of a conv net).  XLA's ``cost_analysis()['flops']``
   counts 2 flops per multiply-add plus those extras.
 * :func:`count_params` -- conv kernels + BN scale/bias + dense kernel/bias; running statistics
   (``batch_stats``) are not parameters.
@@ -20,7 +21,7 @@ import dataclasses
 from typing import Iterable, NamedTuple, Optional, Sequence
 
 
-from .architecture import Architecture, scaled
+from .architecture import Architecture, scaled, se_channels
 from .registry import ModelSpec, list_models, model_config, model_spec
 
 
@@ -87,7 +88,7 @@ def _config(model, overrides) -> dict:
 def _native_size(model, config) -> int:
   if isinstance(model, (str, ModelSpec)):
     return model_spec(model).image_size
-  return 224 if config["stem"] == "imagenet" else 32
+  return 32 if config["stem"] == "cifar" else 224
 
 
 def layer_table(
@@ -110,7 +111,13 @@ def layer_table(
     layers.append(Layer(name, "bn", 1, ch, ch, 1, (h, w)))
 
   stem = scaled(c["stem_width"], m)
-  if c["stem"] == "imagenet":
+  if c["stem"] == "deep":  # ResNet-C: 3x3/2, 3x3, 3x3 (the last at twice the width)
+    for i, (ci, co, s) in enumerate(((in_channels, stem, 2), (stem, stem, 1), (stem, 2 * stem, 1))):
+      add_conv(f"stem_conv{i + 1}", 3, ci, co, s)
+      add_bn(f"stem_bn{i + 1}", co)
+    stem = 2 * stem
+    h, w = _out(h, 3, 2), _out(w, 3, 2)  # 3x3/2 max-pool, padding 1
+  elif c["stem"] == "imagenet":
     add_conv("stem_conv", 7, in_channels, stem, 2)
     add_bn("stem_bn", stem)
     h, w = _out(h, 3, 2), _out(w, 3, 2)  # 3x3/2 max-pool, padding 1
@@ -142,11 +149,19 @@ def layer_table(
         add_conv(p + f"conv{k_idx}", k, ci, co, s, g)
         if not c["preact"]:
           add_bn(p + f"bn{k_idx}", co)
+      if c["se_ratio"] > 0:  # two 1x1 convs with bias on the pooled features: dense layers
+        rd = se_channels(cout, c["se_ratio"])
+        layers.append(Layer(p + "se/fc1", "dense", 1, cout, rd, 1, (1, 1)))
+        layers.append(Layer(p + "se/fc2", "dense", 1, rd, cout, 1, (1, 1)))
       changes = stride != 1 or cin != cout
-      if c["shortcut"] == "C" or (c["shortcut"] == "B" and changes):
+      if c["shortcut"] == "C" or (c["shortcut"] in ("B", "D") and changes):
         h1, w1 = h, w
         h, w = h0, w0
-        add_conv(p + "shortcut_conv", 1, cin, cout, stride)
+        if c["shortcut"] == "D" and stride > 1:  # 2x2/s average pool (ceil), then a 1x1/1 conv
+          h, w = _out(h, 1, stride), _out(w, 1, stride)
+          add_conv(p + "shortcut_conv", 1, cin, cout, 1)
+        else:
+          add_conv(p + "shortcut_conv", 1, cin, cout, stride)
         if not c["preact"]:
           add_bn(p + "shortcut_bn", cout)
         assert (h, w) == (h1, w1)

@@ -15,7 +15,7 @@ import re
 import types
 from typing import TYPE_CHECKING, Any, Mapping
 
-from .architecture import Architecture
+from .architecture import Architecture, check_drop_path_rate
 
 if TYPE_CHECKING:
   from .resnet import ResNet
@@ -48,6 +48,18 @@ IMAGENET_VARIANTS = {
   "resnext101_64x4d": (101, 64, 4),
   "wide_resnet50_2": (50, 1, 128),
   "wide_resnet101_2": (101, 1, 128),
+}
+
+# timm's variants, under timm's names: resnet*d (He et al. 2019, "Bag of Tricks": ResNet-C deep
+# stem of 32-32-64 filters, ResNet-D average-pool shortcut) and squeeze-and-excitation nets (Hu et
+# al. 2018; timm's SEModule, channels / 16 rounded to a multiple of 8), name -> (depth, fields).
+_RESNET_D = dict(stem="deep", stem_width=32, shortcut="D")
+_SE = dict(se_ratio=1 / 16)
+TIMM_VARIANTS = {
+  **{f"resnet{d}d": (d, _RESNET_D) for d in (18, 34, 50, 101, 152)},
+  "seresnet50": (50, _SE),
+  "seresnet101": (101, _SE),
+  "seresnext50_32x4d": (50, dict(groups=32, width_per_group=4, **_SE)),
 }
 
 IMAGENET_BASE = dict(
@@ -109,6 +121,8 @@ for _pattern, _table, _family, _depths, _extra in _FAMILIES:
     MODELS[_name] = _spec(_name, _family, **_table(_d, **_extra))
 for _name, (_d, _groups, _wpg) in IMAGENET_VARIANTS.items():
   MODELS[_name] = _spec(_name, "imagenet", **_imagenet(_d, groups=_groups, width_per_group=_wpg))
+for _name, (_d, _fields) in TIMM_VARIANTS.items():
+  MODELS[_name] = _spec(_name, "imagenet", **_imagenet(_d, **_fields))
 
 
 @functools.cache
@@ -161,6 +175,8 @@ def model_config(name, *, num_classes=None, **overrides) -> dict[str, Any]:
         f"Unknown override(s) {', '.join(map(repr, unknown))} for {spec.name!r}; "
         f"valid keys: {', '.join(overridable)}"
       )
+  if "drop_path_rate" in overrides:  # refused here, before anything is built or compiled
+    check_drop_path_rate(overrides["drop_path_rate"])
   config = {**spec.config, "num_classes": spec.num_classes, **overrides}
   if num_classes is not None:
     config["num_classes"] = num_classes

@@ -21,6 +21,16 @@ blocks count like torchvision's ``layer{i}.{j}`` (stages from 1, blocks from 0):
     final_bn/...                     (pre-activation nets only: BN-ReLU before the pool)
     head/{kernel,bias}               <- fc.weight.T, fc.bias    kernel (features, num_classes)
 
+timm's variants (``resnet*d``, ``seresnet*``, ``seresnext*``) add, in timm's order::
+
+    stem_conv{1,2,3}/kernel, stem_bn{1,2,3}/...   <- conv1.{0,3,6}.weight; conv1.{1,4}.*, bn1.*
+                                     (deep stem, ``stem='deep'``: 3x3/2, 3x3, 3x3 convs at
+                                     stem_width, stem_width, 2 * stem_width, each with BN-ReLU)
+    stage{i}_block{j}/shortcut_conv, shortcut_bn  <- layer{i}.{j}.downsample.{1,2}  (option D:
+                                     downsample.0 is the parameter-free average pool)
+    stage{i}_block{j}/se/fc{1,2}/{kernel,bias}    <- layer{i}.{j}.se.fc{1,2}.{weight,bias}
+                                     kernel (1, 1, cin, cout) like a conv's
+
 Conv kernels are flax's standard ``(kh, kw, cin / groups, cout)`` (torch: ``w.transpose(2, 3, 1, 0)``);
 convs have no bias.  Example, resnet50's first block (``stage1_block0``)::
 
@@ -58,10 +68,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .architecture import Architecture, scaled
+from .architecture import Architecture, check_drop_path_rate, scaled
 from .blocks import BLOCKS, SHORTCUTS, STRIDE_ON, Compute
 
-STEMS = ("imagenet", "cifar")
+STEMS = ("imagenet", "cifar", "deep")
 
 
 def _uniform_fan_in(fan_in: int):
@@ -84,20 +94,29 @@ class ResNet(nn.Module, Architecture, Compute):
     stage_sizes: blocks per stage (Table 1, e.g. (3, 4, 6, 3); CIFAR: (n, n, n)).
     block: ``'basic'`` or ``'bottleneck'`` (see blocks.py).
     stage_widths: planes per stage (block output = planes * expansion).
-    stem: ``'imagenet'`` (7x7/2 conv, BN, ReLU, 3x3/2 max-pool) or ``'cifar'`` (3x3 conv, BN, ReLU).
-    stem_width: stem conv filters (64 ImageNet, 16 CIFAR).
+    stem: ``'imagenet'`` (7x7/2 conv, BN, ReLU, 3x3/2 max-pool), ``'cifar'`` (3x3 conv, BN, ReLU)
+      or ``'deep'`` (ResNet-C, He et al. 2019: three 3x3 convs, the first with stride 2, each with
+      BN-ReLU, then the 3x3/2 max-pool; timm's ``stem_type='deep'``).
+    stem_width: stem conv filters (64 ImageNet, 16 CIFAR); for the deep stem, as in timm, the
+      width of its first two convs, the third having twice as many (resnet*d: 32, 32, 64).
     width_multiplier: scales ``stem_width`` and ``stage_widths`` (1.0 = the paper's).
     num_classes: head outputs.
-    shortcut: ``'A'``, ``'B'``, ``'C'`` or ``'none'`` (plain net), paper §3.3/§4.1.
+    shortcut: ``'A'``, ``'B'``, ``'C'`` or ``'none'`` (plain net), paper §3.3/§4.1; ``'D'``:
+      B with an average pool before a stride-1 projection (ResNet-D, He et al. 2019).
     stride_on: ``'3x3'`` (torchvision v1.5) or ``'1x1'`` (paper v1), bottleneck only.
     groups, width_per_group: ResNeXt cardinality and per-group width (64 = plain ResNet; wide
       ResNet-50-2 is 128).
     preact: pre-activation v2 blocks plus a final BN-ReLU.
+    se_ratio: squeeze-and-excitation in every block (timm's seresnet: 1/16; 0: none).
+    drop_path_rate: stochastic depth (Huang et al. 2016) of the last block; block k of K drops its
+      residual branch per example with probability ``drop_path_rate * k / (K - 1)`` in training
+      (timm's rule), from the ``"dropout"`` RNG stream (``apply(..., rngs={"dropout": key})``).
     scan_blocks: compile the repeated blocks of a stage once (``nn.scan``; scanned param layout).
     remat: rematerialise each block in the backward pass (less memory, ~1/3 more compute).
     (compute fields): see :class:`~.blocks.Compute`.
   """
 
+  drop_path_rate: float = 0.0
   scan_blocks: bool = False
   remat: bool = False
 
@@ -106,9 +125,16 @@ class ResNet(nn.Module, Architecture, Compute):
     """Stem, then the stages of blocks, then the pooled head (Table 1's columns, top to bottom)."""
     self._check()
     x = self._stem(jnp.asarray(x, self.dtype), train)
+    rates = self._drop_path_rates()
     for i, (n_blocks, planes) in enumerate(zip(self.stage_sizes, self.stage_widths)):
-      x = self._stage(x, i + 1, n_blocks, scaled(planes, self.width_multiplier), train)
+      stage_rates, rates = rates[:n_blocks], rates[n_blocks:]
+      x = self._stage(x, i + 1, scaled(planes, self.width_multiplier), stage_rates, train)
     return self._head(x, train)
+
+  def _drop_path_rates(self) -> list[float]:
+    """Each block's stochastic-depth rate, rising linearly from 0 (first) to the rate (last)."""
+    total = sum(self.stage_sizes)
+    return [self.drop_path_rate * k / max(total - 1, 1) for k in range(total)]
 
   def _check(self):
     for field, allowed in (
@@ -121,13 +147,23 @@ class ResNet(nn.Module, Architecture, Compute):
         raise ValueError(f"{field} must be one of {allowed}, got {getattr(self, field)!r}")
     if len(self.stage_sizes) != len(self.stage_widths):
       raise ValueError("stage_sizes and stage_widths must have the same length")
+    check_drop_path_rate(self.drop_path_rate)
+    if self.drop_path_rate > 0 and self.shortcut == "none":
+      raise ValueError(
+        "drop_path_rate needs residual blocks; a plain net (shortcut='none') has none"
+      )
 
   def _stem(self, x, train: bool):
-    """Table 1's conv1 (7x7/2, 64) and 3x3/2 max-pool for ImageNet; §4.2's 3x3 conv for CIFAR."""
+    """Table 1's conv1 (7x7/2, 64) and 3x3/2 max-pool for ImageNet; §4.2's 3x3 conv for CIFAR;
+    ResNet-C's three 3x3 convs in place of the 7x7 (He et al. 2019, Fig. 2b) for ``'deep'``."""
+    width = scaled(self.stem_width, self.width_multiplier)
+    if self.stem == "deep":
+      for i, (features, stride) in enumerate(((width, 2), (width, 1), (2 * width, 1)), start=1):
+        x = self._conv(features, 3, stride, name=f"stem_conv{i}")(x)
+        x = nn.relu(self._bn(train, name=f"stem_bn{i}")(x))
+      return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     kernel, stride = (7, 2) if self.stem == "imagenet" else (3, 1)
-    x = self._conv(
-      scaled(self.stem_width, self.width_multiplier), kernel, stride, name="stem_conv"
-    )(x)
+    x = self._conv(width, kernel, stride, name="stem_conv")(x)
     if self.stem == "imagenet":
       x = nn.relu(self._bn(train, name="stem_bn")(x))
       return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
@@ -135,10 +171,12 @@ class ResNet(nn.Module, Architecture, Compute):
       x = nn.relu(self._bn(train, name="stem_bn")(x))
     return x
 
-  def _stage(self, x, stage: int, n_blocks: int, planes: int, train: bool):
+  def _stage(self, x, stage: int, planes: int, rates: list[float], train: bool):
     """One stage (Table 1's conv2_x ... conv5_x; §4.2's 2n layers per map size): block 0 takes
     the stride (2 from the second stage on, "performed by conv3_1, conv4_1, and conv5_1") and any
-    projection, then ``n_blocks - 1`` identical blocks, unrolled or as one ``nn.scan``."""
+    projection, then ``n_blocks - 1`` identical blocks, unrolled or as one ``nn.scan``.  ``rates``:
+    each block's stochastic-depth rate (one per block)."""
+    n_blocks = len(rates)
     block_cls = BLOCKS[self.block]
     fields = dict(
       planes=planes,
@@ -147,29 +185,37 @@ class ResNet(nn.Module, Architecture, Compute):
       groups=self.groups,
       base_width=self.width_per_group,
       preact=self.preact,
+      se_ratio=self.se_ratio,
       **self.compute_fields(),
     )
     # train is positional (argument 2) so that nn.remat can treat it as static.
     first_cls = nn.remat(block_cls, static_argnums=(2,)) if self.remat else block_cls
-    x = first_cls(stride=2 if stage > 1 else 1, name=f"stage{stage}_block0", **fields)(x, train)
+    stride = 2 if stage > 1 else 1
+    name = f"stage{stage}_block0"
+    x = first_cls(stride=stride, drop_path=rates[0], name=name, **fields)(x, train)
     if n_blocks <= 1:
       return x
     if not self.scan_blocks:
       for j in range(1, n_blocks):
-        x = first_cls(stride=1, name=f"stage{stage}_block{j}", **fields)(x, train)
+        name = f"stage{stage}_block{j}"
+        x = first_cls(stride=1, drop_path=rates[j], name=name, **fields)(x, train)
       return x
     body = nn.remat(_ScanBody, prevent_cse=False) if self.remat else _ScanBody
+    # The scanned blocks' rates differ, so they are scanned over with the blocks, and each block
+    # draws its own drop mask.
+    drop = self.drop_path_rate > 0
     scanned = nn.scan(
       body,
       variable_axes={"params": 0, "batch_stats": 0},
-      split_rngs={"params": True},
+      split_rngs={"params": True, "dropout": True} if drop else {"params": True},
       length=n_blocks - 1,
     )
     # Inside the scan's while loop XLA:CPU needs the gradient convolutions written in forward
     # form (blocks.conv_forward_form_grads); same parameters and values.
     body_fields = tuple(sorted({**fields, "forward_form_grads": True}.items()))
+    xs = jnp.asarray(rates[1:], jnp.float32) if drop else None
     x, _ = scanned(block=self.block, fields=body_fields, train=train, name=f"stage{stage}_blocks")(
-      x, None
+      x, xs
     )
     return x
 
@@ -191,15 +237,17 @@ class ResNet(nn.Module, Architecture, Compute):
 
 
 class _ScanBody(nn.Module):
-  """One repeated block as a scan body: ``(x, None) -> (block(x), None)``; the block is ``block``."""
+  """One repeated block as a scan body: ``(x, rate) -> (block(x), None)``; the block is ``block``,
+  ``rate`` its stochastic-depth rate (None: the field's, 0)."""
 
   block: str
   fields: tuple
   train: bool
 
   @nn.compact
-  def __call__(self, x, _):
-    return BLOCKS[self.block](stride=1, name="block", **dict(self.fields))(x, self.train), None
+  def __call__(self, x, rate):
+    block = BLOCKS[self.block](stride=1, name="block", **dict(self.fields))
+    return block(x, self.train, rate), None
 
 
 _UNROLLED = re.compile(r"^stage(\d+)_block(\d+)$")
