@@ -20,6 +20,19 @@ def _fmt(v, unit="", digits=2):
   return f"{v}{unit}"
 
 
+def _gflop(flops) -> str:
+  return _fmt(None if flops is None else flops / 1e9, " GFLOP", 1)
+
+
+def _mfu(r: dict) -> str:
+  """MFU and the peak it is measured against, or why there is none."""
+  if r.get("mfu") is not None:
+    return f"{100 * r['mfu']:.1f} % of {r['peak_tflops']:g} TFLOP/s ({r['precision']}, dense)"
+  if r.get("backend") == "cpu":
+    return "n/a (no peak for cpu)"
+  return f"n/a (no peak for {r.get('device')} in {r['precision']}; give --peak_tflops)"
+
+
 def format_report(r: dict) -> str:
   """The report as a two-column table."""
   gib = lambda b: None if b is None else b / 2**30  # noqa: E731
@@ -50,19 +63,13 @@ def format_report(r: dict) -> str:
       _fmt(r["loop_overhead_pct"], " %", 1)
       + (f"  ({r['loop_rounds']} x {r['loop_steps']} steps each)" if r.get("loop_rounds") else ""),
     ),
-    (
-      "FLOPs / step (XLA)",
-      _fmt(None if r["flops_per_step"] is None else r["flops_per_step"] / 1e9, " GFLOP", 1),
-    ),
+    ("FLOPs / step (analytic, 6 × MACs)", _gflop(r.get("analytic_flops_per_step"))),
+    ("FLOPs / step (XLA cost analysis)", _gflop(r["flops_per_step"])),
     (
       "achieved",
       _fmt(None if r["achieved_tflops"] is None else r["achieved_tflops"] * 1e3, " GFLOP/s", 1),
     ),
-    (
-      "MFU",
-      _fmt(None if r["mfu"] is None else 100 * r["mfu"], " %", 1)
-      + (f" of {r['peak_tflops']} TFLOP/s" if r.get("peak_tflops") else ""),
-    ),
+    ("MFU", _mfu(r)),
     ("peak memory (XLA)", _fmt(gib(r["peak_memory_bytes"]), " GiB", 2)),
   ]
   if r.get("compare") == "torch":
@@ -99,6 +106,10 @@ def format_paths(r: dict) -> str:
         f"{_fmt(p.get('checkpoint_first_s'), ' s', 2)} / {_fmt(p.get('checkpoint_s'), ' s', 2)}"
         for p in paths.values()
       ],
+    ),
+    (
+      "MFU",
+      [_fmt(None if p.get("mfu") is None else 100 * p["mfu"], " %", 1) for p in paths.values()],
     ),
     ("peak memory (XLA)", [_fmt(gib(p["peak_memory_bytes"]), " GiB", 2) for p in paths.values()]),
   ]

@@ -16,8 +16,10 @@ timed steps and windows interleaved so the machine's drift hits both alike):
   ``metrics.jsonl``, and one asynchronous Orbax checkpoint inside every timed window.  Bare and
   full-loop windows of ``loop_steps`` steps alternate ``loop_rounds`` times (the machine's speed
   drifts more than the overhead) and the overhead is ``1 - bare time / loop time`` in %;
-* FLOPs of one step from XLA's cost analysis -> achieved FLOP/s (at the best step time), and MFU
-  when ``peak_tflops`` is given;
+* FLOPs of one step, analytic (``models.count_macs``: 6 x multiply-adds per image, what MFU counts)
+  and from XLA's cost analysis (which misses custom calls such as the oneDNN convolutions) ->
+  achieved FLOP/s of the analytic count at the best step time, and MFU against ``peak_tflops`` or,
+  by default, the device's dense peak for the precision (:mod:`.peaks`; none for CPUs);
 * peak device memory of the train step from XLA's memory analysis (arguments + outputs - donated
   aliases + temporaries);
 * ``compare='torch'``: the same architecture written in PyTorch (eager, channels_last, same batch,
@@ -49,14 +51,14 @@ import jax
 import numpy as np
 
 from resnet_jax import models
-from resnet_jax.bench import reference, report
+from resnet_jax.bench import peaks, reference, report
 from resnet_jax.train import config as config_lib
 from resnet_jax.train import optim
 from resnet_jax.train import parallel
 from resnet_jax.train import state as state_lib
 from resnet_jax.train import steps as steps_lib
 
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "auto")  # 'auto': bf16 on GPU/TPU, fp32 on CPU
 LOOP_DATASET = "digits"
 
 
@@ -362,10 +364,12 @@ def _time_loop(paths: dict, setup: _Setup, n_loop: int, loop_rounds: int) -> Non
       path["loop_s"] += n_loop * setup.batch / loop_ips
 
 
-def _path_figures(path: dict, batch: int, peak_tflops, loop_window: tuple[int, int] | None) -> dict:
-  """One path's figures; ``loop_window`` is (rounds, steps) when the full loop was timed."""
+def _path_figures(
+  path: dict, batch: int, flops: float, peak_tflops, loop_window: tuple[int, int] | None
+) -> dict:
+  """One path's figures; ``flops`` the analytic count of one step (all devices), ``peak_tflops``
+  that of all devices; ``loop_window`` is (rounds, steps) when the full loop was timed."""
   best, median = min(path["times"]), statistics.median(path["times"])
-  flops = path["flops_per_step"]
   r = {
     "compile_train_s": path["compile_train_s"],
     "compile_eval_s": path["compile_eval_s"],
@@ -375,7 +379,8 @@ def _path_figures(path: dict, batch: int, peak_tflops, loop_window: tuple[int, i
     "images_per_sec_median": batch / median,
     "loop_images_per_sec": None,
     "loop_overhead_pct": None,
-    "flops_per_step": flops,
+    "flops_per_step": path["flops_per_step"],
+    "analytic_flops_per_step": flops,
     "achieved_tflops": flops / best / 1e12 if flops else None,
     "mfu": (flops / best / 1e12 / peak_tflops) if (flops and peak_tflops) else None,
     **{k: v for k, v in path.items() if k.endswith("_bytes")},
@@ -435,7 +440,7 @@ def run_benchmark(
   model: str,
   batch: int,
   image_size: int,
-  precision: str = "fp32",
+  precision: str = "auto",
   compare: str | None = None,
   peak_tflops: float | None = None,
   steps: int = 5,
@@ -452,6 +457,7 @@ def run_benchmark(
   """Benchmarks the real train step of ``model``; returns the report dict (see module doc)."""
   parallelism = tuple(parallelism)
   _check_arguments(parallelism, precision, compare, jsonl)
+  precision = config_lib.precision_for_platform(precision, jax.default_backend())
   setup = _set_up(model, batch, image_size, precision, overrides, num_classes, seed)
   n_dev = len(jax.local_devices())
   host_batch, host_eval_batch = _host_batches(setup, n_dev)
@@ -475,7 +481,13 @@ def run_benchmark(
   if loop:
     _time_loop(paths, setup, n_loop, loop_rounds)
   window = (loop_rounds, n_loop) if loop else None
-  per_path = {name: _path_figures(p, batch, peak_tflops, window) for name, p in paths.items()}
+  flops = peaks.train_step_flops(models.count_macs(setup.net, image_size), batch)
+  device_kind = str(jax.local_devices()[0].device_kind)
+  if peak_tflops is None and (device_peak := peaks.peak_tflops(device_kind, precision)):
+    peak_tflops = device_peak * n_dev
+  per_path = {
+    name: _path_figures(p, batch, flops, peak_tflops, window) for name, p in paths.items()
+  }
   del paths  # the device states
   result = _result(setup, precision, overrides, steps, parallelism, per_path, peak_tflops, compare)
   if loop:
