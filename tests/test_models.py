@@ -6,6 +6,7 @@ inputs, and variables of big models are filled from numpy instead of running ``i
 
 import functools
 import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -365,7 +366,7 @@ def test_analytic_macs_agree_with_xla_cost_analysis():
   """XLA counts 2 flops per multiply-add, skips taps on zero padding, and adds BN/ReLU/pool/add
   flops; the padding-aware analytic count must explain all but those few percent."""
   for name, size, tol in [("resnet20", 32, 0.04), ("resnet18", 64, 0.02)]:
-    model = get_model(name)
+    model = get_model(name, conv_impl="xla")  # XLA's cost analysis does not see oneDNN's calls
     x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
     compiled = jax.jit(model.apply).lower(shapes_of(model, size), x).compile()
     cost = compiled.cost_analysis()
@@ -579,3 +580,221 @@ def test_model_table_lists_params_and_multiply_adds():
   assert any(l.startswith("resnet18") and "11,689,512" in l and "1.81G" in l for l in lines)
   assert any(l.startswith("resnet50") and "25,557,032" in l and "4.09G" in l for l in lines)
   assert any(l.startswith("resnet20") and "269,722" in l and "40.6M" in l for l in lines)
+
+
+# --- timm's variants: ResNet-C/D (Bag of Tricks) and squeeze-and-excitation ----------------------
+# sum(p.numel() for p in timm.create_model(name).parameters()), timm's own model cards.
+TIMM = {
+  "resnet18d": 11708744,
+  "resnet34d": 21816904,
+  "resnet50d": 25576264,
+  "resnet101d": 44568392,
+  "resnet152d": 60212040,
+  "seresnet50": 28088024,
+  "seresnet101": 49326872,
+  "seresnext50_32x4d": 27559896,
+}
+
+
+def se_reduced(c):
+  """timm's SEModule width: make_divisible(c / 16, 8, round_limit=0), written out."""
+  return max(8, int(c / 16 + 8 / 2) // 8 * 8)
+
+
+def timm_closed_form(name):
+  """torchvision's count plus what timm changes: the 32-32-64 deep stem in place of the 7x7 (the
+  average pool of the D shortcut has no parameters), or an SE module (two 1x1 convs with bias)
+  after the last BN of every block."""
+  depth = int(re.search(r"res(?:net|next)(\d+)", name)[1])
+  block, sizes = {
+    18: ("basic", (2, 2, 2, 2)),
+    34: ("basic", (3, 4, 6, 3)),
+    50: ("bottleneck", (3, 4, 6, 3)),
+    101: ("bottleneck", (3, 4, 23, 3)),
+    152: ("bottleneck", (3, 8, 36, 3)),
+  }[depth]
+  groups, wpg = (32, 4) if "resnext" in name else (1, 64)
+  total = imagenet_closed_form(block, sizes, groups, wpg)
+  if re.fullmatch(r"resnet\d+d", name):
+    deep = conv_p(3, 3, 32) + bn_p(32) + conv_p(3, 32, 32) + bn_p(32) + conv_p(3, 32, 64)
+    total += deep - conv_p(7, 3, 64)
+  if name.startswith("se"):
+    for n, planes in zip(sizes, (64, 128, 256, 512)):
+      c = planes * (4 if block == "bottleneck" else 1)
+      total += n * (2 * c * se_reduced(c) + se_reduced(c) + c)
+  return total
+
+
+@pytest.mark.parametrize("name", list(TIMM))
+def test_timm_variant_param_counts_equal_timm(name):
+  assert timm_closed_form(name) == TIMM[name]
+  assert n_params(shapes_of(get_model(name))["params"]) == TIMM[name]
+  assert count_params(name) == TIMM[name]
+
+
+def test_timm_variants_are_named_for_import():
+  """The deep stem, D shortcut and SE parameters under the names documented in resnet.py."""
+  params = shapes_of(get_model("resnet50d"))["params"]
+  shapes = {k: v.shape for k, v in flat_shapes(params).items()}
+  assert "stem_conv/kernel" not in shapes and "stem_bn/scale" not in shapes
+  assert shapes["stem_conv1/kernel"] == (3, 3, 3, 32)
+  assert shapes["stem_conv2/kernel"] == (3, 3, 32, 32)
+  assert shapes["stem_conv3/kernel"] == (3, 3, 32, 64)
+  assert shapes["stem_bn3/scale"] == (64,)
+  assert shapes["stage1_block0/shortcut_conv/kernel"] == (1, 1, 64, 256)  # stride 1: no pool
+  assert shapes["stage2_block0/shortcut_conv/kernel"] == (1, 1, 256, 512)
+  assert not any("se/" in k for k in shapes)
+  params = shapes_of(get_model("seresnext50_32x4d"))["params"]
+  shapes = {k: v.shape for k, v in flat_shapes(params).items()}
+  assert shapes["stage1_block0/se/fc1/kernel"] == (1, 1, 256, 16)
+  assert shapes["stage1_block0/se/fc1/bias"] == (16,)
+  assert shapes["stage4_block2/se/fc2/kernel"] == (1, 1, 128, 2048)
+  assert shapes["stage4_block2/se/fc2/bias"] == (2048,)
+  assert shapes["stage1_block0/conv2/kernel"] == (3, 3, 4, 128)  # 32 groups of 4
+  assert shapes["stem_conv/kernel"] == (7, 7, 3, 64)
+
+
+def flat_shapes(tree):
+  return {
+    "/".join(k.key for k in path): leaf
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+  }
+
+
+@pytest.mark.parametrize("name", ["resnet50d", "seresnext50_32x4d", "resnet18d"])
+def test_layer_table_follows_the_deep_stem_and_pooled_shortcut(name):
+  """At 72 px the maps reach odd sizes (9 -> 5 -> 3): the ceil-mode pool and the table agree."""
+  model = get_model(name, width_multiplier=0.25)
+  x = jax.ShapeDtypeStruct((1, 72, 72, 3), jnp.float32)
+  _, state = jax.eval_shape(
+    lambda v, x: model.apply(v, x, capture_intermediates=True, mutable=["intermediates"]),
+    shapes_of(model, 72),
+    x,
+  )
+  convs = 0
+  for layer in layer_table(model, 72):
+    if layer.kind == "bn":
+      continue
+    node = state["intermediates"]
+    for part in layer.name.split("/"):
+      node = node[part]
+    (out,) = node["__call__"]
+    if layer.kind == "conv":
+      convs += 1
+      assert out.shape == (1, *layer.out_hw, layer.cout), layer.name
+    else:  # SE's fully connected layers on the pooled features
+      assert out.shape == (1, layer.cout), layer.name
+  assert convs > 0 and count_macs(model, 72) > 0
+
+
+def test_resnet_d_shortcut_pool_equals_torch_avg_pool_ceil_mode():
+  torch = pytest.importorskip("torch")
+  from resnet_jax.models.blocks import avg_pool_down
+
+  rng = np.random.default_rng(0)
+  pool = torch.nn.AvgPool2d(2, 2, ceil_mode=True, count_include_pad=False)
+  for h, w in [(8, 8), (9, 7), (5, 6), (1, 3), (2, 1)]:
+    x = rng.standard_normal((2, h, w, 3)).astype(np.float32)
+    want = pool(torch.from_numpy(x).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).numpy()
+    got = np.asarray(avg_pool_down(jnp.asarray(x), 2))
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6, err_msg=str((h, w)))
+
+
+def test_squeeze_excite_against_its_formula():
+  from resnet_jax.models.blocks import SqueezeExcite
+
+  rng = np.random.default_rng(1)
+  x = rng.standard_normal((3, 4, 5, 32)).astype(np.float32)
+  se = SqueezeExcite(8)
+  variables = se.init(KEY, x)
+  p = jax.tree_util.tree_map(np.asarray, variables["params"])
+  s = x.mean(axis=(1, 2))
+  s = np.maximum(s @ p["fc1"]["kernel"][0, 0] + p["fc1"]["bias"], 0)
+  s = s @ p["fc2"]["kernel"][0, 0] + p["fc2"]["bias"]
+  want = x / (1 + np.exp(-s))[:, None, None, :]
+  np.testing.assert_allclose(se.apply(variables, x), want, rtol=1e-5, atol=1e-6)
+  assert [se_reduced(c) for c in (64, 256, 512, 1024, 2048)] == [8, 16, 32, 64, 128]
+
+
+# --- stochastic depth -----------------------------------------------------------------------------
+def test_drop_path_rates_rise_linearly_over_the_blocks_as_in_timm():
+  model = get_model("resnet50", drop_path_rate=0.1)
+  rates = model._drop_path_rates()  # pylint: disable=protected-access
+  assert len(rates) == 16 and rates[0] == 0.0 and rates[-1] == pytest.approx(0.1)
+  assert rates == pytest.approx([0.1 * k / 15 for k in range(16)])
+
+
+@pytest.mark.parametrize("rate", [1.0, -0.1, 1.5])
+def test_drop_path_rate_outside_unit_interval_is_refused_in_one_line(rate):
+  with pytest.raises(ValueError, match=r"drop_path_rate must be in \[0, 1\)") as err:
+    get_model("resnet18", drop_path_rate=rate)
+  assert "\n" not in str(err.value)
+  from resnet_jax.models.resnet import ResNet
+
+  with pytest.raises(ValueError, match="drop_path_rate"):
+    shapes_of(ResNet(drop_path_rate=rate))
+  with pytest.raises(ValueError, match="residual"):
+    shapes_of(get_model("plain18", drop_path_rate=0.1))
+
+
+def tiny_drop_net(**kw):
+  return get_model(
+    "resnet18d", width_multiplier=0.125, stage_sizes=(1, 3), stage_widths=(64, 128), **kw
+  )
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_drop_path_is_the_identity_at_eval_and_draws_per_key_in_training(scan):
+  x = jnp.asarray(np.random.default_rng(2).standard_normal((8, 16, 16, 3)), jnp.float32)
+  plain, dropped = (
+    tiny_drop_net(scan_blocks=scan),
+    tiny_drop_net(drop_path_rate=0.5, scan_blocks=scan),
+  )
+  variables = init(plain, x)
+  assert flat_names(init(dropped, x)) == flat_names(variables)  # no parameters of its own
+  np.testing.assert_array_equal(apply(plain, variables, x), apply(dropped, variables, x))
+
+  def train(model, key):
+    return jax.jit(
+      lambda v, x, k: model.apply(v, x, train=True, mutable=["batch_stats"], rngs={"dropout": k})
+    )(variables, x, key)[0]
+
+  a, b = train(dropped, jax.random.key(1)), train(dropped, jax.random.key(2))
+  assert not np.allclose(a, b)
+  np.testing.assert_array_equal(a, train(dropped, jax.random.key(1)))  # deterministic per key
+  assert not np.allclose(a, train(plain, jax.random.key(1)))
+
+
+def test_drop_path_drops_samples_at_the_rate_and_scales_the_kept():
+  """A pre-activation block's output is branch + x: dropped examples give x exactly, kept ones
+  x + branch / (1 - p); over 2000 examples the dropped fraction is p within 4 standard errors."""
+  from resnet_jax.models.blocks import BasicBlock
+
+  p, n = 0.25, 2000
+  one = np.random.default_rng(3).standard_normal((1, 6, 6, 4)).astype(np.float32)
+  x = jnp.asarray(np.tile(one, (n, 1, 1, 1)))
+  block = BasicBlock(4, preact=True, drop_path=p)
+  variables = BasicBlock(4, preact=True).init(KEY, x[:1])
+
+  def run(b, **rngs):
+    return b.apply(variables, x, True, mutable=["batch_stats"], rngs=rngs)[0]
+
+  branch = np.asarray(run(BasicBlock(4, preact=True)) - x)[0]
+  out = np.asarray(run(block, dropout=jax.random.key(4)) - x)
+  dropped = np.all(out == 0, axis=(1, 2, 3))
+  assert abs(dropped.mean() - p) < 4 * np.sqrt(p * (1 - p) / n), dropped.mean()
+  np.testing.assert_allclose(
+    out[~dropped], np.broadcast_to(branch / (1 - p), out[~dropped].shape), rtol=1e-5, atol=1e-5
+  )
+
+
+def test_model_table_lists_timm_variants_with_multiply_adds():
+  table = format_model_table(["resnet50d", "seresnet50", "seresnext50_32x4d"])
+  rows = {line.split()[0]: line for line in table.splitlines()[2:]}
+  assert "25,576,264" in rows["resnet50d"] and "4.33G" in rows["resnet50d"]
+  assert "28,088,024" in rows["seresnet50"] and "4.09G" in rows["seresnet50"]
+  assert "27,559,896" in rows["seresnext50_32x4d"] and "4.23G" in rows["seresnext50_32x4d"]
+  # ResNet-D's stem: 3x3/2 convs at 112 px (32: 3*32*9, 32*32*9, 32*64*9 per position) in place
+  # of the 7x7/2; its shortcuts' 1x1 convs act after the pool, at the same size as the strided 1x1.
+  stem_c = 112 * 112 * 9 * (3 * 32 + 32 * 32 + 32 * 64)
+  assert count_macs("resnet50d") - count_macs("resnet50") == stem_c - 112 * 112 * 49 * 3 * 64
