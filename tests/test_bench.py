@@ -446,3 +446,35 @@ def test_bench_reports_analytic_flops_and_no_mfu_on_cpu(tmp_path):
   text = bench.format_report(r)
   assert "MFU" in text and "n/a (no peak for cpu)" in text
   assert f"{r['analytic_flops_per_step'] / 1e9:.1f} GFLOP" in text and "GFLOP/s" in text
+
+
+# --- launch/accelerator_check.sh ---------------------------------------------------------------
+@pytest.mark.slow  # a bench, a short training run and the input pipeline
+def test_accelerator_check_smoke_mode_appends_every_figure(tmp_path):
+  """launch/accelerator_check.sh --smoke runs end to end on a CPU (tiny model and batch) and
+  appends one JSON line with every figure it promises."""
+  import subprocess
+  from conftest import REPO, command_env
+
+  out = tmp_path / "check.jsonl"
+  env = command_env(RESNET_JAX_CHECK_STEPS=1)
+  r = subprocess.run(
+    ["launch/accelerator_check.sh", "--smoke", str(out)],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=900,
+    cwd=REPO,
+  )
+  assert r.returncode == 0, r.stderr[-3000:]
+  record = json.loads(out.read_text().splitlines()[-1])
+  assert record["smoke"] is True and record["backend"] == "cpu"
+  train = record["train"]
+  for path in ("pmap", "jit"):
+    assert train[path]["images_per_sec"] > 0 and train[path]["compile_train_s"] > 0
+    assert train[path]["mfu"] is None  # no peak for a CPU
+  assert train["precision"] == "bf16" and train["analytic_flops_per_step"] > 0
+  assert 0.0 <= record["digits"]["accuracy"] <= 1.0
+  rates = record["input_pipeline"].values()
+  assert rates and all(v["images_per_sec"] > 0 and v["per_core"] > 0 for v in rates)
+  assert "appended to" in r.stdout and "MFU" in r.stdout
