@@ -188,7 +188,13 @@ def _define_bench_flags(fv: flags.FlagValues) -> None:
   flags.DEFINE_string("model", None, "Model name (`resnet-jax models`).", flag_values=fv)
   flags.DEFINE_integer("batch_size", 16, "Global batch size.", flag_values=fv)
   flags.DEFINE_integer("image_size", 224, "Image side in pixels.", flag_values=fv)
-  flags.DEFINE_enum("precision", "fp32", ["fp32", "bf16"], "Compute precision.", flag_values=fv)
+  flags.DEFINE_enum(
+    "precision",
+    "auto",
+    ["auto", "fp32", "bf16"],
+    "Compute precision; auto: bf16 on GPU/TPU, fp32 on CPU.",
+    flag_values=fv,
+  )
   flags.DEFINE_enum(
     "compare", None, ["torch"], "Also time the same net in PyTorch eager.", flag_values=fv
   )
@@ -420,6 +426,8 @@ def _define_analyze_flags(fv, args):
 
   if args and not args[0].startswith("-"):
     cli.define_flags(cli.check_name(args[0]), fv)
+    if cli.check_name(args[0]) in cli.TRAINING:
+      _define_cpu_devices(fv)
   elif args:  # flags but no name: say so, rather than that the flags are unknown
     raise UsageError(_NAME_AN_ANALYSIS.format(names="|".join(cli.NAMES)))
 
@@ -430,6 +438,10 @@ def _analyze(fv, positionals):
   if not positionals:
     raise UsageError(_NAME_AN_ANALYSIS.format(names="|".join(cli.NAMES)))
   _no_positionals(positionals[1:])
+  if "cpu_devices" in fv:  # an analysis that trains: the same CPU split as `resnet-jax train`
+    conv_impl = fv["conv_impl"].value if "conv_impl" in fv else ""
+    batch = fv["batch_size"].value if "batch_size" in fv else None
+    runtime.start(cpu_devices=_cpu_devices(fv.cpu_devices, conv_impl), batch_sizes=[batch or 128])
   runtime.import_tensorflow()  # quietly, before the analyses' input pipeline loads it
   cli.run_analysis(cli.check_name(positionals[0]), fv)
 
