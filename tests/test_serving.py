@@ -283,3 +283,45 @@ def test_ten_crop_export_and_predict_average_the_papers_ten_views(digits_run, tm
     got = np.zeros(10)
     got[[c for c, _ in p.top]] = [q for _, q in p.top]
     np.testing.assert_allclose(got, want[i], atol=TOL, rtol=0)
+
+
+def test_a_run_trained_with_onednn_exports_portably_with_predicts_numbers(tmp_path):
+  """oneDNN's convolutions are custom calls jax.export cannot serialize: the artifact of a run
+  trained with them computes its convolutions with lax.conv, and agrees with predict (which runs
+  the run as trained) to fp32 rounding."""
+  from resnet_jax.models import onednn  # pylint: disable=g-import-not-at-top
+
+  if onednn.load() is None:
+    pytest.skip(f"oneDNN kernel unavailable: {onednn.unavailable_reason()}")
+  workdir = str(tmp_path / "run")
+  config = _import_config(TINY_CONFIG)
+  config.model_overrides.conv_impl = "onednn"
+  config.stop_after_steps = 3
+  config.eval_split = "test[:16]"
+  loop.train_and_evaluate(config, workdir)
+  out = tmp_path / "hlo"
+  proc = subprocess.run(
+    [sys.executable, "-m", "resnet_jax.main", "export", f"--workdir={workdir}", f"--out={out}"]
+    + ["--format=stablehlo"],
+    env=command_env(1),
+    capture_output=True,
+    text=True,
+    timeout=300,
+    cwd=REPO,
+  )
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  exported = jax.export.deserialize((out / export_lib.ARTIFACT).read_bytes())
+  assert "onednn" not in exported.mlir_module()
+  assert "stablehlo.convolution" in exported.mlir_module()
+  model = serving.load(workdir)
+  assert model.model.conv_impl == "onednn"
+  images, _ = _digit_images(6, offset=100)
+  for i, im in enumerate(images):
+    Image.fromarray(im[..., 0]).save(tmp_path / f"{i}.png")
+  predictions, failed = serving.classify(model, [str(tmp_path)], top_k=10)
+  assert not failed and len(predictions) == len(images)
+  got = np.asarray(exported.call(jnp.asarray(images)))
+  for i, p in enumerate(sorted(predictions, key=lambda p: p.path)):
+    want = np.zeros(10)
+    want[[c for c, _ in p.top]] = [q for _, q in p.top]
+    np.testing.assert_allclose(got[i], want, atol=TOL, rtol=0)
