@@ -172,7 +172,9 @@ def parity(name, stage_sizes=None):
     want = net(torch.from_numpy(x)).numpy()
   overrides = {"stage_sizes": stage_sizes} if stage_sizes else {}
   params, batch_stats = weights.from_torchvision(net.state_dict(), name, **overrides)
-  model = models.get_model(name, **overrides)
+  # lax.conv, as on accelerators: the import is under test here, while the CPU's oneDNN path
+  # (conv_impl='auto' on this host) is held to lax.conv by test_onednn.py.
+  model = models.get_model(name, conv_impl="xla", **overrides)
   got = jax.jit(lambda v, im: model.apply(v, im, train=False))(
     {"params": params, "batch_stats": batch_stats}, jnp.asarray(x.transpose(0, 2, 3, 1))
   )
@@ -363,7 +365,9 @@ def timm_parity(name, stage_sizes=None, image_size=48):
     want = net(torch.from_numpy(x)).numpy()
   overrides = {"stage_sizes": stage_sizes} if stage_sizes else {}
   params, batch_stats = weights.from_timm(net.state_dict(), name, **overrides)
-  model = models.get_model(name, **overrides)
+  # lax.conv, as on accelerators: the import is under test here, while the CPU's oneDNN path
+  # (conv_impl='auto' on this host) is held to lax.conv by test_onednn.py.
+  model = models.get_model(name, conv_impl="xla", **overrides)
   got = jax.jit(lambda v, im: model.apply(v, im, train=False))(
     {"params": params, "batch_stats": batch_stats}, jnp.asarray(x.transpose(0, 2, 3, 1))
   )
@@ -443,11 +447,12 @@ def test_convert_from_timm_writes_a_checkpoint_with_timms_logits(tmp_path):
   with torch.no_grad():
     want = net(torch.from_numpy(x)).numpy()
   model = models.get_model("resnet18d", num_classes=10)
-  got = model.apply(
-    {"params": ckpt.params, "batch_stats": ckpt.batch_stats},
-    jnp.asarray(x.transpose(0, 2, 3, 1)),
-    train=False,
-  )
+  variables = {"params": ckpt.params, "batch_stats": ckpt.batch_stats}
+  got = model.apply(variables, jnp.asarray(x.transpose(0, 2, 3, 1)), train=False)
+  np.testing.assert_allclose(np.asarray(got), want, atol=1e-5, rtol=0)
+  # As predict, export and the analyses read it: runs.load builds the network from the meta.
+  run = runs.load(str(tmp_path / "w"))
+  got = run.model.apply(run.variables, jnp.asarray(x.transpose(0, 2, 3, 1)), train=False)
   np.testing.assert_allclose(np.asarray(got), want, atol=1e-5, rtol=0)
 
 
