@@ -18,6 +18,7 @@ from resnet_jax.models import (
   count_params,
   format_model_table,
   get_model,
+  in_channels,
   layer_table,
   list_models,
   model_spec,
@@ -652,6 +653,11 @@ def test_timm_variants_are_named_for_import():
   assert shapes["stage4_block2/se/fc2/bias"] == (2048,)
   assert shapes["stage1_block0/conv2/kernel"] == (3, 3, 4, 128)  # 32 groups of 4
   assert shapes["stem_conv/kernel"] == (7, 7, 3, 64)
+
+
+def test_in_channels_reads_either_stem():
+  assert in_channels(shapes_of(get_model("resnet18d"), channels=1)["params"]) == 1
+  assert in_channels(shapes_of(get_model("resnet20"), channels=3)["params"]) == 3
 
 
 def flat_shapes(tree):

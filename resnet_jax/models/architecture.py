@@ -30,6 +30,15 @@ class Architecture:
   se_ratio: float = 0.0
 
 
+def in_channels(params) -> int:
+  """The input channels a parameter tree was built for: those of its stem's first conv kernel
+  (``stem_conv``, or the deep stem's ``stem_conv1``), shaped (kh, kw, cin, cout)."""
+  for name in ("stem_conv", "stem_conv1"):
+    if name in params:
+      return int(params[name]["kernel"].shape[2])
+  raise ValueError(f"no stem conv in the parameters (top-level keys: {sorted(params)[:5]}...)")
+
+
 def check_drop_path_rate(rate) -> None:
   """Refuse a stochastic-depth rate outside [0, 1) in one line (1 would drop every branch)."""
   if not 0.0 <= float(rate) < 1.0:
