@@ -289,9 +289,7 @@ def load(
   kwargs.pop("bn_axis_name", None)  # one device: running statistics, no cross-replica reduction
   num_classes = int(np.shape(ckpt.params["head"]["bias"])[0])
   model = models.get_model(config.model, num_classes=num_classes, **kwargs)
-  # The first stem convolution sees the images: ``stem_conv``, or ``stem_conv1`` of a deep stem.
-  first_conv = ckpt.params.get("stem_conv") or ckpt.params["stem_conv1"]
-  channels = int(np.shape(first_conv["kernel"])[2])
+  channels = models.in_channels(ckpt.params)
   _check_fits(f"{workdir} step {ckpt.step}", config, ckpt.meta, model, variables, channels)
   return Run(
     workdir=os.fspath(storage.location(workdir)),

@@ -15,6 +15,7 @@ import ml_collections
 
 from resnet_jax import checkpoint as checkpoint_lib
 from resnet_jax import data as data_lib
+from resnet_jax import models
 from resnet_jax import runs
 
 
@@ -124,7 +125,7 @@ def load(
     source=run.meta.get("source", "run") if run.is_converted else "run",
     labels=labels,
     names=names,
-    channels=int(params["stem_conv"]["kernel"].shape[2]),
+    channels=models.in_channels(params),
     image_size=image_size,
     resize_size=resize_size,
     mean=tuple(float(m) for m in spec.mean),
