@@ -127,8 +127,8 @@ def _cpu_devices(requested: str, conv_impl: str) -> str:
   (``conv_impl`` 'onednn', or 'auto' with oneDNN installed: host.onednn_convolutions).
 
   The split exists because XLA's convolutions use two cores badly; oneDNN spreads each convolution
-  over every core itself, and one device spares the cross-device BatchNorm sync at every layer:
-  ResNet-50 b16 2252 ms a step on one device vs 2632 ms split (2 cores, docs/benchmarks.md).
+  over every core itself, and one device spares the cross-device BatchNorm sync at every layer, so
+  one device is the faster there (docs/benchmarks.md).
   """
   return "1" if requested == "auto" and host.onednn_convolutions(conv_impl) else requested
 

@@ -54,7 +54,7 @@ Performance options (docs/benchmarks.md; none changes the arithmetic or the para
   :func:`to_unrolled` convert any such tree (params, batch_stats, optimizer-state subtrees) both
   ways exactly, so checkpoints and parameter counts use the unrolled layout documented above.
   The scanned blocks compute their conv gradients with ``blocks.conv_forward_form_grads`` (same
-  values; XLA:CPU runs autodiff's own gradient convolutions 13-20x slower inside a loop).
+  values; XLA:CPU runs autodiff's own gradient convolutions many times slower inside a loop).
 * ``remat=True`` (opt-in): each block is rematerialised (``nn.remat``) -- activations inside a
   block are recomputed in the backward pass instead of stored; for very deep nets (ResNet-1202).
 """

@@ -21,7 +21,7 @@ Both compile the same per-device program: jax 0.10 implements ``pmap`` itself as
 with ``check_vma=False`` inside ``jit``, and the jit path makes that call explicitly. The flag
 matters. With ``check_vma=True`` JAX transposes the implicit broadcast of the replicated params
 into a ``psum``, so gradients would arrive already summed over devices and the step's ``lax.pmean``
-would no longer be the average gradient (measured: 4x the gradient on 4 devices).
+would no longer be the average gradient (it would come out multiplied by the number of devices).
 
 The wrappers differ only in layout, so ``train.loop`` and ``bench`` use them through one interface:
 ``compile`` (a per-replica function; arguments are ``REPLICATED`` or ``SHARDED``), ``train_step``,
