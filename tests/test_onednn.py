@@ -1,4 +1,5 @@
-"""conv_impl='onednn': oneDNN convolutions inside XLA equal lax.conv, and fall back without oneDNN.
+"""conv_impl='onednn' (and 'auto' where oneDNN is installed): oneDNN convolutions inside XLA equal
+lax.conv, and fall back without oneDNN.
 
 The tests that run oneDNN skip when the optional extra (``pip install 'resnet-jax[cpu]'``) or a C++
 compiler is missing; the fallback tests run everywhere.
@@ -119,7 +120,7 @@ def _model_loss_and_grads(model, variables, x):
 def test_model_with_onednn_convs_matches_xla_with_the_same_params(name, overrides, size):
   _needs_kernel()
   x = jax.random.normal(jax.random.PRNGKey(1), (2, size, size, 3))
-  ref = get_model(name, num_classes=10, **overrides)
+  ref = get_model(name, num_classes=10, conv_impl="xla", **overrides)
   fast = get_model(name, num_classes=10, conv_impl="onednn", **overrides)
   variables = ref.init(jax.random.PRNGKey(0), x)
   fast_vars = fast.init(jax.random.PRNGKey(0), x)
@@ -193,7 +194,7 @@ def test_missing_compiler_is_reported(monkeypatch, tmp_path):
 
 def test_onednn_conv_falls_back_to_lax_conv_with_one_warning(kernel_absent, caplog):
   x = jax.random.normal(jax.random.PRNGKey(1), (2, 9, 9, 4))
-  ref = blocks.conv(8, 3, 2, name="conv")
+  ref = blocks.conv(8, 3, 2, name="conv", conv_impl="xla")
   fast = blocks.conv(8, 3, 2, name="conv", conv_impl="onednn")
   variables = ref.init(jax.random.PRNGKey(0), x)
   with caplog.at_level(logging.WARNING, logger=conv_lib.__name__):
@@ -223,3 +224,16 @@ def test_config_refuses_an_unknown_conv_impl():
   c.model_overrides.conv_impl = "mkl"
   with pytest.raises(ValueError, match="config.model_overrides.conv_impl='mkl'"):
     config_lib.validate(c, known_models=[c.model], known_datasets=[c.dataset])
+
+
+def test_auto_is_onednn_where_installed_for_fp32_and_xla_otherwise(monkeypatch):
+  from resnet_jax.models import conv_impl
+
+  monkeypatch.setattr(conv_impl, "_onednn_installed", lambda: True)
+  assert isinstance(blocks.conv(8, 3, name="c"), blocks.OnednnConv)  # 'auto' is the default
+  assert isinstance(blocks.conv(8, 1, name="c"), blocks.OnednnConv)
+  bf16 = blocks.conv(8, 1, name="c", matmul_1x1=True, dtype=jnp.bfloat16)
+  assert isinstance(bf16, blocks.Conv1x1)  # the kernel is fp32 only: XLA's CPU form
+  monkeypatch.setattr(conv_impl, "_onednn_installed", lambda: False)
+  assert isinstance(blocks.conv(8, 1, name="c", matmul_1x1=True), blocks.Conv1x1)
+  assert not isinstance(blocks.conv(8, 3, name="c"), blocks.OnednnConv)
