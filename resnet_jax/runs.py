@@ -57,6 +57,7 @@ NOT_ARCHITECTURE = (
   "remat",
   "matmul_1x1",
   "conv_impl",
+  "drop_path_rate",  # training-time only: the parameters and the eval function are the same
 )
 
 

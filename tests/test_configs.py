@@ -98,3 +98,26 @@ def test_bad_values_are_rejected_with_the_key_named():
     with pytest.raises(ValueError, match=f"config.{key}=") as e:
       config_lib.validate(c, **known)
     assert words in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("rate", [1.0, -0.1, 1.5])
+def test_drop_path_rate_is_a_documented_key_refused_outside_unit_interval_in_one_line(rate):
+  base = config_lib.base_config()
+  assert base.model_overrides.drop_path_rate == 0.0  # off by default
+  with open(config_lib.__file__) as f:
+    assert sum('"drop_path_rate": 0.0,' in line for line in f) == 1
+  c = config_lib.digits()
+  c.model_overrides.drop_path_rate = rate
+  with pytest.raises(ValueError, match=r"^config\.model_overrides\.drop_path_rate=") as e:
+    config_lib.validate(c, known_models=models.list_models(), known_datasets=data.list_datasets())
+  assert "[0, 1)" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_drop_path_rate_leaves_the_checkpointed_architecture_as_before():
+  # Runs written before the key existed must still restore: the rate is training-time only.
+  from resnet_jax import runs
+
+  c = config_lib.digits()
+  plain = runs.architecture(c)
+  c.model_overrides.drop_path_rate = 0.1
+  assert "drop_path_rate" not in plain and runs.architecture(c) == plain

@@ -10,8 +10,20 @@ import ml_collections
 
 
 def base_config() -> ml_collections.ConfigDict:
+  """Every key with its default, in groups: model, data, optimisation, schedule, the later
+  recipes' ingredients, bookkeeping. Each key is documented once, where its group sets it."""
   c = ml_collections.ConfigDict()
-  # Model (resnet_jax.models registry).
+  _model_keys(c)
+  _data_keys(c)
+  _optimisation_keys(c)
+  _schedule_keys(c)
+  _beyond_the_paper(c)
+  _bookkeeping_keys(c)
+  return c
+
+
+def _model_keys(c: ml_collections.ConfigDict) -> None:
+  """The network (resnet_jax.models registry), its numerics and how it is spread over devices."""
   c.model = "resnet20"  # registry name; `resnet-jax models` lists them.
   # ResNet fields passed to get_model; '' keeps the registry's default for that model.
   c.model_overrides = ml_collections.ConfigDict(
@@ -30,6 +42,10 @@ def base_config() -> ml_collections.ConfigDict:
       # (1x1 as matmuls); 'onednn' = oneDNN inside the step (falls back to lax.conv with a warning
       # where it cannot run). Parameters and checkpoints are the same for all three.
       "conv_impl": "auto",
+      # Stochastic depth (Huang et al. 2016; timm's drop_path_rate): the last block drops its
+      # residual branch per example with this probability in training, earlier blocks linearly
+      # less, kept branches scaled by 1 / (1 - rate); the identity at eval. In [0, 1); 0 = off.
+      "drop_path_rate": 0.0,
     }
   )
   # 'fp32' | 'bf16' (bf16 compute, fp32 params) | 'fp16' (+ loss scaling) | 'auto': bf16 on GPU
@@ -44,29 +60,38 @@ def base_config() -> ml_collections.ConfigDict:
   # a Mesh: global arrays, replicated state, Orbax saving them without a gather). Same numbers;
   # a checkpoint of either resumes under the other. 'jit' needs cross_replica_bn=True.
   c.parallelism = "pmap"
-  _data_keys(c)
-  # Optimisation (resnet_jax.train.optim documents each).
+
+
+def _optimisation_keys(c: ml_collections.ConfigDict) -> None:
+  """Batch, length and optimizer; resnet_jax.train.optim's docstring documents each key."""
   c.global_batch_size = 128
   c.num_train_steps = 1000
-  c.optimizer = "sgd"
+  c.optimizer = "sgd"  # 'sgd' | 'lamb' | 'lars' | 'adamw'
   c.learning_rate = 0.1
-  c.lr_reference_batch = 0
+  c.lr_reference_batch = 0  # > 0: the rate scales by global_batch_size / this
   c.momentum = 0.9
   c.nesterov = False
   c.weight_decay = 1e-4
-  c.weight_decay_on_norm_and_bias = True
-  c.schedule = "piecewise"
+  c.weight_decay_on_norm_and_bias = True  # 'sgd' only; the other optimizers never decay them
+
+
+def _schedule_keys(c: ml_collections.ConfigDict) -> None:
+  """The learning-rate schedule and the host-side scale events (train.optim documents each)."""
+  c.schedule = "piecewise"  # 'piecewise' | 'plateau' | 'warmup_cosine' | 'constant'
   c.lr_boundaries = ()
   c.lr_decay_factor = 0.1
   c.warmup_steps = 0
+  # > 0: the ResNet-110 warm-up (§4.2), the rate scaled by this until the training error falls
+  # below warmup_until_train_error or warmup_max_steps pass.
   c.warmup_lr_scale = 0.0
   c.warmup_max_steps = 400
   c.warmup_until_train_error = 0.8
   c.plateau_patience = 3
   c.plateau_min_delta = 1e-3
-  c.label_smoothing = 0.0
-  _beyond_the_paper(c)
-  # Bookkeeping.
+
+
+def _bookkeeping_keys(c: ml_collections.ConfigDict) -> None:
+  """Seed, logging, evaluation and checkpointing cadence, profiling."""
   c.seed = 0
   c.log_every_steps = 50
   c.eval_every_steps = 500  # also a checkpoint step (best-by-validation needs its metric).
@@ -77,11 +102,12 @@ def base_config() -> ml_collections.ConfigDict:
   # (start, stop): process 0 writes a jax.profiler trace of steps start..stop (counted from 1) to
   # WORKDIR/profile (TensorBoard's profile plugin, Perfetto); () = off. train.profiling.
   c.profile_steps = ()
-  return c
 
 
 def _beyond_the_paper(c: ml_collections.ConfigDict) -> None:
   """The training keys of later recipes (Bag of Tricks, ResNet strikes back, MLPerf), all off."""
+  # Targets (1 - label_smoothing) * one_hot + label_smoothing / classes (Szegedy et al. 2016).
+  c.label_smoothing = 0.0
   # optimizer 'lamb' | 'lars' | 'adamw' (train.optim): Adam moments and constant, LARS's eta.
   c.b1 = 0.9
   c.b2 = 0.999
@@ -168,6 +194,7 @@ def validate(config, *, known_models, known_datasets) -> None:
       "model",
       f"unknown model; close matches: {', '.join(close) or 'none'} (`resnet-jax models` lists all)",
     )
+  _validate_drop_path_rate(config.model_overrides.get("drop_path_rate", 0.0))
   if config.dataset not in known_datasets:
     bad("dataset", f"unknown dataset; known: {', '.join(sorted(known_datasets))}")
   if config.precision not in PRECISIONS:
@@ -198,6 +225,21 @@ def validate(config, *, known_models, known_datasets) -> None:
   if config.eval_method not in ("center", "ten_crop", "full_conv"):
     bad("eval_method", "must be one of center, ten_crop, full_conv")
   _validate_data_augments(config, bad)
+  _validate_ranges(config, bad)
+  if not 0 < config.lr_decay_factor <= 1:
+    bad("lr_decay_factor", "must be in (0, 1]")
+  if list(config.lr_boundaries) != sorted(config.lr_boundaries):
+    bad("lr_boundaries", "must be increasing steps")
+  conv_impl = config.model_overrides.get("conv_impl", "")
+  if conv_impl not in ("", "auto", "xla", "onednn"):
+    raise ValueError(
+      f"config.model_overrides.conv_impl={conv_impl!r}: must be 'auto', 'xla' or 'onednn' "
+      "(oneDNN needs pip install 'resnet-jax[cpu]')"
+    )
+
+
+def _validate_ranges(config, bad) -> None:
+  """The numeric keys that must be positive, or at least not negative."""
   for key in (
     "learning_rate",
     "global_batch_size",
@@ -222,16 +264,19 @@ def validate(config, *, known_models, known_datasets) -> None:
   ):
     if config[key] < 0:
       bad(key, "must not be negative")
-  if not 0 < config.lr_decay_factor <= 1:
-    bad("lr_decay_factor", "must be in (0, 1]")
-  if list(config.lr_boundaries) != sorted(config.lr_boundaries):
-    bad("lr_boundaries", "must be increasing steps")
-  conv_impl = config.model_overrides.get("conv_impl", "")
-  if conv_impl not in ("", "auto", "xla", "onednn"):
+
+
+def _validate_drop_path_rate(rate) -> None:
+  """Stochastic depth's rate, refused with the key's full name before any model is built."""
+  from resnet_jax.models import architecture  # pylint: disable=g-import-not-at-top
+
+  try:
+    architecture.check_drop_path_rate(rate)
+  except (TypeError, ValueError):
     raise ValueError(
-      f"config.model_overrides.conv_impl={conv_impl!r}: must be 'auto', 'xla' or 'onednn' "
-      "(oneDNN needs pip install 'resnet-jax[cpu]')"
-    )
+      f"config.model_overrides.drop_path_rate={rate!r}: must be in [0, 1) (the last block's "
+      "probability of dropping its residual branch; 0 = off)"
+    ) from None
 
 
 def _validate_data_augments(config, bad) -> None:
@@ -371,8 +416,7 @@ def resnet_strikes_back(procedure: str) -> ml_collections.ConfigDict:
   c = base_config()
   c.model = "resnet50"
   c.model_overrides.zero_init_last_bn = True
-  if drop_path:
-    c.model_overrides.drop_path_rate = drop_path
+  c.model_overrides.drop_path_rate = drop_path
   c.dataset = "imagenet2012"
   c.train_augment = "inception"
   c.image_size = train_size
