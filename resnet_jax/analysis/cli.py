@@ -1,7 +1,8 @@
 """``resnet-jax analyze NAME --out=DIR [flags]``: one paper experiment per NAME.
 
-  resnet-jax analyze degradation     --out=DIR [--dataset=digits] [--depths=20,32,44] [--steps=N]
-                                     [--width=1.0] [--families=plain,resnet] [--runner=inline|sweep]
+  resnet-jax analyze degradation     --out=DIR [--seeds=0,1,2] [--depths=20,56] [--recipe=paper]
+                                     [--steps=N] [--width=W] [--families=plain,resnet]
+                                     [--conv_impl=xla|onednn] [--report_only] [--runner=inline|sweep]
   resnet-jax analyze layer_responses --out=DIR (--runs=DIR | --workdirs=W1,W2) [--num_images=256]
   resnet-jax analyze gradient_flow   --out=DIR (--runs=DIR | --workdirs=W1,W2) [--num_images=128]
   resnet-jax analyze shortcuts       --out=DIR [--model=resnet20] [--options=A,B,C] [--steps=N]
@@ -20,6 +21,7 @@ from typing import Any, Sequence
 from absl import flags
 
 NAMES = ("degradation", "layer_responses", "gradient_flow", "shortcuts", "test_time")
+TRAINING = ("degradation", "shortcuts")  # the analyses that train (and take --cpu_devices)
 USAGE = "analyses:\n" + __doc__.split("\n\n")[1]
 
 
@@ -46,32 +48,24 @@ def define_flags(name: str, flag_values: flags.FlagValues) -> None:
     )
     flags.DEFINE_float(
       "width",
-      1.0,
-      "Width multiplier of every layer (1.0 = the paper's widths 16-32-64).",
+      None if name == "degradation" else 1.0,
+      "Width multiplier of every layer (1.0 = the paper's widths 16-32-64"
+      + ("; default: the recipe's, 0.25 for --recipe=paper)." if name == "degradation" else ")."),
       flag_values=fv,
     )
-    flags.DEFINE_integer("seed", 0, "Random seed of every run.", flag_values=fv)
+    if name == "shortcuts":
+      flags.DEFINE_integer("seed", 0, "Random seed of every run.", flag_values=fv)
     flags.DEFINE_integer(
       "batch_size", None, "Global batch size (default: the recipe's).", flag_values=fv
     )
     flags.DEFINE_integer(
       "evals",
-      8 if name == "degradation" else 4,
+      4,
       "Test-error evaluations per run (points on the curve).",
       flag_values=fv,
     )
   if name == "degradation":
-    flags.DEFINE_list("depths", ["20", "32", "44"], "Depths, e.g. 20,32,44,56,110.", flag_values=fv)
-    flags.DEFINE_list("families", ["plain", "resnet"], "Families to train.", flag_values=fv)
-    flags.DEFINE_enum(
-      "runner",
-      "inline",
-      ["inline", "sweep"],
-      "inline: runs one after another in this process; sweep: the sweep machinery (cifar10 "
-      "config files, --parallel at a time).",
-      flag_values=fv,
-    )
-    flags.DEFINE_integer("parallel", 1, "Runs at a time with --runner=sweep.", flag_values=fv)
+    _define_degradation_flags(fv)
   if name == "shortcuts":
     flags.DEFINE_string("model", "resnet20", "Model whose shortcuts are compared.", flag_values=fv)
     flags.DEFINE_list("options", ["A", "B", "C"], "Shortcut options to train.", flag_values=fv)
@@ -101,6 +95,47 @@ def define_flags(name: str, flag_values: flags.FlagValues) -> None:
       "full_conv shorter sides (default: the config's; 28,32,40 on digits).",
       flag_values=fv,
     )
+
+
+def _define_degradation_flags(fv: flags.FlagValues) -> None:
+  """The flags only ``degradation`` reads (besides those it shares with ``shortcuts``)."""
+  flags.DEFINE_list("depths", ["20", "56"], "Depths, e.g. 20,32,44,56,110.", flag_values=fv)
+  flags.DEFINE_list("families", ["plain", "resnet"], "Families to train.", flag_values=fv)
+  flags.DEFINE_list(
+    "seeds", ["0", "1", "2"], "Random seeds: one run per net and seed.", flag_values=fv
+  )
+  flags.DEFINE_enum(
+    "recipe",
+    "paper",
+    ["paper", "digits"],
+    "On the digits: paper = the paper's CIFAR recipe (batch 128, lr 0.1 /10 at 50%/75%, "
+    "momentum 0.9, wd 1e-4, pad-4 crop, no flip; 400 iterations, width x0.25); digits = the "
+    "default experiment's (warm-up + cosine).",
+    flag_values=fv,
+  )
+  flags.DEFINE_enum(
+    "conv_impl",
+    "xla",
+    ["xla", "onednn", "auto"],
+    "Convolution implementation of every run. xla (with the CPU split into one device per "
+    "core, --cpu_devices) was the faster for these narrow nets at batch 128 (docs/analyses.md).",
+    flag_values=fv,
+  )
+  flags.DEFINE_bool(
+    "report_only",
+    False,
+    "Only rewrite degradation.png/.md from OUT/degradation.json (no training).",
+    flag_values=fv,
+  )
+  flags.DEFINE_enum(
+    "runner",
+    "inline",
+    ["inline", "sweep"],
+    "inline: runs one after another in this process; sweep: the sweep machinery (cifar10 "
+    "config files, --parallel at a time).",
+    flag_values=fv,
+  )
+  flags.DEFINE_integer("parallel", 1, "Runs at a time with --runner=sweep.", flag_values=fv)
 
 
 def _ints(flag_values: flags.FlagValues, name: str) -> tuple[int, ...] | None:
@@ -145,15 +180,18 @@ def run_analysis(name: str, flag_values: flags.FlagValues) -> dict[str, Any]:
     result = degradation.run(
       a.out,
       dataset=a.dataset,
+      recipe=a.recipe,
       depths=_ints(a, "depths"),
       families=tuple(a.families),
+      seeds=_ints(a, "seeds"),
       steps=a.steps,
       width_multiplier=a.width,
-      seed=a.seed,
       batch_size=a.batch_size,
       evals=a.evals,
+      conv_impl=a.conv_impl,
       runner=a.runner,
       parallel=a.parallel,
+      report_only=a.report_only,
     )
   elif name == "shortcuts":
     from resnet_jax.analysis import shortcuts  # pylint: disable=g-import-not-at-top

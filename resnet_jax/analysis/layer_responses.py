@@ -100,25 +100,38 @@ def measure(workdirs: Sequence[str], *, num_images: int = 256, step: int | None 
       {
         "workdir": w,
         **recipes.describe(run.config),
+        "seed": int(run.config.seed),
         "step": run.step,
         "layers": [n for n, _ in stds],
         "std": [s for _, s in stds],
       }
     )
-  results.sort(key=lambda r: (not r["plain"], r["depth"]))
+  results.sort(key=lambda r: (not r["plain"], r["depth"], r["label"], r["seed"]))
   return results
+
+
+def by_net(results) -> dict[str, list[dict[str, Any]]]:
+  """Runs grouped by net (label), in ``results``' order: the seeds of one net together."""
+  groups = {}
+  for r in results:
+    groups.setdefault(r["label"], []).append(r)
+  return groups
 
 
 def _figure(results):
   plt = report.pyplot()
   fig, axes = plt.subplots(2, 1, figsize=(9, 7.5))
-  for r in results:
-    style = "--" if r["plain"] else "-"
-    x = np.arange(1, len(r["std"]) + 1)
-    axes[0].plot(x, r["std"], style, marker="o", ms=2.5, label=r["label"])
-    axes[1].plot(x, sorted(r["std"], reverse=True), style, marker="o", ms=2.5, label=r["label"])
+  for label, group in by_net(results).items():
+    style = "--" if group[0]["plain"] else "-"
+    stds = np.array([g["std"] for g in group])
+    seeds = f" ({len(group)} seeds)" if len(group) > 1 else ""
+    for ax, vals in ((axes[0], stds), (axes[1], -np.sort(-stds, axis=1))):
+      x = np.arange(1, vals.shape[1] + 1)
+      (line,) = ax.plot(x, vals.mean(0), style, marker="o", ms=2.5, label=label + seeds)
+      if len(group) > 1:
+        ax.fill_between(x, vals.min(0), vals.max(0), color=line.get_color(), alpha=0.15, lw=0)
   axes[0].set_title("Std of 3x3 layer responses (after BN, before addition/ReLU), network order")
-  axes[1].set_title("Same, sorted in descending order")
+  axes[1].set_title("Same, sorted in descending order (mean over seeds; band: min-max)")
   for ax, xl in zip(axes, ("layer index (original order)", "layer index (sorted by magnitude)")):
     ax.set_xlabel(xl)
     ax.set_ylabel("std of response (normalised input units)")
@@ -129,6 +142,7 @@ def _figure(results):
 
 _HEADER = (
   "model",
+  "seeds",
   "step",
   "3x3 layers",
   "mean std",
@@ -140,21 +154,26 @@ _HEADER = (
 
 
 def _table(results, num_images: int) -> str:
-  rows = [
-    [
-      r["label"],
-      r["step"],
-      len(r["std"]),
-      f"{np.mean(r['std']):.3f}",
-      f"{np.median(r['std']):.3f}",
-      f"{np.min(r['std']):.3f}",
-      f"{np.max(r['std']):.3f}",
-      f"{np.mean(r['std'][-len(r['std']) // 3 :]):.3f}",
-    ]
-    for r in results
-  ]
+  rows = []
+  for label, group in by_net(results).items():
+    stds = np.array([g["std"] for g in group])
+    per_run = lambda f, stds=stds: f"{np.mean([f(s) for s in stds]):.3f}"  # noqa: E731
+    rows.append(
+      [
+        label,
+        len(group),
+        ",".join(sorted({str(g["step"]) for g in group})),
+        stds.shape[1],
+        per_run(np.mean),
+        per_run(np.median),
+        per_run(np.min),
+        per_run(np.max),
+        per_run(lambda s: np.mean(s[-len(s) // 3 :])),
+      ]
+    )
   return (
-    f"Std of each 3x3 layer's response on {num_images} test images (inference mode).\n\n"
+    f"Std of each 3x3 layer's response on {num_images} test images (inference mode); each "
+    "statistic over a run's layers, then averaged over the net's seeds.\n\n"
     + report.markdown_table(_HEADER, rows)
   )
 

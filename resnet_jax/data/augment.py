@@ -16,6 +16,7 @@ Train:
              registry) instead of the paper's per-pixel mean image: the common, nearly
              equivalent choice that keeps eval independent of the train split.
   digits     scale + normalise (mean/std), optional pad-and-crop (pad 2); no flip.
+  digits4    the cifar transform with no flip (pad 4, random crop), for 1-channel digits.
   none       normalisation only (image already at image_size): for inspection and tests.
 Any of them + RandAugment (timm spec string) before normalisation and random erasing (timm's
 per-pixel mode) after it: train_transform(..., randaugment=, random_erasing=).
@@ -24,6 +25,9 @@ Test:
              resize_size None (32/28 px datasets): centre crop of image_size (identity
              when image_size equals the native size) + normalisation. V = 1.
   ten_crop   §3.4: 4 corner + centre crops of the resized image and their flips. V = 10.
+             It follows the dataset's training: without flips in training (digits) the
+             five crops are not mirrored (views 6-10 repeat 1-5); for images at native size
+             (28/32 px, no resize) the corners are crops of the image padded as in training.
   full_conv  §3.4 fully-convolutional form at scale s (224, 256, 384, 480, 640): shorter
              side -> s. Approximation: to batch, we take the centre s x s square rather
              than the whole (non-square) image. V = 1.
@@ -174,6 +178,9 @@ def pad_and_crop_train(image, seed, *, image_size, pad, flip, mean, std, channel
 
 cifar_train = functools.partial(pad_and_crop_train, pad=4, flip=True)
 digits_train = functools.partial(pad_and_crop_train, pad=2, flip=False, channels=1)
+# The paper's CIFAR augmentation (§4.2, 4-pixel pad + random crop) without the flip, which would
+# turn some digits into others: the degradation analysis's recipe.
+digits4_train = functools.partial(pad_and_crop_train, pad=4, flip=False, channels=1)
 # No augmentation: decode + normalise only (image must already be image_size).
 plain_train = functools.partial(pad_and_crop_train, pad=0, flip=False)
 
@@ -182,6 +189,7 @@ TRAIN_AUGMENTS = {
   "inception": inception_train,
   "cifar": cifar_train,
   "digits": digits_train,
+  "digits4": digits4_train,
   "none": plain_train,
 }
 
@@ -197,8 +205,16 @@ def center_eval(image, *, image_size, resize_size, mean, std, channels=3):
   return normalize(image, mean, std)[None]
 
 
-def ten_crop_views(image, image_size: int) -> tf.Tensor:
-  """[10, S, S, C]: TL, TR, BL, BR, centre crops, then the same five flipped."""
+def ten_crop_views(image, image_size: int, *, pad: int = 0, flip: bool = True) -> tf.Tensor:
+  """[10, S, S, C]: TL, TR, BL, BR, centre crops, then the same five flipped.
+
+  ``pad``: the crops are taken from the image zero-padded by ``pad`` pixels (the shifts a
+  pad-and-crop training saw; without it a crop of a native-size image is the image). ``flip=False``
+  (a net trained without flips never saw a mirrored image): the last five views repeat the first
+  five instead, so there are still 10 views and their mean is the mean of the five crops.
+  """
+  if pad:
+    image = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]])
   shape = tf.shape(image)
   h, w, s = shape[0], shape[1], image_size
   crops = [
@@ -209,14 +225,21 @@ def ten_crop_views(image, image_size: int) -> tf.Tensor:
     center_crop(image, s),
   ]
   crops = tf.stack(crops)
-  return tf.concat([crops, tf.reverse(crops, axis=[2])], axis=0)
+  return tf.concat([crops, tf.reverse(crops, axis=[2]) if flip else crops], axis=0)
 
 
-def ten_crop_eval(image, *, image_size, resize_size, mean, std, channels=3):
+def ten_crop_eval(image, *, image_size, resize_size, mean, std, channels=3, pad=0, flip=True):
   image = decode(image, channels)
   if resize_size:
     image = resize_shorter_side(image, resize_size)
-  return normalize(ten_crop_views(image, image_size), mean, std)
+  return normalize(ten_crop_views(image, image_size, pad=pad, flip=flip), mean, std)
+
+
+def train_shifts_and_flips(train_augment: str | None) -> tuple[int, bool]:
+  """``(pad, flip)`` of a pad-and-crop train augmentation; ``(0, True)`` for the others (resized
+  crops with flips, or unknown)."""
+  keywords = getattr(TRAIN_AUGMENTS.get(train_augment or ""), "keywords", {})
+  return int(keywords.get("pad", 0)), bool(keywords.get("flip", True))
 
 
 def full_conv_eval(image, *, scale, mean, std, channels=3):
@@ -295,9 +318,22 @@ def modern_train(image, seed, *, base, mean, std, randaugment="", random_erasing
 
 
 def eval_transform(
-  method: str, *, image_size: int, resize_size, mean, std, channels: int, scale: int | None = None
+  method: str,
+  *,
+  image_size: int,
+  resize_size,
+  mean,
+  std,
+  channels: int,
+  scale: int | None = None,
+  train_augment: str | None = None,
 ) -> Callable[[tf.Tensor], tf.Tensor]:
-  """fn(image) -> float32 [V, H, W, C]."""
+  """fn(image) -> float32 [V, H, W, C].
+
+  ``train_augment``: the dataset's training augmentation, which ten_crop follows: no mirrored
+  views where training had no flips, and for images used at their native size (no
+  ``resize_size``) the crops shifted by the training's padding. None: the paper's ten crops.
+  """
   if method == "center":
     return functools.partial(
       center_eval,
@@ -308,6 +344,7 @@ def eval_transform(
       channels=channels,
     )
   if method == "ten_crop":
+    pad, flip = train_shifts_and_flips(train_augment)
     return functools.partial(
       ten_crop_eval,
       image_size=image_size,
@@ -315,6 +352,8 @@ def eval_transform(
       mean=mean,
       std=std,
       channels=channels,
+      pad=0 if resize_size else pad,
+      flip=flip,
     )
   if method == "full_conv":
     if scale is None:
