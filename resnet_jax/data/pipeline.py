@@ -351,6 +351,7 @@ def _eval_transform(method, spec, source, sizes, scale):
     std=spec.std,
     channels=channels,
     scale=scale,
+    train_augment=spec.train_augment,
   )
   out = augment_lib.eval_output_size(method, image_size=size, resize_size=resize, scale=scale)
   return transform, tf.zeros([augment_lib.num_views(method), out, out, channels], tf.float32)
