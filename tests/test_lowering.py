@@ -66,6 +66,7 @@ def test_auto_is_onednn_exactly_where_it_is_installed(monkeypatch):
     conv_impl.resolve("mkl")
 
 
+@pytest.mark.slow  # compiles a scanned bottleneck network's gradient
 @pytest.mark.parametrize("impl", ["xla", "onednn"])
 def test_the_compiled_cpu_step_holds_no_platform_switch(impl):
   """The switch is resolved when lowering for one platform: XLA:CPU compiles straight-line code
