@@ -11,9 +11,9 @@
 //
 // Why the weights are reordered: oneDNN is only fast when it picks the weight layout itself
 // (format_tag::any, a blocked layout such as OIhw16i16o).  With the plain HWIO layout both
-// backward passes fall to a generic kernel 2-3x slower.  So forward and backward-data reorder the
+// backward passes fall to a much slower generic kernel.  So forward and backward-data reorder the
 // HWIO weights into the chosen layout on every call, and backward-weights computes the gradient in
-// its chosen layout and reorders it back to HWIO; a reorder is ~1% of a convolution.
+// its chosen layout and reorders it back to HWIO; a reorder costs little next to a convolution.
 //
 // Primitives are created once per (shape, attributes, thread count) and cached: oneDNN picks its
 // kernel from the thread count at creation.  Scratch memory is per calling thread (XLA runs one
