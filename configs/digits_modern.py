@@ -6,11 +6,16 @@ erasing 0.25, stochastic depth 0.05, an EMA of the weights (decay 0.99), LAMB at
 decay 0.02, binary cross-entropy; 500 steps of batch 128 (16 epochs of 4,000 images), warm-up and
 cosine. The digits' own pad-and-crop (no flip, which would turn digits into others) under
 RandAugment.
+
+Budget and result (2026-12-05, 2-core CPU shared with other jobs, load average 7.7 at the start and
+5.0 at the end, fp32): ``nice -n 5 python -m resnet_jax.main --config=configs/digits_modern.py
+--workdir=/tmp/dm_final``, 500 steps: test top-1 98.4 % (raw) and 98.1 % (EMA) on the 1,000 test
+images; 95.9 % / 96.4 % at step 250. 6 min 23 s wall, peak RSS 2.2 GB. docs/recipes.md has more.
 """
 
 from resnet_jax.train.config import digits
 
-# Published top-1: none (a smoke test of the ingredients, not a published recipe); it should reach >= 90 % test top-1.
+# Published top-1: none (not a published recipe); the bar is >= 90 % test top-1 (98.4 % measured).
 PUBLISHED_TOP1 = None
 
 
