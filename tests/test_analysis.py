@@ -1,7 +1,10 @@
 """resnet_jax.analysis: statistics checked against independent computations on tiny nets, and every
 command end to end at tiny scale (a few steps, width x0.25) producing its PNG and table."""
 
+import json
 import os
+import shlex
+import shutil
 
 import flax.linen as nn
 import jax
@@ -13,7 +16,7 @@ import pytest
 from resnet_jax import analysis as A
 from resnet_jax import models
 from resnet_jax import runs as resnet_runs
-from resnet_jax.analysis import cli, gradient_flow, layer_responses, shortcuts
+from resnet_jax.analysis import cli, degradation, gradient_flow, layer_responses, shortcuts
 from resnet_jax.checkpoint import CheckpointError
 from resnet_jax.models import blocks
 
@@ -170,35 +173,72 @@ def _check_runs_reads_back(workdir):
     resnet_runs.load(workdir, config=other)
 
 
+def _check_degradation_json(out, models_seeds):
+  result = json.load(open(os.path.join(out, "degradation.json")))
+  got = result["runs"]
+  assert [(r["model"], r["seed"]) for r in got] == models_seeds
+  for r in got:
+    assert r["steps"] == 4 and r["command"].startswith("resnet-jax analyze degradation ")
+    assert 0.0 <= r["final_train_error"] <= 1.0 and 0.0 <= r["final_test_error"] <= 1.0
+    assert [s for s, _ in r["train_error"]] == [1, 2, 3, 4]  # training-mode, every log window
+    assert [s for s, _ in r["test_error"]] == [2, 4] and r["test_error"][-1][1] == r[
+      "final_test_error"
+    ]
+  return result
+
+
 def test_commands_end_to_end(tmp_path):
   out = str(tmp_path)
   tiny = ["--steps=4", "--width=0.25", "--batch_size=32", "--evals=2"]
   deg = os.path.join(out, "deg")
-  res = cli.analyze_command("degradation", [f"--out={deg}", "--depths=8", *tiny])
+  res = cli.analyze_command("degradation", [f"--out={deg}", "--depths=8", "--seeds=0,1", *tiny])
   text = _assert_outputs(deg, "degradation")
-  assert "| 8 |" in text
-  assert {r["model"] for r in res["rows"]} == {"plain8", "resnet8"}
-  assert all(r["final_step"] == 4 and r["test_top1_error"] is not None for r in res["rows"])
-  # Re-running finds the finished runs (no training) and writes the same table.
-  cli.analyze_command("degradation", [f"--out={deg}", "--depths=8", *tiny])
-  assert open(os.path.join(deg, "degradation.md")).read() == text
+  assert "| plain8 | 2 |" in text and "| resnet8 | 1 |" in text
+  members = [("plain8", 0), ("plain8", 1), ("resnet8", 0), ("resnet8", 1)]
+  result = _check_degradation_json(deg, members)
+  assert len(res["runs"]) == 4
+  # The final training error is the whole training split (4,000 digits) in inference mode.
+  cached = json.load(open(os.path.join(deg, "runs", "resnet8_seed1", "final_train_error.json")))
+  assert (
+    cached["split"] == "train" and cached["top1_error"] == result["runs"][3]["final_train_error"]
+  )
+
+  # A member's command re-runs it alone into another --out and writes the same json shape there.
+  member = result["runs"][3]
+  args = shlex.split(member["command"])[3:]
+  assert args[-1] == "--out=DIR"
+  alone = os.path.join(out, "alone")
+  cli.analyze_command("degradation", [*args[:-1], f"--out={alone}"])
+  (again,) = _check_degradation_json(alone, [("resnet8", 1)])["runs"]
+  assert again["command"] == member["command"]
+  assert again["final_train_error"] == pytest.approx(member["final_train_error"], abs=0.01)
+
+  # --report_only: the figure and Markdown from the json alone (no runs, no checkpoints).
+  shutil.move(os.path.join(deg, "runs"), os.path.join(out, "runs_elsewhere"))
+  os.remove(os.path.join(deg, "degradation.md"))
+  cli.analyze_command("degradation", [f"--out={deg}", "--report_only"])
+  assert _assert_outputs(deg, "degradation") == text
+  shutil.move(os.path.join(out, "runs_elsewhere"), os.path.join(deg, "runs"))
 
   runs = os.path.join(deg, "runs")
-  _check_runs_reads_back(os.path.join(runs, "resnet8"))
+  _check_runs_reads_back(os.path.join(runs, "resnet8_seed0"))
   res = cli.analyze_command(
     "layer_responses", [f"--out={out}/lr", f"--runs={runs}", "--num_images=16"]
   )
-  _assert_outputs(f"{out}/lr", "layer_responses")
-  assert [len(r["std"]) for r in res["results"]] == [7, 7]
+  lr_text = _assert_outputs(f"{out}/lr", "layer_responses")
+  assert [len(r["std"]) for r in res["results"]] == [7, 7, 7, 7]
+  assert [(r["model"], r["seed"]) for r in res["results"]] == members
+  assert "| plain8 (x0.25) | 2 |" in lr_text  # one row per net, its seeds together
 
+  two = f"{runs}/plain8_seed0,{runs}/resnet8_seed0"
   res = cli.analyze_command(
-    "gradient_flow", [f"--out={out}/gf", f"--runs={runs}", "--num_images=8"]
+    "gradient_flow", [f"--out={out}/gf", f"--workdirs={two}", "--num_images=8"]
   )
   _assert_outputs(f"{out}/gf", "gradient_flow")
   assert sorted(r["when"] for r in res["results"]) == ["init", "init", "trained", "trained"]
 
   res = cli.analyze_command(
-    "test_time", [f"--out={out}/tt", f"--workdirs={runs}/resnet8", "--scales=28,32"]
+    "test_time", [f"--out={out}/tt", f"--workdirs={runs}/resnet8_seed0", "--scales=28,32"]
   )
   _assert_outputs(f"{out}/tt", "test_time")
   assert [r["method"] for r in res["rows"]] == ["center", "ten_crop", "full_conv"]
@@ -225,3 +265,51 @@ def test_shortcut_parameter_counts():
   assert counts["none"] == counts["A"] < counts["B"] < counts["C"]
   # B: 1x1 convs 4->8 and 8->16 plus their BNs (scale, bias).
   assert counts["B"] - counts["A"] == (4 * 8 + 2 * 8) + (8 * 16 + 2 * 16)
+
+
+def test_committed_degradation_report_regenerates_from_its_json():
+  """docs/figures/degradation.md is what the report makes of docs/figures/degradation.json."""
+  figures = os.path.join(os.path.dirname(__file__), "..", "docs", "figures")
+  result = json.load(open(os.path.join(figures, "degradation.json")))
+  assert open(os.path.join(figures, "degradation.md")).read() == degradation.markdown(result)
+  assert len({r["seed"] for r in result["runs"]}) >= 3
+
+
+def test_degradation_conditions():
+  def run(model, seed, train, test):
+    fam = "plain" if model.startswith("plain") else "resnet"
+    depth = int(model[len(fam) :])
+    return {
+      "model": model,
+      "family": fam,
+      "depth": depth,
+      "seed": seed,
+      "final_train_error": train,
+      "final_test_error": test,
+    }
+
+  runs_ = [
+    run("plain20", 0, 0.03, 0.04),
+    run("plain56", 0, 0.4, 0.4),
+    run("resnet20", 0, 0.03, 0.04),
+    run("resnet56", 0, 0.02, 0.03),
+  ]
+  assert [ok for _, ok in degradation.conditions(runs_)] == [True, True, True, True]
+  runs_[3] = run("resnet56", 0, 0.5, 0.5)  # a residual-56 worse than plain-56 and resnet-20
+  assert [ok for _, ok in degradation.conditions(runs_)] == [True, False, False, False]
+
+
+def test_ten_crop_follows_the_datasets_training():
+  """Digits train without flips, shifted by a 2-pixel pad: their ten views are the five crops of
+  the padded image, unmirrored; a flipped dataset keeps the paper's mirrored views."""
+  from resnet_jax.data import augment
+
+  image = np.random.default_rng(0).integers(0, 255, (28, 28, 1)).astype(np.uint8)
+  kw = dict(image_size=28, resize_size=None, mean=[0.0], std=[1.0], channels=1)
+  views = augment.eval_transform("ten_crop", train_augment="digits", **kw)(image).numpy()
+  assert views.shape == (10, 28, 28, 1)
+  np.testing.assert_array_equal(views[5:], views[:5])  # no mirrored views
+  np.testing.assert_array_equal(views[4], image)  # the centre crop of the padded image
+  np.testing.assert_array_equal(views[0][2:, 2:], image[:-2, :-2])  # a corner: shifted by 2
+  flipped = augment.eval_transform("ten_crop", train_augment="cifar", **kw)(image).numpy()
+  np.testing.assert_array_equal(flipped[5:], flipped[:5, :, ::-1])

@@ -2,10 +2,11 @@
 fully-convolutional multi-scale, for a checkpoint, through ``train.loop.evaluate`` (the training
 program's evaluator).
 
-10-crop: the four corners and the centre crop plus their flips, softmax averaged. full_conv: the
-whole image resized to each shorter side in ``scales``, the net applied fully convolutionally,
-scores averaged over scales. On 28x28 digits (no resize before the crop) the ten crops all equal
-the image, so ten_crop is the centre crop and its flip.
+10-crop: the four corners and the centre crop plus their flips, softmax averaged; it follows the
+dataset's training (``data.augment.eval_transform``): on the digits, trained without flips and
+with a 2-pixel pad + random crop, the views are the five crops of the image padded by 2 pixels,
+unmirrored. full_conv: the whole image resized to each shorter side in ``scales``, the net applied
+fully convolutionally, scores averaged over scales.
 """
 
 from __future__ import annotations
