@@ -94,6 +94,11 @@ _MARKED = {
   "test_weights.py::test_eval_logits_match_torchvision": "slow",
   "test_weights.py::test_finetune_digits_from_converted_checkpoint": "e2e",
   "test_data.py::test_tensorflow_loads_without_keras_and_tf_keras_still_works": "slow",
+  "test_data.py::test_randaugment_and_erasing_are_a_function_of_seed_step_and_example": "slow",
+  "test_onednn.py::test_conv_and_both_gradients_equal_lax_conv": "slow",
+  "test_profile.py::test_a_tiny_run_leaves_a_trace_of_its_profiled_steps": "e2e",
+  "test_steps.py::test_one_step_is_sgd_with_l2_on_the_gradient_of_the_cross_entropy": "slow",
+  "test_sweep.py::test_the_front_door_runs_a_sweep_and_a_default_member_names_no_config_file": "e2e",
 }
 
 
