@@ -395,25 +395,40 @@ def mix_config(config) -> mixing.MixConfig:
 
 def _restore(config, ckpt, par, template, step=None):
   """``ckpt.restore`` into ``template``, also when the checkpoint holds an EMA the config does not
-  ask for (it is dropped) or lacks one it asks for (the average starts from the restored
-  variables, as at step 0)."""
+  ask for (it is dropped), lacks one it asks for (the average starts from the restored variables,
+  as at step 0), or was written before the train state had an ``ema`` field at all."""
   kwargs = {"expect_meta": _expect_meta(config), "sharding": par.restore_sharding}
   try:
     return ckpt.restore(template, step, **kwargs)
   except checkpoint_lib.CheckpointError as error:
-    if template.ema is None:
-      other = template.replace(ema={"params": template.params, "batch_stats": template.batch_stats})
-    else:
-      other = template.replace(ema=None)
+    first_error = error
+  other_ema = (
+    template.replace(ema={"params": template.params, "batch_stats": template.batch_stats})
+    if template.ema is None
+    else template.replace(ema=None)
+  )
+  for candidate in (other_ema, _fields_before_ema(template)):
     try:
-      state, meta = ckpt.restore(other, step, **kwargs)
+      state, meta = ckpt.restore(candidate, step, **kwargs)
+      break
     except checkpoint_lib.CheckpointError:
-      raise error from None
+      continue
+  else:
+    raise first_error from None
+  if isinstance(state, dict):
+    state = template.replace(**state, ema=None)
   if template.ema is None:
-    logging.info("config.ema_decay is 0: the checkpoint's moving average is not used")
+    logging.info("config.ema_decay is 0: the checkpoint's moving average (if any) is not used")
     return state.replace(ema=None), meta
   logging.info("the checkpoint has no moving average: it starts from the restored variables")
   return state.replace(ema=state_lib.initial_ema(state.params, state.batch_stats)), meta
+
+
+def _fields_before_ema(template) -> dict:
+  """The train state as checkpoints written before the ``ema`` field hold it: the other fields."""
+  return {
+    f.name: getattr(template, f.name) for f in dataclasses.fields(template) if f.name != "ema"
+  }
 
 
 def _step(run: _Run, batches: Iterator):
