@@ -59,7 +59,7 @@ def converted_resnet18(tmp_path_factory):
   rng = np.random.default_rng(0)
   state_dict = {}
   for path, leaf in expected.items():
-    key, transform = weights._torch_key(path[0], path[1:])
+    key, transform = weights._torch_key(path[0], path[1:], ndim=len(leaf.shape))
     shape = weights._torch_shape(leaf.shape, transform)
     if key.endswith("running_var") or key.endswith("bn1.weight") or key.endswith("bn2.weight"):
       value = 0.5 + rng.random(shape)
