@@ -12,6 +12,7 @@ needs it. Bad input ends with one line on stderr naming the problem and the fix,
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import difflib
 import os
@@ -241,6 +242,15 @@ def _define_bench_flags(fv: flags.FlagValues) -> None:
   _define_cpu_devices(fv)
 
 
+def _override_value(text: str):
+  """``--override`` values as Python literals (0.25, (1, 1, 1), true/false); anything else a string."""
+  lowered = {"true": "True", "false": "False"}.get(text.lower(), text)
+  try:
+    return ast.literal_eval(lowered)
+  except (ValueError, SyntaxError):
+    return text
+
+
 def _bench(fv, positionals):
   _no_positionals(positionals)
   runtime.start()
@@ -252,7 +262,7 @@ def _bench(fv, positionals):
     if "=" not in field_value:
       raise UsageError(f"--override={field_value}: give FIELD=VALUE, e.g. scan_blocks=true")
     key, value = field_value.split("=", 1)
-    overrides[key] = {"true": True, "false": False}.get(value.lower(), value)
+    overrides[key] = _override_value(value)
   if fv.inference:  # one device using every core: batch 1 cannot be split
     report = bench.inference_benchmark(
       model, tuple(sorted({1, fv.batch_size})), fv.image_size, fv.steps, fv.loop_rounds, fv.jsonl

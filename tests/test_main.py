@@ -136,3 +136,12 @@ def test_onednn_runs_on_one_cpu_device_unless_asked_otherwise(monkeypatch, insta
   assert main._cpu_devices("auto", "") == main._cpu_devices("auto", "auto")
   assert main._cpu_devices("auto", "auto") == ("1" if installed else "auto")
   assert main._cpu_devices("2", "onednn") == "2"  # an explicit count is the user's decision
+
+
+def test_bench_override_values_are_python_literals():
+  from resnet_jax import main
+
+  assert main._override_value("0.25") == 0.25
+  assert main._override_value("(1, 1, 1)") == (1, 1, 1)
+  assert main._override_value("true") is True and main._override_value("False") is False
+  assert main._override_value("onednn") == "onednn"
