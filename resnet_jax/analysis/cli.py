@@ -115,10 +115,10 @@ def _define_degradation_flags(fv: flags.FlagValues) -> None:
   )
   flags.DEFINE_enum(
     "conv_impl",
-    "xla",
+    "auto",
     ["xla", "onednn", "auto"],
-    "Convolution implementation of every run. xla (with the CPU split into one device per "
-    "core, --cpu_devices) was the faster for these narrow nets at batch 128 (docs/analyses.md).",
+    "Convolution implementation of every run. auto = oneDNN where the [cpu] extra is installed: "
+    "measured faster than XLA's split CPU for these narrow nets at batch 128 (docs/analyses.md).",
     flag_values=fv,
   )
   flags.DEFINE_bool(
