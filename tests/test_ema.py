@@ -1,38 +1,25 @@
 """The moving average of parameters and BN statistics: its update, its place in checkpoints (old
 ones without it still restore), its resume, and serving choosing it."""
 
-import functools
 import json
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from resnet_jax import runs
 from resnet_jax.checkpoint import Checkpointer
 from resnet_jax.train import config as config_lib
-from resnet_jax.train import loop, optim, parallel, state as state_lib, steps
-from tiny_nets import IMAGE, NUM_CLASSES, DenseBnDropout, batch, on_one_device
+from resnet_jax.train import loop, parallel
+from tiny_nets import batch, train_step_on_one_device
 
 
 def _setup(ema_decay):
-  model = DenseBnDropout()
   c = config_lib.base_config()
   c.update(learning_rate=0.3, schedule="constant", ema_decay=ema_decay)
-  variables = model.init(jax.random.key(0), jnp.zeros((1, *IMAGE)), train=False)
-  tx = optim.create_optimizer(c, variables["params"])
-  state = state_lib.train_state_from_variables(variables, tx, use_ema=ema_decay > 0)
-  step = functools.partial(
-    steps.train_step,
-    model=model,
-    tx=tx,
-    schedule=optim.create_schedule(c),
-    num_classes=NUM_CLASSES,
-    ema_decay=ema_decay,
-  )
-  return c, tx, state, on_one_device(step)
+  _, tx, state, step = train_step_on_one_device(c, ema_decay=ema_decay)
+  return c, tx, state, step
 
 
 def test_ema_is_decay_times_ema_plus_one_minus_decay_times_the_new_variables_each_step():

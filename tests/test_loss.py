@@ -1,7 +1,6 @@
 """The losses and the train step's inputs: BCE against its formula, mixup/cutmix and dropout keys in
 the step against a hand-written step, and bad keys refused in one line by the CLI."""
 
-import functools
 import os
 import subprocess
 
@@ -13,8 +12,8 @@ import pytest
 
 from conftest import REPO, command_env, train_command
 from resnet_jax.train import config as config_lib
-from resnet_jax.train import mixing, optim, state as state_lib, steps
-from tiny_nets import IMAGE, NUM_CLASSES, DenseBnDropout, batch, on_one_device
+from resnet_jax.train import mixing, steps
+from tiny_nets import NUM_CLASSES, batch, train_step_on_one_device
 
 
 def _bce(x, t):
@@ -46,21 +45,10 @@ def test_bce_threshold_turns_targets_above_it_into_ones_and_the_rest_into_zeros(
 
 
 def _step_and_state(**train_kwargs):
-  model = DenseBnDropout()
   c = config_lib.base_config()
   c.update(weight_decay=0.0, momentum=0.0, learning_rate=0.5, schedule="constant")
-  variables = model.init(jax.random.key(0), jnp.zeros((1, *IMAGE)), train=False)
-  tx = optim.create_optimizer(c, variables["params"])
-  state = state_lib.train_state_from_variables(variables, tx)
-  step = functools.partial(
-    steps.train_step,
-    model=model,
-    tx=tx,
-    schedule=optim.create_schedule(c),
-    num_classes=NUM_CLASSES,
-    **train_kwargs,
-  )
-  return model, state, on_one_device(step)
+  model, _, state, step = train_step_on_one_device(c, **train_kwargs)
+  return model, state, step
 
 
 def test_train_step_mixes_on_device_feeds_dropout_and_takes_the_bce_gradient():

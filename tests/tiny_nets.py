@@ -1,9 +1,15 @@
 """A dense net with BatchNorm and dropout: the train step's arithmetic in a compile of seconds."""
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from resnet_jax.train import optim
+from resnet_jax.train import state as state_lib
+from resnet_jax.train import steps
 
 NUM_CLASSES = 3
 IMAGE = (4, 4, 1)
@@ -38,3 +44,21 @@ def on_one_device(fn):
     return jax.tree_util.tree_map(lambda x: x[0], out)
 
   return call
+
+
+def train_step_on_one_device(config, **train_kwargs):
+  """(model, tx, state, step): the real ``train_step`` for :class:`DenseBnDropout` under
+  ``config`` (its optimizer, schedule and ``ema_decay``), run by :func:`on_one_device`."""
+  model = DenseBnDropout()
+  variables = model.init(jax.random.key(0), jnp.zeros((1, *IMAGE)), train=False)
+  tx = optim.create_optimizer(config, variables["params"])
+  state = state_lib.train_state_from_variables(variables, tx, use_ema=config.ema_decay > 0)
+  step = functools.partial(
+    steps.train_step,
+    model=model,
+    tx=tx,
+    schedule=optim.create_schedule(config),
+    num_classes=NUM_CLASSES,
+    **train_kwargs,
+  )
+  return model, tx, state, on_one_device(step)
