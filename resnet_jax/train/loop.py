@@ -415,8 +415,8 @@ def _restore(config, ckpt, par, template, step=None):
       continue
   else:
     raise first_error from None
-  if isinstance(state, dict):
-    state = template.replace(**state, ema=None)
+  if isinstance(state, dict):  # a checkpoint from before the ema field: set just below
+    state = template.replace(**state)
   if template.ema is None:
     logging.info("config.ema_decay is 0: the checkpoint's moving average (if any) is not used")
     return state.replace(ema=None), meta
