@@ -141,7 +141,7 @@ def _train_or_eval(fv: flags.FlagValues, mode: str) -> None:
   workdir = _require(fv, "workdir")
   split = runtime.start(
     cpu_devices=_cpu_devices(fv.cpu_devices, config.model_overrides.get("conv_impl", "")),
-    batch_sizes=[config.global_batch_size],
+    batch_sizes=[config.global_batch_size, config.eval_batch_size or config.global_batch_size],
     compilation_cache=fv.compilation_cache,
     distributed=True,
   )

@@ -11,6 +11,30 @@ import pytest
 
 from resnet_jax import runtime
 
+# Every program a test compiles is tiny and runs a few steps, so XLA's compile time is most of
+# the suite's: with its backend optimisation (LLVM's passes) off a tiny run takes half the CPU
+# time. Results move in their last bits, so the tests' processes and every subprocess they start
+# use the same flags and runs that must agree exactly still do. (pytest-xdist's workers inherit
+# the controller's environment and import this file again: the flag goes in once.)
+TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
+if TEST_XLA_FLAGS not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".strip()
+
+# One persistent XLA cache for the test session (not the user's), for the tests' own processes and
+# every subprocess: the same tiny programs are compiled once instead of once per run. JAX reads
+# these when it loads, so they are set before anything imports it; pytest-xdist's workers inherit
+# the controller's environment, so they share its cache, and whoever made it removes it at exit.
+if not os.environ.get("RESNET_JAX_TEST_XLA_CACHE"):
+  os.environ["RESNET_JAX_TEST_XLA_CACHE"] = tempfile.mkdtemp(prefix="resnet_jax_xla_cache_")
+  atexit.register(shutil.rmtree, os.environ["RESNET_JAX_TEST_XLA_CACHE"], ignore_errors=True)
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.environ["RESNET_JAX_TEST_XLA_CACHE"])
+# A size bound makes JAX lock the cache around reads and writes: processes of different test files
+# share it, and one must not read an entry another is still writing. It also makes every write scan
+# the whole cache, so the ~20 ms compiles of single operations run eagerly are not kept: a step,
+# an evaluation or an initialisation takes longer than the threshold.
+os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(4 << 30))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+
 # The tests' process set-up is the front door's, with TensorFlow's warnings off too.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 runtime.setup()
@@ -19,25 +43,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_CONFIG = os.path.join(REPO, "tests", "configs", "tiny_digits.py")
 
 
-# One persistent XLA cache for every subprocess of this test session (not the user's): the same
-# tiny programs are compiled once instead of once per run. pytest-xdist's workers inherit the
-# controller's environment, so they share its cache; whoever made it removes it at exit.
-_CACHE = os.environ.get("RESNET_JAX_TEST_XLA_CACHE")
-if not _CACHE:
-  _CACHE = os.environ["RESNET_JAX_TEST_XLA_CACHE"] = tempfile.mkdtemp(
-    prefix="resnet_jax_xla_cache_"
-  )
-  atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
-
-
 def command_env(devices: int = 1, **extra) -> dict:
   env = dict(os.environ)
-  env.setdefault("JAX_COMPILATION_CACHE_DIR", _CACHE)
-  env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-  # A size bound makes JAX lock the cache around reads and writes: processes of different test
-  # files now share it, and one must not read an entry another is still writing.
-  env.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(4 << 30))
-  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices} {TEST_XLA_FLAGS}"
   env["PYTHONPATH"] = REPO
   env.update({k: str(v) for k, v in extra.items()})
   return env

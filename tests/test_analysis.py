@@ -100,10 +100,10 @@ def test_gradient_norms_equal_hand_built_loss(name):
     )
     return xent(logits)
 
-  gp = jax.grad(loss_p)(v["params"])
+  gp = jax.jit(jax.grad(loss_p))(v["params"])
   for k, n in enumerate(g["blocks"]):
     np.testing.assert_allclose(g["param_grad_norm"][k], float(optax.global_norm(gp[n])), rtol=1e-4)
-  np.testing.assert_allclose(g["loss"], float(loss_p(v["params"])), rtol=1e-5)
+  np.testing.assert_allclose(g["loss"], float(jax.jit(loss_p)(v["params"])), rtol=1e-5)
 
   # Block inputs: the block's input captured, the rest of the net rebuilt by hand, jax.grad.
   _, inter = model.apply(
@@ -115,9 +115,9 @@ def test_gradient_norms_equal_hand_built_loss(name):
       block_in = nn.relu(inter["stem_bn"]["__call__"][0])
     else:
       block_in = inter[g["blocks"][k - 1]]["__call__"][0]
-    gx = jax.grad(lambda z, k=k: xent(_rest_of_net(model, v["params"], v["batch_stats"], z, k)))(
-      block_in
-    )
+    gx = jax.jit(
+      jax.grad(lambda z, k=k: xent(_rest_of_net(model, v["params"], v["batch_stats"], z, k)))
+    )(block_in)
     np.testing.assert_allclose(g["input_grad_norm"][k], float(jnp.linalg.norm(gx)), rtol=1e-4)
 
 
@@ -191,20 +191,21 @@ def test_commands_end_to_end(tmp_path):
   out = str(tmp_path)
   tiny = ["--steps=4", "--width=0.25", "--batch_size=32", "--evals=2"]
   deg = os.path.join(out, "deg")
-  res = cli.analyze_command("degradation", [f"--out={deg}", "--depths=8", "--seeds=0,1", *tiny])
+  # One seed: the report's statistics over seeds are held by the committed 3-seed report's test.
+  res = cli.analyze_command("degradation", [f"--out={deg}", "--depths=8", "--seeds=1", *tiny])
   text = _assert_outputs(deg, "degradation")
-  assert "| plain8 | 2 |" in text and "| resnet8 | 1 |" in text
-  members = [("plain8", 0), ("plain8", 1), ("resnet8", 0), ("resnet8", 1)]
+  assert "| plain8 | 1 |" in text and "| resnet8 | 1 |" in text  # one seed each
+  members = [("plain8", 1), ("resnet8", 1)]
   result = _check_degradation_json(deg, members)
-  assert len(res["runs"]) == 4
+  assert len(res["runs"]) == 2
   # The final training error is the whole training split (4,000 digits) in inference mode.
   cached = json.load(open(os.path.join(deg, "runs", "resnet8_seed1", "final_train_error.json")))
   assert (
-    cached["split"] == "train" and cached["top1_error"] == result["runs"][3]["final_train_error"]
+    cached["split"] == "train" and cached["top1_error"] == result["runs"][1]["final_train_error"]
   )
 
   # A member's command re-runs it alone into another --out and writes the same json shape there.
-  member = result["runs"][3]
+  member = result["runs"][1]
   args = shlex.split(member["command"])[3:]
   assert args[-1] == "--out=DIR"
   alone = os.path.join(out, "alone")
@@ -221,16 +222,16 @@ def test_commands_end_to_end(tmp_path):
   shutil.move(os.path.join(out, "runs_elsewhere"), os.path.join(deg, "runs"))
 
   runs = os.path.join(deg, "runs")
-  _check_runs_reads_back(os.path.join(runs, "resnet8_seed0"))
+  _check_runs_reads_back(os.path.join(runs, "resnet8_seed1"))
   res = cli.analyze_command(
     "layer_responses", [f"--out={out}/lr", f"--runs={runs}", "--num_images=16"]
   )
   lr_text = _assert_outputs(f"{out}/lr", "layer_responses")
-  assert [len(r["std"]) for r in res["results"]] == [7, 7, 7, 7]
+  assert [len(r["std"]) for r in res["results"]] == [7, 7]
   assert [(r["model"], r["seed"]) for r in res["results"]] == members
-  assert "| plain8 (x0.25) | 2 |" in lr_text  # one row per net, its seeds together
+  assert "| plain8 (x0.25) | 1 |" in lr_text  # one row per net, its seeds together
 
-  two = f"{runs}/plain8_seed0,{runs}/resnet8_seed0"
+  two = f"{runs}/plain8_seed1,{runs}/resnet8_seed1"
   res = cli.analyze_command(
     "gradient_flow", [f"--out={out}/gf", f"--workdirs={two}", "--num_images=8"]
   )
@@ -238,7 +239,7 @@ def test_commands_end_to_end(tmp_path):
   assert sorted(r["when"] for r in res["results"]) == ["init", "init", "trained", "trained"]
 
   res = cli.analyze_command(
-    "test_time", [f"--out={out}/tt", f"--workdirs={runs}/resnet8_seed0", "--scales=28,32"]
+    "test_time", [f"--out={out}/tt", f"--workdirs={runs}/resnet8_seed1", "--scales=28,32"]
   )
   _assert_outputs(f"{out}/tt", "test_time")
   assert [r["method"] for r in res["rows"]] == ["center", "ten_crop", "full_conv"]

@@ -155,10 +155,10 @@ def test_bench_command_splits_the_cpu_and_counts_the_whole_batch(tmp_path):
   FLOPs and images/s are those of the whole batch, and the run says how it was split."""
   import subprocess
   import sys
-  from conftest import REPO, command_env
+  from conftest import REPO, TEST_XLA_FLAGS, command_env
 
   env = command_env()
-  env.pop("XLA_FLAGS")
+  env["XLA_FLAGS"] = TEST_XLA_FLAGS  # no device count: bench splits the CPU itself
   out = tmp_path / "bench.jsonl"
   proc = subprocess.run(
     [

@@ -1,14 +1,11 @@
-"""The moving average of parameters and BN statistics: its update, its place in checkpoints (old
-ones without it still restore), its resume, and serving choosing it."""
-
-import json
-import os
+"""The moving average of parameters and BN statistics: its update and its place in checkpoints (old
+ones without it still restore). Its resume and serving's choice of it are test_modern's tiny run
+with every ingredient on."""
 
 import jax
 import numpy as np
 import pytest
 
-from resnet_jax import runs
 from resnet_jax.checkpoint import Checkpointer
 from resnet_jax.train import config as config_lib
 from resnet_jax.train import loop, parallel
@@ -85,59 +82,3 @@ def test_checkpoints_restore_whether_or_not_either_side_keeps_an_average(
     )
     for a, b in zip(jax.tree_util.tree_leaves(restored.ema), jax.tree_util.tree_leaves(want)):
       np.testing.assert_array_equal(a, b)
-
-
-# Every training-step ingredient on, on the tiny net: the resume must reproduce all of them.
-MODERN = (
-  "--config.ema_decay=0.6",
-  "--config.optimizer=lamb",
-  "--config.learning_rate=0.01",
-  "--config.weight_decay=0.01",
-  "--config.loss=bce",
-  "--config.bce_target_threshold=0.2",
-  "--config.label_smoothing=0.1",
-  "--config.mixup_alpha=0.2",
-  "--config.cutmix_alpha=1.0",
-)
-
-
-def _state(workdir, step=None):
-  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True, async_save=False)
-  try:
-    return ckpt.read_state(step)
-  finally:
-    ckpt.close()
-
-
-@pytest.mark.e2e
-def test_a_run_stopped_and_resumed_ends_with_the_same_average_and_serves_it(tmp_path, run_main):
-  straight, stopped = str(tmp_path / "straight"), str(tmp_path / "stopped")
-  for workdir, extra in (
-    (straight, ()),
-    (stopped, ("--config.stop_after_steps=3",)),
-    (stopped, ()),
-  ):
-    proc = run_main(workdir, *MODERN, *extra)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-  assert "resumed from" in proc.stderr
-  a, b = _state(straight, 6), _state(stopped, 6)
-  assert set(a) == set(b) and "ema" in a
-  leaves_a, leaves_b = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
-  assert len(leaves_a) == len(leaves_b)
-  assert all(np.array_equal(x, y) for x, y in zip(leaves_a, leaves_b))
-  assert not np.array_equal(a["ema"]["params"]["head"]["kernel"], a["params"]["head"]["kernel"])
-
-  with open(os.path.join(straight, "DONE")) as f:
-    done = json.load(f)
-  assert {"eval_top1_error", "eval_ema_top1_error", "eval_ema_loss"} <= set(done), done
-
-  served = runs.load(straight, use_ema=None)
-  assert served.ema
-  np.testing.assert_array_equal(
-    served.variables["params"]["head"]["kernel"], a["ema"]["params"]["head"]["kernel"]
-  )
-  trained = runs.load(straight)
-  assert not trained.ema
-  np.testing.assert_array_equal(
-    trained.variables["params"]["head"]["kernel"], a["params"]["head"]["kernel"]
-  )

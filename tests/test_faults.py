@@ -23,7 +23,7 @@ import time
 
 import pytest
 
-from conftest import REPO, command_env, train_command
+from conftest import REPO, TEST_XLA_FLAGS, command_env, train_command
 
 pytestmark = pytest.mark.multiprocess
 
@@ -187,7 +187,8 @@ def chain(tmp_path_factory):
   port = _free_port()
   env = {k: v for k, v in command_env(1).items() if not k.startswith("RESNET_JAX_")}
   env.update(TF_CPP_MIN_LOG_LEVEL="1", PYTHONPATH=REPO)
-  env.pop("XLA_FLAGS")  # local.sh sets the device count
+  # local.sh adds the device count to the test flags (the chain's other runs compile with them).
+  env["XLA_FLAGS"] = TEST_XLA_FLAGS
   launcher = subprocess.Popen(
     [
       "bash",

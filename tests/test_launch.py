@@ -42,7 +42,11 @@ def fake_bin(tmp_path):
       f"open({str(calls)!r}, 'a').write(json.dumps([{tool!r}, *sys.argv[1:]]) + '\\n')\n"
     )
     p.chmod(0o755)
-  env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "TPU_", "RESNET_JAX_"))}
+  env = {
+    k: v
+    for k, v in os.environ.items()
+    if not k.startswith(("SLURM_", "TPU_", "RESNET_JAX_")) and k != "XLA_FLAGS"
+  }
   env.update(PATH=f"{bindir}{os.pathsep}{env['PATH']}", TMPDIR=str(tmp_path))
 
   def recorded():

@@ -1,13 +1,15 @@
 """The modern-recipe ingredients together: the shipped recipe configs, the input keys' checks, and a
-tiny digits run with every ingredient on that stops at step 20 and resumes bit for bit."""
+tiny digits run with every ingredient on that stops at step 20 and resumes bit for bit, its moving
+average included, which evaluation reports and serving picks."""
 
+import json
 import os
 import re
 
 import numpy as np
 import pytest
 
-from resnet_jax import data, models
+from resnet_jax import data, models, runs
 from resnet_jax.train import config as config_lib
 from resnet_jax.train import loop
 from test_configs import CONFIG_DIR, load
@@ -22,7 +24,10 @@ EVERY_INGREDIENT = (
   "--config.ema_decay=0.99",
   "--config.optimizer=lamb",
   "--config.learning_rate=0.005",
+  "--config.weight_decay=0.01",
   "--config.loss=bce",
+  "--config.bce_target_threshold=0.2",
+  "--config.label_smoothing=0.1",
 )
 RECIPES = {
   "imagenet_resnet50d_tricks": 79.15,
@@ -155,5 +160,15 @@ def test_every_ingredient_on_stopped_at_step_20_and_resumed_equals_the_uninterru
   assert {s: losses(stopped)[s] for s in range(21, 25)} == {s: reference[s] for s in range(21, 25)}
   # The ingredients did something: the EMA is not the raw weights.
   ema, params = state_a["ema"], state_a["params"]
-  assert not tree_equal(ema.get("params", ema), params)
+  assert not tree_equal(ema["params"], params)
   assert np.isfinite(list(reference.values())).all()
+
+  # Evaluation reports the average beside the weights; serving loads the average unless asked not to.
+  with open(os.path.join(straight, "DONE")) as f:
+    done = json.load(f)
+  assert {"eval_top1_error", "eval_ema_top1_error", "eval_ema_loss"} <= set(done), done
+  served, trained = runs.load(straight, use_ema=None), runs.load(straight)
+  assert served.ema and not trained.ema
+  head = lambda variables: variables["params"]["head"]["kernel"]
+  np.testing.assert_array_equal(head(served.variables), head(ema))
+  np.testing.assert_array_equal(head(trained.variables), head(state_a))

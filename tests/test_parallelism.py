@@ -164,6 +164,12 @@ def runs(tmp_path_factory):
   return d
 
 
+def test_the_device_count_is_invisible_to_the_optimisation(runs):
+  """Cross-replica BN and pmean'd gradients: one global batch on 1, 2 or 4 devices trains alike."""
+  for devices in (2, 4):
+    assert_same_training(runs["pmap", devices], runs["pmap", 1])
+
+
 def test_jit_trains_like_pmap_on_1_2_4_devices(runs):
   for devices in (1, 2, 4):
     assert_same_training(runs["jit", devices], runs["pmap", devices])

@@ -282,39 +282,6 @@ def test_sigterm_saves_the_step_it_announces_exits_zero_and_resumes(straight_run
   resume_and_compare(workdir, saved_at, straight_run, tmp_path)
 
 
-def test_same_global_batch_on_1_2_4_devices_gives_the_same_losses(tmp_path):
-  """Cross-replica BN + pmean'd gradients: the device count is invisible to the optimisation."""
-  procs, dirs = [], []
-  for devices in (1, 2, 4):
-    workdir = str(tmp_path / f"d{devices}")
-    dirs.append(workdir)
-    procs.append(
-      subprocess.Popen(
-        train_command(workdir, "--config.num_train_steps=4", "--config.checkpoint_every_steps=100"),
-        env=command_env(devices),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=REPO,
-      )
-    )
-  try:
-    for p in procs:
-      assert p.wait(timeout=400) == 0, p.stderr.read()[-3000:]
-  finally:
-    for p in procs:
-      p.kill()
-  reference = losses(dirs[0])
-  assert len(reference) == 4
-  for workdir in dirs[1:]:
-    got = losses(workdir)
-    assert got.keys() == reference.keys()
-    np.testing.assert_allclose(
-      [got[s] for s in sorted(got)], [reference[s] for s in sorted(reference)], atol=1e-5
-    )
-    assert json.load(open(os.path.join(workdir, "DONE")))["eval_count"] == 1000
-
-
 def test_corrupt_checkpoint_is_named_and_nothing_is_touched(straight_run, tmp_path, run_main):
   import shutil
 

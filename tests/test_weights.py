@@ -190,7 +190,9 @@ def test_eval_logits_match_torchvision(name):
     f"(max|logit| {scale:.2f})"
   )
   assert scale > 0.1  # the logits are not trivially small
-  assert diff <= 1e-5
+  # float32 summation order differs between the two libraries (and with the host's threads): about
+  # 17 units in the last place of the largest logit. Full-depth resnet34 (logits ~13) is at 1.2e-5.
+  assert diff <= 2e-6 * scale
 
 
 @pytest.mark.parametrize("name", weights.SUPPORTED)

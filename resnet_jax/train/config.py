@@ -65,6 +65,9 @@ def _model_keys(c: ml_collections.ConfigDict) -> None:
 def _optimisation_keys(c: ml_collections.ConfigDict) -> None:
   """Batch, length and optimizer; resnet_jax.train.optim's docstring documents each key."""
   c.global_batch_size = 128
+  # Examples per evaluation batch over all devices; 0 = global_batch_size. Inference keeps no
+  # activations for a backward pass, so a larger batch fits and a split is read in fewer steps.
+  c.eval_batch_size = 0
   c.num_train_steps = 1000
   c.optimizer = "sgd"  # 'sgd' | 'lamb' | 'lars' | 'adamw'
   c.learning_rate = 0.1
@@ -252,6 +255,7 @@ def _validate_ranges(config, bad) -> None:
     if not config[key] > 0:
       bad(key, "must be positive")
   for key in (
+    "eval_batch_size",
     "weight_decay",
     "momentum",
     "label_smoothing",

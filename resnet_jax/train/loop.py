@@ -61,11 +61,17 @@ def check_config(config):
     config, known_models=models.list_models(), known_datasets=data_lib.list_datasets()
   )
   devices = jax.device_count()
-  if config.global_batch_size % devices:
-    raise ValueError(
-      f"config.global_batch_size={config.global_batch_size} is not divisible by the "
-      f"{devices} devices; choose a multiple of {devices}"
-    )
+  for key in ("global_batch_size", "eval_batch_size"):
+    if config[key] % devices:
+      raise ValueError(
+        f"config.{key}={config[key]} is not divisible by the {devices} devices; choose a "
+        f"multiple of {devices}"
+      )
+
+
+def eval_batch_size(config) -> int:
+  """Examples per evaluation batch over all devices (``config.eval_batch_size``, 0 = training's)."""
+  return config.eval_batch_size or config.global_batch_size
 
 
 def _data_kwargs(config) -> dict[str, Any]:
@@ -123,7 +129,7 @@ class Evaluator:
     c = self.config
     return data_lib.eval_batches(
       c.dataset,
-      global_batch_size=c.global_batch_size,
+      global_batch_size=eval_batch_size(c),
       method=method,
       scale=scale,
       split=c.eval_split or None,
@@ -609,7 +615,7 @@ def evaluate(config, workdir: str, step: int | None = None, method: str | None =
     iter(
       data_lib.eval_batches(
         config.dataset,
-        global_batch_size=config.global_batch_size,
+        global_batch_size=eval_batch_size(config),
         method="center",
         split=config.eval_split or None,
         **_eval_data_kwargs(config),

@@ -11,6 +11,7 @@ def get_config():
   c.model_overrides.stage_sizes = (1, 1, 1)
   c.dataset = "digits"
   c.global_batch_size = 16
+  c.eval_batch_size = 200  # the 1,000 test digits in 5 batches
   c.num_train_steps = 6
   c.learning_rate = 0.05
   c.schedule = "constant"  # independent of num_train_steps, so runs of any length agree
