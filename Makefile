@@ -27,14 +27,16 @@ $(STAMP): pyproject.toml | $(PY)
 
 # CI runs this target: style and lint first (seconds), then the suite. Most tests are one
 # single-threaded process at a time, so one pytest worker per core halves the wall time; a file's
-# tests stay on one worker so its module fixtures (shared training runs) run once.
+# tests stay on one worker so its module fixtures (shared training runs) run once, and files go
+# out longest first (tests/conftest.py orders them).
+PYTEST := $(PY) -m pytest -q -n auto --dist loadfile --no-loadscope-reorder
 test: lint
-	$(PY) -m pytest -q -n auto --dist loadfile
+	$(PYTEST)
 
 # The unit tier, for while you work: no slow, multi-process or end-to-end tests (pyproject's
 # markers); `make test` stays the one that must pass.
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -n auto --dist loadfile -m "not slow and not multiprocess and not e2e"
+	$(PYTEST) -m "not slow and not multiprocess and not e2e"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff format --check --quiet .

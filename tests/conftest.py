@@ -110,7 +110,32 @@ _MARKED = {
 }
 
 
+# The files that take longest (`--durations`), longest first: pytest-xdist hands out whole files in
+# collection order, so the long ones start first and neither worker is left with one at the end.
+# (`make test` turns off xdist's own order, by number of tests.) Other files follow in name order.
+_LONGEST_FIRST = (
+  "test_faults.py",
+  "test_train.py",
+  "test_gcs.py",
+  "test_bench.py",
+  "test_analysis.py",
+  "test_parallelism.py",
+  "test_models.py",
+  "test_weights.py",
+  "test_wheel.py",
+  "test_onednn.py",
+  "test_modern.py",
+  "test_serving.py",
+)
+
+
+def _file_rank(item) -> int:
+  name = os.path.basename(str(item.fspath))
+  return _LONGEST_FIRST.index(name) if name in _LONGEST_FIRST else len(_LONGEST_FIRST)
+
+
 def pytest_collection_modifyitems(config, items):
+  items.sort(key=_file_rank)  # stable: a file's tests keep their order
   for item in items:
     node = item.nodeid.rpartition("/")[2]
     for prefix, mark in _MARKED.items():

@@ -121,3 +121,17 @@ def test_drop_path_rate_leaves_the_checkpointed_architecture_as_before():
   plain = runs.architecture(c)
   c.model_overrides.drop_path_rate = 0.1
   assert "drop_path_rate" not in plain and runs.architecture(c) == plain
+
+
+def test_an_eval_batch_the_devices_cannot_share_is_refused_in_one_line(monkeypatch):
+  config = config_lib.digits()
+  config.eval_batch_size = 6
+  monkeypatch.setattr(loop.jax, "device_count", lambda: 4)
+  with pytest.raises(ValueError, match=r"^config.eval_batch_size=6 is not divisible by the 4 "):
+    loop.check_config(config)
+  config.eval_batch_size = -8
+  with pytest.raises(ValueError, match=r"^config.eval_batch_size=-8.*must not be negative"):
+    loop.check_config(config)
+  config.eval_batch_size = 0  # evaluation in batches of the training batch
+  loop.check_config(config)
+  assert loop.eval_batch_size(config) == config.global_batch_size == 128
