@@ -31,9 +31,9 @@ def _tiny(name, **kw):
     name, num_classes=NUM_CLASSES, width_multiplier=0.125, stage_sizes=(1, 1, 1), **kw
   )
   x = jax.random.normal(jax.random.key(1), (6, 8, 8, 1))
-  v = model.init(jax.random.key(0), x, train=False)
+  v = jax.jit(lambda rng, x: model.init(rng, x, train=False))(jax.random.key(0), x)
   # Non-trivial BN statistics, as after training.
-  _, upd = model.apply(v, x, train=True, mutable=["batch_stats"])
+  _, upd = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))(v, x)
   return model, {"params": v["params"], "batch_stats": upd["batch_stats"]}, x
 
 

@@ -76,9 +76,11 @@ def test_train_step_mixes_on_device_feeds_dropout_and_takes_the_bce_gradient():
     t = (targets > 0.2).astype(jnp.float32)
     return optax.sigmoid_binary_cross_entropy(logits, t).mean(), logits
 
-  (want_loss, logits), grads = jax.value_and_grad(loss, has_aux=True)(state.params)
+  (want_loss, logits), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(state.params)
   np.testing.assert_allclose(metrics["train_loss"], want_loss, rtol=1e-6)
-  want = jax.tree_util.tree_map(lambda p, g: p - 0.5 * g, state.params, grads)
+  want = jax.tree_util.tree_map(
+    lambda p, g: np.asarray(p) - 0.5 * np.asarray(g), state.params, grads
+  )
   for a, b in zip(jax.tree_util.tree_leaves(new.params), jax.tree_util.tree_leaves(want)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
   # With soft targets an example counts as the class its target weighs most.
