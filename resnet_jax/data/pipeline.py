@@ -118,6 +118,15 @@ def _to_devices(local_device_count):
   return fn
 
 
+def _graph_only(fn):
+  """``fn`` for ``Dataset.map`` traced as written, without AutoGraph's rewrite of its Python.
+
+  The input functions branch with ``tf.cond``/``tf.switch_case``, never Python ``if`` on a tensor,
+  so the rewrite changes nothing but costs a second of every process start (each map traced).
+  """
+  return tf.autograph.experimental.do_not_convert(fn)
+
+
 def _options(ds):
   opts = tf.data.Options()
   opts.deterministic = True
@@ -148,7 +157,7 @@ def _drop_corrupt(source: Source) -> Source:
     image = tf.io.decode_image(tf.io.read_file(paths[i]), channels=3, expand_animations=False)
     return i + 0 * tf.cast(tf.size(image[:1, :1]), tf.int64)  # Keeps the decode alive.
 
-  ok = idx.map(check, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  ok = idx.map(_graph_only(check), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   ok = np.fromiter(ok.ignore_errors().as_numpy_iterator(), np.int64)
   skipped = source.num_examples - len(ok)
   if skipped:
@@ -299,8 +308,8 @@ def train_batches(
 
   start = int(start_step) * per_host
   ds = tf.data.Dataset.range(start, 1 << 62)
-  ds = ds.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  ds = ds.batch(per_host, drop_remainder=True).map(_to_devices(ldc))
+  ds = ds.map(_graph_only(example), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  ds = ds.batch(per_host, drop_remainder=True).map(_graph_only(_to_devices(ldc)))
   ds = _options(ds.prefetch(tf.data.AUTOTUNE))
 
   def batch_indices(step):
@@ -333,8 +342,8 @@ def _records_train(source, transform, seed, start_step, per_host, pi, pc, ldc):
       aug_seed = tf.stack([tf.constant(seed, tf.int64), (epoch * n + i) * pc + pi])
       return {"image": transform(ex["image"], aug_seed), "label": tf.cast(ex["label"], tf.int32)}
 
-    ds = ds.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.batch(per_host, drop_remainder=True).map(_to_devices(ldc))
+    ds = ds.map(_graph_only(example), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.batch(per_host, drop_remainder=True).map(_graph_only(_to_devices(ldc)))
     yield from _iterate(_options(ds.prefetch(tf.data.AUTOTUNE)), None)
 
 
@@ -419,8 +428,8 @@ def eval_batches(
     return {"image": image, "label": label, "mask": m}
 
   ds = tf.data.Dataset.from_tensor_slices((idx, mask))
-  ds = ds.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  ds = _options(ds.batch(per_host).map(_to_devices(ldc)).prefetch(tf.data.AUTOTUNE))
+  ds = ds.map(_graph_only(example), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  ds = _options(ds.batch(per_host).map(_graph_only(_to_devices(ldc))).prefetch(tf.data.AUTOTUNE))
 
   def batch_indices(step):
     return source, idx[step * per_host : (step + 1) * per_host][
@@ -441,11 +450,13 @@ def _records_eval(source, transform, blank, per_host, pi, pc, ldc):
   # even_splits gives host 0 the largest share: ceil(N / P).
   num_batches = math.ceil(int(host_ds(0).cardinality()) / per_host)
   real = host_ds(pi).map(
-    lambda ex: {
-      "image": tf.ensure_shape(transform(ex["image"]), blank.shape),
-      "label": tf.cast(ex["label"], tf.int32),
-      "mask": tf.constant(True),
-    },
+    _graph_only(
+      lambda ex: {
+        "image": tf.ensure_shape(transform(ex["image"]), blank.shape),
+        "label": tf.cast(ex["label"], tf.int32),
+        "mask": tf.constant(True),
+      }
+    ),
     num_parallel_calls=tf.data.AUTOTUNE,
     deterministic=True,
   )
@@ -453,7 +464,7 @@ def _records_eval(source, transform, blank, per_host, pi, pc, ldc):
     {"image": blank, "label": tf.constant(0, tf.int32), "mask": tf.constant(False)}
   ).repeat()
   ds = real.concatenate(pad).take(num_batches * per_host)
-  ds = _options(ds.batch(per_host).map(_to_devices(ldc)).prefetch(tf.data.AUTOTUNE))
+  ds = _options(ds.batch(per_host).map(_graph_only(_to_devices(ldc))).prefetch(tf.data.AUTOTUNE))
   yield from _iterate(ds, None)
 
 
