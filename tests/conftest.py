@@ -3,6 +3,7 @@
 import atexit
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -41,6 +42,13 @@ runtime.setup()
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_CONFIG = os.path.join(REPO, "tests", "configs", "tiny_digits.py")
+
+
+def free_port() -> int:
+  """A TCP port on 127.0.0.1 nobody listens on now (a coordinator's, an emulator's)."""
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
 
 
 def command_env(devices: int = 1, **extra) -> dict:
@@ -96,7 +104,6 @@ def run_main():
 _MARKED = {
   "test_launch.py::test_local_two_process_jax_job": "multiprocess",
   "test_main.py::test_eval_needs_the_runs_config_where_train_has_a_default": "e2e",
-  "test_multihost.py::": "multiprocess",
   "test_models.py::test_every_cifar_model_gives_logits_of_the_right_shape": "slow",
   "test_onednn.py::test_under_pmap_on_two_devices": "multiprocess",
   "test_weights.py::test_eval_logits_match_torchvision": "slow",

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import free_port
+
 from resnet_jax import distributed
 
 pytestmark = pytest.mark.multiprocess
@@ -45,12 +47,6 @@ def clean_env(monkeypatch):
     monkeypatch.delenv(var, raising=False)
   monkeypatch.setattr(distributed, "_RUNTIME", None)
   return monkeypatch
-
-
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
 
 
 def _child_env(**extra) -> dict:
@@ -149,7 +145,7 @@ def test_wait_for_port():
     srv.listen()
     assert distributed.wait_for_port(f"127.0.0.1:{srv.getsockname()[1]}", 2) is None
   t = time.monotonic()
-  err = distributed.wait_for_port(f"127.0.0.1:{_free_port()}", 0.6, interval_s=0.1)
+  err = distributed.wait_for_port(f"127.0.0.1:{free_port()}", 0.6, interval_s=0.1)
   assert err and "refused" in err.lower() and time.monotonic() - t < 3
 
 
@@ -177,7 +173,7 @@ _UNREACHABLE = textwrap.dedent("""
 def test_unreachable_coordinator_fails_clearly_within_bound(tmp_path):
   script = tmp_path / "join.py"
   script.write_text(_UNREACHABLE)
-  port = _free_port()  # nobody listens here
+  port = free_port()  # nobody listens here
   env = _child_env(
     RESNET_JAX_COORDINATOR=f"127.0.0.1:{port}",
     RESNET_JAX_NUM_PROCESSES=2,
@@ -218,7 +214,7 @@ def test_two_processes_gloo_psum(tmp_path):
   """2 processes x 2 CPU devices on 127.0.0.1: pmap's psum spans all 4 global devices."""
   script = tmp_path / "psum.py"
   script.write_text(_PSUM)
-  port = _free_port()
+  port = free_port()
   procs = []
   try:
     for pid in range(2):
@@ -262,7 +258,7 @@ def test_two_processes_found_through_slurm_variables(tmp_path):
   """The automatic path: srun's SLURM_* variables only (faked on 127.0.0.1), no RESNET_JAX_*."""
   script = tmp_path / "psum.py"
   script.write_text(_PSUM)
-  port = _free_port()
+  port = free_port()
   procs = []
   try:
     for pid in range(2):

@@ -15,7 +15,6 @@ import re
 import resource
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -23,7 +22,7 @@ import time
 
 import pytest
 
-from conftest import REPO, TEST_XLA_FLAGS, command_env, train_command
+from conftest import REPO, TEST_XLA_FLAGS, command_env, free_port, train_command
 
 pytestmark = pytest.mark.multiprocess
 
@@ -38,12 +37,6 @@ COMMON = (
 )
 RUN_TIMEOUT_S = 300
 EXIT_WITHIN_S = 60  # after the signal (issue 18)
-
-
-def _free_port():
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
 
 
 def _env(pid, port, init_timeout=120):
@@ -61,7 +54,7 @@ class Run:
   """The two processes of one run, their logs in ``LOGDIR/NAME.pI.log``."""
 
   def __init__(self, workdir, logdir, name, *overrides):
-    port = _free_port()
+    port = free_port()
     self.logs = [os.path.join(logdir, f"{name}.p{i}.log") for i in range(2)]
     self.procs = [
       subprocess.Popen(
@@ -184,7 +177,7 @@ def chain(tmp_path_factory):
   # 2 + 6. SIGTERM to process 1, then a fraction of a second later to local.sh, which forwards it
   # to both; local.sh exits 0 once both saved.
   first = out["term_one"]["saved"][0]  # the step this run resumes from
-  port = _free_port()
+  port = free_port()
   env = {k: v for k, v in command_env(1).items() if not k.startswith("RESNET_JAX_")}
   env.update(TF_CPP_MIN_LOG_LEVEL="1", PYTHONPATH=REPO)
   # local.sh adds the device count to the test flags (the chain's other runs compile with them).
@@ -422,7 +415,7 @@ _JOIN = textwrap.dedent("""
 def test_a_peer_that_never_starts_is_one_line_in_bounded_time(tmp_path):
   script = tmp_path / "join.py"
   script.write_text(_JOIN)
-  port = _free_port()
+  port = free_port()
   env = _env(0, port, init_timeout=3)
   t = time.monotonic()
   proc = subprocess.run(

@@ -30,7 +30,7 @@ os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 import numpy as np
 import pytest
 
-from conftest import REPO, TINY_CONFIG, command_env, train_command
+from conftest import REPO, TINY_CONFIG, command_env, free_port, train_command
 from test_train import final_params, losses
 
 pytestmark = pytest.mark.e2e
@@ -38,12 +38,6 @@ pytestmark = pytest.mark.e2e
 BUCKET = "resnet-jax-test"
 FORBIDDEN_BUCKET = "resnet-jax-forbidden"  # the emulator has no IAM: the fixture answers 403
 READ_ONLY_BUCKET = "resnet-jax-read-only"  # listed and read, but not written, by this account
-
-
-def free_port():
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
 
 
 class Emulator:

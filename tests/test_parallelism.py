@@ -1,8 +1,10 @@
-"""``config.parallelism``: jit over a mesh trains exactly like pmap, and their checkpoints cross over.
+"""Data parallelism: the device count and the process count are invisible to the optimisation, and
+``config.parallelism`` jit over a mesh trains exactly like pmap, their checkpoints crossing over.
 
 Runs share work: one subprocess per device count trains the tiny net under both paths; the
-2-process jit run, the SIGKILLed jit run and the cross-path resumes reuse those runs as their
-references. Every subprocess is bounded in time.
+2-process runs (2 processes x 2 CPU devices, gloo on 127.0.0.1, under pmap and under jit), the
+SIGKILLed jit run and the cross-path resumes reuse those runs as their references. Every
+subprocess is bounded in time.
 """
 
 import json
@@ -17,8 +19,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import REPO, command_env, train_command
-from test_multihost import free_port
+from conftest import REPO, command_env, free_port, train_command
 from resnet_jax.checkpoint import Checkpointer
 from test_train import losses, tree_equal, wait_for_checkpoint
 
@@ -103,7 +104,9 @@ def flat_params(workdir, step=None):
 
 
 def assert_same_training(got, want):
-  """Losses within 1e-5; parameters within test_multihost's float32 summation-order tolerance."""
+  """Losses within 1e-5; parameters within float32 summation-order drift: across processes gloo's
+  all-reduce adds in another order, and in this 4-channel net the difference grows about 3x a step
+  (loss differences measured 0, 7e-7, 1.4e-6, 5e-6 over 4 steps; parameters ~1e-4 relative L2)."""
   a, b = losses(got), losses(want)
   assert sorted(a) == sorted(b) == list(range(1, STEPS + 1)), (a, b)
   np.testing.assert_allclose([a[s] for s in sorted(a)], [b[s] for s in sorted(b)], atol=1e-5)
@@ -119,23 +122,26 @@ def assert_same_training(got, want):
 def runs(tmp_path_factory):
   """pmap and jit on 1, 2 and 4 devices; jit on 2 processes x 2 devices; a SIGKILLed jit run."""
   root = tmp_path_factory.mktemp("parallelism")
-  d = {name: str(root / name) for name in ("killed", "two_processes")}
+  d = {"killed": str(root / "killed")}
   for devices in (1, 2, 4):
     for p in ("pmap", "jit"):
       d[p, devices] = str(root / f"{p}{devices}")
-  port = free_port()
-  procs = [
-    start(
-      train_command(d["two_processes"], *RUN, "--config.parallelism=jit"),
-      2,
-      root / f"log_process{pid}",
-      RESNET_JAX_COORDINATOR=f"127.0.0.1:{port}",
-      RESNET_JAX_NUM_PROCESSES=2,
-      RESNET_JAX_PROCESS_ID=pid,
-      RESNET_JAX_INIT_TIMEOUT=120,
-    )
-    for pid in range(2)
-  ]
+  procs = []
+  for p in ("pmap", "jit"):
+    d[p, "two_processes"] = str(root / f"{p}_two_processes")
+    port = free_port()
+    procs += [
+      start(
+        train_command(d[p, "two_processes"], *RUN, f"--config.parallelism={p}"),
+        2,
+        root / f"log_{p}_process{pid}",
+        RESNET_JAX_COORDINATOR=f"127.0.0.1:{port}",
+        RESNET_JAX_NUM_PROCESSES=2,
+        RESNET_JAX_PROCESS_ID=pid,
+        RESNET_JAX_INIT_TIMEOUT=120,
+      )
+      for pid in range(2)
+    ]
   for devices in (4, 1):
     procs.append(
       start_runs(
@@ -175,8 +181,12 @@ def test_jit_trains_like_pmap_on_1_2_4_devices(runs):
     assert_same_training(runs["jit", devices], runs["pmap", devices])
 
 
-def test_jit_on_two_processes_trains_like_pmap_on_one(runs):
-  assert_same_training(runs["two_processes"], runs["pmap", 4])
+def test_two_processes_train_like_one_process_with_the_same_devices(runs):
+  """Only process 0 writes the record; its losses, the parameters both processes checkpointed
+  (restored here, in one process) and the count of the evaluated digits, each once across hosts,
+  are those of 1 process x 4 devices, under pmap and under jit."""
+  assert_same_training(runs["pmap", "two_processes"], runs["pmap", 4])
+  assert_same_training(runs["jit", "two_processes"], runs["pmap", 4])
 
 
 def test_resumes_cross_paths_and_sigkill_under_jit_is_bit_identical(runs, tmp_path):

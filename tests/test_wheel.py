@@ -1,6 +1,7 @@
 """The package as users install it: a built wheel in a fresh venv, run from a folder that is not the
-checkout. Trains a tiny run from a config file, runs `analyze degradation` and a sweep whose members
-train the built-in default experiment, none of which may read the checkout's configs/.
+checkout. Trains a tiny run from a config file and runs `analyze degradation`, whose recipes are the
+package's built-in default experiment; neither may read the checkout's configs/ (test_sweep holds
+a sweep member that names no config file to that same built-in experiment).
 
 Nothing is downloaded: the wheel is built without build isolation, installed without dependencies,
 and the new venv sees the project venv's packages through a .pth file (the project's own editable
@@ -20,16 +21,6 @@ import pytest
 from conftest import REPO, TINY_CONFIG, command_env
 
 pytestmark = pytest.mark.slow
-
-# A few channels wide, one block per stage, one step: what the default experiment trains in a sweep.
-TINY_OVERRIDES = [
-  "--config.num_train_steps=1",
-  "--config.global_batch_size=16",
-  "--config.model_overrides.stage_sizes=(1, 1, 1)",
-  "--config.model_overrides.width_multiplier=0.25",
-  "--config.eval_every_steps=1000",
-  "--config.checkpoint_every_steps=1",
-]
 
 
 def _run(cmd, *, cwd, env, timeout):
@@ -95,16 +86,3 @@ def test_an_installed_wheel_runs_analyze_degradation(installed):
   proc = _run(cmd, cwd=work, env=env, timeout=600)
   assert "degradation: figure" in proc.stdout
   assert (work / "deg" / "degradation.png").stat().st_size > 1000
-
-
-def test_an_installed_wheel_sweeps_the_built_in_default_experiment(installed):
-  bin_dir, env, work = installed
-  (work / "s.py").write_text(
-    "from resnet_jax.sweep import product\n\ndef get_sweep():\n  return product(seed=[0])\n"
-  )
-  cmd = [bin_dir / "resnet-jax", "sweep", "s.py", "--workdir=sweep", "--", *TINY_OVERRIDES]
-  proc = _run(cmd, cwd=work, env=env, timeout=600)
-  assert "1 ok" in proc.stdout, proc.stdout
-  log = (work / "sweep" / "seed=0" / "sweep.log").read_text()
-  assert "--config=" not in log.split("\n=== ", 1)[1].splitlines()[0]  # no config file was named
-  assert (work / "sweep" / "seed=0" / "DONE").exists()
