@@ -27,6 +27,7 @@ from ml_collections import config_flags
 
 from resnet_jax import host
 from resnet_jax import runtime
+from resnet_jax.train import config as config_lib
 
 PROG = "resnet-jax"
 HELP_ARGS = ("-h", "--help", "-help", "--helpshort", "--helpfull", "-?")
@@ -141,7 +142,7 @@ def _train_or_eval(fv: flags.FlagValues, mode: str) -> None:
   workdir = _require(fv, "workdir")
   split = runtime.start(
     cpu_devices=_cpu_devices(fv.cpu_devices, config.model_overrides.get("conv_impl", "")),
-    batch_sizes=[config.global_batch_size, config.eval_batch_size or config.global_batch_size],
+    batch_sizes=[config.global_batch_size, config_lib.eval_batch_size(config)],
     compilation_cache=fv.compilation_cache,
     distributed=True,
   )

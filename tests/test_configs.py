@@ -134,4 +134,4 @@ def test_an_eval_batch_the_devices_cannot_share_is_refused_in_one_line(monkeypat
     loop.check_config(config)
   config.eval_batch_size = 0  # evaluation in batches of the training batch
   loop.check_config(config)
-  assert loop.eval_batch_size(config) == config.global_batch_size == 128
+  assert config_lib.eval_batch_size(config) == config.global_batch_size == 128

@@ -300,6 +300,11 @@ def _validate_data_augments(config, bad) -> None:
     bad("eval_crop_ratio", "must be 0 (the dataset's rule) or a crop fraction in (0, 1]")
 
 
+def eval_batch_size(config) -> int:
+  """Examples per evaluation batch over all devices (``config.eval_batch_size``, 0 = training's)."""
+  return config.eval_batch_size or config.global_batch_size
+
+
 def digits() -> ml_collections.ConfigDict:
   """The default experiment: a CIFAR-style ResNet-20 (paper §4.2) on the bundled handwritten digits.
 

@@ -69,11 +69,6 @@ def check_config(config):
       )
 
 
-def eval_batch_size(config) -> int:
-  """Examples per evaluation batch over all devices (``config.eval_batch_size``, 0 = training's)."""
-  return config.eval_batch_size or config.global_batch_size
-
-
 def _data_kwargs(config) -> dict[str, Any]:
   return {"data_dir": config.data_dir or None, "image_size": config.image_size or None}
 
@@ -129,7 +124,7 @@ class Evaluator:
     c = self.config
     return data_lib.eval_batches(
       c.dataset,
-      global_batch_size=eval_batch_size(c),
+      global_batch_size=config_lib.eval_batch_size(c),
       method=method,
       scale=scale,
       split=c.eval_split or None,
@@ -615,7 +610,7 @@ def evaluate(config, workdir: str, step: int | None = None, method: str | None =
     iter(
       data_lib.eval_batches(
         config.dataset,
-        global_batch_size=eval_batch_size(config),
+        global_batch_size=config_lib.eval_batch_size(config),
         method="center",
         split=config.eval_split or None,
         **_eval_data_kwargs(config),
