@@ -115,7 +115,7 @@ def _to_devices(local_device_count):
       for k, v in batch.items()
     }
 
-  return fn
+  return _graph_only(fn)
 
 
 def _graph_only(fn):
@@ -125,6 +125,11 @@ def _graph_only(fn):
   so the rewrite changes nothing but costs a second of every process start (each map traced).
   """
   return tf.autograph.experimental.do_not_convert(fn)
+
+
+def _map_each(ds, fn):
+  """``fn`` on every element, in parallel and in order."""
+  return ds.map(_graph_only(fn), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
 def _options(ds):
@@ -157,7 +162,7 @@ def _drop_corrupt(source: Source) -> Source:
     image = tf.io.decode_image(tf.io.read_file(paths[i]), channels=3, expand_animations=False)
     return i + 0 * tf.cast(tf.size(image[:1, :1]), tf.int64)  # Keeps the decode alive.
 
-  ok = idx.map(_graph_only(check), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  ok = _map_each(idx, check)
   ok = np.fromiter(ok.ignore_errors().as_numpy_iterator(), np.int64)
   skipped = source.num_examples - len(ok)
   if skipped:
@@ -308,8 +313,8 @@ def train_batches(
 
   start = int(start_step) * per_host
   ds = tf.data.Dataset.range(start, 1 << 62)
-  ds = ds.map(_graph_only(example), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  ds = ds.batch(per_host, drop_remainder=True).map(_graph_only(_to_devices(ldc)))
+  ds = _map_each(ds, example)
+  ds = ds.batch(per_host, drop_remainder=True).map(_to_devices(ldc))
   ds = _options(ds.prefetch(tf.data.AUTOTUNE))
 
   def batch_indices(step):
@@ -342,8 +347,8 @@ def _records_train(source, transform, seed, start_step, per_host, pi, pc, ldc):
       aug_seed = tf.stack([tf.constant(seed, tf.int64), (epoch * n + i) * pc + pi])
       return {"image": transform(ex["image"], aug_seed), "label": tf.cast(ex["label"], tf.int32)}
 
-    ds = ds.map(_graph_only(example), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.batch(per_host, drop_remainder=True).map(_graph_only(_to_devices(ldc)))
+    ds = _map_each(ds, example)
+    ds = ds.batch(per_host, drop_remainder=True).map(_to_devices(ldc))
     yield from _iterate(_options(ds.prefetch(tf.data.AUTOTUNE)), None)
 
 
@@ -428,8 +433,8 @@ def eval_batches(
     return {"image": image, "label": label, "mask": m}
 
   ds = tf.data.Dataset.from_tensor_slices((idx, mask))
-  ds = ds.map(_graph_only(example), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  ds = _options(ds.batch(per_host).map(_graph_only(_to_devices(ldc))).prefetch(tf.data.AUTOTUNE))
+  ds = _map_each(ds, example)
+  ds = _options(ds.batch(per_host).map(_to_devices(ldc)).prefetch(tf.data.AUTOTUNE))
 
   def batch_indices(step):
     return source, idx[step * per_host : (step + 1) * per_host][
@@ -449,22 +454,19 @@ def _records_eval(source, transform, blank, per_host, pi, pc, ldc):
 
   # even_splits gives host 0 the largest share: ceil(N / P).
   num_batches = math.ceil(int(host_ds(0).cardinality()) / per_host)
-  real = host_ds(pi).map(
-    _graph_only(
-      lambda ex: {
-        "image": tf.ensure_shape(transform(ex["image"]), blank.shape),
-        "label": tf.cast(ex["label"], tf.int32),
-        "mask": tf.constant(True),
-      }
-    ),
-    num_parallel_calls=tf.data.AUTOTUNE,
-    deterministic=True,
+  real = _map_each(
+    host_ds(pi),
+    lambda ex: {
+      "image": tf.ensure_shape(transform(ex["image"]), blank.shape),
+      "label": tf.cast(ex["label"], tf.int32),
+      "mask": tf.constant(True),
+    },
   )
   pad = tf.data.Dataset.from_tensors(
     {"image": blank, "label": tf.constant(0, tf.int32), "mask": tf.constant(False)}
   ).repeat()
   ds = real.concatenate(pad).take(num_batches * per_host)
-  ds = _options(ds.batch(per_host).map(_graph_only(_to_devices(ldc))).prefetch(tf.data.AUTOTUNE))
+  ds = _options(ds.batch(per_host).map(_to_devices(ldc)).prefetch(tf.data.AUTOTUNE))
   yield from _iterate(ds, None)
 
 
