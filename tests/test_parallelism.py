@@ -120,7 +120,7 @@ def assert_same_training(got, want):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-  """pmap and jit on 1, 2 and 4 devices; jit on 2 processes x 2 devices; a SIGKILLed jit run."""
+  """pmap and jit on 1, 2 and 4 devices; pmap and jit on 2 processes x 2 devices; a SIGKILLed jit run."""
   root = tmp_path_factory.mktemp("parallelism")
   d = {"killed": str(root / "killed")}
   for devices in (1, 2, 4):
