@@ -140,6 +140,7 @@ def _train_or_eval(fv: flags.FlagValues, mode: str) -> None:
     raise UsageError("--config is required (the config the run was trained with)")
   config = fv.config
   workdir = _require(fv, "workdir")
+  _check_before_start(config, workdir)
   split = runtime.start(
     cpu_devices=_cpu_devices(fv.cpu_devices, config.model_overrides.get("conv_impl", "")),
     batch_sizes=[config.global_batch_size, config_lib.eval_batch_size(config)],
@@ -159,7 +160,21 @@ def _train_or_eval(fv: flags.FlagValues, mode: str) -> None:
   if mode == "eval":
     print(f"result in {workdir}: {loop.eval_result_file(result['method'], result['step'])}")
   else:
-    print(f"results in {workdir}: metrics.jsonl, tensorboard/, checkpoints/, curves.png")
+    curves = ", curves.png" if "curves" in result else ""
+    print(f"results in {workdir}: metrics.jsonl, tensorboard/, checkpoints/{curves}")
+
+
+def _check_before_start(config, workdir: str) -> None:
+  """Refuses a bad config key, model name or bucket before `runtime.start` spends seconds loading
+  TensorFlow and starting the devices. The loop checks again with what needs those (the dataset
+  registry, the device count): it also runs inside other commands (sweeps, analyses)."""
+  from resnet_jax import models  # pylint: disable=g-import-not-at-top
+  from resnet_jax import storage  # pylint: disable=g-import-not-at-top
+
+  config_lib.validate(config, known_models=models.list_models(), known_datasets=None)
+  storage.check_access(workdir, "--workdir", write=True)  # eval writes its eval_*.json there too
+  if config.init_from:
+    storage.check_access(config.init_from, "config.init_from")
 
 
 def _train(fv, positionals):
@@ -587,21 +602,20 @@ def unknown_command(name: str) -> str:
   return f"unknown command {name!r}; {hint}({PROG} --help lists the commands)"
 
 
-def _known_errors():
-  from resnet_jax.checkpoint import CheckpointError  # pylint: disable=g-import-not-at-top
-  from resnet_jax.distributed import DistributedInitError  # pylint: disable=g-import-not-at-top
-  from resnet_jax.distributed import PeerLostError  # pylint: disable=g-import-not-at-top
-  from resnet_jax.train.loop import NonFiniteLossError  # pylint: disable=g-import-not-at-top
+# The errors a user can act on besides ValueError, KeyError and FileNotFoundError, by the module
+# that raises them. One whose module was never imported cannot have been raised: importing it only
+# to name it would load Orbax, JAX or TensorFlow after a refusal made before they load.
+_RUN_ERRORS = (
+  ("resnet_jax.checkpoint", "CheckpointError"),
+  ("resnet_jax.distributed", "DistributedInitError"),
+  ("resnet_jax.distributed", "PeerLostError"),
+  ("resnet_jax.train.loop", "NonFiniteLossError"),
+)
 
-  return (
-    ValueError,
-    KeyError,
-    CheckpointError,
-    NonFiniteLossError,
-    FileNotFoundError,
-    DistributedInitError,
-    PeerLostError,
-  )
+
+def _known_errors() -> tuple[type[Exception], ...]:
+  loaded = [getattr(sys.modules[m], name) for m, name in _RUN_ERRORS if m in sys.modules]
+  return (ValueError, KeyError, FileNotFoundError, *loaded)
 
 
 def main(command: Command, argv: list[str]) -> None:

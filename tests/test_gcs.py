@@ -276,7 +276,9 @@ def runs(gcs, tmp_path_factory):
     if killed.poll() is None:
       os.killpg(killed.pid, signal.SIGKILL)
   killed_at = max(gcs.committed_steps(f"{BUCKET}/digits/checkpoints"))
-  resumed = start(train_command(bucket, "--config.num_train_steps=12"), gcs.env())
+  resumed = start(
+    train_command(bucket, "--config.num_train_steps=12", "--config.plot_curves=True"), gcs.env()
+  )
   ref_err, resumed_err = finish([reference, resumed], timeout=400)
   assert reference.returncode == 0, ref_err[-3000:]
   assert resumed.returncode == 0, resumed_err[-3000:]

@@ -5,16 +5,16 @@ import sys
 
 import pytest
 
-from conftest import REPO, command_env, run_python
+from conftest import REPO, TINY_CONFIG, command_env, run_python
 
 from resnet_jax import main
 
 COMMANDS = ("train", "eval", "models", "bench", "convert", "sweep", "analyze")
 
 
-def _run(*args, timeout=60):
+def _run(*args, timeout=60, python_options=()):
   return subprocess.run(
-    [sys.executable, "-m", "resnet_jax.main", *args],
+    [sys.executable, *python_options, "-m", "resnet_jax.main", *args],
     env=command_env(),
     capture_output=True,
     text=True,
@@ -121,6 +121,27 @@ def test_help_and_models_start_without_tensorflow_or_jax():
   out, loaded = _modules_after("models")
   assert "resnet1202" in out and "19,421,274" in out
   assert loaded == "[]", loaded  # analytic counts: neither TensorFlow nor JAX
+
+
+@pytest.mark.parametrize(
+  "override, words",
+  [
+    ("--config.optimizer=adamax", "unknown optimizer"),
+    ("--config.model=resnet21", "close matches: resnet32"),
+  ],
+)
+def test_a_bad_config_is_refused_before_tensorflow_loads(tmp_path, override, words):
+  """The refusal comes before seconds of TensorFlow and device start-up (the error's exit leaves
+  no atexit hook to ask, so Python's -X importtime log tells what was imported)."""
+  workdir = tmp_path / "run"
+  command = (f"--config={TINY_CONFIG}", f"--workdir={workdir}", override)
+  proc = _run(*command, python_options=("-X", "importtime"))
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: config.") and words in last, last
+  imported = {l.rpartition("|")[2].strip() for l in proc.stderr.splitlines() if "|" in l}
+  assert "jax" in imported and "tensorflow" not in imported and "orbax.checkpoint" not in imported
+  assert not workdir.exists()
 
 
 @pytest.mark.parametrize("installed", [True, False])

@@ -102,6 +102,9 @@ def _bookkeeping_keys(c: ml_collections.ConfigDict) -> None:
   c.keep_checkpoints = 3  # the latest K, plus the best by validation error.
   c.async_checkpoints = True
   c.stop_after_steps = 0  # > 0: stop (with a checkpoint) after this step, e.g. for tests.
+  # WORKDIR/curves.png (top-1 error and loss against step) when the run ends. Loading matplotlib
+  # and drawing is a visible share of a run of seconds: sweeps of many short runs may turn it off.
+  c.plot_curves = True
   # (start, stop): process 0 writes a jax.profiler trace of steps start..stop (counted from 1) to
   # WORKDIR/profile (TensorBoard's profile plugin, Perfetto); () = off. train.profiling.
   c.profile_steps = ()
@@ -182,7 +185,11 @@ def _data_keys(c: ml_collections.ConfigDict) -> None:
 
 
 def validate(config, *, known_models, known_datasets) -> None:
-  """Raises ``ValueError`` with one line naming the bad key and how to fix it."""
+  """Raises ``ValueError`` with one line naming the bad key and how to fix it.
+
+  ``known_datasets=None`` leaves the dataset unchecked (the front door's check before TensorFlow,
+  which the dataset registry imports, has loaded).
+  """
   from resnet_jax.train import optim  # pylint: disable=g-import-not-at-top
   from resnet_jax.train import steps  # pylint: disable=g-import-not-at-top
 
@@ -198,7 +205,7 @@ def validate(config, *, known_models, known_datasets) -> None:
       f"unknown model; close matches: {', '.join(close) or 'none'} (`resnet-jax models` lists all)",
     )
   _validate_drop_path_rate(config.model_overrides.get("drop_path_rate", 0.0))
-  if config.dataset not in known_datasets:
+  if known_datasets is not None and config.dataset not in known_datasets:
     bad("dataset", f"unknown dataset; known: {', '.join(sorted(known_datasets))}")
   if config.precision not in PRECISIONS:
     bad("precision", f"must be one of {', '.join(PRECISIONS)}")

@@ -552,7 +552,7 @@ def _finish_training(run: _Run):
 
 def _close(run: _Run) -> dict[str, Any]:
   """The result; a run that reached num_train_steps also gets its test-time evaluation (if
-  config.eval_method is not 'center'), its curves and the DONE file."""
+  config.eval_method is not 'center'), its curves (config.plot_curves) and the DONE file."""
   config, step = run.config, run.step
   result = {"step": step, "preempted": run.preempted, **run.last_eval}
   if run.preempted or step < config.num_train_steps:
@@ -565,8 +565,9 @@ def _close(run: _Run) -> dict[str, Any]:
     result.update(test_time)
   run.writer.close()
   if run.primary:
-    title = f"{config.model} on {config.dataset}"
-    result["curves"] = metrics_lib.plot_curves(run.workdir, title=title)
+    if config.plot_curves:
+      title = f"{config.model} on {config.dataset}"
+      result["curves"] = metrics_lib.plot_curves(run.workdir, title=title)
     _write_json(run.workdir / DONE_FILE, result)
   return result
 

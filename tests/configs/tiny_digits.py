@@ -20,4 +20,5 @@ def get_config():
   c.checkpoint_every_steps = 3
   c.keep_checkpoints = 10
   c.async_checkpoints = False
+  c.plot_curves = False  # matplotlib is a visible share of a run this short; two tests turn it on
   return c
