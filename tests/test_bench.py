@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resnet_jax import bench
+from resnet_jax import bench, models
 from resnet_jax.models import get_model
 from resnet_jax.models.blocks import Conv1x1, conv_kernel_init
 from resnet_jax.models.resnet import ResNet, to_scanned, to_unrolled
@@ -21,6 +21,9 @@ from resnet_jax.models.resnet import ResNet, to_scanned, to_unrolled
 pytestmark = pytest.mark.slow
 
 KEY = jax.random.key(0, impl="unsafe_rbg")
+# A ResNet-20 one block per stage and a few channels wide: what a test of the command, not of the
+# net, benches (the tests' training config's shape).
+TINY = {"stage_sizes": (1, 1, 1), "stem_width": 4, "stage_widths": (4, 8, 8)}
 
 try:
   import torch  # noqa: F401
@@ -152,7 +155,8 @@ def test_bench_tiny_report_has_every_field_with_sane_values(tmp_path):
 
 def test_bench_command_splits_the_cpu_and_counts_the_whole_batch(tmp_path):
   """`resnet-jax bench` on 2 single-threaded CPU devices: the global batch is split, the
-  FLOPs and images/s are those of the whole batch, and the run says how it was split."""
+  FLOPs and images/s are those of the whole batch of the net ``--override`` shapes, and the run
+  says how it was split."""
   import subprocess
   import sys
   from conftest import REPO, TEST_XLA_FLAGS, command_env
@@ -170,6 +174,7 @@ def test_bench_command_splits_the_cpu_and_counts_the_whole_batch(tmp_path):
       "--batch_size=8",
       "--image_size=32",
       "--steps=1",
+      *(f"--override={field}={value}" for field, value in TINY.items()),
       "--noloop",  # the loop's figures are the in-process report's test
       "--cpu_devices=2",
       f"--jsonl={out}",
@@ -183,8 +188,11 @@ def test_bench_command_splits_the_cpu_and_counts_the_whole_batch(tmp_path):
   assert proc.returncode == 0, proc.stderr[-2000:]
   r = json.loads(out.read_text().splitlines()[-1])
   assert r["num_devices"] == 2 and "--xla_cpu_multi_thread_eigen=false" in r["xla_flags"]
-  # The whole batch's FLOPs, not one replica's.
-  assert 0.1e9 < r["analytic_flops_per_step"] / 8 < 1e9
+  # The whole batch's FLOPs, not one replica's, of the overridden net.
+  assert r["overrides"] == {field: str(value) for field, value in TINY.items()}
+  assert (
+    r["analytic_flops_per_step"] == 6 * models.count_macs(get_model("resnet20", **TINY), 32) * 8
+  )
   assert r["images_per_sec"] == pytest.approx(8 / r["step_time_best_s"])
   assert "2 × cpu" in proc.stdout
 
@@ -419,7 +427,6 @@ def test_peaks_are_dense_vendor_figures_by_device_kind():
 def test_resnet50_b16_step_is_393_analytic_gflop():
   """What bench reports for ResNet-50 b16 at 224 whatever conv_impl (XLA's count of the oneDNN
   path sees only what is not a custom call)."""
-  from resnet_jax import models
   from resnet_jax.bench import peaks
 
   flops = peaks.train_step_flops(models.count_macs("resnet50", 224), 16)
@@ -429,7 +436,6 @@ def test_resnet50_b16_step_is_393_analytic_gflop():
 def test_bench_reports_analytic_flops_and_no_mfu_on_cpu(tmp_path):
   """Default precision is fp32 on CPU; FLOPs are the analytic count (even where XLA's is not);
   MFU is n/a with the reason."""
-  from resnet_jax import models
   from resnet_jax.models import onednn
 
   overrides = {"conv_impl": "onednn"} if onednn.unavailable_reason() is None else {}
