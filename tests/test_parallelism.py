@@ -1,10 +1,10 @@
 """Data parallelism: the device count and the process count are invisible to the optimisation, and
 ``config.parallelism`` jit over a mesh trains exactly like pmap, their checkpoints crossing over.
 
-Runs share work: one subprocess per device count trains the tiny net under both paths; the
-2-process runs (2 processes x 2 CPU devices, gloo on 127.0.0.1, under pmap and under jit), the
-SIGKILLed jit run and the cross-path resumes reuse those runs as their references. Every
-subprocess is bounded in time.
+Runs share work: one subprocess per device count trains the tiny net under both paths, and one
+pair of processes (2 processes x 2 CPU devices, gloo on 127.0.0.1) does the same; the SIGKILLed
+jit run and the cross-path resumes reuse those runs as their references. Every subprocess is
+bounded in time.
 """
 
 import json
@@ -19,7 +19,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import REPO, command_env, free_port, train_command
+from conftest import REPO, command_env, free_port
 from resnet_jax.checkpoint import Checkpointer
 from test_train import losses, tree_equal, wait_for_checkpoint
 
@@ -39,6 +39,8 @@ RUN = (
 RUNNER = """
 import os, sys
 from absl import logging
+from resnet_jax import runtime
+runtime.start(distributed=True)  # joins the other processes where RESNET_JAX_* name them
 from resnet_jax.train import loop
 sys.path.insert(0, os.path.dirname(sys.argv[1]))
 import tiny_digits
@@ -67,11 +69,11 @@ def start(command, devices, log, **env):
   return proc
 
 
-def start_runs(devices, log, *runs):
+def start_runs(devices, log, *runs, **env):
   from conftest import TINY_CONFIG
 
   command = [sys.executable, "-c", RUNNER, TINY_CONFIG, *(",".join(map(str, r)) for r in runs)]
-  return start(command, devices, log)
+  return start(command, devices, log, **env)
 
 
 def finish(procs, timeout=600, check=True):
@@ -126,22 +128,24 @@ def runs(tmp_path_factory):
   for devices in (1, 2, 4):
     for p in ("pmap", "jit"):
       d[p, devices] = str(root / f"{p}{devices}")
-  procs = []
+  # 2 processes x 2 devices: the pmap run, then the jit run, in the same two processes.
+  two = []
   for p in ("pmap", "jit"):
     d[p, "two_processes"] = str(root / f"{p}_two_processes")
-    port = free_port()
-    procs += [
-      start(
-        train_command(d[p, "two_processes"], *RUN, f"--config.parallelism={p}"),
-        2,
-        root / f"log_{p}_process{pid}",
-        RESNET_JAX_COORDINATOR=f"127.0.0.1:{port}",
-        RESNET_JAX_NUM_PROCESSES=2,
-        RESNET_JAX_PROCESS_ID=pid,
-        RESNET_JAX_INIT_TIMEOUT=120,
-      )
-      for pid in range(2)
-    ]
+    two.append((d[p, "two_processes"], p, STEPS))
+  port = free_port()
+  procs = [
+    start_runs(
+      2,
+      root / f"log_process{pid}",
+      *two,
+      RESNET_JAX_COORDINATOR=f"127.0.0.1:{port}",
+      RESNET_JAX_NUM_PROCESSES=2,
+      RESNET_JAX_PROCESS_ID=pid,
+      RESNET_JAX_INIT_TIMEOUT=120,
+    )
+    for pid in range(2)
+  ]
   for devices in (4, 1):
     procs.append(
       start_runs(

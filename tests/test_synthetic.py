@@ -63,9 +63,10 @@ def test_resnet18_trains_at_64px_with_no_data_on_disk(tmp_path):
     "--config.dataset=synthetic",
     "--config.model=resnet18",
     "--config.image_size=64",
-    "--config.model_overrides.stem_width=16",
-    "--config.model_overrides.stage_widths=(16,16,32,32)",
-    "--config.model_overrides.stage_sizes=(2,2,2,2)",
+    # ResNet-18's four stages and 7x7 stem, one block per stage and a few channels wide.
+    "--config.model_overrides.stem_width=8",
+    "--config.model_overrides.stage_widths=(8,8,16,16)",
+    "--config.model_overrides.stage_sizes=(1,1,1,1)",
     "--config.global_batch_size=8",
     "--config.num_train_steps=3",
     "--config.checkpoint_every_steps=1000",
