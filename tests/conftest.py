@@ -40,6 +40,16 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 runtime.setup()
 
+
+
+def pytest_collection(session):
+  """TensorFlow the front door's way, before a test module imports it plainly: without its eager
+  Keras import (and Keras's of scikit-learn), seconds of every worker's collection. Here, not at
+  import: pytest-xdist's controller loads this file too, and collects nothing."""
+  del session
+  runtime.import_tensorflow()
+
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_CONFIG = os.path.join(REPO, "tests", "configs", "tiny_digits.py")
 
