@@ -41,7 +41,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 runtime.setup()
 
 
-
 def pytest_collection(session):
   """TensorFlow the front door's way, before a test module imports it plainly: without its eager
   Keras import (and Keras's of scikit-learn), seconds of every worker's collection. Here, not at
