@@ -171,7 +171,9 @@ def test_importing_the_models_changes_nothing_global():
     "from resnet_jax.models import get_model\n"
     "assert 'tensorflow' not in sys.modules, 'importing the models loaded TensorFlow'\n"
     f"assert {_GLOBAL_STATE} == before, 'importing the models changed the process'\n"
-    "import tensorflow, tensorflow_datasets, orbax.checkpoint, etils.epath\n"
+    # TensorFlow as the front door loads it (without its eager Keras import: seconds here).
+    "from resnet_jax import runtime; runtime.import_tensorflow()\n"
+    "import tensorflow_datasets, orbax.checkpoint, etils.epath\n"
     f"before = {_GLOBAL_STATE}\n"
     "import resnet_jax.train.loop, resnet_jax.storage, resnet_jax.checkpoint, resnet_jax.data\n"
     "ckpt = resnet_jax.checkpoint.Checkpointer(tempfile.mkdtemp()); ckpt.close()\n"
