@@ -138,5 +138,6 @@ except Exception as e:  # noqa: BLE001
 report.append_result(out, record)
 print(json.dumps(record, sort_keys=True))
 print(f"appended to {out}")
+runtime.spare_the_final_collection()
 sys.exit(1 if failed else 0)
 PY

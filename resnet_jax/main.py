@@ -627,6 +627,7 @@ def main(command: Command, argv: list[str]) -> None:
   except _known_errors() as e:  # one line, no traceback: the user can act on it
     logging.flush()
     runtime.exit_with_error(e.args[0] if isinstance(e, KeyError) and e.args else e)
+  runtime.spare_the_final_collection()
 
 
 def run(argv: Sequence[str] | None = None) -> None:

@@ -144,6 +144,24 @@ def test_a_bad_config_is_refused_before_tensorflow_loads(tmp_path, override, wor
   assert not workdir.exists()
 
 
+def test_a_finished_command_leaves_its_objects_to_the_exit_not_the_collector():
+  """Python's collections at shutdown would walk every object TensorFlow and JAX made, a pause
+  at the end of every command: a command that finished freezes them (gc.freeze) first."""
+  probe = (
+    "import gc, sys\n"
+    "from resnet_jax import main\n"
+    "sys.argv = ['resnet-jax', 'models']\n"
+    "try:\n"
+    "  main.run()\n"
+    "finally:\n"
+    "  print('frozen', gc.get_freeze_count(), file=sys.stderr)\n"
+  )
+  proc = run_python(probe)
+  assert proc.returncode == 0, proc.stderr
+  frozen = int(proc.stderr.strip().splitlines()[-1].split()[1])
+  assert frozen > 1000, frozen
+
+
 @pytest.mark.parametrize("installed", [True, False])
 def test_onednn_runs_on_one_cpu_device_unless_asked_otherwise(monkeypatch, installed):
   # oneDNN spreads each convolution over the cores itself; a split would add a BN sync per layer.

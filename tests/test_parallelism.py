@@ -51,6 +51,7 @@ for run in sys.argv[2:]:
   workdir, parallelism, steps = run.split(',')
   config.parallelism, config.num_train_steps = parallelism, int(steps)
   loop.train_and_evaluate(config, workdir)
+runtime.spare_the_final_collection()  # as the front door ends
 """
 
 
