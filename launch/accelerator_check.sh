@@ -76,10 +76,10 @@ def device_peak_bytes():
 model, per_device, size = ("resnet20", 2, 32) if smoke else ("resnet50", 256, 224)
 # The smoke run checks the script end to end, not a figure: a ResNet-20 one block per stage and a
 # few channels wide compiles in a fraction of the full net's time.
-overrides = {"stage_sizes": (1, 1, 1), "stem_width": 4, "stage_widths": (4, 8, 8)} if smoke else None
+tiny = {"stage_sizes": (1, 1, 1), "stem_width": 4, "stage_widths": (4, 8, 8)}
 r = bench.run_benchmark(
   model, per_device * n_dev, size, "bf16", steps=steps, loop=False, parallelism=("pmap", "jit"),
-  overrides=overrides,
+  overrides=tiny if smoke else None,
 )
 print(bench.format_report(r), flush=True)
 record["train"] = {
