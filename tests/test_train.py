@@ -352,7 +352,7 @@ def test_diverging_run_stops_naming_the_step_and_saves_no_bad_state(tmp_path, ru
 @pytest.mark.parametrize(
   "override, words",
   [
-    # A bad value of a known key: test_main's refusals before TensorFlow loads.
+    # A bad value of a known key or an unknown model is test_main's: refused before TensorFlow.
     ("--config.learnin_rate=0.1", "learning_rate"),
     ("--config.global_batch_size=6", "not divisible by the 4 devices"),
   ],
