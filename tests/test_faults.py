@@ -344,6 +344,36 @@ def test_sigkill_of_a_peer_ends_the_other_with_one_line_then_rerun_finishes(chai
   _same_as_reference(sorted(final.items()), reference[0])
 
 
+# The message of the failed collective in a run where the SIGKILL above landed in an async save.
+GLOO_LOST = (
+  "UNKNOWN: Gloo AllGather failed: [external/gloo/gloo/transport/tcp/pair.cc:538] Read error "
+  "[127.0.0.1]:2437: Connection reset by peer"
+)
+
+
+def test_a_failed_collective_is_a_lost_peer_whatever_its_type(monkeypatch):
+  """A step raises a failed collective as JaxRuntimeError; Orbax's save threads re-raise it as
+  another type. Either is the one lost-peer line; the run's own errors keep their words."""
+  import jax
+
+  from resnet_jax import checkpoint, distributed
+  from resnet_jax.train import loop
+
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  monkeypatch.setattr(jax, "process_index", lambda: 0)
+  for error in (jax.errors.JaxRuntimeError(GLOO_LOST), ValueError(GLOO_LOST)):
+    lost = loop._peer_lost(error)
+    assert isinstance(lost, distributed.PeerLostError), type(error)
+    assert str(lost).startswith("lost process 1 of 2: a collective failed (UNKNOWN: Gloo AllGather")
+    assert str(lost).endswith("rerun the same command to resume")
+  for own in (
+    checkpoint.CheckpointError(f"checkpoint step 40 unreadable: {GLOO_LOST}"),
+    loop.NonFiniteLossError("loss is nan at step 3 (peer of nothing)"),
+    ValueError("config.model='resnet21': unknown model"),
+  ):
+    assert loop._peer_lost(own) is None, own
+
+
 # --- a full disk -----------------------------------------------------------------------------------
 
 # The state's largest checkpoint file is ~19 KB: a 16 KB file size limit makes every checkpoint

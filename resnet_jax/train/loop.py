@@ -183,8 +183,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   lost = None
   try:
     return _train(config, workdir, ckpt, info, model, primary)
-  except jax.errors.JaxRuntimeError as e:
-    lost = distributed.peer_lost_error(e)
+  except Exception as e:  # noqa: BLE001 - each is re-raised, as it is or as the peer it lost
+    lost = _peer_lost(e)
     if lost is None:
       raise
     raise lost from None
@@ -193,6 +193,16 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     # lost peer: Orbax would wait at its barriers for the lost process.
     if lost is None:
       ckpt.close()
+
+
+def _peer_lost(error: Exception) -> distributed.PeerLostError | None:
+  """What a failure of a multi-process run amounts to when a collective with a lost process
+  failed; None for anything else. The collective's error comes as a ``JaxRuntimeError`` from a
+  step, or as another type when Orbax's threads re-raise it during a save. The run's own refusals
+  (a checkpoint it cannot write or read, a diverged loss) already say what happened."""
+  if isinstance(error, (checkpoint_lib.CheckpointError, NonFiniteLossError)):
+    return None
+  return distributed.peer_lost_error(error)
 
 
 @dataclasses.dataclass
