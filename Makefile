@@ -17,7 +17,7 @@ $(PY):
 
 # With a C++ compiler the [cpu] extra (oneDNN) comes too, so conv_impl="onednn" and its kernel tests
 # run; without one they are skipped, as the kernel is compiled on first use.
-$(STAMP): pyproject.toml | $(PY)
+$(STAMP): pyproject.toml setup.py | $(PY)
 	if command -v g++ >/dev/null 2>&1; then \
 	  $(PY) -m pip install -q -e '.[test,cpu]'; \
 	else \

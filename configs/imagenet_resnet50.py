@@ -1,7 +1,33 @@
-"""ResNet-50 on ImageNet with the paper's recipe (§3.4; Tables 3-4), v1 stride placement."""
+"""ResNet-50 on ImageNet with the paper's recipe (§3.4; Tables 3-4), v1 stride placement.
 
-from resnet_jax.train.config import imagenet_paper
+Batch 256, SGD momentum 0.9, weight decay 1e-4, lr 0.1 divided by 10 when the validation error
+plateaus, 60×10⁴ iterations; scale augmentation (shorter side in [256, 480], 224 crop, flip, PCA
+lighting); 10-crop testing for the final figure. Bottleneck blocks, projection shortcuts where the
+dimensions grow (option B).
+"""
+
+from resnet_jax.train.config import base_config
 
 
 def get_config():
-  return imagenet_paper("resnet50")
+  c = base_config()
+  c.model = "resnet50"
+  c.model_overrides.stride_on = "1x1"  # v1: a stage downsamples in its first 1x1 conv
+  c.model_overrides.shortcut = "B"  # projections only where the dimensions grow (Table 3)
+  c.dataset = "imagenet2012"
+  c.train_augment = "paper"  # shorter side in [256, 480], 224 crop, flip, PCA lighting
+  c.eval_method = "ten_crop"  # the paper's 10-crop testing
+  c.precision = "auto"  # bf16 on GPU/TPU (the paper's is fp32), fp32 on CPU
+  c.global_batch_size = 256
+  c.num_train_steps = 600_000
+  c.optimizer = "sgd"
+  c.learning_rate = 0.1
+  c.momentum = 0.9
+  c.weight_decay = 1e-4
+  c.schedule = "plateau"  # lr / 10 when the validation error stops improving
+  c.plateau_patience = 3
+  c.plateau_min_delta = 1e-3
+  c.log_every_steps = 500
+  c.eval_every_steps = 10_000
+  c.checkpoint_every_steps = 5_000
+  return c

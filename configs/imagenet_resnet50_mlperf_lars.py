@@ -7,12 +7,13 @@ rate decays polynomially (power 2) after the warm-up; optim has no polynomial sc
 config decays with the cosine instead. Not run at scale here.
 """
 
-from resnet_jax.train.config import IMAGENET_TRAIN_EXAMPLES, base_config
+from resnet_jax.train import config_common
+from resnet_jax.train.config import base_config
 
 # Published top-1: 75.9 % (MLPerf Training ResNet-50 quality target; recipe of mlcommons/training_results_v2.0 NVIDIA/benchmarks/resnet/implementations/mxnet/config_DGXA100.sh).
 PUBLISHED_TOP1 = 75.9
 BATCH = 3264
-EPOCH = IMAGENET_TRAIN_EXAMPLES // BATCH
+EPOCH = config_common.IMAGENET_TRAIN_EXAMPLES // BATCH
 
 
 def get_config():

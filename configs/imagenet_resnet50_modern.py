@@ -5,9 +5,11 @@ Inception-style random-resized crops, label smoothing 0.1, no weight decay on BN
 accelerators.
 """
 
+from resnet_jax.train import config_common
 from resnet_jax.train.config import base_config
 
-EPOCH = 1_281_167 // 1024
+BATCH = 1024
+EPOCH = config_common.IMAGENET_TRAIN_EXAMPLES // BATCH
 
 
 def get_config():
@@ -17,7 +19,7 @@ def get_config():
   c.train_augment = "inception"
   c.eval_method = "center"
   c.precision = "auto"  # bf16 on GPU/TPU, fp32 on CPU (where XLA's bf16 is the slower one)
-  c.global_batch_size = 1024
+  c.global_batch_size = BATCH
   c.num_train_steps = 90 * EPOCH
   c.learning_rate = 0.1
   c.lr_reference_batch = 256

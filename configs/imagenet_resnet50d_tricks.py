@@ -7,11 +7,13 @@ mixup (alpha 0.2 on every batch); 200 epochs, since the paper lengthens its 120-
 lighting are not part of the 'inception' transform. bf16 on accelerators ('auto').
 """
 
+from resnet_jax.train import config_common
 from resnet_jax.train.config import base_config
 
 # Published top-1: 79.15 % (He et al. 2019, "Bag of Tricks for Image Classification with CNNs", Table 6: ResNet-50-D + cosine + label smoothing + mixup, no distillation).
 PUBLISHED_TOP1 = 79.15
-EPOCH = 1_281_167 // 1024
+BATCH = 1024
+EPOCH = config_common.IMAGENET_TRAIN_EXAMPLES // BATCH
 
 
 def get_config():
@@ -22,7 +24,7 @@ def get_config():
   c.train_augment = "inception"
   c.eval_method = "center"
   c.precision = "auto"
-  c.global_batch_size = 1024
+  c.global_batch_size = BATCH
   c.num_train_steps = 200 * EPOCH
   c.optimizer = "sgd"
   c.learning_rate = 0.1

@@ -19,6 +19,11 @@ A save that cannot be written (full disk, read-only or unwritable workdir) -- al
 Orbax's background threads and surfaces only at the next ``save`` or ``wait`` -- raises
 `CheckpointWriteError`: one line naming the directory, the cause and the last committed step, which
 is untouched.
+
+A restore reads once: ``saved_fields`` tells the caller, from the checkpoint's metadata, which
+fields the state was saved with, so it can build the one template that fits (``train.state``).
+This module also holds the one flattening of a tree into paths (`flatten`) and the one check that
+a tree fits another (`mismatch`), for runs, weights and initialisation too.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import errno
 import os
 import re
 import threading
-from typing import Any
+from typing import Any, Mapping
 
 import jax
 import numpy as np
@@ -53,6 +58,7 @@ _WRITE_FAILURE = re.compile(
   re.IGNORECASE,
 )
 _TMP_STEP = re.compile(r"/(\d+)\.orbax-checkpoint-tmp")
+_MAX_LISTED = 12  # entries a mismatch names of each kind
 
 
 def _write_failure_cause(error: BaseException) -> str | None:
@@ -95,12 +101,77 @@ def _key_name(entry) -> str:
   return str(entry)
 
 
-def _tree_paths(tree) -> dict[str, tuple]:
-  """``{"params/stage1_block0/conv1/kernel": shape}``: dataclass fields and dict keys alike."""
+def flatten(tree) -> dict[tuple[str, ...], Any]:
+  """``{("params", "stage1_block0", "conv1", "kernel"): leaf}``: dict keys, dataclass fields and
+  sequence indices alike, as strings. Empty fields (``None``) hold no leaves."""
   flat, _ = jax.tree_util.tree_flatten_with_path(tree)
-  return {
-    "/".join(_key_name(k) for k in path): tuple(getattr(leaf, "shape", ())) for path, leaf in flat
-  }
+  return {tuple(_key_name(k) for k in path): leaf for path, leaf in flat}
+
+
+def unflatten(flat: Mapping[tuple[str, ...], Any]) -> dict:
+  """Nested dicts from :func:`flatten`'s paths."""
+  out: dict = {}
+  for path, leaf in flat.items():
+    node = out
+    for k in path[:-1]:
+      node = node.setdefault(k, {})
+    node[path[-1]] = leaf
+  return out
+
+
+def shapes(tree) -> dict[tuple[str, ...], tuple[int, ...]]:
+  """:func:`flatten` with each leaf's shape: arrays, abstract arrays and Orbax's metadata alike."""
+  return {path: _shape(leaf) for path, leaf in flatten(tree).items()}
+
+
+def _shape(leaf) -> tuple[int, ...]:
+  return tuple(int(d) for d in getattr(leaf, "shape", np.shape(leaf)))
+
+
+def _natural(text: str):
+  return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text)]
+
+
+def listing(label: str, items: list[str]) -> str:
+  """``"3 missing: a, b, c"``: the count and the first entries in natural order, then how many more."""
+  items = sorted(items, key=_natural)
+  shown = ", ".join(items[:_MAX_LISTED])
+  more = f", ... ({len(items) - _MAX_LISTED} more)" if len(items) > _MAX_LISTED else ""
+  return f"{len(items)} {label}: {shown}{more}"
+
+
+def mismatch(
+  have: Mapping[Any, tuple[int, ...]],
+  want: Mapping[Any, tuple[int, ...]],
+  *,
+  transposed_hint: bool = False,
+) -> str | None:
+  """Why ``have`` does not fit ``want`` (each ``{path: shape}``, a path a :func:`flatten` tuple or
+  a name), or None when it fits: every missing, unexpected and wrongly shaped entry, listed in one
+  line ("2 missing: a/b, a/c; 1 of the wrong shape: d (3, 4) != expected (4, 3)").
+
+  The one check of "does this tree fit" for checkpoints, runs, initialisation and imported weights.
+  ``transposed_hint`` marks a shape that is ``want``'s permuted (a source that keeps its axes in
+  another order).
+  """
+  name = lambda path: "/".join(path) if isinstance(path, tuple) else str(path)  # noqa: E731
+  missing = [name(p) for p in want if p not in have]
+  unexpected = [name(p) for p in have if p not in want]
+  reshaped = []
+  for path in (p for p in want if p in have and tuple(have[p]) != tuple(want[p])):
+    got, expected = tuple(have[path]), tuple(want[path])
+    hint = " (transposed?)" if transposed_hint and sorted(got) == sorted(expected) else ""
+    reshaped.append(f"{name(path)} {got} != expected {expected}{hint}")
+  parts = [
+    listing(label, items)
+    for label, items in (
+      ("missing", missing),
+      ("unexpected", unexpected),
+      ("of the wrong shape", reshaped),
+    )
+    if items
+  ]
+  return "; ".join(parts) or None
 
 
 class Checkpointer:
@@ -239,15 +310,50 @@ class Checkpointer:
     Works however the state was written (host numpy by pmap runs, global arrays by jit runs on
     any number of devices): Orbax is asked for numpy, not for the writer's device layout.
     """
-    step = self.latest_step() if step is None else step
+    step = self._existing_step(step)
+    saved = self._saved_tree(step)
     try:
-      saved = self._manager.item_metadata(step)["state"]
       target = jax.tree_util.tree_map(lambda m: np.empty(m.shape, m.dtype), saved)
       return self._manager.restore(
         step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
       )["state"]
     except Exception as e:  # noqa: BLE001
       raise self._unreadable(step, "read", e) from None
+
+  def saved_fields(self, step: int | None = None) -> dict[str, bool]:
+    """The top-level fields of the state saved at ``step`` (default: latest), each with whether it
+    holds any array (a field saved empty, e.g. ``None``, holds none). Read from the checkpoint's
+    metadata, no array: what a caller needs to build the one template that restores it."""
+    saved = self._saved_tree(self._existing_step(step))
+    if not hasattr(saved, "items"):  # Orbax's tree of a dict or dataclass is not a Mapping
+      return {}
+    return {str(name): bool(jax.tree_util.tree_leaves(value)) for name, value in saved.items()}
+
+  def _existing_step(self, step: int | None) -> int:
+    """``step``, or the latest when None; a missing one is one `CheckpointError` line."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise CheckpointError(f"no checkpoint in {self.directory}")
+    if step not in self.all_steps():
+      raise CheckpointError(
+        f"no checkpoint at step {step} in {self.directory}; available: {self.all_steps()}"
+      )
+    return step
+
+  def _saved_tree(self, step: int):
+    """The state's metadata at ``step``: its tree with each array's shape and dtype."""
+    try:
+      saved = self._manager.item_metadata(step)["state"]
+    except Exception as e:  # noqa: BLE001
+      raise CheckpointError(
+        f"checkpoint {self.directory} step {step} is unreadable ({type(e).__name__}); "
+        f"it may be corrupt: move it aside or choose another workdir"
+      ) from None
+    if saved is None:
+      raise CheckpointError(
+        f"checkpoint {self.directory} step {step} has no readable state metadata; it may be corrupt"
+      )
+    return saved
 
   def _unreadable(self, step: int, verb: str, error: Exception) -> CheckpointError:
     """One line for a checkpoint Orbax failed on: where, which step, and the library's first line."""
@@ -271,16 +377,10 @@ class Checkpointer:
     Orbax reads straight onto the devices (each process reads what its devices hold).
 
     ``expect_meta`` entries (e.g. the model name) must equal the checkpoint's; parameter names and
-    shapes must match the template. Either mismatch, or an unreadable file, raises ``CheckpointError``
-    with one line naming it. Nothing on disk is touched.
+    shapes must match the template (:func:`mismatch`). Either mismatch, or an unreadable file,
+    raises ``CheckpointError`` with one line naming it. Nothing on disk is touched.
     """
-    step = self.latest_step() if step is None else step
-    if step is None:
-      raise CheckpointError(f"no checkpoint in {self.directory}")
-    if step not in self.all_steps():
-      raise CheckpointError(
-        f"no checkpoint at step {step} in {self.directory}; available: {self.all_steps()}"
-      )
+    step = self._existing_step(step)
     meta = self.read_meta(step)
     for key, want in (expect_meta or {}).items():
       if meta.get(key) != want:
@@ -288,7 +388,11 @@ class Checkpointer:
           f"checkpoint {self.directory} step {step} was written with {key}={meta.get(key)!r} but "
           f"this run has {key}={want!r}; use a fresh workdir or the matching config"
         )
-    self._check_structure(step, template)
+    problem = mismatch(shapes(self._saved_tree(step)), shapes(template))
+    if problem:
+      raise CheckpointError(
+        f"checkpoint {self.directory} step {step} does not match this model's state: {problem}"
+      )
 
     def target(x):
       if not hasattr(x, "shape"):
@@ -305,37 +409,3 @@ class Checkpointer:
     except Exception as e:  # noqa: BLE001
       raise self._unreadable(step, "restored", e) from None
     return restored, meta
-
-  def _check_structure(self, step: int, template):
-    try:
-      saved_tree = self._manager.item_metadata(step)["state"]
-    except Exception as e:  # noqa: BLE001
-      raise CheckpointError(
-        f"checkpoint {self.directory} step {step} is unreadable ({type(e).__name__}); "
-        f"it may be corrupt: move it aside or choose another workdir"
-      ) from None
-    if saved_tree is None:
-      raise CheckpointError(
-        f"checkpoint {self.directory} step {step} has no readable state metadata; it may be corrupt"
-      )
-    saved = _tree_paths(saved_tree)
-    wanted = _tree_paths(template)
-    missing = sorted(set(wanted) - set(saved))
-    unexpected = sorted(set(saved) - set(wanted))
-    reshaped = sorted(k for k in set(saved) & set(wanted) if saved[k] != wanted[k])
-    if missing or unexpected or reshaped:
-      parts = []
-      if missing:
-        parts.append(f"missing {len(missing)} (e.g. {missing[0]})")
-      if unexpected:
-        parts.append(f"unexpected {len(unexpected)} (e.g. {unexpected[0]})")
-      if reshaped:
-        k = reshaped[0]
-        parts.append(
-          f"{len(reshaped)} of different shape (e.g. {k}: {saved[k]} in checkpoint, "
-          f"{wanted[k]} in this model)"
-        )
-      raise CheckpointError(
-        f"checkpoint {self.directory} step {step} does not match this model's state: "
-        + "; ".join(parts)
-      )

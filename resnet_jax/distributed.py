@@ -1,4 +1,4 @@
-"""JAX distributed runtime: initialise once at start-up; process and device facts; faults.
+"""JAX distributed runtime: started once, at process start; which process this is.
 
 `initialize()` is called once at process start (``resnet_jax.runtime.start``, which the front door
 calls), before anything touches a JAX device. It picks
@@ -45,15 +45,11 @@ On CPU, processes exchange collectives with gloo over TCP: we set
 ``jax_cpu_collectives_implementation=gloo`` before initialising (unless
 ``JAX_CPU_COLLECTIVES_IMPLEMENTATION`` says otherwise). A process that cannot reach the coordinator
 raises `DistributedInitError` (one line: address, process id, timeout, cause) after ``timeout_s``
-seconds instead of hanging; ``main`` turns that into an exit with that message.
+seconds instead of hanging; the front door turns that into an exit with that message.
 
 A process that never joins ends every process that waits for it with one line and exit status 2
-after ``timeout_s``. A peer lost during training (a collective fails: gloo on CPU reports it at
-once) ends every survivor the same way, via `PeerLostError`: the line names the lost process, the
-last good checkpoint (`set_last_good_checkpoint`) and says to rerun the same command. Where a dead
-peer makes collectives hang instead (GPU, TPU), the coordination service notices the missing
-heartbeats after ``RESNET_JAX_HEARTBEAT_TIMEOUT`` seconds and JAX ends the process itself, with its
-own message naming the unhealthy task.
+after ``timeout_s`` (`resnet_jax.failure`). What a peer lost after start-up means is
+`resnet_jax.faults`'s.
 """
 
 from __future__ import annotations
@@ -62,16 +58,15 @@ import dataclasses
 import inspect
 import logging
 import os
-import re
 import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import jax
 
-from resnet_jax import runtime as process_setup
+from resnet_jax import failure
 
 ENV_COORDINATOR = "RESNET_JAX_COORDINATOR"
 ENV_NUM_PROCESSES = "RESNET_JAX_NUM_PROCESSES"
@@ -105,10 +100,6 @@ log = logging.getLogger(__name__)
 
 class DistributedInitError(RuntimeError):
   """The distributed runtime could not start (bad settings, or coordinator unreachable)."""
-
-
-class PeerLostError(RuntimeError):
-  """Another process of the run died, or a collective with it failed; the run cannot go on."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -326,7 +317,7 @@ def _initialize_before(remaining: float, kwargs: dict, where: str, timeout_s: in
   returned after `remaining` seconds."""
   watchdog = threading.Timer(
     remaining,
-    process_setup.exit_with_error,
+    failure.exit_with_error,
     [
       f"not every process joined {where} within {timeout_s}s: start all processes with the "
       f"same coordinator and process count, or raise {ENV_INIT_TIMEOUT}"
@@ -346,52 +337,6 @@ def _initialize_before(remaining: float, kwargs: dict, where: str, timeout_s: in
     ) from e
   finally:
     watchdog.cancel()
-
-
-# --- faults after start-up: one line and exit status 2 ---------------------------------------------
-
-_FAULTS = {"last_good_checkpoint": lambda: None}
-
-
-def set_last_good_checkpoint(committed_step: Callable[[], int | None]):
-  """Where fault messages read the last committed checkpoint step from (the training loop's
-  checkpointer); None means there is none yet."""
-  _FAULTS["last_good_checkpoint"] = committed_step
-
-
-def lost_peer_message(what: str) -> str:
-  """``what``, then the last good checkpoint and what to do: the one line a fault ends with."""
-  try:
-    step = _FAULTS["last_good_checkpoint"]()
-  except Exception:  # noqa: BLE001 - the message must not fail while the run is failing
-    step = None
-  good = f"step {step}" if step is not None else "none"
-  return f"{what}; last good checkpoint: {good}; rerun the same command to resume"
-
-
-# Runtime errors that mean a collective could not complete because a peer is gone: gloo (CPU) and
-# NCCL (GPU) transport errors, and the coordination service's own verdicts.
-_COLLECTIVE_FAILURE = re.compile(
-  r"gloo|nccl|all-?reduce|all-?gather|collective|connection (reset|closed|refused)|broken pipe|"
-  r"socket closed|heartbeat|barrier|unavailable|deadline.?exceeded|peer",
-  re.IGNORECASE,
-)
-
-
-def _short(text: str, limit: int = 160) -> str:
-  text = re.sub(r"\[[^\]]*\.(cc|h|cpp):\d+\]\s*", "", " ".join(text.split()))  # C++ file:line
-  return text if len(text) <= limit else text[:limit] + "..."
-
-
-def peer_lost_error(error: BaseException) -> PeerLostError | None:
-  """The `PeerLostError` a runtime error of a multi-process run amounts to, or None when it is not a
-  failed collective (or this run has one process)."""
-  if jax.process_count() < 2 or not _COLLECTIVE_FAILURE.search(str(error)):
-    return None
-  me, count = jax.process_index(), jax.process_count()
-  # With two processes the lost one is the other; with more, the collective cannot tell which.
-  who = f"lost process {1 - me} of 2" if count == 2 else f"lost a peer of process {me}/{count}"
-  return PeerLostError(lost_peer_message(f"{who}: a collective failed ({_short(str(error))})"))
 
 
 def backend_started() -> bool:
@@ -455,35 +400,6 @@ def _jax_detected() -> dict:
     return {}
 
 
-def runtime() -> Runtime | None:
-  """The `Runtime` chosen by `initialize()`, or None before it was called."""
-  return _RUNTIME
-
-
 def is_primary() -> bool:
-  """True on process 0: the one that writes logs, TensorBoard, plots and summaries."""
+  """True on process 0: the one that writes logs, TensorBoard, plots, summaries and results."""
   return jax.process_index() == 0
-
-
-def facts() -> dict:
-  """Process and device facts as a dict (for metrics headers and logs)."""
-  local = jax.local_devices()
-  return {
-    "process_index": jax.process_index(),
-    "process_count": jax.process_count(),
-    "local_device_count": len(local),
-    "global_device_count": jax.device_count(),
-    "platform": local[0].platform if local else jax.default_backend(),
-    "device_kind": local[0].device_kind if local else "",
-    "mode": _RUNTIME.mode if _RUNTIME else "uninitialized",
-  }
-
-
-def describe() -> str:
-  """One line for logging, e.g. 'process 0/2: 2 local / 4 global cpu devices (explicit)'."""
-  f = facts()
-  return (
-    f"process {f['process_index']}/{f['process_count']}: {f['local_device_count']} local / "
-    f"{f['global_device_count']} global {f['platform']} devices ({f['device_kind']}; "
-    f"{f['mode']})"
-  )

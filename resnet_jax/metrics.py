@@ -34,8 +34,8 @@ from typing import Any
 from absl import logging
 
 from resnet_jax import storage
+from resnet_jax.run_files import METRICS_FILE
 
-METRICS_FILE = "metrics.jsonl"
 CURVES_FILE = "curves.png"
 TENSORBOARD_DIR = "tensorboard"
 
@@ -198,10 +198,23 @@ def _plain(v):
 
 
 def read_metrics(workdir) -> list[dict[str, Any]]:
+  """The records of ``workdir/metrics.jsonl`` in file order; [] when there is none.
+
+  A line that is not a JSON object is skipped: a reader may meet a line a running writer has half
+  appended (a sweep's summary reads its running members), and one bad line hides no other record.
+  """
   path = storage.location(workdir) / METRICS_FILE
   if not path.exists():
     return []
-  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+  records = []
+  for line in path.read_text().splitlines():
+    try:
+      record = json.loads(line) if line.strip() else None
+    except json.JSONDecodeError:
+      continue
+    if isinstance(record, dict):
+      records.append(record)
+  return records
 
 
 THROUGHPUT_KEYS = ("images_per_sec", "step_time_ms", "data_wait_fraction")

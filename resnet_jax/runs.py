@@ -1,13 +1,19 @@
-"""One way to read a run back: its workdir layout, config, checkpoint metadata and variables.
+"""A run on disk, read back one way: its workdir layout, config, checkpoint metadata and variables;
+the network of its config; and starting a new run from its variables (``config.init_from``).
 
-A run's workdir (written by :mod:`resnet_jax.train.loop`, or by ``resnet-jax convert``)::
+A run's workdir (written by :mod:`resnet_jax.train.loop`, or by ``resnet-jax convert``; the file
+names live in :mod:`resnet_jax.run_files`, light enough for ``sweep --emit``)::
 
     config.json       the config it was trained with (absent in a converted-weights workdir)
     checkpoints/      Orbax checkpoints; each step's meta names the model and its architecture
     DONE              the final metrics, written after the last step
 
-The loop writes what this module reads, and every reader (the loop on resume, the analyses,
-serving, weights) goes through it. It imports nothing that trains.
+The loop writes what this module reads, and every reader (the loop on resume and on
+``config.init_from``, eval, the analyses, serving) goes through it. Of ``train`` it imports what
+describes a run, and calls nothing that compiles or takes a step: the config schema
+(``train.config``, to read config.json back), the axis name of cross-replica BN that a model is
+built with (``train.steps.AXIS``) and the state's abstract variables (``train.state``, to check
+that a checkpoint fits its network).
 """
 
 from __future__ import annotations
@@ -21,22 +27,20 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import logging
 from etils import epath
 
 from resnet_jax import checkpoint as checkpoint_lib
 from resnet_jax import data as data_lib
 from resnet_jax import models
 from resnet_jax import storage
+from resnet_jax.run_files import CHECKPOINT_DIR, CONFIG_FILE, DONE_FILE
 from resnet_jax.train import config as config_lib
 from resnet_jax.train import state as state_lib
 from resnet_jax.train import steps
 
-CHECKPOINT_DIR = "checkpoints"
-CONFIG_FILE = "config.json"
-DONE_FILE = "DONE"
 
-
-def model_kwargs(config) -> dict[str, Any]:
+def _model_kwargs(config) -> dict[str, Any]:
   """``get_model`` keyword arguments of a config: its model overrides, compute dtype and BN axis."""
   kwargs = {k: v for k, v in config.model_overrides.items() if v not in ("", ())}
   if config.precision in ("bf16", "fp16"):
@@ -44,6 +48,21 @@ def model_kwargs(config) -> dict[str, Any]:
   if config.cross_replica_bn:
     kwargs["bn_axis_name"] = steps.AXIS
   return kwargs
+
+
+def build_model(config, num_classes: int | None = None, *, replicated: bool = True):
+  """The network a run of ``config`` trains: ``config.model`` with its overrides and compute dtype,
+  for the dataset's classes unless ``num_classes`` is given. The one place a config's model is
+  built (train, eval, serving, analyses, bench).
+
+  ``replicated=False``: for one device (inference, analyses), BN without the cross-replica axis.
+  """
+  if num_classes is None:
+    num_classes = data_lib.dataset_info(config.dataset).num_classes
+  kwargs = _model_kwargs(config)
+  if not replicated:
+    kwargs.pop("bn_axis_name", None)
+  return models.get_model(config.model, num_classes=num_classes, **kwargs)
 
 
 # ResNet fields that change neither the function computed nor the parameters: a run may resume
@@ -64,7 +83,9 @@ NOT_ARCHITECTURE = (
 def architecture(config) -> dict[str, Any]:
   """The resolved network (registry defaults + overrides), through JSON as stored."""
   num_classes = data_lib.dataset_info(config.dataset).num_classes
-  full = models.registry.model_config(config.model, num_classes=num_classes, **model_kwargs(config))
+  full = models.registry.model_config(
+    config.model, num_classes=num_classes, **_model_kwargs(config)
+  )
   return json.loads(json.dumps({k: v for k, v in full.items() if k not in NOT_ARCHITECTURE}))
 
 
@@ -222,11 +243,14 @@ def read_checkpoint(path, step: int | None = None, *, what: str = "--workdir") -
   )
 
 
-def _paths(tree) -> dict[str, tuple]:
-  flat, _ = jax.tree_util.tree_flatten_with_path(tree)
-  return {
-    "/".join(str(getattr(k, "key", k)) for k in path): tuple(np.shape(leaf)) for path, leaf in flat
-  }
+def abstract_variables(config, model, channels: int | None = None) -> dict:
+  """Shapes and dtypes of ``model``'s ``{'params', 'batch_stats'}`` for a run of ``config``: the
+  train state's abstract variables at the run's eval input side, with ``channels`` (default: the
+  dataset's). Nothing compiles."""
+  size = data_lib.eval_image_sizes(config.dataset, config.image_size or None)[0]
+  channels = channels or data_lib.dataset_info(config.dataset).image_shape[-1]
+  variables = state_lib.abstract_variables(model, (size, size, channels))
+  return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
 
 
 def _check_fits(where: str, config, meta: dict, model, variables, channels: int) -> None:
@@ -237,15 +261,14 @@ def _check_fits(where: str, config, meta: dict, model, variables, channels: int)
         f"checkpoint {where} was written by another architecture than "
         f"config.model={config.model!r} with its overrides; pass the run's own --config"
       )
-  size = data_lib.eval_image_sizes(config.dataset, config.image_size or None)[0]
-  expected = state_lib.abstract_variables(model, (size, size, channels))
-  expected = {"params": expected["params"], "batch_stats": expected.get("batch_stats", {})}
-  want, got = _paths(expected), _paths(variables)
-  if want != got:
-    differ = sorted(set(want) ^ set(got)) or sorted(k for k in want if want[k] != got[k])
+  expected = abstract_variables(config, model, channels)
+  problem = checkpoint_lib.mismatch(
+    checkpoint_lib.shapes(variables), checkpoint_lib.shapes(expected)
+  )
+  if problem:
     raise RunError(
-      f"checkpoint {where} does not fit {config.model} as configured "
-      f"({len(differ)} parameters differ, e.g. {differ[0]}); pass the matching --config"
+      f"checkpoint {where} does not fit {config.model} as configured: {problem}; pass the "
+      f"matching --config"
     )
 
 
@@ -286,10 +309,8 @@ def load(
     config.image_size = image_size
   source = ckpt.ema if ema else {"params": ckpt.params, "batch_stats": ckpt.batch_stats}
   variables = {"params": dict(source["params"]), "batch_stats": dict(source["batch_stats"] or {})}
-  kwargs = model_kwargs(config)
-  kwargs.pop("bn_axis_name", None)  # one device: running statistics, no cross-replica reduction
   num_classes = int(np.shape(ckpt.params["head"]["bias"])[0])
-  model = models.get_model(config.model, num_classes=num_classes, **kwargs)
+  model = build_model(config, num_classes, replicated=False)  # BN with its running statistics
   channels = models.in_channels(ckpt.params)
   _check_fits(f"{workdir} step {ckpt.step}", config, ckpt.meta, model, variables, channels)
   return Run(
@@ -301,3 +322,82 @@ def load(
     meta=ckpt.meta,
     ema=ema,
   )
+
+
+# --- starting a run from another -----------------------------------------------------------------
+_STEM_KERNEL = ("params", "stem_conv", "kernel")
+
+
+def _is_head(path: tuple[str, ...]) -> bool:
+  return path[1:2] == ("head",)
+
+
+def _grey_stem(source_shape: tuple[int, ...], target_shape: tuple[int, ...]) -> bool:
+  """An RGB stem kernel (kh, kw, 3, out) for a 1-channel network's (kh, kw, 1, out)."""
+  return (
+    len(source_shape) == len(target_shape) == 4
+    and source_shape[2] == 3
+    and target_shape[2] == 1
+    and source_shape[:2] + source_shape[3:] == target_shape[:2] + target_shape[3:]
+  )
+
+
+def merge_into(params, batch_stats, source_params, source_batch_stats, *, describe: str = "source"):
+  """Copies every source leaf onto the same path of ``params``/``batch_stats`` (same shape).
+
+  * ``head``: kept as initialised (and logged) when its shape differs or it is absent (a new
+    number of classes).
+  * ``stem_conv/kernel`` with 3 input channels in the source and 1 in the model (RGB ImageNet
+    weights, grayscale digits): summed over the input channels -- the response to a grey image
+    replicated to RGB.
+  * anything else that is missing, unexpected or of another shape: one ``RunError``
+    (``checkpoint.mismatch``).
+
+  Returns ``(params, batch_stats, notes)``; ``notes`` lists what was adapted.
+  """
+  target = checkpoint_lib.flatten({"params": params, "batch_stats": batch_stats})
+  source = checkpoint_lib.flatten({"params": source_params, "batch_stats": source_batch_stats})
+  source = {path: np.asarray(leaf) for path, leaf in source.items()}
+  shapes = lambda flat: {path: np.shape(leaf) for path, leaf in flat.items()}  # noqa: E731
+  head = lambda flat: {p[2:]: np.shape(v) for p, v in flat.items() if _is_head(p)}  # noqa: E731
+  notes = []
+  stem = source.get(_STEM_KERNEL)
+  if stem is not None and _STEM_KERNEL in target:
+    if _grey_stem(stem.shape, np.shape(target[_STEM_KERNEL])):
+      source[_STEM_KERNEL] = stem.sum(axis=2, keepdims=True)
+      notes.append("stem_conv/kernel summed over its 3 input channels for 1-channel images")
+  # A head of another shape (another number of classes) stays as initialised.
+  kept = {}
+  if any(head(source).get(p) != shape for p, shape in head(target).items()):
+    kept = {p: v for p, v in target.items() if _is_head(p)}
+    notes.append(
+      f"head re-initialised: {describe} has {_named(head(source)) or 'no head'}, model has "
+      f"{_named(head(target))}"
+    )
+    source = {p: v for p, v in source.items() if not _is_head(p)}
+  wanted = {p: v for p, v in target.items() if p not in kept}
+  problem = checkpoint_lib.mismatch(shapes(source), shapes(wanted))
+  if problem:
+    raise RunError(f"{describe} does not fit this model (head aside): {problem}")
+  merged = {p: jnp.asarray(source[p], dtype=getattr(v, "dtype", None)) for p, v in wanted.items()}
+  new = checkpoint_lib.unflatten({**merged, **kept})
+  return new["params"], new.get("batch_stats", {}), notes
+
+
+def _named(shapes: dict[tuple[str, ...], tuple]) -> dict[str, tuple]:
+  return {"/".join(path): tuple(shape) for path, shape in shapes.items()}
+
+
+def initialise_from(params, batch_stats, init_dir: str):
+  """The latest checkpoint under ``init_dir`` (a workdir or its checkpoints directory: converted
+  weights or a training run) merged into ``params``/``batch_stats`` by :func:`merge_into`; logs
+  what was adapted. For ``train.loop``'s ``config.init_from``."""
+  source = read_checkpoint(init_dir, what="config.init_from")
+  describe = f"checkpoint {init_dir} ({source.meta.get('model', '?')})"
+  params, batch_stats, notes = merge_into(
+    params, batch_stats, source.params, source.batch_stats, describe=describe
+  )
+  logging.info("initialised from %s", describe)
+  for note in notes:
+    logging.info("init_from: %s", note)
+  return params, batch_stats, notes

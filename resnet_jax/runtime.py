@@ -11,7 +11,7 @@ the allocator setting, ``jax.distributed.initialize`` -- is an explicit call mad
                       device split and ``jax.distributed.initialize``, in the order they must come.
 
 Each step is also a function of its own (``import_tensorflow``, ``split_cpu_into_devices``, ...)
-for a process that needs only that step. ``exit_with_error`` is the one way a command fails.
+for a process that needs only that step. The one way a command fails is `resnet_jax.failure`'s.
 """
 
 from __future__ import annotations
@@ -321,25 +321,3 @@ def spare_the_final_collection() -> None:
   all of them, the hundreds of thousands TensorFlow and JAX create, a pause at the end of every
   command for nothing: the process frees its memory by ending."""
   gc.freeze()
-
-
-# --- the one way to fail ----------------------------------------------------------------------
-
-
-def exit_with_error(message, status: int = 2):
-  """Writes ``error: message`` as the process's last stderr line and exits at once.
-
-  Whatever other threads print afterwards (Orbax and TensorStore tracebacks after a failed read, the
-  runtime's own logs while it fails) would bury the line, so stderr is pointed at /dev/null first;
-  whichever thread gets here first writes the one line.
-  """
-  for stream in (sys.stdout, sys.stderr):
-    try:
-      stream.flush()
-    except (OSError, ValueError):
-      pass
-  real_stderr = os.dup(2)
-  devnull = os.open(os.devnull, os.O_WRONLY)
-  os.dup2(devnull, 2)
-  os.write(real_stderr, f"error: {message}\n".encode())
-  os._exit(status)  # pylint: disable=protected-access

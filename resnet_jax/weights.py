@@ -22,9 +22,10 @@ torchvision's resnet.py).  Its other names differ where the network does:
                                                                       the parameter-free AvgPool)
     layer{i}.{j}.se.fc{1,2}.{weight,bias} -> .../se/fc{1,2}/{kernel,bias}   (squeeze-excitation)
 
-``*.num_batches_tracked`` is ignored.  The expected tree comes from ``jax.eval_shape`` of the
-model's ``init`` (nothing is computed), so every missing, unexpected or wrongly shaped tensor is
-found before anything is converted and reported in one :class:`WeightImportError`; so is a file
+``*.num_batches_tracked`` is ignored.  The expected tree is the train state's abstract variables
+at ImageNet's input (:func:`resnet_jax.runs.abstract_variables`: nothing is computed), so every
+missing, unexpected or wrongly shaped tensor is found before anything is converted and reported in
+one :class:`WeightImportError` (``checkpoint.mismatch``, the one check of a tree); so is a file
 that is not a state dict at all.  Our ImageNet models use torchvision's v1.5 stride placement,
 option-B shortcuts, padding and BN epsilon, and timm's deep stem, average-pool shortcut and SE
 module, so the imported network reproduces the source's eval-mode logits (tests/test_weights.py).
@@ -32,7 +33,7 @@ module, so the imported network reproduces the source's eval-mode logits (tests/
 ``convert(src, model_name, workdir, source=...)`` writes the result as an Orbax checkpoint (step 0,
 state ``{'params', 'batch_stats'}``, meta ``{'model', 'source', 'kind': 'weights'}``) in
 ``<workdir>/checkpoints``; ``--config.init_from=<workdir>`` starts training from it
-(:func:`resnet_jax.runs.read_checkpoint` + :func:`merge_into`, used by ``train.loop``).
+(:func:`resnet_jax.runs.initialise_from`, used by ``train.loop``).
 
 torch is an optional extra (``pip install resnet-jax[torch]``), imported only here and only when a
 ``.pth`` file is read or torch tensors are converted; ``torch.load`` runs with ``weights_only=True``
@@ -46,9 +47,7 @@ import warnings
 from typing import Any, Mapping
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from absl import logging
 
 from resnet_jax import checkpoint as checkpoint_lib
 from resnet_jax import models
@@ -81,7 +80,6 @@ TIMM_SUPPORTED = SUPPORTED + (
 )
 SOURCES = ("torchvision", "timm")
 _IGNORED_SUFFIXES = ("num_batches_tracked",)
-_MAX_LISTED = 12
 
 
 class WeightImportError(ValueError):
@@ -260,7 +258,11 @@ def _load_state_dict(state_dict_or_path) -> Mapping[str, Any]:
   if not loaded or not_tensors:
     raise WeightImportError(
       f"{what} is not a state dict (a mapping of name -> tensor): "
-      + (_listing("entries that are not tensors", not_tensors) if loaded else "it is empty")
+      + (
+        checkpoint_lib.listing("entries that are not tensors", not_tensors)
+        if loaded
+        else "it is empty"
+      )
       + "; nothing was converted"
     )
   return loaded
@@ -280,38 +282,12 @@ def _numpy(value, dtype) -> np.ndarray:
 
 
 def expected_tree(model_name: str, num_classes: int | None = None, **model_overrides):
-  """Shapes/dtypes of ``{'params', 'batch_stats'}`` of the model (``jax.eval_shape``: no compute)."""
-  model = models.get_model(model_name, num_classes=num_classes, **model_overrides)
-  variables = jax.eval_shape(
-    lambda r: model.init(r, jnp.zeros((1, 64, 64, 3), jnp.float32), train=False), jax.random.key(0)
-  )
-  return {"params": variables["params"], "batch_stats": variables["batch_stats"]}
-
-
-def _flat(tree) -> dict[tuple[str, ...], Any]:
-  flat, _ = jax.tree_util.tree_flatten_with_path(tree)
-  return {tuple(str(getattr(k, "key", k)) for k in path): leaf for path, leaf in flat}
-
-
-def _unflatten(flat: Mapping[tuple[str, ...], Any]) -> dict:
-  out: dict = {}
-  for path, leaf in flat.items():
-    node = out
-    for k in path[:-1]:
-      node = node.setdefault(k, {})
-    node[path[-1]] = leaf
-  return out
-
-
-def _natural(text: str):
-  return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text)]
-
-
-def _listing(label: str, items: list[str]) -> str:
-  items = sorted(items, key=_natural)
-  shown = ", ".join(items[:_MAX_LISTED])
-  more = f", ... ({len(items) - _MAX_LISTED} more)" if len(items) > _MAX_LISTED else ""
-  return f"{len(items)} {label}: {shown}{more}"
+  """Shapes/dtypes of ``{'params', 'batch_stats'}`` of the model as a run of its converted weights
+  builds it: the train state's abstract variables at ImageNet's input (no compute)."""
+  config = runs.converted_config({"model": model_name})
+  config.model_overrides.update(model_overrides)
+  model = runs.build_model(config, num_classes, replicated=False)
+  return runs.abstract_variables(config, model)
 
 
 def key_table(model_name: str, source: str, num_classes: int | None = None, **model_overrides):
@@ -319,7 +295,9 @@ def key_table(model_name: str, source: str, num_classes: int | None = None, **mo
   ``params`` and ``batch_stats`` (no compute: shapes from :func:`expected_tree`)."""
   layout = _layout(source, model_name, model_overrides)
   table = {}
-  for path, leaf in _flat(expected_tree(model_name, num_classes, **model_overrides)).items():
+  for path, leaf in checkpoint_lib.flatten(
+    expected_tree(model_name, num_classes, **model_overrides)
+  ).items():
     key, transform = _torch_key(path[0], path[1:], layout, len(leaf.shape))
     table[path] = (key, transform, _torch_shape(leaf.shape, transform), leaf.dtype)
   return table
@@ -356,40 +334,19 @@ def from_state_dict(
     ]  # the bias: unambiguous if fc.weight is transposed
   table = key_table(model_name, source, num_classes, **model_overrides)
 
-  plan = {}  # our path -> (source key, transform, dtype)
-  missing, reshaped = [], []
-  for path, (key, transform, want, dtype) in table.items():
-    if key not in state_dict:
-      missing.append(key)
-      continue
-    got = _shape(state_dict[key])
-    if got != want:
-      hint = " (transposed?)" if sorted(got) == sorted(want) else ""
-      reshaped.append(f"{key} {got} != expected {want}{hint}")
-      continue
-    plan[path] = (key, transform, dtype)
-  known = {key for key, *_ in table.values()}
-  unexpected = sorted(k for k in state_dict if k not in known and not k.endswith(_IGNORED_SUFFIXES))
-  if missing or unexpected or reshaped:
-    parts = [
-      _listing(label, items)
-      for label, items in (
-        ("missing", missing),
-        ("unexpected", unexpected),
-        ("of the wrong shape", reshaped),
-      )
-      if items
-    ]
+  want = {key: shape for key, _, shape, _ in table.values()}
+  have = {k: _shape(v) for k, v in state_dict.items() if not k.endswith(_IGNORED_SUFFIXES)}
+  problem = checkpoint_lib.mismatch(have, want, transposed_hint=True)
+  if problem:
     raise WeightImportError(
-      f"state dict does not match {source} {model_name} "
-      f"({num_classes} classes): " + "; ".join(parts) + ". Nothing was converted."
+      f"state dict does not match {source} {model_name} ({num_classes} classes): {problem}. "
+      "Nothing was converted."
     )
-
   converted = {
     path: _to_ours(_numpy(state_dict[key], dtype), transform)
-    for path, (key, transform, dtype) in plan.items()
+    for path, (key, transform, _, dtype) in table.items()
   }
-  variables = _unflatten(converted)
+  variables = checkpoint_lib.unflatten(converted)
   return variables["params"], variables["batch_stats"]
 
 
@@ -454,90 +411,3 @@ def convert_command(source: str, model: str, src: str, workdir: str) -> str:
     f"{info['num_classes']} classes) from {src} -> {info['directory']} step 0; "
     f"start from it with --config.init_from={storage.location(workdir)}"
   )
-
-
-def merge_into(params, batch_stats, source_params, source_batch_stats, *, describe: str = "source"):
-  """Copies every source leaf onto the same path of ``params``/``batch_stats`` (same shape).
-
-  * ``head``: kept as initialised (and logged) when its shape differs or it is absent (a new
-    number of classes).
-  * ``stem_conv/kernel`` with 3 input channels in the source and 1 in the model (RGB ImageNet
-    weights, grayscale digits): summed over the input channels -- the response to a grey image
-    replicated to RGB.
-  * anything else that is missing, unexpected or of another shape: one ``WeightImportError``.
-
-  Returns ``(params, batch_stats, notes)``; ``notes`` lists what was adapted.
-  """
-  target = {
-    **{("params",) + p: v for p, v in _flat(params).items()},
-    **{("batch_stats",) + p: v for p, v in _flat(batch_stats).items()},
-  }
-  source = {
-    **{("params",) + p: v for p, v in _flat(source_params).items()},
-    **{("batch_stats",) + p: v for p, v in _flat(source_batch_stats).items()},
-  }
-  name = lambda p: "/".join(p)  # noqa: E731
-  is_head = lambda p: len(p) > 1 and p[1] == "head"  # noqa: E731
-
-  head_fits = all(
-    p in source and np.shape(source[p]) == np.shape(v) for p, v in target.items() if is_head(p)
-  )
-  out, notes, missing, reshaped = {}, [], [], []
-  for path, leaf in target.items():
-    shape = tuple(np.shape(leaf))
-    if is_head(path) and not head_fits:
-      out[path] = leaf
-      continue
-    if path not in source:
-      missing.append(name(path))
-      continue
-    value = np.asarray(source[path])
-    if (
-      value.shape != shape
-      and path[1:] == ("stem_conv", "kernel")
-      and value.ndim == 4
-      and value.shape[2] == 3
-      and shape[2] == 1
-      and value.shape[:2] + value.shape[3:] == shape[:2] + shape[3:]
-    ):
-      value = value.sum(axis=2, keepdims=True)
-      notes.append("stem_conv/kernel summed over its 3 input channels for 1-channel images")
-    if value.shape != shape:
-      reshaped.append(f"{name(path)} {value.shape} != model {shape}")
-      continue
-    out[path] = jnp.asarray(value, dtype=getattr(leaf, "dtype", None))
-  unexpected = sorted(name(p) for p in source if p not in target and not is_head(p))
-  if missing or unexpected or reshaped:
-    parts = [
-      _listing(label, items)
-      for label, items in (
-        ("missing", missing),
-        ("unexpected", unexpected),
-        ("of another shape", reshaped),
-      )
-      if items
-    ]
-    raise WeightImportError(f"{describe} does not fit this model (head aside): " + "; ".join(parts))
-  if not head_fits:
-    src_head = {name(p[2:]): tuple(np.shape(v)) for p, v in source.items() if is_head(p)}
-    notes.append(
-      f"head re-initialised: {describe} has {src_head or 'no head'}, model has "
-      f"{ {name(p[2:]): tuple(np.shape(v)) for p, v in target.items() if is_head(p)} }"
-    )
-  new = _unflatten(out)
-  return new["params"], new.get("batch_stats", {}), notes
-
-
-def initialise_from(params, batch_stats, init_dir: str):
-  """The latest checkpoint under ``init_dir`` (a workdir or its checkpoints directory: converted
-  weights or a training run) merged into ``params``/``batch_stats`` by :func:`merge_into`; logs
-  what was adapted.  For ``train.loop``."""
-  source = runs.read_checkpoint(init_dir, what="config.init_from")
-  describe = f"checkpoint {init_dir} ({source.meta.get('model', '?')})"
-  params, batch_stats, notes = merge_into(
-    params, batch_stats, source.params, source.batch_stats, describe=describe
-  )
-  logging.info("initialised from %s", describe)
-  for note in notes:
-    logging.info("init_from: %s", note)
-  return params, batch_stats, notes

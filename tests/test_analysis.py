@@ -16,7 +16,8 @@ import pytest
 from resnet_jax import analysis as A
 from resnet_jax import models
 from resnet_jax import runs as resnet_runs
-from resnet_jax.analysis import cli, degradation, gradient_flow, layer_responses, shortcuts
+from resnet_jax.analysis import degradation, gradient_flow, layer_responses, shortcuts
+from resnet_jax.commands.analyze import analyze_command
 from resnet_jax.checkpoint import CheckpointError
 from resnet_jax.models import blocks
 
@@ -123,11 +124,11 @@ def test_gradient_norms_equal_hand_built_loss(name):
 
 def test_cli_rejects_unknown_analysis(tmp_path):
   with pytest.raises(ValueError, match="unknown analysis"):
-    cli.analyze_command("nope", [f"--out={tmp_path}"])
+    analyze_command("nope", [f"--out={tmp_path}"])
   with pytest.raises(ValueError, match="--out is required"):
-    cli.analyze_command("degradation", [])
+    analyze_command("degradation", [])
   with pytest.raises(ValueError, match="Did you mean: num_images"):  # one spelling
-    cli.analyze_command("layer_responses", [f"--out={tmp_path}", "--num-images=8"])
+    analyze_command("layer_responses", [f"--out={tmp_path}", "--num-images=8"])
 
 
 def test_recipe_scales_cifar_boundaries():
@@ -192,7 +193,7 @@ def test_commands_end_to_end(tmp_path):
   tiny = ["--steps=4", "--width=0.25", "--batch_size=32", "--evals=2"]
   deg = os.path.join(out, "deg")
   # One seed: the report's statistics over seeds are held by the committed 3-seed report's test.
-  res = cli.analyze_command("degradation", [f"--out={deg}", "--depths=8", "--seeds=1", *tiny])
+  res = analyze_command("degradation", [f"--out={deg}", "--depths=8", "--seeds=1", *tiny])
   text = _assert_outputs(deg, "degradation")
   assert "| plain8 | 1 |" in text and "| resnet8 | 1 |" in text  # one seed each
   members = [("plain8", 1), ("resnet8", 1)]
@@ -209,7 +210,7 @@ def test_commands_end_to_end(tmp_path):
   args = shlex.split(member["command"])[3:]
   assert args[-1] == "--out=DIR"
   alone = os.path.join(out, "alone")
-  cli.analyze_command("degradation", [*args[:-1], f"--out={alone}"])
+  analyze_command("degradation", [*args[:-1], f"--out={alone}"])
   (again,) = _check_degradation_json(alone, [("resnet8", 1)])["runs"]
   assert again["command"] == member["command"]
   assert again["final_train_error"] == pytest.approx(member["final_train_error"], abs=0.01)
@@ -217,28 +218,24 @@ def test_commands_end_to_end(tmp_path):
   # --report_only: the figure and Markdown from the json alone (no runs, no checkpoints).
   shutil.move(os.path.join(deg, "runs"), os.path.join(out, "runs_elsewhere"))
   os.remove(os.path.join(deg, "degradation.md"))
-  cli.analyze_command("degradation", [f"--out={deg}", "--report_only"])
+  analyze_command("degradation", [f"--out={deg}", "--report_only"])
   assert _assert_outputs(deg, "degradation") == text
   shutil.move(os.path.join(out, "runs_elsewhere"), os.path.join(deg, "runs"))
 
   runs = os.path.join(deg, "runs")
   _check_runs_reads_back(os.path.join(runs, "resnet8_seed1"))
-  res = cli.analyze_command(
-    "layer_responses", [f"--out={out}/lr", f"--runs={runs}", "--num_images=16"]
-  )
+  res = analyze_command("layer_responses", [f"--out={out}/lr", f"--runs={runs}", "--num_images=16"])
   lr_text = _assert_outputs(f"{out}/lr", "layer_responses")
   assert [len(r["std"]) for r in res["results"]] == [7, 7]
   assert [(r["model"], r["seed"]) for r in res["results"]] == members
   assert "| plain8 (x0.25) | 1 |" in lr_text  # one row per net, its seeds together
 
   two = f"{runs}/plain8_seed1,{runs}/resnet8_seed1"
-  res = cli.analyze_command(
-    "gradient_flow", [f"--out={out}/gf", f"--workdirs={two}", "--num_images=8"]
-  )
+  res = analyze_command("gradient_flow", [f"--out={out}/gf", f"--workdirs={two}", "--num_images=8"])
   _assert_outputs(f"{out}/gf", "gradient_flow")
   assert sorted(r["when"] for r in res["results"]) == ["init", "init", "trained", "trained"]
 
-  res = cli.analyze_command(
+  res = analyze_command(
     "test_time", [f"--out={out}/tt", f"--workdirs={runs}/resnet8_seed1", "--scales=28,32"]
   )
   _assert_outputs(f"{out}/tt", "test_time")
@@ -246,9 +243,7 @@ def test_commands_end_to_end(tmp_path):
   assert all(r["count"] == 1000 for r in res["rows"])
   assert res["rows"][2]["scales"] == [28, 32]
 
-  res = cli.analyze_command(
-    "shortcuts", [f"--out={out}/sc", "--model=resnet8", "--options=B", *tiny]
-  )
+  res = analyze_command("shortcuts", [f"--out={out}/sc", "--model=resnet8", "--options=B", *tiny])
   _assert_outputs(f"{out}/sc", "shortcuts")
   (b,) = res["rows"]
   assert b["test_top1_error"] is not None and b["step"] == 4

@@ -153,6 +153,62 @@ def test_bench_tiny_report_has_every_field_with_sane_values(tmp_path):
   assert "None" not in text
 
 
+def test_bench_lowers_the_loops_own_step_for_lamb_mixup_and_ema():
+  """For a config with LAMB, mixup, label smoothing and an EMA, the step bench compiles is the one
+  the training loop compiles: the same lowered computation on both data-parallel paths, for the
+  loop's own model, optimizer and resume template of the state."""
+  from resnet_jax import data, runs
+  from resnet_jax.bench import train as bench_train
+  from resnet_jax.train import config as config_lib
+  from resnet_jax.train import loop, optim, parallel
+  from resnet_jax.train import state as state_lib
+
+  config = config_lib.base_config()
+  config.optimizer, config.mixup_alpha, config.ema_decay = "lamb", 0.2, 0.99
+  config.label_smoothing = 0.1
+  config.model_overrides.width_multiplier = 0.25
+  config.model_overrides.stage_sizes = (1, 1, 1)
+  n_dev, batch, size = jax.local_device_count(), 2 * jax.local_device_count(), 16
+  config = bench_train.bench_config("resnet20", batch, "fp32", config)
+  setup = bench_train.set_up(config, size)
+  host_batch, _ = bench_train.host_batches(setup, n_dev)
+  assert setup.config.optimizer == "lamb" and setup.host_state.ema is not None
+
+  # The loop's side, built as train_and_evaluate builds it.
+  num_classes = data.dataset_info(config.dataset).num_classes
+  model = runs.build_model(config, num_classes)
+  image_shape = (size, size, 3)
+  tx = optim.create_optimizer(config, state_lib.abstract_variables(model, image_shape)["params"])
+  template = state_lib.abstract_train_state(model, tx, image_shape, use_ema=True)
+  assert same_shapes(template, setup.host_state)
+
+  def loop_text(par, config):
+    if isinstance(par, parallel.Jit):
+      state = jax.tree_util.tree_map(
+        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=par.replicated), template
+      )
+      images = jax.ShapeDtypeStruct((batch, *image_shape), jnp.float32, sharding=par.sharded)
+      labels = jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=par.sharded)
+    else:
+      state = jax.tree_util.tree_map(
+        lambda s: jax.ShapeDtypeStruct((n_dev, *s.shape), s.dtype), template
+      )
+      images = jax.ShapeDtypeStruct((n_dev, batch // n_dev, *image_shape), jnp.float32)
+      labels = jax.ShapeDtypeStruct((n_dev, batch // n_dev), jnp.int32)
+    step = loop.compile_steps(config, par, model, tx, num_classes)["p_train_step"]
+    return step.lower(state, {"image": images, "label": labels}).as_text()
+
+  for name in parallel.PARALLELISMS:
+    par = parallel.create(name)
+    state, train_batch = par.replicate(setup.host_state), par.put_batch(host_batch)
+    bench_text = bench_train.lower_train_step(par, setup, state, train_batch).as_text()
+    assert bench_text == loop_text(par, config), name
+  # The comparison sees the step's arguments: without mixing the loop's step is another program.
+  unmixed = config.copy_and_resolve_references()
+  unmixed.mixup_alpha = 0.0
+  assert bench_text != loop_text(par, unmixed)
+
+
 def test_bench_command_splits_the_cpu_and_counts_the_whole_batch(tmp_path):
   """`resnet-jax bench` on 2 single-threaded CPU devices: the global batch is split, the
   FLOPs and images/s are those of the whole batch of the net ``--override`` shapes, and the run

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from resnet_jax.checkpoint import CheckpointError, Checkpointer
+from resnet_jax.checkpoint import CheckpointError, Checkpointer, mismatch
 
 
 def state(scale=1.0):
@@ -43,12 +43,37 @@ def test_another_model_or_shape_is_refused_naming_the_difference(tmp_path):
     ckpt.restore(state(), expect_meta={"model": "resnet56"})
   wider = {"params": {"conv": {"kernel": np.zeros((3, 3, 1, 8), np.float32)}}, "step": np.int32(0)}
   with pytest.raises(
-    CheckpointError, match=r"conv/kernel: \(3, 3, 1, 4\) in checkpoint, \(3, 3, 1, 8\)"
+    CheckpointError,
+    match=r"1 of the wrong shape: params/conv/kernel \(3, 3, 1, 4\) != expected \(3, 3, 1, 8\)$",
   ):
     ckpt.restore(wider)
   with pytest.raises(CheckpointError, match="no checkpoint at step 5"):
     ckpt.restore(state(), step=5)
+  with pytest.raises(CheckpointError, match="no checkpoint at step 5"):
+    ckpt.saved_fields(5)
   ckpt.close()
+
+
+def test_saved_fields_are_read_from_the_metadata_without_a_template(tmp_path):
+  ckpt = Checkpointer(str(tmp_path), async_save=False)
+  ckpt.save(1, {**state(), "ema": None}, {"model": "m"})
+  assert ckpt.saved_fields() == {"params": True, "step": True, "ema": False}
+  ckpt.close()
+
+
+def test_mismatch_lists_every_kind_in_one_line():
+  have = {("a", "x"): (3,), ("a", "y"): (2, 4), "extra": ()}
+  want = {("a", "x"): (3,), ("a", "y"): (4, 2), ("a", "z"): (1,)}
+  assert mismatch(want, want) is None
+  assert mismatch(have, want, transposed_hint=True) == (
+    "1 missing: a/z; 1 unexpected: extra; 1 of the wrong shape: a/y (2, 4) != expected (4, 2) "
+    "(transposed?)"
+  )
+  many = {("p", f"w{i}"): (1,) for i in range(14)}
+  assert mismatch({}, many) == (
+    "14 missing: p/w0, p/w1, p/w2, p/w3, p/w4, p/w5, p/w6, p/w7, p/w8, p/w9, p/w10, p/w11, ... "
+    "(2 more)"
+  )
 
 
 def test_reads_abandoned_by_a_failed_restore_print_nothing(monkeypatch):

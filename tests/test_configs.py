@@ -54,16 +54,60 @@ def test_config_builds(path):
   jax.eval_shape(tx.init, variables["params"])
 
 
-def test_the_package_is_itself_the_default_config_file():
-  # `resnet-jax train` without --config, and sweep members whose file names no CONFIG, load
-  # train/config.py as a config file: the default experiment must be configs/digits.py's.
-  default = load(config_lib.__file__)
-  assert default.to_dict() == load(os.path.join(CONFIG_DIR, "digits.py")).to_dict()
-  assert default.dataset == "digits" and default.model == "resnet20"
+def test_the_default_experiment_is_the_digits_config_file():
+  # `resnet-jax train` without --config, and sweep members whose file names no CONFIG, run it.
+  default = config_lib.default_config_file()
+  assert os.path.samefile(default, os.path.join(CONFIG_DIR, "digits.py"))
+  c = config_lib.load(default)
+  assert c.dataset == "digits" and c.model == "resnet20"
+
+
+def test_a_config_is_named_by_path_or_by_its_shipped_name(tmp_path, monkeypatch):
+  shipped = os.path.join(CONFIG_DIR, "cifar10_resnet110.py")
+  for name in ("cifar10_resnet110", "cifar10_resnet110.py"):
+    assert os.path.samefile(config_lib.config_file(name), shipped)
+  assert config_lib.config_file("cifar10_resnet110:arg").endswith("cifar10_resnet110.py:arg")
+  assert config_lib.config_file("configs/digits.py") == "configs/digits.py"  # a path as given
+  assert config_lib.config_file("no_such_experiment") == "no_such_experiment"  # loader says so
+  monkeypatch.chdir(tmp_path)
+  (tmp_path / "digits.py").write_text("def get_config():\n  return {}\n")
+  assert config_lib.config_file("digits.py") == "digits.py"  # a file here wins over a name
+  argv = ["prog", "--config=mnist", "--config", "digits", "--config.seed=1", "--", "--config=x"]
+  assert config_lib.with_config_files(argv) == [
+    "prog",
+    "--config=" + config_lib.config_file("mnist"),
+    "--config",
+    config_lib.config_file("digits"),  # a name: digits.py here is only found as "digits.py"
+    "--config.seed=1",
+    "--",
+    "--config=x",
+  ]
+  assert config_lib.config_file("mnist").endswith(os.path.join("configs", "mnist.py"))
+
+
+def test_validate_takes_its_choices_from_their_owners(monkeypatch):
+  from resnet_jax.models import conv_impl
+  from resnet_jax.train import parallel
+
+  known = dict(known_models=models.list_models(), known_datasets=data.list_datasets())
+  c = config_lib.load("digits")
+  c.parallelism, c.model_overrides.conv_impl = "gspmd", "cudnn"
+  with pytest.raises(ValueError, match=r"must be 'pmap' or 'jit'$"):
+    config_lib.validate(c, **known)
+  monkeypatch.setattr(parallel, "PARALLELISMS", (*parallel.PARALLELISMS, "gspmd"))
+  with pytest.raises(ValueError, match=r"conv_impl='cudnn': must be 'auto', 'xla' or 'onednn' "):
+    config_lib.validate(c, **known)
+  monkeypatch.setattr(conv_impl, "CONV_IMPLS", (*conv_impl.CONV_IMPLS, "cudnn"))
+  config_lib.validate(c, **known)
 
 
 def test_table6_recipe_matches_the_paper():
-  c = load(os.path.join(CONFIG_DIR, "cifar10_resnet110.py"))
+  path = os.path.join(CONFIG_DIR, "cifar10_resnet110.py")
+  with open(path) as f:  # the file is the record: batch, schedule, warm-up and augmentation in it
+    text = f.read()
+  for key in ("global_batch_size", "lr_boundaries", "warmup_lr_scale", "train_augment"):
+    assert f"  c.{key} = " in text, key
+  c = load(path)
   assert (c.global_batch_size, c.learning_rate, tuple(c.lr_boundaries), c.num_train_steps) == (
     128,
     0.1,
@@ -106,7 +150,7 @@ def test_drop_path_rate_is_a_documented_key_refused_outside_unit_interval_in_one
   assert base.model_overrides.drop_path_rate == 0.0  # off by default
   with open(config_lib.__file__) as f:
     assert sum('"drop_path_rate": 0.0,' in line for line in f) == 1
-  c = config_lib.digits()
+  c = config_lib.load("digits")
   c.model_overrides.drop_path_rate = rate
   with pytest.raises(ValueError, match=r"^config\.model_overrides\.drop_path_rate=") as e:
     config_lib.validate(c, known_models=models.list_models(), known_datasets=data.list_datasets())
@@ -117,14 +161,14 @@ def test_drop_path_rate_leaves_the_checkpointed_architecture_as_before():
   # Runs written before the key existed must still restore: the rate is training-time only.
   from resnet_jax import runs
 
-  c = config_lib.digits()
+  c = config_lib.load("digits")
   plain = runs.architecture(c)
   c.model_overrides.drop_path_rate = 0.1
   assert "drop_path_rate" not in plain and runs.architecture(c) == plain
 
 
 def test_an_eval_batch_the_devices_cannot_share_is_refused_in_one_line(monkeypatch):
-  config = config_lib.digits()
+  config = config_lib.load("digits")
   config.eval_batch_size = 6
   monkeypatch.setattr(loop.jax, "device_count", lambda: 4)
   with pytest.raises(ValueError, match=r"^config.eval_batch_size=6 is not divisible by the 4 "):

@@ -217,10 +217,66 @@ def test_ten_crop_has_10_views_whose_flips_match():
 
 
 def test_full_conv_resizes_shorter_side_to_scale_and_takes_centre_square():
-  out = augment.full_conv_eval(
-    tf.zeros([30, 60, 3], tf.uint8), scale=40, mean=(0,) * 3, std=(1,) * 3
+  views = augment.eval_views("full_conv", train_augment="paper", image_size=32, resize_size=None)
+  assert (views.crop, views.resize) == (32, 32)  # default scale: the resize side or the crop
+  views = augment.eval_views(
+    "full_conv", train_augment="paper", image_size=32, resize_size=None, scale=40
+  )
+  out = augment.views_transform(views, mean=(0,) * 3, std=(1,) * 3, channels=3)(
+    tf.zeros([30, 60, 3], tf.uint8)
   )
   assert out.shape == (1, 40, 40, 3)
+
+
+@pytest.mark.parametrize(
+  "train_augment, resize_size, pad, flip",
+  [
+    ("digits", None, 2, False),
+    ("digits4", None, 4, False),  # the run's own padding, not the dataset's default 2
+    ("cifar", None, 4, True),
+    ("none", None, 0, False),
+    ("paper", 256, 0, True),  # resized images: no padding, whatever the training's
+    ("inception", 256, 0, True),
+    ("cifar", 36, 0, True),
+    (None, 256, 0, True),  # not trained here (converted weights): the paper's ten crops
+  ],
+)
+def test_ten_crop_views_follow_the_runs_own_training(train_augment, resize_size, pad, flip):
+  views = augment.eval_views(
+    "ten_crop", train_augment=train_augment, image_size=32, resize_size=resize_size
+  )
+  assert views == augment.EvalViews("ten_crop", 32, resize_size, pad=pad, flip=flip)
+  assert views.num_views == 10
+  center = augment.eval_views(
+    "center", train_augment=train_augment, image_size=32, resize_size=resize_size
+  )
+  assert center == augment.EvalViews("center", 32, resize_size) and center.num_views == 1
+
+
+@pytest.mark.parametrize(
+  "shape, views",
+  [
+    ((28, 28, 1), augment.EvalViews("center", 28)),
+    ((28, 28, 1), augment.EvalViews("ten_crop", 28, pad=2, flip=False)),
+    ((32, 30, 1), augment.EvalViews("ten_crop", 28, pad=4, flip=False)),
+    ((32, 30, 3), augment.EvalViews("ten_crop", 28, pad=4, flip=True)),
+    ((45, 60, 3), augment.EvalViews("center", 32, 37)),
+    ((45, 60, 3), augment.EvalViews("ten_crop", 32, 37, flip=True)),
+    ((60, 45, 3), augment.EvalViews("ten_crop", 32, 37, flip=False)),
+  ],
+)
+def test_eval_and_export_apply_the_same_views(shape, views):
+  """The tf.data views (eval, predict) and the jnp ones (export's serving function) of one decision
+  are the same images: exactly without a resize, to bilinear rounding with one."""
+  from resnet_jax.serving import export  # pylint: disable=g-import-not-at-top
+
+  image = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+  want = augment.view_stack(tf.constant(image), views).numpy()
+  got = np.asarray(export.view_stack(image[None].astype(np.float32), views))[0]
+  assert want.shape == got.shape == (views.num_views, views.crop, views.crop, shape[-1])
+  np.testing.assert_allclose(got, want, atol=1e-3 if views.resize else 0, rtol=0)
+  if views.method == "ten_crop":
+    np.testing.assert_array_equal(want[5:], want[:5, :, ::-1] if views.flip else want[:5])
 
 
 def test_inception_crop_from_jpeg_bytes():
@@ -356,6 +412,32 @@ def test_eval_is_exact_across_hosts_and_devices(data_dir, digits_test, devices, 
   order_expected = np.lexsort(expected.reshape(1000, -1).T)
   np.testing.assert_allclose(images[order], expected[order_expected], atol=1e-5)
   np.testing.assert_array_equal(labels[order], digits_test.labels[order_expected])
+
+
+def test_eval_ten_crop_pads_by_the_runs_own_augmentation(data_dir, digits_test):
+  """A run trained with digits4 (4 px pad) is tested on crops shifted by 4 px, one trained with the
+  dataset's default (digits: 2 px) by 2; neither is mirrored."""
+  image = (digits_test.images[0].astype(np.float32) - datasets.MNIST_MEAN[0]) / datasets.MNIST_STD[
+    0
+  ]
+  blank = -datasets.MNIST_MEAN[0] / datasets.MNIST_STD[0]  # a zero pixel, normalised
+  for train_augment, pad in ((None, 2), ("digits4", 4)):
+    batch = next(
+      data.eval_batches(
+        "digits",
+        global_batch_size=4,
+        method="ten_crop",
+        train_augment=train_augment,
+        data_dir=data_dir,
+        process_index=0,
+        process_count=1,
+        local_device_count=1,
+      )
+    )
+    views = batch["image"][0, 0]  # [10, 28, 28, 1]
+    np.testing.assert_allclose(views[0, pad:, pad:], image[:-pad, :-pad], atol=1e-5)
+    np.testing.assert_allclose(views[0, :pad], blank, atol=1e-5)
+    np.testing.assert_array_equal(views[5:], views[:5])
 
 
 # ------------------------------------------------------------------ image folders

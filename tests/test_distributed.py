@@ -67,7 +67,6 @@ def test_nothing_set_is_single_process(clean_env):
   rt = distributed.initialize()
   assert rt.mode == "single" and rt.num_processes == 1
   assert distributed.initialize() is rt  # idempotent
-  assert distributed.runtime() is rt
 
 
 def test_one_process_is_single(clean_env):
@@ -149,12 +148,8 @@ def test_wait_for_port():
   assert err and "refused" in err.lower() and time.monotonic() - t < 3
 
 
-def test_facts_single_process():
-  f = distributed.facts()
-  assert f["process_index"] == 0 and f["process_count"] == 1
-  assert f["global_device_count"] >= f["local_device_count"] >= 1
+def test_a_single_process_is_the_primary():
   assert distributed.is_primary()
-  assert distributed.describe().startswith("process 0/1: ")
 
 
 # --- real processes -------------------------------------------------------------------------------
@@ -206,7 +201,7 @@ _PSUM = textwrap.dedent("""
         mode=rt.mode, process=jax.process_index(), count=jax.process_count(),
         local=jax.local_device_count(), devices=jax.device_count(), primary=distributed.is_primary(),
         psum=np.asarray(total).tolist(), index=np.asarray(index).tolist(),
-        describe=distributed.describe())), flush=True)
+        platform=jax.local_devices()[0].platform)), flush=True)
 """)
 
 
@@ -251,7 +246,7 @@ def test_two_processes_gloo_psum(tmp_path):
     assert r["primary"] == (pid == 0)
     assert r["psum"] == [0 + 1 + 10 + 11] * 2
     assert r["index"] == [2 * pid, 2 * pid + 1]
-    assert r["describe"].startswith(f"process {pid}/2: 2 local / 4 global cpu devices")
+    assert r["platform"] == "cpu"
 
 
 def test_two_processes_found_through_slurm_variables(tmp_path):

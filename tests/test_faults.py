@@ -353,25 +353,27 @@ GLOO_LOST = (
 
 def test_a_failed_collective_is_a_lost_peer_whatever_its_type(monkeypatch):
   """A step raises a failed collective as JaxRuntimeError; Orbax's save threads re-raise it as
-  another type. Either is the one lost-peer line; the run's own errors keep their words."""
+  another type. Either is the one lost-peer line, naming the last good checkpoint it is given; the
+  run's own errors keep their words."""
   import jax
 
-  from resnet_jax import checkpoint, distributed
+  from resnet_jax import checkpoint, faults
   from resnet_jax.train import loop
 
   monkeypatch.setattr(jax, "process_count", lambda: 2)
   monkeypatch.setattr(jax, "process_index", lambda: 0)
   for error in (jax.errors.JaxRuntimeError(GLOO_LOST), ValueError(GLOO_LOST)):
-    lost = loop._peer_lost(error)
-    assert isinstance(lost, distributed.PeerLostError), type(error)
+    lost = loop._peer_lost(error, 40)
+    assert isinstance(lost, faults.PeerLostError), type(error)
     assert str(lost).startswith("lost process 1 of 2: a collective failed (UNKNOWN: Gloo AllGather")
-    assert str(lost).endswith("rerun the same command to resume")
+    assert str(lost).endswith("; last good checkpoint: step 40; rerun the same command to resume")
+  assert "last good checkpoint: none;" in str(loop._peer_lost(ValueError(GLOO_LOST), None))
   for own in (
     checkpoint.CheckpointError(f"checkpoint step 40 unreadable: {GLOO_LOST}"),
     loop.NonFiniteLossError("loss is nan at step 3 (peer of nothing)"),
     ValueError("config.model='resnet21': unknown model"),
   ):
-    assert loop._peer_lost(own) is None, own
+    assert loop._peer_lost(own, 40) is None, own
 
 
 # --- a full disk -----------------------------------------------------------------------------------

@@ -1,11 +1,14 @@
-"""The rules of the house (shared/ARCHITECTURE.md), read off the source so that they keep holding.
+"""The rules of the house (docs/DEVELOPING.md, with their reasons), read off the source so that
+they keep holding.
 
 - A function that does not fit on a screen (80 lines) is two functions; no class over 250 lines.
 - No module does anything global on import: environment writes, log filters, hooks, fd redirection
-  and ``sys.modules`` edits happen only in ``resnet_jax/runtime.py``, called once by the front door.
-- A package ``__init__.py`` exports; logic lives in named modules.
+  and ``sys.modules`` edits happen only in ``resnet_jax/runtime.py``, called once by the front door,
+  and in ``resnet_jax/failure.py``, on a failed command's way out.
+- A package ``__init__.py`` exports; logic lives in named modules, none of them a ``utils``.
 - One flag family (absl): no argparse. Developer tools live in ``benchmarks/``, not in the package.
 - ``models`` and ``data`` import nothing else of ours; nothing imports ``main``.
+- No import circle among the package's modules; an import inside a function counts too.
 """
 
 import ast
@@ -21,8 +24,10 @@ PACKAGE = pathlib.Path(REPO) / "resnet_jax"
 SOURCES = sorted(PACKAGE.rglob("*.py"))
 MAX_FUNCTION_LINES = 80
 MAX_CLASS_LINES = 250
-# The one module allowed to change process-wide state, and only inside functions it is asked to run.
+# The modules allowed to change process-wide state, only inside functions they are asked to run:
+# process set-up, and the one way a command fails (it points fd 2 at /dev/null on its way out).
 RUNTIME = PACKAGE / "runtime.py"
+FAILURE = PACKAGE / "failure.py"
 
 
 def _tree(path):
@@ -99,9 +104,7 @@ def _global_effects(path):
 
 
 def test_process_wide_state_changes_only_in_runtime():
-  # The front door (main.py) may redirect fd 2 on its way out after a failure; the rest is runtime's.
-  allowed = {RUNTIME, PACKAGE / "main.py"}
-  found = [f for p in SOURCES if p not in allowed for f in _global_effects(p)]
+  found = [f for p in SOURCES if p not in {RUNTIME, FAILURE} for f in _global_effects(p)]
   assert not found, found
 
 
@@ -128,6 +131,11 @@ def test_no_argparse_and_no_developer_tools_in_the_package():
     assert not (PACKAGE / tool).exists(), f"{tool} belongs in benchmarks/"
 
 
+def test_no_utils_module():
+  grab_bags = [_rel(p) for p in SOURCES if p.stem in ("utils", "util", "helpers", "misc")]
+  assert not grab_bags, grab_bags
+
+
 def _imports(path):
   for node in ast.walk(_tree(path)):
     if isinstance(node, ast.ImportFrom) and node.module:
@@ -148,8 +156,70 @@ def test_models_and_data_import_nothing_else_of_ours(package):
   assert not bad, bad
 
 
+def _module_name(path) -> str:
+  parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+  return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {_module_name(p): p for p in SOURCES}
+
+
+def _dependencies(path) -> set[str]:
+  """The package's modules that ``path`` imports anywhere: at the top, or lazily in a function
+  (a lazy import still needs the module; it only moves the moment, and so hides a circle)."""
+  name = _module_name(path)
+  package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+  found = set()
+  for node in ast.walk(_tree(path)):
+    if isinstance(node, ast.Import):
+      found.update(a.name for a in node.names)
+    elif isinstance(node, ast.ImportFrom):
+      base = node.module or ""
+      if node.level:  # from . import x, from ..models import y
+        base = f"{package.rsplit('.', node.level - 1)[0]}.{base}".rstrip(".")
+      # `from P import x` imports the module P.x where there is one, else a name defined in P.
+      found.update(
+        f"{base}.{a.name}" if f"{base}.{a.name}" in MODULES else base for a in node.names
+      )
+  return {m for m in found if m in MODULES and m != name}
+
+
+def _import_graph() -> dict[str, set[str]]:
+  """Module -> the modules it imports. Python's own import of a parent package on the way is not an
+  edge: a package's ``__init__`` exports its modules, and they import each other."""
+  return {name: _dependencies(path) for name, path in MODULES.items()}
+
+
+def _circles(graph) -> list[str]:
+  """Each import circle a depth-first walk of ``graph`` closes, as 'a -> b -> a'."""
+  circles, done, path = [], set(), []
+
+  def visit(module):
+    path.append(module)
+    for dependency in sorted(graph[module]):
+      if dependency in path:
+        circles.append(" -> ".join(path[path.index(dependency) :] + [dependency]))
+      elif dependency not in done:
+        visit(dependency)
+    path.pop()
+    done.add(module)
+
+  for module in sorted(graph):
+    if module not in done:
+      visit(module)
+  return circles
+
+
+def test_no_import_circle():
+  graph = _import_graph()
+  # runtime joins the distributed runtime from inside `start`: lazy imports are edges too.
+  assert "resnet_jax.distributed" in graph["resnet_jax.runtime"]
+  circles = _circles(graph)
+  assert not circles, circles
+
+
 def test_nothing_imports_the_entry_point():
-  bad = [_rel(p) for p in SOURCES if "resnet_jax.main" in set(_imports(p))]
+  bad = [module for module, imports in _import_graph().items() if "resnet_jax.main" in imports]
   assert not bad, bad
 
 

@@ -8,8 +8,9 @@ import pytest
 from conftest import REPO, TINY_CONFIG, command_env, run_python
 
 from resnet_jax import main
+from resnet_jax.commands import bench, run_config, startup
 
-COMMANDS = ("train", "eval", "models", "bench", "convert", "sweep", "analyze")
+COMMANDS = ("train", "eval", "models", "bench", "convert", "predict", "export", "sweep", "analyze")
 
 
 def _run(*args, timeout=60, python_options=()):
@@ -90,12 +91,20 @@ def test_an_analysis_that_fails_ends_with_one_error_line_and_exit_2(tmp_path):
 
 
 def test_eval_needs_the_runs_config_where_train_has_a_default(tmp_path):
-  proc = _run("eval", f"--workdir={tmp_path}")
+  """eval reads the run's own config.json (test_train evaluates a run with none given); a workdir
+  without one is refused before TensorFlow loads, naming --config as the way to evaluate it."""
+  proc = _run("eval", f"--workdir={tmp_path}", python_options=("-X", "importtime"))
   assert proc.returncode == 2
   last = proc.stderr.strip().splitlines()[-1]
-  assert last == "error: --config is required (the config the run was trained with)", last
+  assert last == (
+    f"error: no config.json in {tmp_path}: pass the --workdir of a training run, or give "
+    "--config=FILE, the config to evaluate it with"
+  ), last
+  imported = {l.rpartition("|")[2].strip() for l in proc.stderr.splitlines() if "|" in l}
+  assert "tensorflow" not in imported
   assert "Default: the built-in digits experiment." in main.command_help("train", [])
-  assert main.DEFAULT_CONFIG_FILE.endswith("resnet_jax/train/config.py")
+  assert "(default: the run's config.json)" in main.command_help("eval", [])
+  assert run_config.DEFAULT_CONFIG_FILE.endswith("configs/digits.py")
 
 
 def _modules_after(*args):
@@ -169,18 +178,16 @@ def test_onednn_runs_on_one_cpu_device_unless_asked_otherwise(monkeypatch, insta
 
   monkeypatch.setattr(conv_impl, "_onednn_installed", lambda: installed)
   monkeypatch.setenv("JAX_PLATFORMS", "cpu")
-  assert main._cpu_devices("auto", "onednn") == "1"
-  assert main._cpu_devices("auto", "xla") == "auto"
+  assert startup.cpu_devices("auto", "onednn") == "1"
+  assert startup.cpu_devices("auto", "xla") == "auto"
   # 'auto' (the default, also '') is oneDNN where it is installed.
-  assert main._cpu_devices("auto", "") == main._cpu_devices("auto", "auto")
-  assert main._cpu_devices("auto", "auto") == ("1" if installed else "auto")
-  assert main._cpu_devices("2", "onednn") == "2"  # an explicit count is the user's decision
+  assert startup.cpu_devices("auto", "") == startup.cpu_devices("auto", "auto")
+  assert startup.cpu_devices("auto", "auto") == ("1" if installed else "auto")
+  assert startup.cpu_devices("2", "onednn") == "2"  # an explicit count is the user's decision
 
 
 def test_bench_override_values_are_python_literals():
-  from resnet_jax import main
-
-  assert main._override_value("0.25") == 0.25
-  assert main._override_value("(1, 1, 1)") == (1, 1, 1)
-  assert main._override_value("true") is True and main._override_value("False") is False
-  assert main._override_value("onednn") == "onednn"
+  assert bench._override_value("0.25") == 0.25
+  assert bench._override_value("(1, 1, 1)") == (1, 1, 1)
+  assert bench._override_value("true") is True and bench._override_value("False") is False
+  assert bench._override_value("onednn") == "onednn"

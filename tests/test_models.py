@@ -400,6 +400,51 @@ def test_layer_table_spatial_sizes_match_the_flax_model(stride_on):
   assert inter["stage2_block0"]["conv1"]["__call__"][0].shape[1] == 16 // s
 
 
+def test_a_new_block_type_is_counted_from_its_layout_and_an_unknown_one_refused(monkeypatch):
+  """A block type is its layout (architecture.py), which the Flax block builds and the analytic
+  count reads: a new one is counted right without touching flops.py, an unknown name is refused."""
+  from resnet_jax.models import architecture, blocks
+  from resnet_jax.models.resnet import ResNet
+
+  assert set(blocks.BLOCKS) == set(architecture.BLOCK_LAYOUTS)
+  for name, block in blocks.BLOCKS.items():
+    assert issubclass(block, architecture.BLOCK_LAYOUTS[name]), name
+
+  class TripleLayout(architecture.BlockLayout):  # three 3x3 convs, the last at twice the width
+    expansion = 2
+
+    def branch(self):
+      p, s = self.planes, self.stride
+      conv = architecture.BranchConv
+      return [conv(1, p, 3, s), conv(2, p, 3), conv(3, self.out_channels, 3)]
+
+  class TripleBlock(blocks._Block, TripleLayout):
+    pass
+
+  monkeypatch.setitem(architecture.BLOCK_LAYOUTS, "triple", TripleLayout)
+  monkeypatch.setitem(blocks.BLOCKS, "triple", TripleBlock)
+  model = ResNet(
+    stage_sizes=(1, 2), stage_widths=(8, 16), block="triple", stem="cifar", stem_width=8,
+    num_classes=10, se_ratio=0.25,
+  )  # fmt: skip
+  assert count_params(model) == n_params(shapes_of(model, 16)["params"])
+  x = jax.ShapeDtypeStruct((1, 16, 16, 3), jnp.float32)
+  _, state = jax.eval_shape(
+    lambda v, x: model.apply(v, x, capture_intermediates=True, mutable=["intermediates"]),
+    shapes_of(model, 16),
+    x,
+  )
+  convs = [layer for layer in layer_table(model, 16) if layer.kind == "conv"]
+  assert len(convs) == 1 + 3 * 3 + 2  # stem, three per block, two projections (8->16, 16->32)
+  for layer in convs:
+    node = state["intermediates"]
+    for part in layer.name.split("/"):
+      node = node[part]
+    assert node["__call__"][0].shape == (1, *layer.out_hw, layer.cout), layer.name
+  with pytest.raises(ValueError, match="block must be one of .*got 'nonexistent'"):
+    count_macs(model.clone(block="nonexistent"))
+
+
 # --- forward passes -------------------------------------------------------------------------------
 CIFAR_NAMES = [n for n in list_models() if model_spec(n).family == "cifar"]
 

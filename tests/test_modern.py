@@ -119,7 +119,7 @@ def test_a3_evaluates_at_224_with_crop_ratio_095_while_training_at_160():
   ],
 )
 def test_bad_input_keys_are_refused_in_one_line_at_validation(key, value, words):
-  config = config_lib.digits()
+  config = config_lib.load("digits")
   config[key] = value
   with pytest.raises(ValueError, match=words) as e:
     _validate(config)

@@ -75,3 +75,21 @@ def test_start_imports_tensorflow_quietly_and_keeps_the_compile_cache(tmp_path):
   assert result.stdout.split() == ["1", "True", str(tmp_path)]
   # TensorFlow's load-time INFO notices are dropped (warnings would still show).
   assert "absl::InitializeLog" not in result.stderr and " I0" not in result.stderr, result.stderr
+
+
+def test_a_command_fails_with_one_line_and_status_2():
+  code = (
+    "import sys\n"
+    "from resnet_jax import failure\n"
+    "print(sorted(m for m in sys.modules if m.startswith('resnet_jax')), flush=True)\n"
+    "failure.exit_with_error('no such run: /tmp/x')\n"
+    "print('still here')\n"
+  )
+  base = {"PATH": "/usr/bin:/bin", "PYTHONPATH": REPO, "HOME": "/tmp"}
+  result = subprocess.run(
+    [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60, env=base
+  )
+  assert (result.returncode, result.stderr) == (2, "error: no such run: /tmp/x\n")
+  assert "still here" not in result.stdout
+  # A leaf: start-up and the distributed runtime both end a process through it.
+  assert result.stdout.split("\n")[0] == "['resnet_jax', 'resnet_jax.failure']", result.stdout

@@ -18,6 +18,7 @@ from flax import jax_utils
 from PIL import Image
 
 from conftest import REPO, TINY_CONFIG, command_env
+from resnet_jax import checkpoint as checkpoint_lib
 from resnet_jax import data as data_lib
 from resnet_jax import serving
 from resnet_jax import weights
@@ -43,9 +44,11 @@ def _import_config(path):
 
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory):
-  """A tiny digits run (3 steps) and its ServingModel."""
+  """A tiny digits run (3 steps) and its ServingModel. It trains with ``digits4`` (4 px pad, no
+  flips), not the dataset's default (2 px), so its test-time views must follow the run's own."""
   workdir = str(tmp_path_factory.mktemp("digits_run"))
   config = _import_config(TINY_CONFIG)
+  config.train_augment = "digits4"
   config.stop_after_steps = 3  # ends with a checkpoint at step 3, without plotting curves
   config.eval_split = "test[:16]"  # the run's own final eval: a token 16 images
   loop.train_and_evaluate(config, workdir)
@@ -55,7 +58,7 @@ def digits_run(tmp_path_factory):
 @pytest.fixture(scope="module")
 def converted_resnet18(tmp_path_factory):
   """A random torchvision-layout ResNet-18 state dict through ``weights.convert``, served at 32 px."""
-  expected = weights._flat(weights.expected_tree("resnet18"))
+  expected = checkpoint_lib.flatten(weights.expected_tree("resnet18"))
   rng = np.random.default_rng(0)
   state_dict = {}
   for path, leaf in expected.items():
@@ -126,6 +129,8 @@ def test_exports_match_model_apply_for_the_digits_run(digits_run, tmp_path):
   images, _ = _digit_images(7)
   sidecar = _check_both_formats(model, tmp_path, images)
   assert sidecar["labels"] == [str(i) for i in range(10)] and sidecar["resize_size"] is None
+  views = {"method": "center", "crop": 28, "resize": None, "pad": 0, "flip": False}
+  assert sidecar["eval_views"] == views
   # TF Serving's layout: a second export is the next version beside the first.
   assert export_lib.export_model(model, "savedmodel", str(tmp_path / "tf")) == str(
     tmp_path / "tf" / "2"
@@ -257,32 +262,45 @@ def test_bad_input_is_one_line_and_exit_2_and_leaves_nothing(digits_run, tmp_pat
     serving.predict_command(lambda: model, [str(tmp_path / "junk")], output=None)
 
 
-def test_ten_crop_export_and_predict_average_the_papers_ten_views(digits_run, tmp_path):
-  """§3.4's 10-crop test on 32x30 digits (the corners differ): the exported function and predict
-  both average the softmax over the data package's ``ten_crop_eval`` views."""
+def _probabilities(prediction: predict_lib.Prediction) -> np.ndarray:
+  got = np.zeros(10)
+  got[[c for c, _ in prediction.top]] = [q for _, q in prediction.top]
+  return got
+
+
+def test_predict_and_export_ten_crop_have_evals_error_on_digit_files(digits_run, tmp_path):
+  """Issue 33: ``predict --eval_method=ten_crop`` over test digits written as PNG files errs as
+  ``eval --eval_method=ten_crop`` does on the same digits -- per image, the same probabilities --
+  and so does the exported function (the tf and jnp views agree on other input sizes too:
+  test_data's test_eval_and_export_apply_the_same_views). Serving once mirrored every view (8.0 %
+  against eval's 3.0 % on the digits run, whose net never saw a mirrored digit), and eval once
+  padded by the dataset's 2 px, not this digits4 run's 4."""
   _, model = digits_run
-  digits, _ = _digit_images(3, offset=200)
-  images = np.pad(digits, ((0, 0), (1, 3), (0, 2), (0, 0)), constant_values=40)  # [3, 32, 30, 1]
-  transform = augment.eval_transform(
-    "ten_crop",
-    image_size=28,
-    resize_size=None,
-    mean=model.mean,
-    std=model.std,
-    channels=1,
-  )
-  views = np.stack([transform(tf.constant(im)).numpy() for im in images])  # [3, 10, 28, 28, 1]
-  logits = model.model.apply(model.variables, views.reshape(30, 28, 28, 1), train=False)
-  want = np.asarray(jax.nn.softmax(logits, -1)).reshape(3, 10, -1).mean(1)
-  exported = export_lib.export_stablehlo(model, "ten_crop", (32, 30))
-  np.testing.assert_allclose(np.asarray(exported.call(images)), want, atol=TOL, rtol=0)
+  assert model.eval_views("ten_crop") == augment.EvalViews("ten_crop", 28, pad=4, flip=False)
+  n = 60
+  images, labels = _digit_images(n)
   for i, im in enumerate(images):
-    Image.fromarray(im[..., 0]).save(tmp_path / f"{i}.png")
-  predictions, _ = serving.classify(model, [str(tmp_path)], top_k=10, method="ten_crop")
-  for i, p in enumerate(predictions):
-    got = np.zeros(10)
-    got[[c for c, _ in p.top]] = [q for _, q in p.top]
-    np.testing.assert_allclose(got, want[i], atol=TOL, rtol=0)
+    Image.fromarray(im[..., 0]).save(tmp_path / f"{i:03d}.png")
+  predictions, failed = serving.classify(model, [str(tmp_path)], top_k=10, method="ten_crop")
+  assert not failed and len(predictions) == n
+  got = np.stack([_probabilities(p) for p in sorted(predictions, key=lambda p: p.path)])
+  # eval's own path: the run's config through the training program's Evaluator.
+  config = model.config.copy_and_resolve_references()
+  config.eval_split = f"test[:{n}]"
+  evaluator = loop.Evaluator(config, model.model)
+  state = evaluator.par.replicate(predict_lib._inference_state(model))
+  want = np.concatenate(
+    [
+      np.asarray(evaluator._p_predict(state, b)).reshape(-1, 10)[b["mask"].reshape(-1)]
+      for b in evaluator._batches("ten_crop")
+    ]
+  )
+  np.testing.assert_allclose(got, want, atol=TOL, rtol=0)
+  result = evaluator(state, "ten_crop")
+  assert result["eval_count"] == n
+  assert np.mean(got.argmax(-1) != labels) == pytest.approx(result["eval_top1_error"], abs=1e-9)
+  exported = export_lib.export_stablehlo(model, "ten_crop", (28, 28))
+  np.testing.assert_allclose(np.asarray(exported.call(images)), want, atol=TOL, rtol=0)
 
 
 def test_a_run_trained_with_onednn_exports_portably_with_predicts_numbers(tmp_path):

@@ -1,4 +1,5 @@
-"""resnet_jax.sweep: grids, stable names, local runs with a fake trainer, resume, emitted commands.
+"""resnet_jax.sweep: grids, stable names, local runs with a fake trainer, resume, emitted commands,
+and resnet_jax.commands.sweep, its command.
 
 The fake trainer (written per test) stands in for ``python -m resnet_jax.main``: it logs each
 invocation, writes metrics.jsonl and DONE, and fails or blocks on request, so these tests never
@@ -219,6 +220,17 @@ def test_local_sweep_of_two_members_writes_summary(fake, tmp_path):
   )
   assert argv[-1] == "--config.num_train_steps=3"
   assert (root / "model=resnet20,seed=0" / "sweep.log").exists()
+  # A line a running member is half-way through writing hides none of its results.
+  with open(root / "model=resnet20,seed=1" / "metrics.jsonl", "a") as f:
+    f.write('{"step": 4, "train_lo')
+  assert sweep.read_results(root / "model=resnet20,seed=1") == {
+    "done": True,
+    "step": 3,
+    "train_top1_error": pytest.approx(0.5 / 3),
+    "test_top1_error": pytest.approx(0.11),
+    "train_loss": pytest.approx(1 / 3),
+    "test_loss": pytest.approx(0.22),
+  }
 
 
 def test_failed_member_is_reported_others_go_on_rerun_completes_it(
@@ -316,20 +328,17 @@ def test_emit_prints_one_quoted_command_per_member(fake, emit, capsys, tmp_path,
   def no_process(*args, **kwargs):
     raise AssertionError(f"--emit started a process: {args}")
 
-  monkeypatch.setattr(sweep.subprocess, "Popen", no_process)
-  monkeypatch.setattr(sweep.subprocess, "run", no_process)
+  monkeypatch.setattr(subprocess, "Popen", no_process)
+  monkeypatch.setattr(subprocess, "run", no_process)
   files_before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
   launcher = ["--zone=us central"] if emit != "local" else []
-  assert (
-    sweep.run_sweep(
-      path,
-      "gs://bucket/sw eep",
-      emit=emit,
-      launcher_args=launcher,
-      extra_args=["--config.x=$(y)"],
-      python="python3",
-    )
-    == 0
+  sweep.print_commands(
+    path,
+    "gs://bucket/sw eep",
+    emit,
+    launcher_args=launcher,
+    extra_args=["--config.x=$(y)"],
+    python="python3",
   )
   lines = capsys.readouterr().out.splitlines()
   assert len(lines) == 2
@@ -357,8 +366,13 @@ def test_the_front_door_runs_a_sweep_and_a_default_member_names_no_config_file(f
   _, write_sweep, _ = fake
   path = write_sweep("def get_sweep():\n  return product(seed=[3])\n")
   argv = [str(path), "--workdir=gs://b/r", "--emit=local", "--python=py", "--"]
-  proc = _front_door("sweep", *argv, "--config.num_train_steps=5", cwd=tmp_path)
+  proc = _front_door(
+    "sweep", *argv, "--config.num_train_steps=5", cwd=tmp_path, python_options=("-X", "importtime")
+  )
   assert proc.returncode == 0, proc.stderr
+  imported = {l.rsplit("|", 1)[-1].strip() for l in proc.stderr.splitlines() if "|" in l}
+  assert "resnet_jax.sweep.emit" in imported  # --emit prints at once: no JAX, no TensorFlow
+  assert not imported & {"jax", "tensorflow", "flax", "resnet_jax.runs"}, proc.stderr[-2000:]
   assert shlex.split(proc.stdout) == [
     "py",
     "-m",
@@ -374,10 +388,10 @@ def test_the_front_door_runs_a_sweep_and_a_default_member_names_no_config_file(f
   )
 
 
-def _front_door(*args, cwd):
+def _front_door(*args, cwd, python_options=()):
   env = dict(os.environ, PYTHONPATH=str(REPO))
   return subprocess.run(
-    [sys.executable, "-m", "resnet_jax.main", *args],
+    [sys.executable, *python_options, "-m", "resnet_jax.main", *args],
     capture_output=True,
     text=True,
     timeout=60,

@@ -10,6 +10,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 
 import jax
@@ -373,6 +374,18 @@ def test_bad_input_is_one_line_before_anything_compiles(tmp_path, override, word
   assert not os.path.exists(os.path.join(workdir, "checkpoints"))
 
 
+def eval_command(workdir, *flags):
+  """``resnet-jax eval --workdir=WORKDIR FLAGS``: no --config, the run's config.json says how."""
+  return subprocess.run(
+    [sys.executable, "-m", "resnet_jax.main", "eval", f"--workdir={workdir}", *flags],
+    env=command_env(),
+    capture_output=True,
+    text=True,
+    timeout=300,
+    cwd=REPO,
+  )
+
+
 def test_eval_mode_reads_the_checkpoint_with_another_test_time_method(straight_run, run_main):
   """--eval_method picks the method (the paper's 10-crop here). That eval mode's centre crop gives
   the training run's own final numbers is test_gcs's, on a bucket."""
@@ -384,6 +397,28 @@ def test_eval_mode_reads_the_checkpoint_with_another_test_time_method(straight_r
   assert result["eval_count"] == 1000 and result["method"] == "ten_crop"
   done = json.load(open(os.path.join(straight_run, "DONE")))
   assert result["step"] == done["step"] == 12
+
+
+def test_eval_reads_the_runs_own_config_and_overrides_apply_on_top(tmp_path, run_main):
+  """A net a quarter as wide by a command-line override, evaluated with no --config: its
+  config.json is the record of the architecture (and of its 64-digit eval split), and
+  --config.key=value overrides apply on top of it."""
+  workdir = str(tmp_path / "narrow")
+  proc = run_main(
+    workdir,
+    "--config.model_overrides.width_multiplier=0.25",
+    "--config.num_train_steps=3",
+    "--config.eval_split=test[:64]",
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  proc = eval_command(workdir, "--config.eval_split=test[:32]")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert f"result in {workdir}: eval_center_step3.json" in proc.stdout
+  result = json.load(open(os.path.join(workdir, "eval_center_step3.json")))
+  assert result["eval_count"] == 32 and result["step"] == 3
+  recorded = json.load(open(os.path.join(workdir, "config.json")))
+  assert recorded["model_overrides"]["width_multiplier"] == 0.25
+  assert recorded["eval_split"] == "test[:64]"  # the override was the eval's, not the record's
 
 
 @pytest.mark.parametrize(

@@ -1,14 +1,13 @@
 """torchvision/timm -> Flax weight import: logits parity, clear errors, convert + fine-tune from it.
 
-No download and no torchvision (it does not build beside this torch): ``TorchResNet`` below is a
-compact re-implementation of torchvision's ResNet/BasicBlock/Bottleneck (v1.5 stride on the 3x3,
-option-B downsample, same state-dict key names), with random weights and non-trivial BN running
-statistics.  The three deepest stage-3 stacks (resnet101/152, resnext101_*, wide_resnet101_2) are
-checked numerically with fewer blocks per stage -- the same ``stage_sizes`` on both sides -- to keep
-this file fast on one CPU core; their full-depth key/shape tables are still checked exactly, on
-torch's ``meta`` device (shapes without memory).  timm's layout (its deep stem, average-pool
-shortcut and SE blocks included) is checked the same way against ``tests/timm_reference.py``, for
-the reason given there.
+No download, and neither torchvision nor timm (they do not load beside this torch): the reference is
+the checkout's independent PyTorch ResNet, ``benchmarks/torch_reference.py``, which has
+torchvision's and timm's state-dict keys (for the reason given there), built with random weights
+and non-trivial BN running statistics.  The three deepest stage-3 stacks (resnet101/152,
+resnext101_*, wide_resnet101_2) are checked numerically with fewer blocks per stage -- the same
+``stage_sizes`` on both sides -- to keep this file fast on one CPU core; their full-depth key/shape
+tables are still checked exactly, on torch's ``meta`` device (shapes without memory).  timm's
+layout (its deep stem, average-pool shortcut and SE blocks included) is checked the same way.
 """
 
 import argparse
@@ -26,143 +25,28 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-from torch import nn  # noqa: E402
 
-import timm_reference  # noqa: E402
 from conftest import REPO, command_env  # noqa: E402
 
 from resnet_jax import models, runs, weights  # noqa: E402
 
+sys.path.insert(0, os.path.join(REPO, "benchmarks"))  # the PyTorch reference lives there
+import torch_reference  # noqa: E402
+
 torch.set_num_threads(1)
 
-# name -> (block, stage_sizes, groups, width_per_group), as torchvision builds them.
-TORCHVISION = {
-  "resnet18": ("basic", (2, 2, 2, 2), 1, 64),
-  "resnet34": ("basic", (3, 4, 6, 3), 1, 64),
-  "resnet50": ("bottleneck", (3, 4, 6, 3), 1, 64),
-  "resnet101": ("bottleneck", (3, 4, 23, 3), 1, 64),
-  "resnet152": ("bottleneck", (3, 8, 36, 3), 1, 64),
-  "resnext50_32x4d": ("bottleneck", (3, 4, 6, 3), 32, 4),
-  "resnext101_32x8d": ("bottleneck", (3, 4, 23, 3), 32, 8),
-  "resnext101_64x4d": ("bottleneck", (3, 4, 23, 3), 64, 4),
-  "wide_resnet50_2": ("bottleneck", (3, 4, 6, 3), 1, 128),
-  "wide_resnet101_2": ("bottleneck", (3, 4, 23, 3), 1, 128),
-}
 # Numeric parity at reduced depth for the deep nets (same stage_sizes on both sides); resnet101
 # keeps 11 stage-3 blocks so two-digit block indices (layer3.10) are checked numerically too.
 SHALLOW = {"resnet101": (1, 1, 11, 1), "resnet152": (1, 2, 3, 1)}
 FULL_DEPTH_PARITY = ("resnet18", "resnet34", "resnet50", "resnext50_32x4d", "wide_resnet50_2")
 
 
-# --- a compact torchvision ResNet ---------------------------------------------------------------
-def conv3x3(cin, cout, stride=1, groups=1):
-  return nn.Conv2d(cin, cout, 3, stride, padding=1, groups=groups, bias=False)
-
-
-def conv1x1(cin, cout, stride=1):
-  return nn.Conv2d(cin, cout, 1, stride, bias=False)
-
-
-class BasicBlock(nn.Module):
-  expansion = 1
-
-  def __init__(self, inplanes, planes, stride=1, downsample=None, groups=1, base_width=64):
-    super().__init__()
-    self.conv1 = conv3x3(inplanes, planes, stride)
-    self.bn1 = nn.BatchNorm2d(planes)
-    self.relu = nn.ReLU(inplace=True)
-    self.conv2 = conv3x3(planes, planes)
-    self.bn2 = nn.BatchNorm2d(planes)
-    self.downsample = downsample
-
-  def forward(self, x):
-    identity = x if self.downsample is None else self.downsample(x)
-    out = self.relu(self.bn1(self.conv1(x)))
-    out = self.bn2(self.conv2(out))
-    return self.relu(out + identity)
-
-
-class Bottleneck(nn.Module):
-  expansion = 4
-
-  def __init__(self, inplanes, planes, stride=1, downsample=None, groups=1, base_width=64):
-    super().__init__()
-    width = int(planes * (base_width / 64.0)) * groups
-    self.conv1 = conv1x1(inplanes, width)
-    self.bn1 = nn.BatchNorm2d(width)
-    self.conv2 = conv3x3(width, width, stride, groups)  # v1.5: stride on the 3x3
-    self.bn2 = nn.BatchNorm2d(width)
-    self.conv3 = conv1x1(width, planes * self.expansion)
-    self.bn3 = nn.BatchNorm2d(planes * self.expansion)
-    self.relu = nn.ReLU(inplace=True)
-    self.downsample = downsample
-
-  def forward(self, x):
-    identity = x if self.downsample is None else self.downsample(x)
-    out = self.relu(self.bn1(self.conv1(x)))
-    out = self.relu(self.bn2(self.conv2(out)))
-    out = self.bn3(self.conv3(out))
-    return self.relu(out + identity)
-
-
-class TorchResNet(nn.Module):
-  def __init__(self, block, layers, num_classes=1000, groups=1, width_per_group=64):
-    super().__init__()
-    block = {"basic": BasicBlock, "bottleneck": Bottleneck}[block]
-    self.inplanes, self.groups, self.base_width = 64, groups, width_per_group
-    self.conv1 = nn.Conv2d(3, 64, 7, 2, padding=3, bias=False)
-    self.bn1 = nn.BatchNorm2d(64)
-    self.relu = nn.ReLU(inplace=True)
-    self.maxpool = nn.MaxPool2d(3, 2, padding=1)
-    self.layer1 = self._make_layer(block, 64, layers[0])
-    self.layer2 = self._make_layer(block, 128, layers[1], 2)
-    self.layer3 = self._make_layer(block, 256, layers[2], 2)
-    self.layer4 = self._make_layer(block, 512, layers[3], 2)
-    self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
-    self.fc = nn.Linear(512 * block.expansion, num_classes)
-
-  def _make_layer(self, block, planes, blocks, stride=1):
-    downsample = None
-    if stride != 1 or self.inplanes != planes * block.expansion:
-      downsample = nn.Sequential(
-        conv1x1(self.inplanes, planes * block.expansion, stride),
-        nn.BatchNorm2d(planes * block.expansion),
-      )
-    layers = [block(self.inplanes, planes, stride, downsample, self.groups, self.base_width)]
-    self.inplanes = planes * block.expansion
-    layers += [
-      block(self.inplanes, planes, groups=self.groups, base_width=self.base_width)
-      for _ in range(1, blocks)
-    ]
-    return nn.Sequential(*layers)
-
-  def forward(self, x):
-    x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-    x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-    return self.fc(torch.flatten(self.avgpool(x), 1))
-
-
 def torch_model(name, stage_sizes=None, num_classes=1000, seed=0, device=None):
-  block, sizes, groups, wpg = TORCHVISION[name]
-  torch.manual_seed(seed)
-  with torch.device(device or "cpu"):
-    net = TorchResNet(block, stage_sizes or sizes, num_classes, groups, wpg)
-  if device == "meta":
-    return net
-  gen = torch.Generator().manual_seed(seed + 1)
-  with torch.no_grad():
-    for m in net.modules():
-      if isinstance(m, nn.Conv2d):  # variance-preserving, so logits stay O(1) through depth
-        fan_in = m.weight[0].numel()
-        m.weight.copy_(torch.randn(m.weight.shape, generator=gen) * (1.0 / fan_in) ** 0.5)
-      elif isinstance(m, nn.BatchNorm2d):  # non-trivial affine and running statistics
-        c = m.num_features
-        m.weight.copy_(0.5 + torch.rand(c, generator=gen))
-        m.bias.copy_(0.2 * torch.randn(c, generator=gen))
-        m.running_mean.copy_(0.2 * torch.randn(c, generator=gen))
-        m.running_var.copy_(0.5 + torch.rand(c, generator=gen))
-        m.num_batches_tracked.fill_(1234)
-  return net.eval()
+  """torchvision's ``name`` in the reference (``stage_sizes``: other blocks per stage)."""
+  assert name in torch_reference.TORCHVISION, name
+  return torch_reference.create(
+    name, layers=stage_sizes, num_classes=num_classes, seed=seed, device=device
+  )
 
 
 def parity(name, stage_sizes=None):
@@ -186,7 +70,8 @@ def test_eval_logits_match_torchvision(name):
   stage_sizes = None if name in FULL_DEPTH_PARITY else SHALLOW.get(name, (1, 1, 2, 1))
   diff, scale = parity(name, stage_sizes)
   print(
-    f"{name} stage_sizes={stage_sizes or TORCHVISION[name][1]}: max|diff| {diff:.2e} "
+    f"{name} stage_sizes={stage_sizes or torch_reference.TORCHVISION[name]['layers']}: "
+    f"max|diff| {diff:.2e} "
     f"(max|logit| {scale:.2f})"
   )
   assert scale > 0.1  # the logits are not trivially small
@@ -283,7 +168,7 @@ def test_merge_keeps_a_fresh_head_and_lists_other_mismatches():
     lambda r: model.init(r, jnp.zeros((1, 28, 28, 1)), train=False), jax.random.key(0)
   )
   fresh = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), fresh)
-  params, stats, notes = weights.merge_into(
+  params, stats, notes = runs.merge_into(
     fresh["params"], fresh["batch_stats"], src_params, src_stats
   )
   assert not np.any(params["head"]["kernel"])  # fresh head kept
@@ -296,10 +181,8 @@ def test_merge_keeps_a_fresh_head_and_lists_other_mismatches():
   fresh34 = jax.eval_shape(
     lambda r: other.init(r, jnp.zeros((1, 28, 28, 3)), train=False), jax.random.key(0)
   )
-  with pytest.raises(
-    weights.WeightImportError, match=r"80 missing: batch_stats/stage1_block2/bn1/mean"
-  ):
-    weights.merge_into(fresh34["params"], fresh34["batch_stats"], src_params, src_stats)
+  with pytest.raises(runs.RunError, match=r"80 missing: batch_stats/stage1_block2/bn1/mean"):
+    runs.merge_into(fresh34["params"], fresh34["batch_stats"], src_params, src_stats)
 
 
 def test_finetune_digits_from_converted_checkpoint(converted, tmp_path):
@@ -340,14 +223,14 @@ def test_finetune_digits_from_converted_checkpoint(converted, tmp_path):
     lambda r: model.init(r, jnp.zeros((1, 28, 28, 1)), train=False), jax.random.key(0)
   )
   fresh = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), fresh)
-  params, _, notes = weights.initialise_from(
+  params, _, notes = runs.initialise_from(
     fresh["params"], fresh["batch_stats"], str(tmp_path / "ft")
   )
   assert notes == []
   np.testing.assert_array_equal(params["head"]["kernel"], ft_params["head"]["kernel"])
 
 
-# --- timm: its key layout, against tests/timm_reference.py (timm itself is not installed) ---------
+# --- timm: its key layout, against the reference (timm itself is not installed) ----------------
 # Numeric parity at 48x48: the stage-4 input is 3x3, so the average-pool shortcut's ceil mode and
 # the stride-2 convs on odd sizes are exercised. (name, blocks per stage or None for full depth).
 TIMM_PARITY = (
@@ -361,7 +244,7 @@ TIMM_PARITY = (
 
 
 def timm_parity(name, stage_sizes=None, image_size=48):
-  net = timm_reference.create(name, layers=stage_sizes, seed=5)
+  net = torch_reference.create(name, layers=stage_sizes, seed=5)
   x = np.random.default_rng(1).standard_normal((2, 3, image_size, image_size)).astype(np.float32)
   with torch.no_grad():
     want = net(torch.from_numpy(x)).numpy()
@@ -376,15 +259,16 @@ def timm_parity(name, stage_sizes=None, image_size=48):
   return float(np.max(np.abs(np.asarray(got) - want))), float(np.max(np.abs(want)))
 
 
-def test_timm_reference_has_timms_parameter_counts():
-  """The reference's full-size nets have timm's published parameter counts."""
-  for name, count in timm_reference.TIMM_PARAM_COUNTS.items():
-    assert timm_reference.num_params(timm_reference.create(name, device="meta")) == count, name
+def test_reference_has_the_published_parameter_counts():
+  """The reference's full-size nets have torchvision's and timm's published parameter counts."""
+  for name, count in torch_reference.PARAM_COUNTS.items():
+    assert torch_reference.num_params(torch_reference.create(name, device="meta")) == count, name
 
 
 def test_timm_names_are_all_importable():
   assert set(weights.supported("timm")) == set(weights.TIMM_SUPPORTED)
-  assert set(weights.TIMM_SUPPORTED) == set(timm_reference.CONFIGS)
+  assert set(weights.TIMM_SUPPORTED) == set(torch_reference.TIMM)
+  assert set(weights.SUPPORTED) == set(torch_reference.TORCHVISION)
 
 
 @pytest.mark.parametrize("name,stage_sizes", TIMM_PARITY)
@@ -398,14 +282,14 @@ def test_eval_logits_match_timm(name, stage_sizes):
 @pytest.mark.parametrize("name", weights.TIMM_SUPPORTED)
 def test_timm_full_depth_key_and_shape_tables_match(name):
   """Every key of timm's full-depth net (the reference, shapes only) maps to our tree, both ways."""
-  sd = timm_reference.create(name, device="meta").state_dict()
+  sd = torch_reference.create(name, device="meta").state_dict()
   mapped = {key: shape for key, _, shape, _ in weights.key_table(name, "timm").values()}
   ours = {k: tuple(v.shape) for k, v in sd.items() if not k.endswith("num_batches_tracked")}
   assert mapped == ours
 
 
 def test_timm_state_dict_of_another_variant_is_refused_in_one_line(tmp_path):
-  plain = timm_reference.create("resnet18").state_dict()
+  plain = torch_reference.create("resnet18").state_dict()
   with pytest.raises(weights.WeightImportError) as e:
     weights.from_timm(plain, "resnet18d")
   msg = str(e.value)
@@ -414,7 +298,7 @@ def test_timm_state_dict_of_another_variant_is_refused_in_one_line(tmp_path):
   # A torchvision-layout shortcut (downsample.0 = the conv) is not ResNet-D's (downsample.0 = pool).
   shifted = {
     re.sub(r"downsample\.(\d)", lambda m: f"downsample.{int(m[1]) - 1}", k): v
-    for k, v in timm_reference.create("resnet18d").state_dict().items()
+    for k, v in torch_reference.create("resnet18d").state_dict().items()
   }
   with pytest.raises(weights.WeightImportError) as e:
     weights.from_timm(shifted, "resnet18d")
@@ -437,7 +321,7 @@ def test_timm_state_dict_of_another_variant_is_refused_in_one_line(tmp_path):
 
 
 def test_convert_from_timm_writes_a_checkpoint_with_timms_logits(tmp_path):
-  net = timm_reference.create("resnet18d", seed=7, num_classes=10)
+  net = torch_reference.create("resnet18d", seed=7, num_classes=10)
   pth = tmp_path / "resnet18d.pth"
   # A training script's checkpoint layout: {'state_dict': ...} with 'module.' prefixes.
   torch.save({"state_dict": {f"module.{k}": v for k, v in net.state_dict().items()}}, pth)

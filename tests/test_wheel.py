@@ -1,7 +1,7 @@
 """The package as users install it: a built wheel in a fresh venv, run from a folder that is not the
-checkout. Trains a tiny run from a config file and runs `analyze degradation`, whose recipes are the
-package's built-in default experiment; neither may read the checkout's configs/ (test_sweep holds
-a sweep member that names no config file to that same built-in experiment).
+checkout. Trains a tiny run from a config file, names a shipped config by its name, and runs
+`analyze degradation`, whose recipe is the shipped configs/digits.py; none may read the checkout's
+configs/ (the wheel carries it as resnet_jax/configs/, and no top-level `configs` package).
 
 Nothing is downloaded: the wheel is built without build isolation, installed without dependencies,
 and the new venv sees the project venv's packages through a .pth file (the project's own editable
@@ -36,10 +36,11 @@ def installed(tmp_path_factory):
   # Build from a copy: an in-tree build writes build/ and egg-info into the shared checkout.
   src = tmp / "src"
   src.mkdir()
-  for name in ("pyproject.toml", "README.md"):
+  for name in ("pyproject.toml", "setup.py", "README.md"):
     shutil.copy(os.path.join(REPO, name), src / name)
   ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.so", "*.egg-info")
-  shutil.copytree(os.path.join(REPO, "resnet_jax"), src / "resnet_jax", ignore=ignore)
+  for folder in ("resnet_jax", "configs"):
+    shutil.copytree(os.path.join(REPO, folder), src / folder, ignore=ignore)
   pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input"]
   build = [*pip, "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", tmp / "dist"]
   _run([*build, src], cwd=tmp, env=os.environ, timeout=300)
@@ -86,3 +87,38 @@ def test_an_installed_wheel_runs_analyze_degradation(installed):
   proc = _run(cmd, cwd=work, env=env, timeout=600)
   assert "degradation: figure" in proc.stdout
   assert (work / "deg" / "degradation.png").stat().st_size > 1000
+
+
+def test_an_installed_wheel_finds_a_shipped_config_by_its_name(installed):
+  bin_dir, env, work = installed
+  probe = (
+    "import importlib.metadata, importlib.util, os, resnet_jax\n"
+    "from resnet_jax.train import config\n"
+    "files = importlib.metadata.distribution('resnet-jax').files\n"
+    "tops = {f.parts[0] for f in files if f.parts[0] != '..'}\n"  # '..': the bin/ scripts
+    "print(sorted(t for t in tops if not t.endswith('.dist-info')))\n"
+    "print(importlib.util.find_spec('configs'))\n"
+    "print(os.path.relpath(config.config_file('cifar10_resnet110'), resnet_jax.__file__ + '/..'))\n"
+    "print(os.path.relpath(config.default_config_file(), resnet_jax.__file__ + '/..'))\n"
+  )
+  out = _run([bin_dir / "python", "-c", probe], cwd=work, env=env, timeout=60).stdout.split("\n")
+  assert out[:4] == [
+    "['resnet_jax']",  # nothing installed beside the package: no top-level `configs`
+    "None",
+    os.path.join("configs", "cifar10_resnet110.py"),
+    os.path.join("configs", "digits.py"),
+  ], out
+  # --config=NAME loads the shipped file: the run is refused by validation (before TensorFlow),
+  # not for a missing file.
+  cmd = [bin_dir / "resnet-jax", "train", "--config=cifar10_resnet110", "--workdir=named"]
+  proc = subprocess.run(
+    [*cmd, "--config.learning_rate=-1"],
+    cwd=work,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+  last = proc.stderr.strip().splitlines()[-1]
+  assert proc.returncode == 2 and last.startswith("error: config.learning_rate=-1"), proc.stderr
+  assert not (work / "named").exists()

@@ -6,7 +6,7 @@
 * :mod:`.shortcuts`        Table 3: shortcut options A / B / C (error, parameter count).
 * :mod:`.multi_view`       Tables 3/4: center vs ten-crop vs fully-convolutional multi-scale
                            (the ``test_time`` command).
-* :mod:`.cli`              ``analyze_command(name, argv)``, called by ``resnet-jax analyze NAME``.
+* :mod:`.cli`              ``run_analysis(name, flags)``, called by ``resnet-jax analyze NAME``.
 
 Each analysis computes its rows, then reports them. What they share: :mod:`.recipes` (the training
 recipe of a run and the names of nets), :mod:`.inputs` (runs to analyse, initial variables, test

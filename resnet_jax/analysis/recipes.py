@@ -1,12 +1,13 @@
 """What the analyses train and how they name it: one recipe for every depth and family so runs
 compare, the paper's CIFAR depths the registry lacks, and the labels tables and figures use.
 
-The recipes come from :mod:`resnet_jax.train.config` (``digits``, ``cifar10_table6``), inside the
-package, so the analyses work from an installed wheel with no ``configs/`` folder.
+The recipes start from the experiment files (``configs/digits.py``, ``configs/cifar10_*.py``),
+which the wheel ships, so the analyses work from an installed wheel with no checkout.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any
 
@@ -47,7 +48,7 @@ def paper_on_digits() -> ml_collections.ConfigDict:
   12 runs on a 2-core CPU, and no net memorises the training set, so training error still tells
   the nets apart. The degradation analysis's default.
   """
-  c = config_lib.digits()
+  c = config_lib.load("digits")
   c.num_train_steps = 400
   c.schedule = "piecewise"
   c.lr_boundaries = (200, 300)
@@ -66,13 +67,22 @@ def paper_on_digits() -> ml_collections.ConfigDict:
 
 def _base_recipe(model: str, dataset: str, name: str = "digits") -> ml_collections.ConfigDict:
   """``dataset='cifar10'``: the paper's §4.2 recipe; otherwise recipe ``name`` on ``dataset``
-  (``digits``: ``train.config.digits``; ``paper``: :func:`paper_on_digits`)."""
+  (``digits``: ``configs/digits.py``; ``paper``: :func:`paper_on_digits`)."""
   if dataset == "cifar10":
-    return config_lib.cifar10_table6(model)
+    return _cifar10_table6(model)
   if name not in RECIPES:
     raise ValueError(f"recipe {name!r}: choose from {RECIPES}")
-  c = paper_on_digits() if name == "paper" else config_lib.digits()
+  c = paper_on_digits() if name == "paper" else config_lib.load("digits")
   c.dataset = dataset
+  return c
+
+
+def _cifar10_table6(model: str) -> ml_collections.ConfigDict:
+  """The paper's CIFAR-10 recipe for ``model``: its config file, else that of the ResNet of its
+  depth (the 110- and 1202-layer nets warm up), else ResNet-20's."""
+  names = (f"cifar10_{model}", f"cifar10_resnet{depth_of(model)}", "cifar10_resnet20")
+  c = config_lib.load(next(n for n in names if os.path.isfile(config_lib.config_file(n))))
+  c.model = model
   return c
 
 
@@ -98,9 +108,9 @@ def recipe(
 ) -> ml_collections.ConfigDict:
   """The config of one run: the same recipe for every depth/family so runs compare.
 
-  ``dataset='digits'``: recipe ``name``: ``digits`` (``train.config.digits``, warm-up + cosine,
+  ``dataset='digits'``: recipe ``name``: ``digits`` (``configs/digits.py``, warm-up + cosine,
   minutes on a CPU) or ``paper`` (:func:`paper_on_digits`, the paper's CIFAR recipe).
-  ``dataset='cifar10'``: the paper's §4.2 recipe (``train.config.cifar10_table6``).
+  ``dataset='cifar10'``: the paper's §4.2 recipe (``configs/cifar10_*.py``).
   With ``steps`` other than the recipe's, the lr boundaries keep their fractions of the run.
   ``width_multiplier``: None keeps the recipe's.
   ``evals``: test-error points on the curve (eval_every_steps = steps / evals).
@@ -146,13 +156,10 @@ def train(config, workdir: str) -> dict[str, Any]:
 def build_model(config):
   """``(model, dataset info)`` of a recipe, unreplicated (BN without a cross-device axis)."""
   from resnet_jax import data as data_lib  # pylint: disable=g-import-not-at-top
-  from resnet_jax import models  # pylint: disable=g-import-not-at-top
   from resnet_jax import runs  # pylint: disable=g-import-not-at-top
 
   info = data_lib.dataset_info(config.dataset)
-  kwargs = runs.model_kwargs(config)
-  kwargs.pop("bn_axis_name", None)  # analyses run unreplicated
-  return models.get_model(config.model, num_classes=info.num_classes, **kwargs), info
+  return runs.build_model(config, info.num_classes, replicated=False), info
 
 
 def image_shape_of(config, info) -> tuple[int, int, int]:

@@ -5,8 +5,9 @@ each data-parallel path (``parallelism``: ``pmap`` and ``jit`` over a mesh, side
 timed steps and windows interleaved so the machine's drift hits both alike):
 
 * compile time of the train step and of the eval step (``lower().compile()`` of the very functions
-  the training loop compiles through ``train.parallel``: ``steps.train_step`` with the state
-  donated, ``steps.eval_step``);
+  the training loop compiles: ``train.loop.compile_steps``'s train step, with the config's
+  optimizer, loss, label smoothing, mixing, EMA and precision and the state donated, and
+  ``steps.eval_step``);
 * bare train-step images/s: the compiled step on a synthetic batch already on the device, best of
   ``steps`` timed steps (the machine is shared and noisy; the median is reported too);
 * full-loop images/s: the same compiled step fed by the real input pipeline (``data.train_batches``
@@ -23,15 +24,17 @@ timed steps and windows interleaved so the machine's drift hits both alike):
 * peak device memory of the train step from XLA's memory analysis (arguments + outputs - donated
   aliases + temporaries);
 * ``compare='torch'``: the same architecture written in PyTorch (eager, channels_last, same batch,
-  SGD momentum 0.9 + weight decay 1e-4 like ``optim.create_optimizer``) in a Python process of its
+  SGD momentum 0.9 + weight decay 1e-4 whatever the config's optimizer) in a Python process of its
   own (:class:`reference.TorchApart`, running the checkout's ``benchmarks/torch_reference.py``), its
   ``steps`` timed steps alternating with ours one for one; ``torch_ratio`` = JAX images/s /
   PyTorch images/s (> 1: JAX is faster).
 
 Results come back as a dict, print with :func:`report.format_report` and append as one JSON line to
 ``jsonl``.  PyTorch is optional (``pip install resnet-jax[bench]``) and imported only for
-``compare='torch'``.  ``overrides`` are ResNet fields (``scan_blocks``, ``remat``,
-``matmul_1x1``, ...); ``XLA_FLAGS`` from the environment is recorded with the result.
+``compare='torch'``.  The step is that of a full training config (:func:`bench_config`): ``config``
+(default: the built-in digits recipe) with bench's model, batch, precision and seed; ``overrides``
+are ResNet fields on top of its model (``scan_blocks``, ``remat``, ``matmul_1x1``, ...).
+``XLA_FLAGS`` from the environment is recorded with the result.
 Command line: ``resnet-jax bench --model=resnet50 --batch_size=16 --image_size=224`` (flags and
 defaults: ``resnet-jax bench --help``).
 """
@@ -60,26 +63,39 @@ from resnet_jax.train import steps as steps_lib
 
 PRECISIONS = ("fp32", "bf16", "auto")  # 'auto': bf16 on GPU/TPU, fp32 on CPU
 LOOP_DATASET = "digits"
+# The config keys that shape the train step besides the model (the report names them).
+STEP_KEYS = (
+  "optimizer",
+  "schedule",
+  "loss",
+  "label_smoothing",
+  "mixup_alpha",
+  "cutmix_alpha",
+  "ema_decay",
+)
 
 
-def _bench_config(model: str, batch: int, precision: str):
-  c = config_lib.base_config()
+def bench_config(model: str, batch: int, precision: str, config=None, seed: int = 0):
+  """The training config whose step bench times: ``config`` (default: the built-in experiment,
+  the digits recipe) with bench's model, global batch, precision and seed."""
+  if config is None:
+    config = config_lib.load(config_lib.DEFAULT_EXPERIMENT)
+  c = config.copy_and_resolve_references()
   c.model = model
   c.global_batch_size = batch
+  c.eval_batch_size = 0  # bench's eval step runs on its train batch
   c.precision = precision
-  c.optimizer = "sgd"
-  c.momentum = 0.9
-  c.weight_decay = 1e-4
-  c.learning_rate = 0.01
-  c.schedule = "constant"
+  c.seed = seed
+  config_lib.validate(c, known_models=models.list_models(), known_datasets=None)
   return c
 
 
-def _model_kwargs(config, overrides: dict | None) -> dict:
-  """What ``train.loop`` builds the model with (precision, cross-replica BN), plus ``overrides``."""
-  from resnet_jax import runs  # pylint: disable=g-import-not-at-top
-
-  return {**runs.model_kwargs(config), **(overrides or {})}
+def _with_overrides(config, overrides: dict | None):
+  """``config`` with bench's ``--override`` ResNet fields over its model overrides, taken as given
+  (``runs.build_model`` builds the network from it, as for training)."""
+  c = config.copy_and_resolve_references()
+  c.model_overrides = {**c.model_overrides.to_dict(), **(overrides or {})}
+  return c
 
 
 def _cost_flops(compiled) -> float | None:
@@ -203,18 +219,27 @@ def _checkpoint_save_times(par, state, saves: int = 2) -> list[float]:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Setup:
-  """What every data-parallel path shares: the network, optimizer and initial state on the host."""
+class Setup:
+  """What every data-parallel path shares: the config, network, optimizer and initial state (host)."""
 
-  model: str
-  batch: int
+  config: Any
   image_size: int
   net: Any
   tx: Any
-  schedule: Any
   host_state: Any
   num_classes: int
-  seed: int
+
+  @property
+  def model(self) -> str:
+    return self.config.model
+
+  @property
+  def batch(self) -> int:
+    return self.config.global_batch_size
+
+  @property
+  def seed(self) -> int:
+    return self.config.seed
 
   @property
   def image_shape(self) -> tuple[int, int, int]:
@@ -237,23 +262,22 @@ def _check_arguments(parallelism: tuple[str, ...], precision: str, compare, json
     storage.check_access(jsonl, "--jsonl", write=True)
 
 
-def _set_up(model, batch, image_size, precision, overrides, num_classes, seed) -> _Setup:
-  num_classes = num_classes or models.model_spec(model).num_classes
-  config = _bench_config(model, batch, precision)
-  net = models.get_model(model, num_classes=num_classes, **_model_kwargs(config, overrides))
+def set_up(config, image_size: int, overrides=None, num_classes: int | None = None) -> Setup:
+  """The network, optimizer and step-0 state of ``config`` as the training loop builds them, on
+  ``image_size``² RGB images with the model's own classes (or ``num_classes``)."""
+  from resnet_jax import runs  # pylint: disable=g-import-not-at-top
+  from resnet_jax.train import loop  # pylint: disable=g-import-not-at-top
+
+  num_classes = num_classes or models.model_spec(config.model).num_classes
+  net = runs.build_model(_with_overrides(config, overrides), num_classes)
   image_shape = (image_size, image_size, 3)
   tx = optim.create_optimizer(config, state_lib.abstract_variables(net, image_shape)["params"])
-  host_state = jax.device_get(
-    jax.jit(functools.partial(state_lib.create_train_state, net, tx, image_shape=image_shape))(
-      jax.random.key(seed)
-    )
-  )
-  return _Setup(
-    model, batch, image_size, net, tx, optim.create_schedule(config), host_state, num_classes, seed
-  )
+  lr_scale = optim.LearningRateController.from_config(config).lr_scale
+  host_state = jax.device_get(loop.fresh_state(config, net, tx, image_shape, lr_scale))
+  return Setup(config, image_size, net, tx, host_state, num_classes)
 
 
-def _host_batches(setup: _Setup, n_dev: int) -> tuple[dict, dict]:
+def host_batches(setup: Setup, n_dev: int) -> tuple[dict, dict]:
   """One synthetic train batch and one eval batch in the data pipeline's layout."""
   if setup.batch % n_dev:
     raise ValueError(
@@ -274,21 +298,22 @@ def _host_batches(setup: _Setup, n_dev: int) -> tuple[dict, dict]:
   return host_batch, host_eval_batch
 
 
-def _compile_path(name: str, setup: _Setup, host_batch, host_eval_batch, n_dev: int) -> dict:
+def lower_train_step(par: parallel.DataParallel, setup: Setup, state, batch):
+  """The training loop's own train step of ``setup.config`` (``loop.compile_steps``), lowered for
+  ``state`` and ``batch`` on the devices of ``par``."""
+  from resnet_jax.train import loop  # pylint: disable=g-import-not-at-top
+
+  steps = loop.compile_steps(setup.config, par, setup.net, setup.tx, setup.num_classes)
+  return steps["p_train_step"].lower(state, batch)
+
+
+def _compile_path(name: str, setup: Setup, host_batch, host_eval_batch, n_dev: int) -> dict:
   """Compiles exactly what train.loop compiles for path ``name`` (axis "batch", state donated)."""
   par = parallel.create(name)
   state = par.replicate(setup.host_state)
   train_batch = par.put_batch(host_batch)
-  p_train = par.train_step(
-    steps_lib.train_step,
-    seed=setup.seed + 1,
-    model=setup.net,
-    tx=setup.tx,
-    schedule=setup.schedule,
-    num_classes=setup.num_classes,
-  )
   t0 = time.perf_counter()
-  train_compiled = p_train.lower(state, train_batch).compile()
+  train_compiled = lower_train_step(par, setup, state, train_batch).compile()
   compile_train_s = time.perf_counter() - t0
   p_eval = par.compile(
     functools.partial(steps_lib.eval_step, model=setup.net),
@@ -337,7 +362,7 @@ def _time_bare_steps(paths: dict, steps: int, torch_apart) -> list[float]:
   return torch_times
 
 
-def _time_loop(paths: dict, setup: _Setup, n_loop: int, loop_rounds: int) -> None:
+def _time_loop(paths: dict, setup: Setup, n_loop: int, loop_rounds: int) -> None:
   """Checkpoint save times, then bare and full-loop windows of ``n_loop`` steps, alternating."""
   for path in paths.values():
     path["checkpoint_first_s"], path["checkpoint_s"] = _checkpoint_save_times(
@@ -395,9 +420,7 @@ def _path_figures(
   return r
 
 
-def _result(
-  setup: _Setup, precision, overrides, steps, parallelism, per_path, peak_tflops, compare
-):
+def _result(setup: Setup, precision, overrides, steps, parallelism, per_path, peak_tflops, compare):
   """The report dict: the first path's figures are the report's own (the torch ratio compares
   against them); every path's are under "paths"."""
   devices = jax.local_devices()
@@ -407,6 +430,8 @@ def _result(
     "image_size": setup.image_size,
     "precision": precision,
     "overrides": {k: str(v) for k, v in (overrides or {}).items()},
+    "train_step": {k: setup.config[k] for k in STEP_KEYS},
+    "config": setup.config.to_dict(),
     "num_params": state_lib.count_params(setup.host_state.params),
     "steps": steps,
     "parallelism": parallelism[0],
@@ -453,14 +478,18 @@ def run_benchmark(
   loop_rounds: int = 3,
   seed: int = 0,
   parallelism: tuple[str, ...] = parallel.PARALLELISMS,
+  config=None,
 ) -> dict[str, Any]:
-  """Benchmarks the real train step of ``model``; returns the report dict (see module doc)."""
+  """Benchmarks the train step that ``config`` (default: the digits recipe) trains with ``model``,
+  ``batch`` and ``precision``; returns the report dict (see module doc)."""
   parallelism = tuple(parallelism)
   _check_arguments(parallelism, precision, compare, jsonl)
   precision = config_lib.precision_for_platform(precision, jax.default_backend())
-  setup = _set_up(model, batch, image_size, precision, overrides, num_classes, seed)
+  setup = set_up(
+    bench_config(model, batch, precision, config, seed), image_size, overrides, num_classes
+  )
   n_dev = len(jax.local_devices())
-  host_batch, host_eval_batch = _host_batches(setup, n_dev)
+  host_batch, host_eval_batch = host_batches(setup, n_dev)
   paths = {
     name: _compile_path(name, setup, host_batch, host_eval_batch, n_dev) for name in parallelism
   }

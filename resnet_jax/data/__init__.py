@@ -19,6 +19,7 @@ from resnet_jax.data.datasets import (
   load_source,
   num_examples,
   readable_class_names,
+  train_augment_name,
 )
 from resnet_jax.data.pipeline import (
   eval_batches,
@@ -43,5 +44,6 @@ __all__ = [
   "num_examples",
   "prefetch_to_device",
   "readable_class_names",
+  "train_augment_name",
   "train_batches",
 ]

@@ -20,14 +20,16 @@ Train:
   none       normalisation only (image already at image_size): for inspection and tests.
 Any of them + RandAugment (timm spec string) before normalisation and random erasing (timm's
 per-pixel mode) after it: train_transform(..., randaugment=, random_erasing=).
-Test:
+Test (one decision, :func:`eval_views`, from the run's training transform, as data: EvalViews;
+:func:`views_transform` applies it here, ``serving.export`` in jnp for the exported function):
   center     shorter side -> resize_size (256), centre image_size (224) crop. With
              resize_size None (32/28 px datasets): centre crop of image_size (identity
              when image_size equals the native size) + normalisation. V = 1.
   ten_crop   §3.4: 4 corner + centre crops of the resized image and their flips. V = 10.
-             It follows the dataset's training: without flips in training (digits) the
+             It follows the run's training: without flips in training (digits) the
              five crops are not mirrored (views 6-10 repeat 1-5); for images at native size
-             (28/32 px, no resize) the corners are crops of the image padded as in training.
+             (28/32 px, no resize) the corners are crops of the image padded as in training
+             (the run's own augmentation: 2 px for 'digits', 4 px for 'digits4' and 'cifar').
   full_conv  §3.4 fully-convolutional form at scale s (224, 256, 384, 480, 640): shorter
              side -> s. Approximation: to batch, we take the centre s x s square rather
              than the whole (non-square) image. V = 1.
@@ -35,6 +37,7 @@ Test:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Callable, Sequence
 
@@ -196,23 +199,70 @@ TRAIN_AUGMENTS = {
 
 # ----------------------------------------------------------------------------- test
 
+EVAL_METHODS = ("center", "ten_crop", "full_conv")
 
-def center_eval(image, *, image_size, resize_size, mean, std, channels=3):
-  image = decode(image, channels)
-  if resize_size:
-    image = resize_shorter_side(image, resize_size)
-  image = center_crop(image, image_size)
-  return normalize(image, mean, std)[None]
+
+@dataclasses.dataclass(frozen=True)
+class EvalViews:
+  """A run's test-time views, decided once (:func:`eval_views`) and applied alike by the eval
+  pipeline and ``predict`` (:func:`views_transform`, TensorFlow) and ``export``'s serving function
+  (``serving.export.view_stack``, jnp).
+
+  Each image: shorter side resized to ``resize`` (None: kept), then its centre ``crop`` square; or
+  for ten_crop, of the image zero-padded by ``pad`` pixels, the four corner and the centre squares
+  followed by the same five mirrored (``flip``) or, for a net trained without flips, repeated
+  (still ten views, whose mean is the five crops' mean).
+  """
+
+  method: str  # one of EVAL_METHODS
+  crop: int
+  resize: int | None = None
+  pad: int = 0
+  flip: bool = False
+
+  @property
+  def num_views(self) -> int:
+    return 10 if self.method == "ten_crop" else 1
+
+
+def _shifts_and_flips(train_augment: str | None) -> tuple[int, bool]:
+  """``(pad, flip)`` of a pad-and-crop train transform; ``(0, True)`` for the others (resized crops
+  with flips) and for None (not trained here, e.g. converted torchvision weights)."""
+  keywords = getattr(TRAIN_AUGMENTS.get(train_augment or ""), "keywords", {})
+  return int(keywords.get("pad", 0)), bool(keywords.get("flip", True))
+
+
+def eval_views(
+  method: str,
+  *,
+  train_augment: str | None,
+  image_size: int,
+  resize_size: int | None,
+  scale: int | None = None,
+) -> EvalViews:
+  """The test-time views of a run trained with ``train_augment`` (a TRAIN_AUGMENTS name: the run's
+  own, ``datasets.train_augment_name``), at crop side ``image_size`` after resizing the shorter
+  side to ``resize_size`` (None: native size).
+
+  ten_crop mirrors only where training flipped, and for native-size images shifts its corners by
+  the training's own padding. full_conv: the centre ``scale`` square of the image resized to
+  ``scale`` (default: ``resize_size`` or ``image_size``).
+  """
+  if method == "center":
+    return EvalViews("center", image_size, resize_size)
+  if method == "ten_crop":
+    pad, flip = _shifts_and_flips(train_augment)
+    return EvalViews("ten_crop", image_size, resize_size, pad=0 if resize_size else pad, flip=flip)
+  if method == "full_conv":
+    if scale is None:
+      scale = resize_size or image_size
+    return EvalViews("full_conv", scale, scale)
+  raise ValueError(f"Unknown eval method {method!r}; known: {list(EVAL_METHODS)}.")
 
 
 def ten_crop_views(image, image_size: int, *, pad: int = 0, flip: bool = True) -> tf.Tensor:
-  """[10, S, S, C]: TL, TR, BL, BR, centre crops, then the same five flipped.
-
-  ``pad``: the crops are taken from the image zero-padded by ``pad`` pixels (the shifts a
-  pad-and-crop training saw; without it a crop of a native-size image is the image). ``flip=False``
-  (a net trained without flips never saw a mirrored image): the last five views repeat the first
-  five instead, so there are still 10 views and their mean is the mean of the five crops.
-  """
+  """[10, S, S, C]: TL, TR, BL, BR, centre crops, then the same five flipped (``flip=False``:
+  repeated), of ``image`` zero-padded by ``pad`` pixels."""
   if pad:
     image = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]])
   shape = tf.shape(image)
@@ -228,31 +278,25 @@ def ten_crop_views(image, image_size: int, *, pad: int = 0, flip: bool = True) -
   return tf.concat([crops, tf.reverse(crops, axis=[2]) if flip else crops], axis=0)
 
 
-def ten_crop_eval(image, *, image_size, resize_size, mean, std, channels=3, pad=0, flip=True):
-  image = decode(image, channels)
-  if resize_size:
-    image = resize_shorter_side(image, resize_size)
-  return normalize(ten_crop_views(image, image_size, pad=pad, flip=flip), mean, std)
+def view_stack(image: tf.Tensor, views: EvalViews) -> tf.Tensor:
+  """float32 [V, crop, crop, C], not normalised: ``views`` of one decoded image [H, W, C]."""
+  image = tf.cast(image, tf.float32)
+  if views.resize:
+    image = resize_shorter_side(image, views.resize)
+  if views.method == "ten_crop":
+    return ten_crop_views(image, views.crop, pad=views.pad, flip=views.flip)
+  return center_crop(image, views.crop)[None]
 
 
-def train_shifts_and_flips(train_augment: str | None) -> tuple[int, bool]:
-  """``(pad, flip)`` of a pad-and-crop train augmentation; ``(0, True)`` for the others (resized
-  crops with flips, or unknown)."""
-  keywords = getattr(TRAIN_AUGMENTS.get(train_augment or ""), "keywords", {})
-  return int(keywords.get("pad", 0)), bool(keywords.get("flip", True))
+def _apply_views(image, *, views, mean, std, channels):
+  return normalize(view_stack(decode(image, channels), views), mean, std)
 
 
-def full_conv_eval(image, *, scale, mean, std, channels=3):
-  image = decode(image, channels)
-  image = resize_shorter_side(image, scale)
-  return normalize(center_crop(image, scale), mean, std)[None]
-
-
-EVAL_METHODS = ("center", "ten_crop", "full_conv")
-
-
-def num_views(method: str) -> int:
-  return 10 if method == "ten_crop" else 1
+def views_transform(
+  views: EvalViews, *, mean, std, channels: int
+) -> Callable[[tf.Tensor], tf.Tensor]:
+  """fn(image: bytes or uint8 [H, W, C]) -> float32 [V, crop, crop, C], normalised."""
+  return functools.partial(_apply_views, views=views, mean=mean, std=std, channels=channels)
 
 
 def train_transform(
@@ -328,41 +372,8 @@ def eval_transform(
   scale: int | None = None,
   train_augment: str | None = None,
 ) -> Callable[[tf.Tensor], tf.Tensor]:
-  """fn(image) -> float32 [V, H, W, C].
-
-  ``train_augment``: the dataset's training augmentation, which ten_crop follows: no mirrored
-  views where training had no flips, and for images used at their native size (no
-  ``resize_size``) the crops shifted by the training's padding. None: the paper's ten crops.
-  """
-  if method == "center":
-    return functools.partial(
-      center_eval,
-      image_size=image_size,
-      resize_size=resize_size,
-      mean=mean,
-      std=std,
-      channels=channels,
-    )
-  if method == "ten_crop":
-    pad, flip = train_shifts_and_flips(train_augment)
-    return functools.partial(
-      ten_crop_eval,
-      image_size=image_size,
-      resize_size=resize_size,
-      mean=mean,
-      std=std,
-      channels=channels,
-      pad=0 if resize_size else pad,
-      flip=flip,
-    )
-  if method == "full_conv":
-    if scale is None:
-      scale = resize_size or image_size
-    return functools.partial(full_conv_eval, scale=scale, mean=mean, std=std, channels=channels)
-  raise ValueError(f"Unknown eval method {method!r}; known: {list(EVAL_METHODS)}.")
-
-
-def eval_output_size(method: str, *, image_size: int, resize_size, scale=None) -> int:
-  if method == "full_conv":
-    return scale if scale is not None else (resize_size or image_size)
-  return image_size
+  """fn(image) -> float32 [V, H, W, C]: :func:`views_transform` of :func:`eval_views`."""
+  views = eval_views(
+    method, train_augment=train_augment, image_size=image_size, resize_size=resize_size, scale=scale
+  )
+  return views_transform(views, mean=mean, std=std, channels=channels)

@@ -224,6 +224,12 @@ def dataset_info(name: str) -> DatasetSpec:
     ) from None
 
 
+def train_augment_name(dataset: str, train_augment: str | None = None) -> str:
+  """The train transform a run of ``dataset`` uses: ``train_augment`` (``config.train_augment``), or
+  where that is empty the dataset's default. Training and the test-time views both read it."""
+  return train_augment or dataset_info(dataset).train_augment
+
+
 def resolve_split(spec: DatasetSpec, split: str | None, *, train: bool) -> str:
   if split is None:
     split = spec.train_split if train else spec.eval_split

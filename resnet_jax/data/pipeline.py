@@ -35,6 +35,7 @@ from resnet_jax.data.datasets import (
   hide_gpus_from_tf,
   load_source,
   num_examples,
+  train_augment_name,
 )
 
 __all__ = [
@@ -283,7 +284,7 @@ def train_batches(
     source = _drop_corrupt(source)
   size, _ = _sizes(spec, image_size, resize_size)
   transform = _train_transform(
-    augment or spec.train_augment, spec, source, size, randaugment, random_erasing
+    train_augment_name(dataset, augment), spec, source, size, randaugment, random_erasing
   )
   seed = int(seed) & _MASK64
   if source.kind == "records":
@@ -352,23 +353,13 @@ def _records_train(source, transform, seed, start_step, per_host, pi, pc, ldc):
     yield from _iterate(_options(ds.prefetch(tf.data.AUTOTUNE)), None)
 
 
-def _eval_transform(method, spec, source, sizes, scale):
-  """The test-time transform at (crop side, resize side) ``sizes``, and the zero views padding
-  examples get (same shape)."""
-  size, resize = sizes
+def _eval_transform(views, spec, source):
+  """The transform applying the test-time ``views``, and the zero views padding examples get (same
+  shape)."""
   channels = _channels(source)
-  transform = augment_lib.eval_transform(
-    method,
-    image_size=size,
-    resize_size=resize,
-    mean=spec.mean,
-    std=spec.std,
-    channels=channels,
-    scale=scale,
-    train_augment=spec.train_augment,
-  )
-  out = augment_lib.eval_output_size(method, image_size=size, resize_size=resize, scale=scale)
-  return transform, tf.zeros([augment_lib.num_views(method), out, out, channels], tf.float32)
+  transform = augment_lib.views_transform(views, mean=spec.mean, std=spec.std, channels=channels)
+  blank = tf.zeros([views.num_views, views.crop, views.crop, channels], tf.float32)
+  return transform, blank
 
 
 def eval_batches(
@@ -386,21 +377,32 @@ def eval_batches(
   local_device_count: int | None = None,
   skip_corrupt: bool = False,
   crop_ratio: float | None = None,
+  train_augment: str | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
   """Finite iterator of {'image': float32 [D, B/D, V, H, W, C], 'label': int32 [D, B/D],
   'mask': bool [D, B/D]} (V = 10 for ten_crop, else 1; padding has mask False, label 0
   and a zero image). Every host yields ceil(ceil(N / P) / B) batches.
   ``crop_ratio`` with no ``resize_size``: the shorter side is resized to
-  floor(image_size / crop_ratio) before the crops (eval_image_sizes)."""
+  floor(image_size / crop_ratio) before the crops (eval_image_sizes).
+  ``train_augment``: the run's train transform (``config.train_augment``; None: the dataset's),
+  which the views follow (``augment.eval_views``: ten_crop's flips and padding)."""
   pi, pc, ldc, per_host = _layout(
     global_batch_size, process_index, process_count, local_device_count
   )
   hide_gpus_from_tf()
   spec = dataset_info(dataset)
   method = method or spec.eval_method
+  size, resize = _sizes(spec, image_size, resize_size, crop_ratio)
+  views = augment_lib.eval_views(
+    method,
+    train_augment=train_augment_name(dataset, train_augment),
+    image_size=size,
+    resize_size=resize,
+    scale=scale,
+  )
   if dataset == synthetic.NAME:
     yield from synthetic.eval_batches(
-      num_views=augment_lib.num_views(method),
+      num_views=views.num_views,
       per_host=per_host,
       local_device_count=ldc,
       image_size=(scale if method == "full_conv" else None) or image_size,
@@ -410,9 +412,7 @@ def eval_batches(
   source = load_source(dataset, split, data_dir, train=False)
   if skip_corrupt:
     source = _drop_corrupt(source)
-  transform, blank = _eval_transform(
-    method, spec, source, _sizes(spec, image_size, resize_size, crop_ratio), scale
-  )
+  transform, blank = _eval_transform(views, spec, source)
 
   if source.kind == "records":
     yield from _records_eval(source, transform, blank, per_host, pi, pc, ldc)

@@ -8,10 +8,12 @@
   "Identity Mappings in Deep Residual Networks", Fig. 1(b)/§4: BN-ReLU-conv, nothing after the add.
 
 As in torchvision the two blocks differ, for the network that stacks them, only by ``expansion``
-(output channels = ``planes * expansion``).  BN follows every conv (§3.4), ReLU follows the addition
-(Eq. 1, Fig. 2).  Convs have no bias; BN is flax ``nn.BatchNorm`` (momentum 0.9, eps 1e-5 --
-torchvision's defaults) in the ``batch_stats`` collection, with ``axis_name`` for cross-replica
-statistics under ``pmap``.
+(output channels = ``planes * expansion``).  Which layers a block type has is written once, in its
+layout (:class:`~.architecture.BlockLayout`: the branch's convs and the shared BN, SE and shortcut
+rules), which the block inherits and builds and :mod:`.flops` counts.  BN follows every conv
+(§3.4), ReLU follows the addition (Eq. 1, Fig. 2).  Convs have no bias; BN is flax
+``nn.BatchNorm`` (momentum 0.9, eps 1e-5 -- torchvision's defaults) in the ``batch_stats``
+collection, with ``axis_name`` for cross-replica statistics under ``pmap``.
 
 Shortcut options (paper §3.3 "Residual Network" and §4.1 "Identity vs. Projection Shortcuts",
 Table 3) -- one per network:
@@ -68,7 +70,7 @@ import jax.numpy as jnp
 from . import conv_impl as conv_impl_lib
 from . import cpu_conv
 from .cpu_conv import conv_forward_form_grads  # noqa: F401  (part of this module's API)
-from .architecture import se_channels
+from .architecture import BasicLayout, BlockLayout, BottleneckLayout, se_channels
 
 Dtype = Any
 
@@ -284,8 +286,8 @@ def drop_path(x: jnp.ndarray, rate, rng) -> jnp.ndarray:
   return jnp.where(mask, x / jnp.asarray(keep, x.dtype), jnp.zeros((), x.dtype))
 
 
-def _uniform_fan_in(fan_in: int):
-  """torch's default bias initialiser, U(+-1/sqrt(fan_in))."""
+def uniform_fan_in(fan_in: int):
+  """torch's default ``nn.Linear``/bias initialiser, U(+-1/sqrt(fan_in)) (the head's and SE's)."""
   bound = 1.0 / max(fan_in, 1) ** 0.5
 
   def init(key, shape, dtype=jnp.float32):
@@ -306,7 +308,7 @@ class _PointwiseFc(nn.Module):
   def __call__(self, x):
     cin = x.shape[-1]
     kernel = self.param("kernel", conv_kernel_init, (1, 1, cin, self.features), self.param_dtype)
-    bias = self.param("bias", _uniform_fan_in(cin), (self.features,), self.param_dtype)
+    bias = self.param("bias", uniform_fan_in(cin), (self.features,), self.param_dtype)
     x = jnp.asarray(x, self.dtype)
     return x @ jnp.asarray(kernel[0, 0], self.dtype) + jnp.asarray(bias, self.dtype)
 
@@ -390,8 +392,11 @@ class Compute:
     )
 
 
-class _Block(nn.Module, Compute):
-  """Fields shared by both blocks.  ``planes`` is the stage width; output = planes * expansion.
+class _Block(nn.Module, BlockLayout, Compute):
+  """The forward pass the block types share: a block type is its layout
+  (:class:`~.architecture.BlockLayout`: ``expansion``, the branch's convs and the shape fields
+  ``planes``, ``stride``, ``shortcut``, ...), and this builds exactly the layers it lists.
+  ``planes`` is the stage width; output = planes * expansion.
 
   ``forward_form_grads``: the convs compute their gradients in forward form
   (:func:`conv_forward_form_grads`), which the network asks for in the blocks it scans.
@@ -399,32 +404,14 @@ class _Block(nn.Module, Compute):
   ``drop_path``: this block's stochastic-depth rate (the network raises it block by block).
   """
 
-  planes: int
-  stride: int = 1
-  shortcut: str = "B"
-  stride_on: str = "3x3"
-  groups: int = 1
-  base_width: int = 64
-  preact: bool = False
   forward_form_grads: bool = False
-  se_ratio: float = 0.0
   drop_path: float = 0.0
-
-  expansion = 1  # class attribute, not a field
 
   def _conv(self, features, kernel, stride=1, groups=1, *, name, zero=False):
     forward_form = self.forward_form_grads
     return super()._conv(
       features, kernel, stride, groups, name=name, zero=zero, forward_form=forward_form
     )
-
-  def _layers(self):
-    """[(name_suffix, features, kernel, stride, groups)] of the residual branch."""
-    raise NotImplementedError
-
-  def _needs_projection(self, in_channels: int) -> bool:
-    changes = self.stride != 1 or in_channels != self.planes * self.expansion
-    return self.shortcut == "C" or (self.shortcut in ("B", "D") and changes)
 
   def _project(self, x, out_channels: int):
     """The projection shortcut's conv: 1x1 with the block's stride, or for D the 2x2 average pool
@@ -451,9 +438,9 @@ class _Block(nn.Module, Compute):
       raise ValueError(f"shortcut must be one of {SHORTCUTS}, got {self.shortcut!r}")
     if self.stride_on not in STRIDE_ON:
       raise ValueError(f"stride_on must be one of {STRIDE_ON}, got {self.stride_on!r}")
-    out_channels = self.planes * self.expansion
-    layers = self._layers()
-    project = self._needs_projection(x.shape[-1])
+    out_channels = self.out_channels
+    convs = self.branch()
+    project = self.needs_projection(x.shape[-1])
 
     if self.preact:  # He et al. 2016, Fig. 1(b): BN-ReLU-conv; identity path untouched.
       y = nn.relu(self._bn(train, name="bn1")(x))
@@ -463,18 +450,18 @@ class _Block(nn.Module, Compute):
         identity = self._project(y, out_channels)
       else:
         identity = x
-      for i, (idx, feats, k, s, g) in enumerate(layers):
+      for i, (idx, feats, k, s, g) in enumerate(convs):
         if i > 0:
           y = nn.relu(self._bn(train, name=f"bn{idx}")(y))
-        last = i == len(layers) - 1
+        last = i == len(convs) - 1
         # No BN follows the last conv, so zero_init_last_bn zeroes that conv's kernel.
         y = self._conv(feats, k, s, g, name=f"conv{idx}", zero=last and self.zero_init_last_bn)(y)
       y = self._residual_out(y, train, drop_rate)
       return y if self.shortcut == "none" else y + identity
 
     y = x
-    for i, (idx, feats, k, s, g) in enumerate(layers):
-      last = i == len(layers) - 1
+    for i, (idx, feats, k, s, g) in enumerate(convs):
+      last = i == len(convs) - 1
       y = self._conv(feats, k, s, g, name=f"conv{idx}")(y)
       y = self._bn(train, name=f"bn{idx}", zero=last and self.zero_init_last_bn)(y)
       if not last:
@@ -491,33 +478,14 @@ class _Block(nn.Module, Compute):
     return nn.relu(y + identity)
 
 
-class BasicBlock(_Block):
-  """3x3 -> 3x3 (paper Fig. 5 left), expansion 1; the stride is on the first 3x3."""
-
-  expansion = 1
-
-  def _layers(self):
-    return [(1, self.planes, 3, self.stride, 1), (2, self.planes, 3, 1, 1)]
+class BasicBlock(_Block, BasicLayout):
+  """3x3 -> 3x3 (paper Fig. 5 left), expansion 1: :class:`~.architecture.BasicLayout`."""
 
 
-class BottleneckBlock(_Block):
-  """1x1 reduce -> 3x3 -> 1x1 expand x4 (paper §4.1, Fig. 5 right), expansion 4.
-
-  The inner width is torchvision's ``int(planes * base_width / 64) * groups`` (= planes for
-  ResNet; ResNeXt-50 32x4d: 4*planes/64*32; Wide ResNet-50-2: 2*planes), and the 3x3 is grouped
-  (``feature_group_count=groups``).
-  """
-
-  expansion = 4
-
-  def _layers(self):
-    width = int(self.planes * (self.base_width / 64.0)) * self.groups
-    s1, s3 = (self.stride, 1) if self.stride_on == "1x1" else (1, self.stride)
-    return [
-      (1, width, 1, s1, 1),
-      (2, width, 3, s3, self.groups),
-      (3, self.planes * self.expansion, 1, 1, 1),
-    ]
+class BottleneckBlock(_Block, BottleneckLayout):
+  """1x1 reduce -> 3x3 -> 1x1 expand x4 (paper §4.1, Fig. 5 right), expansion 4, grouped 3x3 for
+  ResNeXt: :class:`~.architecture.BottleneckLayout`."""
 
 
+# One Flax block per layout of architecture.BLOCK_LAYOUTS, under the same name.
 BLOCKS = {"basic": BasicBlock, "bottleneck": BottleneckBlock}

@@ -1,7 +1,9 @@
 """Analytic multiply-adds and parameter counts, written from the architecture (not from Flax params).
 
-:func:`layer_table` walks the network the way resnet.py/blocks.py build it -- stem, stages of
-blocks, head -- and lists every conv, BN and dense layer with its shapes.  From it:
+:func:`layer_table` walks the network the way resnet.py builds it -- stem, stages of blocks, head --
+and lists every conv, BN and dense layer with its shapes.  A block's layers are its layout's
+(:class:`~.architecture.BlockLayout`, which the Flax block builds), so a new block type is counted
+from its own definition, and a block name without a layout is refused.  From it:
 
 * :func:`count_macs` -- multiply-accumulates of the convs and the dense head (and the two small
   fully connected layers of each squeeze-and-excitation), the paper's "FLOPs" (Table 1 counts
@@ -20,8 +22,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Iterable, NamedTuple, Optional, Sequence
 
-
-from .architecture import Architecture, scaled, se_channels
+from .architecture import Architecture, block_layout, scaled
 from .registry import ModelSpec, list_models, model_config, model_spec
 
 
@@ -126,46 +127,35 @@ def layer_table(
     if not c["preact"]:
       add_bn("stem_bn", stem)
 
-  bottleneck = c["block"] == "bottleneck"
-  expansion = 4 if bottleneck else 1
+  layout = block_layout(c["block"])
   cin = stem
   for i, (n_blocks, planes) in enumerate(zip(c["stage_sizes"], c["stage_widths"])):
-    planes = scaled(planes, m)
-    cout = planes * expansion
     for j in range(n_blocks):
-      p = f"stage{i + 1}_block{j}/"
-      stride = 2 if (i > 0 and j == 0) else 1
-      h0, w0 = h, w
-      if bottleneck:
-        width = int(planes * (c["width_per_group"] / 64.0)) * c["groups"]
-        s1, s3 = (stride, 1) if c["stride_on"] == "1x1" else (1, stride)
-        convs = [(1, cin, width, s1, 1), (3, width, width, s3, c["groups"]), (1, width, cout, 1, 1)]
-      else:
-        convs = [(3, cin, cout, stride, 1), (3, cout, cout, 1, 1)]
-      for k_idx, (k, ci, co, s, g) in enumerate(convs, start=1):
-        # pre-activation: bn{k} normalises the conv's input; otherwise its output
-        if c["preact"]:
-          add_bn(p + f"bn{k_idx}", ci)
-        add_conv(p + f"conv{k_idx}", k, ci, co, s, g)
-        if not c["preact"]:
-          add_bn(p + f"bn{k_idx}", co)
-      if c["se_ratio"] > 0:  # two 1x1 convs with bias on the pooled features: dense layers
-        rd = se_channels(cout, c["se_ratio"])
-        layers.append(Layer(p + "se/fc1", "dense", 1, cout, rd, 1, (1, 1)))
-        layers.append(Layer(p + "se/fc2", "dense", 1, rd, cout, 1, (1, 1)))
-      changes = stride != 1 or cin != cout
-      if c["shortcut"] == "C" or (c["shortcut"] in ("B", "D") and changes):
-        h1, w1 = h, w
-        h, w = h0, w0
-        if c["shortcut"] == "D" and stride > 1:  # 2x2/s average pool (ceil), then a 1x1/1 conv
-          h, w = _out(h, 1, stride), _out(w, 1, stride)
-          add_conv(p + "shortcut_conv", 1, cin, cout, 1)
+      block = layout(
+        scaled(planes, m),
+        stride=2 if (i > 0 and j == 0) else 1,
+        shortcut=c["shortcut"],
+        stride_on=c["stride_on"],
+        groups=c["groups"],
+        base_width=c["width_per_group"],
+        preact=c["preact"],
+        se_ratio=c["se_ratio"],
+      )
+      h0, w0 = h, w  # the block's input, where its shortcut starts
+      for layer in block.layers(cin):
+        name = f"stage{i + 1}_block{j}/{layer.name}"
+        if layer.kind == "bn":
+          add_bn(name, layer.cout)
+        elif layer.kind == "dense":  # SE's 1x1 convs with bias on the pooled features
+          layers.append(Layer(name, "dense", 1, layer.cin, layer.cout, 1, (1, 1)))
+        elif layer.shortcut:
+          h1, w1 = h, w
+          h, w = _out(h0, 1, layer.pool), _out(w0, 1, layer.pool)  # ResNet-D: 2x2/s pool (ceil)
+          add_conv(name, layer.kernel, layer.cin, layer.cout, layer.stride, layer.groups)
+          assert (h, w) == (h1, w1), name  # the shortcut meets the branch
         else:
-          add_conv(p + "shortcut_conv", 1, cin, cout, stride)
-        if not c["preact"]:
-          add_bn(p + "shortcut_bn", cout)
-        assert (h, w) == (h1, w1)
-      cin = cout
+          add_conv(name, layer.kernel, layer.cin, layer.cout, layer.stride, layer.groups)
+      cin = block.out_channels
   if c["preact"]:
     add_bn("final_bn", cin)
   layers.append(Layer("head", "dense", 1, cin, c["num_classes"], 1, (1, 1)))

@@ -69,18 +69,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from .architecture import Architecture, check_drop_path_rate, scaled
-from .blocks import BLOCKS, SHORTCUTS, STRIDE_ON, Compute
+from .blocks import BLOCKS, SHORTCUTS, STRIDE_ON, Compute, uniform_fan_in
 
 STEMS = ("imagenet", "cifar", "deep")
-
-
-def _uniform_fan_in(fan_in: int):
-  bound = 1.0 / max(fan_in, 1) ** 0.5
-
-  def init(key, shape, dtype=jnp.float32):
-    return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-  return init
 
 
 class ResNet(nn.Module, Architecture, Compute):
@@ -224,7 +215,7 @@ class ResNet(nn.Module, Architecture, Compute):
     if self.preact:  # v2: the last unit's output is not activated, so BN-ReLU before the pool
       x = nn.relu(self._bn(train, name="final_bn")(x))
     x = jnp.mean(x, axis=(1, 2))
-    init = _uniform_fan_in(x.shape[-1])
+    init = uniform_fan_in(x.shape[-1])
     x = nn.Dense(
       self.num_classes,
       dtype=self.dtype,

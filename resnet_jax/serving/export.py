@@ -1,12 +1,13 @@
 """``resnet-jax export``: one serving function -- uint8 images in, class probabilities out.
 
-``serving_function(model)`` is the run's eval transform written in JAX (``data.augment``'s
-``center_eval`` / ``ten_crop_eval``: bilinear resize of the shorter side without antialiasing, as
-``tf.image.resize`` does, centre or ten crops, ``(x - mean) / std``), then the network in inference
-mode and the softmax (averaged over the ten views). The input is ``uint8 [batch, H, W, C]`` with
-H x W fixed at export (default: the resize side squared, e.g. 256 x 256 for ImageNet, or the crop
-side for 28/32 px datasets) and the batch dimension symbolic (``jax.export`` shape polymorphism),
-so one artifact serves every batch size.
+``serving_function(model)`` applies the run's test-time views in JAX (``ServingModel.eval_views``,
+the decision ``eval`` and ``predict`` take too, applied as ``data.augment.view_stack`` does:
+bilinear resize of the shorter side without antialiasing, as ``tf.image.resize`` does, centre or
+ten crops -- mirrored only where training flipped, shifted by the run's own padding --,
+``(x - mean) / std``), then the network in inference mode and the softmax (averaged over the
+views). The input is ``uint8 [batch, H, W, C]`` with H x W fixed at export (default: the resize
+side squared, e.g. 256 x 256 for ImageNet, or the crop side for 28/32 px datasets) and the batch
+dimension symbolic (``jax.export`` shape polymorphism), so one artifact serves every batch size.
 
 Formats (each written to a temporary sibling and renamed into place when complete):
   stablehlo   ``OUT/model.jax_exported`` (``jax.export.Exported.serialize()``) and
@@ -18,6 +19,7 @@ Formats (each written to a temporary sibling and renamed into place when complet
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -28,6 +30,7 @@ import jax
 import jax.numpy as jnp
 from etils import epath
 
+from resnet_jax.data import augment
 from resnet_jax.serving import model as model_lib
 from resnet_jax.serving.model import ServingError
 from resnet_jax.serving.model import ServingModel
@@ -64,16 +67,24 @@ def _resize_shorter_side(images, size: int):
   )
 
 
-def _views(images, size: int, method: str):
-  """[B, V, size, size, C]: the centre crop, or ``augment.ten_crop_views``' ten."""
+def view_stack(images, views: augment.EvalViews):
+  """[B, V, crop, crop, C]: ``augment.view_stack`` (TensorFlow, one image) for a static batch in
+  jnp -- the same decision (``ServingModel.eval_views``), the same resize, pad, crops and flips."""
+  if views.resize:
+    images = _resize_shorter_side(images, views.resize)
   h, w = images.shape[1], images.shape[2]
+  size = views.crop
   if min(h, w) < size:
     raise ServingError(
       f"input {h}x{w} is smaller than the {size} px crop; give a larger input size"
     )
+  if views.method == "ten_crop" and views.pad:
+    p = views.pad
+    images = jnp.pad(images, ((0, 0), (p, p), (p, p), (0, 0)))
+    h, w = h + 2 * p, w + 2 * p
   top, left = (h - size) // 2, (w - size) // 2
   center = images[:, top : top + size, left : left + size]
-  if method == "center":
+  if views.method != "ten_crop":
     return center[:, None]
   crops = [
     images[:, :size, :size],
@@ -83,7 +94,7 @@ def _views(images, size: int, method: str):
     center,
   ]
   crops = jnp.stack(crops, axis=1)
-  return jnp.concatenate([crops, crops[:, :, :, ::-1]], axis=1)
+  return jnp.concatenate([crops, crops[:, :, :, ::-1] if views.flip else crops], axis=1)
 
 
 def portable_network(network):
@@ -105,17 +116,15 @@ def serving_function(model: ServingModel, method: str = "center") -> Callable[..
   """
   if method not in METHODS:
     raise ServingError(f"--eval_method={method!r}: export supports {', '.join(METHODS)}")
+  views = model.eval_views(method)
   network = portable_network(model.model)
   mean = jnp.asarray(model.mean, jnp.float32)
   std = jnp.asarray(model.std, jnp.float32)
 
   def serve(variables, images):
-    x = images.astype(jnp.float32)
-    if model.resize_size:
-      x = _resize_shorter_side(x, model.resize_size)
-    views = (_views(x, model.image_size, method) - mean) / std
-    b, v = views.shape[0], views.shape[1]
-    logits = network.apply(variables, views.reshape((b * v,) + views.shape[2:]), train=False)
+    x = (view_stack(images.astype(jnp.float32), views) - mean) / std
+    b, v = x.shape[0], x.shape[1]
+    logits = network.apply(variables, x.reshape((b * v,) + x.shape[2:]), train=False)
     probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
     return probs.reshape(b, v, -1).mean(axis=1)
 
@@ -143,6 +152,7 @@ def _sidecar(model: ServingModel, method: str, input_size, fmt: str) -> dict[str
     "input_size": list(input_size),
     "output": "probabilities float32 [batch, classes] (softmax)",
     "eval_method": method,
+    "eval_views": dataclasses.asdict(model.eval_views(method)),
     **model.describe(),
   }
 

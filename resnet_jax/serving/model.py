@@ -17,6 +17,7 @@ from resnet_jax import checkpoint as checkpoint_lib
 from resnet_jax import data as data_lib
 from resnet_jax import models
 from resnet_jax import runs
+from resnet_jax.data import augment
 
 
 class ServingError(ValueError):
@@ -51,6 +52,16 @@ class ServingModel:
   @property
   def num_classes(self) -> int:
     return len(self.labels)
+
+  def eval_views(self, method: str) -> augment.EvalViews:
+    """The test-time views of ``method`` for this run, as ``eval`` takes them: they follow the
+    run's own training transform (``data.augment.eval_views``)."""
+    return augment.eval_views(
+      method,
+      train_augment=data_lib.train_augment_name(self.config.dataset, self.config.train_augment),
+      image_size=self.image_size,
+      resize_size=self.resize_size,
+    )
 
   def describe(self) -> dict[str, Any]:
     """The facts a consumer of an exported model needs besides the function (JSON-able)."""

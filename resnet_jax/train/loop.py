@@ -31,10 +31,12 @@ from absl import logging
 from resnet_jax import checkpoint as checkpoint_lib
 from resnet_jax import data as data_lib
 from resnet_jax import distributed
+from resnet_jax import faults
 from resnet_jax import metrics as metrics_lib
 from resnet_jax import models
+from resnet_jax import runs
 from resnet_jax import storage
-from resnet_jax.runs import CHECKPOINT_DIR, CONFIG_FILE, DONE_FILE, model_kwargs
+from resnet_jax.runs import CHECKPOINT_DIR, CONFIG_FILE, DONE_FILE, build_model
 from resnet_jax.runs import checkpoint_meta as _checkpoint_meta
 from resnet_jax.runs import expect_meta as _expect_meta
 from resnet_jax.train import config as config_lib
@@ -49,10 +51,6 @@ from resnet_jax.train import steps
 
 class NonFiniteLossError(RuntimeError):
   """Training produced a NaN/inf loss; the run stops and keeps its last good checkpoint."""
-
-
-def build_model(config, num_classes: int):
-  return models.get_model(config.model, num_classes=num_classes, **model_kwargs(config))
 
 
 def check_config(config):
@@ -128,6 +126,7 @@ class Evaluator:
       method=method,
       scale=scale,
       split=c.eval_split or None,
+      train_augment=c.train_augment or None,  # the views follow the run's own training
       **_eval_data_kwargs(c),
     )
 
@@ -167,7 +166,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   config = config_lib.for_platform(config, jax.default_backend())
   info = data_lib.dataset_info(config.dataset)
   model = build_model(config, info.num_classes)
-  primary = jax.process_index() == 0
+  primary = distributed.is_primary()
   workdir = storage.check_access(workdir, "--workdir", write=True)
   if config.init_from:
     storage.check_access(config.init_from, "config.init_from")
@@ -179,12 +178,11 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     keep_last=config.keep_checkpoints,
     async_save=config.async_checkpoints,
   )
-  distributed.set_last_good_checkpoint(lambda: ckpt.committed_step)
   lost = None
   try:
     return _train(config, workdir, ckpt, info, model, primary)
   except Exception as e:  # noqa: BLE001 - each is re-raised, as it is or as the peer it lost
-    lost = _peer_lost(e)
+    lost = _peer_lost(e, ckpt.committed_step)
     if lost is None:
       raise
     raise lost from None
@@ -195,14 +193,15 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       ckpt.close()
 
 
-def _peer_lost(error: Exception) -> distributed.PeerLostError | None:
+def _peer_lost(error: Exception, last_good_step: int | None) -> faults.PeerLostError | None:
   """What a failure of a multi-process run amounts to when a collective with a lost process
-  failed; None for anything else. The collective's error comes as a ``JaxRuntimeError`` from a
-  step, or as another type when Orbax's threads re-raise it during a save. The run's own refusals
-  (a checkpoint it cannot write or read, a diverged loss) already say what happened."""
+  failed (its line names ``last_good_step``, the last committed checkpoint); None for anything
+  else. The collective's error comes as a ``JaxRuntimeError`` from a step, or as another type when
+  Orbax's threads re-raise it during a save. The run's own refusals (a checkpoint it cannot write
+  or read, a diverged loss) already say what happened."""
   if isinstance(error, (checkpoint_lib.CheckpointError, NonFiniteLossError)):
     return None
-  return distributed.peer_lost_error(error)
+  return faults.peer_lost_error(error, last_good_step)
 
 
 @dataclasses.dataclass
@@ -304,7 +303,7 @@ def _set_up(config, workdir, ckpt, info, model, primary) -> tuple[_Run, Iterator
       config.global_batch_size,
       workdir,
     )
-  compiled = _compile_steps(config, par, model, tx, info.num_classes)
+  compiled = compile_steps(config, par, model, tx, info.num_classes)
   evaluator = Evaluator(config, model, par)
   writer = metrics_lib.MetricWriter(workdir, enabled=primary, resume_step=start_step)
   progress = metrics_lib.Progress(config.num_train_steps, start_step, enabled=primary)
@@ -352,24 +351,32 @@ def _initial_state(config, ckpt, par, model, tx, image_shape, abstract_variables
     state, meta = _restore(config, ckpt, par, template)
     logging.info("resumed from %s at step %d", ckpt.directory, start_step)
     return state, optim.LearningRateController.from_json(meta["lr_controller"])
-  state = jax.jit(
-    functools.partial(
-      state_lib.create_train_state,
-      model,
-      tx,
-      image_shape=image_shape,
-      lr_scale=controller.lr_scale,
-      use_loss_scale=config.precision == "fp16",
-      use_ema=config.ema_decay > 0,
-    )
-  )(jax.random.key(config.seed))
+  state = fresh_state(config, model, tx, image_shape, controller.lr_scale)
   if config.init_from:
     state = _initialise_from(state, config.init_from)
   return state, controller
 
 
-def _compile_steps(config, par, model, tx, num_classes) -> dict[str, Callable]:
-  """The train step, the BN-statistics sync, and the check that parameters are finite."""
+def fresh_state(config, model, tx, image_shape, lr_scale: float = 1.0):
+  """The train state of ``config`` at step 0, initialised from ``config.seed`` (on one device)."""
+  return jax.jit(
+    functools.partial(
+      state_lib.create_train_state,
+      model,
+      tx,
+      image_shape=image_shape,
+      lr_scale=lr_scale,
+      use_loss_scale=config.precision == "fp16",
+      use_ema=config.ema_decay > 0,
+    )
+  )(jax.random.key(config.seed))
+
+
+def compile_steps(config, par, model, tx, num_classes) -> dict[str, Callable]:
+  """The train step, the BN-statistics sync, and the check that parameters are finite.
+
+  ``bench`` times the train step this returns, so it times what ``config`` trains.
+  """
   replicated = parallel.REPLICATED
   finite = lambda tree: jnp.all(
     jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)])
@@ -405,41 +412,22 @@ def mix_config(config) -> mixing.MixConfig:
 
 
 def _restore(config, ckpt, par, template, step=None):
-  """``ckpt.restore`` into ``template``, also when the checkpoint holds an EMA the config does not
-  ask for (it is dropped), lacks one it asks for (the average starts from the restored variables,
-  as at step 0), or was written before the train state had an ``ema`` field at all."""
-  kwargs = {"expect_meta": _expect_meta(config), "sharding": par.restore_sharding}
-  try:
-    return ckpt.restore(template, step, **kwargs)
-  except checkpoint_lib.CheckpointError as error:
-    first_error = error
-  other_ema = (
-    template.replace(ema={"params": template.params, "batch_stats": template.batch_stats})
-    if template.ema is None
-    else template.replace(ema=None)
+  """The state at ``step`` (default: the latest) and its meta, in one read: into the template of
+  the fields the checkpoint saved (``state_lib.checkpoint_template``), then as ``template``'s config
+  keeps it: a moving average it does not ask for is dropped, one it asks for but the checkpoint
+  lacks starts from the restored variables."""
+  saved = ckpt.saved_fields(step)
+  state, meta = ckpt.restore(
+    state_lib.checkpoint_template(template, saved),
+    step,
+    expect_meta=_expect_meta(config),
+    sharding=par.restore_sharding,
   )
-  for candidate in (other_ema, _fields_before_ema(template)):
-    try:
-      state, meta = ckpt.restore(candidate, step, **kwargs)
-      break
-    except checkpoint_lib.CheckpointError:
-      continue
-  else:
-    raise first_error from None
-  if isinstance(state, dict):  # a checkpoint from before the ema field: set just below
-    state = template.replace(**state)
-  if template.ema is None:
-    logging.info("config.ema_decay is 0: the checkpoint's moving average (if any) is not used")
-    return state.replace(ema=None), meta
-  logging.info("the checkpoint has no moving average: it starts from the restored variables")
-  return state.replace(ema=state_lib.initial_ema(state.params, state.batch_stats)), meta
-
-
-def _fields_before_ema(template) -> dict:
-  """The train state as checkpoints written before the ``ema`` field hold it: the other fields."""
-  return {
-    f.name: getattr(template, f.name) for f in dataclasses.fields(template) if f.name != "ema"
-  }
+  if saved.get("ema") and template.ema is None:
+    logging.info("config.ema_decay is 0: the checkpoint's moving average is not used")
+  elif not saved.get("ema") and template.ema is not None:
+    logging.info("the checkpoint has no moving average: it starts from the restored variables")
+  return state_lib.from_checkpoint(template, state), meta
 
 
 def _step(run: _Run, batches: Iterator):
@@ -587,12 +575,10 @@ def _initialise_from(state, init_dir: str):
 
   ``init_dir``: the workdir of ``resnet-jax convert`` (a weights checkpoint) or of a training run
   (its latest checkpoint). Every leaf whose path and shape match is copied; other mismatches raise
-  ``weights.WeightImportError`` listing them (see ``weights.merge_into``, which also adapts an RGB
-  stem to 1-channel input). The optimizer state stays as initialised.
+  ``runs.RunError`` listing them (see ``runs.merge_into``, which also adapts an RGB stem to
+  1-channel input). The optimizer state stays as initialised.
   """
-  from resnet_jax import weights  # pylint: disable=g-import-not-at-top
-
-  params, batch_stats, _ = weights.initialise_from(state.params, state.batch_stats, init_dir)
+  params, batch_stats, _ = runs.initialise_from(state.params, state.batch_stats, init_dir)
   if state.ema is not None:  # the average starts from the imported weights, not the fresh ones
     state = state.replace(ema=state_lib.initial_ema(params, batch_stats))
   return state.replace(params=params, batch_stats=batch_stats)
@@ -655,6 +641,6 @@ def evaluate(config, workdir: str, step: int | None = None, method: str | None =
   state = par.replicate(state)
   evaluator = Evaluator(config, model, par)
   result = {"step": used_step, "method": method, **_evaluate_with_ema(evaluator, state, method)}
-  if jax.process_index() == 0:
+  if distributed.is_primary():
     _write_json(workdir / eval_result_file(method, used_step), result)
   return result

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -37,6 +38,40 @@ def initial_ema(params, batch_stats) -> dict:
   """The average at its start: a copy of the variables it averages."""
   copy = lambda tree: jax.tree_util.tree_map(jnp.array, tree)
   return {"params": copy(params), "batch_stats": copy(batch_stats)}
+
+
+def checkpoint_template(template: TrainState, saved: Mapping[str, bool]) -> dict:
+  """The fields of ``template`` laid out as a checkpoint saved them, to restore it in one read.
+
+  ``saved``: the checkpoint's top-level fields, each with whether it holds arrays
+  (``Checkpointer.saved_fields``). The layouts this state has had: a checkpoint written before the
+  ``ema`` field has none; one written after holds the moving average of params and BN statistics
+  there, or nothing when it was off. Every other field must fit ``template``'s as it is: the
+  restore names what does not.
+  """
+  fields = {f.name: getattr(template, f.name) for f in dataclasses.fields(template)}
+  if "ema" not in saved:
+    del fields["ema"]
+  elif saved["ema"]:
+    fields["ema"] = {"params": template.params, "batch_stats": template.batch_stats}
+  else:
+    fields["ema"] = None
+  return fields
+
+
+def from_checkpoint(template: TrainState, restored: Mapping[str, Any]) -> TrainState:
+  """The state of ``template``'s config from the restored fields of a :func:`checkpoint_template`.
+
+  A moving average the checkpoint holds but the config does not keep (``ema`` None in
+  ``template``) is dropped; one the config keeps but the checkpoint lacks starts from the restored
+  variables, as at step 0.
+  """
+  state = template.replace(**restored)
+  if template.ema is None:
+    return state.replace(ema=None)
+  if restored.get("ema") is None:
+    return state.replace(ema=initial_ema(state.params, state.batch_stats))
+  return state
 
 
 def init_variables(model, rng, image_shape):

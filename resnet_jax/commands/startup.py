@@ -1,0 +1,112 @@
+"""How a command that computes starts the process: ``--cpu_devices`` and the split it chooses, made
+here for every command (train, eval, bench, analyze), and a run's refusal before that start.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+from absl import flags
+from absl import logging
+
+from resnet_jax import host
+from resnet_jax import runtime
+from resnet_jax.train import config as config_lib
+
+
+def define_cpu_devices(flag_values: flags.FlagValues) -> None:
+  flags.DEFINE_string(
+    "cpu_devices",
+    "auto",
+    "On a CPU-only machine: split the host into this many single-threaded XLA devices and run data "
+    "parallel over them ('auto' = one per core, lowered until it divides the batch, or one device "
+    "with conv_impl=onednn; 1 = one device using every core). Ignored on GPU/TPU, in multi-process "
+    "runs and when XLA_FLAGS sets it.",
+    flag_values=flag_values,
+  )
+
+
+def cpu_devices(requested: str, conv_impl: str) -> str:
+  """--cpu_devices, with 'auto' meaning one device when oneDNN runs the convolutions
+  (``conv_impl`` 'onednn', or 'auto' with oneDNN installed: host.onednn_convolutions).
+
+  The split exists because XLA's convolutions use two cores badly; oneDNN spreads each convolution
+  over every core itself, and one device spares the cross-device BatchNorm sync at every layer, so
+  one device is the faster there (docs/benchmarks.md).
+  """
+  return "1" if requested == "auto" and host.onednn_convolutions(conv_impl) else requested
+
+
+def start(
+  flag_values: flags.FlagValues, *, conv_impl: str, batch_sizes: Sequence[int], **runtime_options
+) -> int:
+  """``runtime.start`` with the CPU split that ``--cpu_devices`` and ``conv_impl`` choose (a device
+  count dividing ``batch_sizes``); ``runtime_options`` go to it unchanged. Returns the split."""
+  split = runtime.start(
+    cpu_devices=cpu_devices(flag_values["cpu_devices"].value, conv_impl),
+    batch_sizes=batch_sizes,
+    **runtime_options,
+  )
+  if split > 1:
+    logging.info("CPU split into %d single-threaded devices (--cpu_devices)", split)
+  return split
+
+
+# --- a training run's start (train, eval) ---------------------------------------------------------
+
+
+def define_run_flags(flag_values: flags.FlagValues) -> None:
+  """The start-up flags of a command that runs the loop on a workdir: the compile cache, the split."""
+  flags.DEFINE_string(
+    "compilation_cache",
+    os.path.join(os.path.expanduser("~"), ".cache", "resnet_jax", "xla"),
+    "Persistent XLA compilation cache: a restarted or resumed run skips recompiling ('' = off; "
+    "JAX_COMPILATION_CACHE_DIR takes precedence).",
+    flag_values=flag_values,
+  )
+  define_cpu_devices(flag_values)
+
+
+def start_run(flag_values: flags.FlagValues, config, workdir: str) -> None:
+  """Refuses what it can before the start (:func:`check_before_start`), then starts the process
+  for ``config`` (its batches, its convolutions; ``jax.distributed`` in a multi-process job)."""
+  check_before_start(config, workdir)
+  start(
+    flag_values,
+    conv_impl=config.model_overrides.get("conv_impl", ""),
+    batch_sizes=[config.global_batch_size, config_lib.eval_batch_size(config)],
+    compilation_cache=flag_values["compilation_cache"].value,
+    distributed=True,
+  )
+
+
+def check_before_start(config, workdir: str) -> None:
+  """Refuses a bad config key, model name or bucket before `runtime.start` spends seconds loading
+  TensorFlow and starting the devices. The loop checks again with what needs those (the dataset
+  registry, the device count): it also runs inside other commands (sweeps, analyses)."""
+  from resnet_jax import models  # pylint: disable=g-import-not-at-top
+  from resnet_jax import storage  # pylint: disable=g-import-not-at-top
+
+  config_lib.validate(config, known_models=models.list_models(), known_datasets=None)
+  storage.check_access(workdir, "--workdir", write=True)  # eval writes its eval_*.json there too
+  if config.init_from:
+    storage.check_access(config.init_from, "config.init_from")
+
+
+def run_errors() -> tuple[type[Exception], ...]:
+  """The errors of a run besides ``ValueError`` that its user can act on: a checkpoint that cannot
+  be read or written, a multi-process start or peer that failed, a loss that diverged. Imported
+  only once a command has failed with something else than bad input."""
+  # pylint: disable=g-import-not-at-top
+  from resnet_jax import checkpoint
+  from resnet_jax import distributed
+  from resnet_jax import faults
+  from resnet_jax.train import loop
+
+  return (
+    checkpoint.CheckpointError,
+    distributed.DistributedInitError,
+    faults.PeerLostError,
+    loop.NonFiniteLossError,
+  )
