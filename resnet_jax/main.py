@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import sys
 import textwrap
 import types
@@ -180,6 +181,11 @@ def run(argv: Sequence[str] | None = None) -> None:
     command.define_flags(flags.FLAGS, args)
   except ValueError as e:  # e.g. an analysis name that is not one
     exit_with_error(e)
+  except Exception as e:  # noqa: BLE001 - a bad --flagfile or --config.key, found while defining
+    message = _flag_error(name, e, args)
+    if message is None:
+      raise
+    exit_with_error(message)
   app.run(
     lambda rest: main(command, rest),
     argv=[f"{PROG} {name}", *args],
@@ -204,16 +210,53 @@ def _parse_flags(name: str, argv: list[str]) -> list[str]:
     if "config" in flags.FLAGS and flags.FLAGS["config"].present:
       flags.FLAGS.config.get("model")  # a config file that failed to load raises here, not mid-run
     return remaining
-  except flags.Error as e:
-    message = f"{e} ({PROG} {name} --help lists its flags)"
-  except OSError as e:
+  except Exception as e:  # noqa: BLE001 - anything but bad input is raised again
+    message = _flag_error(name, e, argv)
+    if message is None:
+      raise
+  exit_with_error(message)
+
+
+def _flag_error(name: str, error: Exception, argv: Sequence[str]) -> str | None:
+  """The one line for a flag, --flagfile, --config file or --config.key override the user can fix;
+  None for anything else."""
+  if isinstance(error, flags.Error):  # an unknown flag, a bad value, a --flagfile not there
+    text = str(error).replace("ERROR:: ", "")
+    message = f"{text} ({PROG} {name} --help lists its flags)"
+  elif isinstance(error, SyntaxError):
+    where = f"{error.filename}, line {error.lineno}" if error.filename else "the config file"
+    message = f"--config: {where}: {error.msg}; fix the file's Python syntax"
+  elif isinstance(error, OSError):
     message = (
-      f"--config: {str(e).splitlines()[-1].strip()} (give the path of a configs/NAME.py file)"
+      f"--config: {str(error).splitlines()[-1].strip()} (give the path of a configs/NAME.py file)"
     )
-  except (AttributeError, KeyError, TypeError, ValueError) as e:
-    text = str(e.args[0] if e.args else e).replace("\\n", " ").replace("\\", "")
-    message = "bad --config override: " + text.strip("'\"").replace("''", "'")
-  exit_with_error(" ".join(message.split()))
+  elif isinstance(error, (AttributeError, KeyError, TypeError, ValueError)):
+    message = "bad --config override: " + _override_error(error, argv)
+  else:
+    return None
+  return " ".join(message.split())
+
+
+def _override_error(error: Exception, argv: Sequence[str]) -> str:
+  """ml_collections' error for a --config.key override, without its nesting and quoting: an
+  unknown key arrives as AttributeError(KeyError("'key'\\nDid you mean ...")) or its repr."""
+  while error.args and isinstance(error.args[0], Exception):
+    error = error.args[0]
+  text = error.args[0] if error.args and isinstance(error.args[0], str) else str(error)
+  text = text.replace("\\n", "\n").replace("\\'", "'")
+  lines = [l.strip() for l in text.splitlines() if l.strip()]
+  unknown = re.fullmatch(r"'([\w.]+)'", lines[0]) if lines else None
+  if isinstance(error, KeyError) and unknown:
+    # The error names the last part of the key: the override given names all of it.
+    leaf = unknown.group(1)
+    given = [m.group(1) for a in argv if (m := re.match(r"--?config\.([\w.]+)(=|$)", a))]
+    key = next((k for k in given if k == leaf or k.endswith("." + leaf)), leaf)
+    hint = re.search(r'Did you mean "([\w.]+)"', text)
+    close = f"{key[: -len(leaf)]}{hint.group(1)}" if hint else ""
+    return f"unknown key config.{key}" + (
+      f"; did you mean config.{close}?" if hint else " (the config file lists its keys)"
+    )
+  return "; ".join(lines).strip("'\"")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from typing import Any, Mapping
 
 import jax
@@ -63,6 +64,17 @@ def build_model(config, num_classes: int | None = None, *, replicated: bool = Tr
   if not replicated:
     kwargs.pop("bn_axis_name", None)
   return models.get_model(config.model, num_classes=num_classes, **kwargs)
+
+
+def net_name(config) -> str:
+  """The net a config trains, by its real depth: ``plain8`` for plain20 with stage_sizes (1, 1, 1)
+  (the CIFAR 6n+2 depths the registry lacks are trained that way); else ``config.model``."""
+  sizes = config.model_overrides.get("stage_sizes")
+  family = re.fullmatch(r"(resnet|plain)(\d+)", config.model)
+  if sizes and family and config.model in models.list_models():
+    if models.model_spec(config.model).family == "cifar":
+      return f"{family.group(1)}{2 + 2 * sum(int(s) for s in sizes)}"
+  return config.model
 
 
 # ResNet fields that change neither the function computed nor the parameters: a run may resume

@@ -366,6 +366,32 @@ def _has_checkpoints(directory) -> bool:
   return directory.is_dir() and any(True for _ in directory.iterdir())
 
 
+class WorkdirInUse(WeightImportError, FileExistsError):
+  """``convert --workdir`` names a run (or a file): refused before anything is read or written."""
+
+
+def _check_fresh_workdir(workdir: str, ckpt_dir) -> None:
+  """Refuses a workdir that holds a run already (checkpoints or a config.json) or is not a folder."""
+  root = ckpt_dir.parent
+  if root.exists() and not root.is_dir():
+    raise WorkdirInUse(f"--workdir={workdir} is a file; give a new folder for the checkpoint")
+  for parent in root.parents:  # a path below a file cannot be created
+    if parent.exists():
+      if not parent.is_dir():
+        raise WorkdirInUse(f"--workdir={workdir}: {parent} is a file; give a new folder")
+      break
+  if _has_checkpoints(ckpt_dir):
+    raise WorkdirInUse(
+      f"{ckpt_dir} already has checkpoints; convert into a fresh --workdir "
+      f"(nothing was overwritten)"
+    )
+  if (root / runs.CONFIG_FILE).exists():
+    raise WorkdirInUse(
+      f"--workdir={workdir} holds a training run ({runs.CONFIG_FILE}); convert into a fresh "
+      f"--workdir (nothing was overwritten)"
+    )
+
+
 def convert(
   src, model_name: str, workdir: str, *, source: str = "torchvision", **model_overrides
 ) -> dict[str, Any]:
@@ -375,11 +401,7 @@ def convert(
   if source not in SOURCES:
     raise WeightImportError(f"--from={source!r}: supported sources are {', '.join(SOURCES)}")
   ckpt_dir = storage.check_access(workdir, "--workdir", write=True) / runs.CHECKPOINT_DIR
-  if _has_checkpoints(ckpt_dir):
-    raise FileExistsError(
-      f"{ckpt_dir} already has checkpoints; convert into a fresh --workdir "
-      f"(nothing was overwritten)"
-    )
+  _check_fresh_workdir(workdir, ckpt_dir)
   params, batch_stats = from_state_dict(src, model_name, source=source, **model_overrides)
   num_classes = int(params["head"]["bias"].shape[0])
   meta = {"model": model_name, "source": source, "kind": "weights", "num_classes": num_classes}

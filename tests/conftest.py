@@ -135,6 +135,7 @@ _LONGEST_FIRST = (
   "test_gcs.py",
   "test_bench.py",
   "test_analysis.py",
+  "test_doors.py",
   "test_parallelism.py",
   "test_models.py",
   "test_weights.py",

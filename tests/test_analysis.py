@@ -134,7 +134,7 @@ def test_cli_rejects_unknown_analysis(tmp_path):
 def test_recipe_scales_cifar_boundaries():
   c = A.recipe("resnet20", dataset="cifar10", steps=640)
   assert c.lr_boundaries == (320, 480) and c.num_train_steps == 640
-  assert c.train_split == "train[:45000]"
+  assert (c.train_split, c.eval_split) == ("train", "test")  # Table 6: all 50k, the test split
   c = A.recipe(
     "plain20", steps=10, width_multiplier=0.5, overrides={"model_overrides.shortcut": "B"}
   )
@@ -185,6 +185,14 @@ def _check_degradation_json(out, models_seeds):
     assert [s for s, _ in r["test_error"]] == [2, 4] and r["test_error"][-1][1] == r[
       "final_test_error"
     ]
+    # Provenance per run: where, with what and how long it was trained.
+    assert r["conv_impl"] in ("xla", "onednn") and r["wall_time_s"] > 0
+    prov = r["provenance"]
+    for key in ("commit", "platform", "cpu_model", "device_count", "process_count"):
+      assert key in prov, key
+    assert prov["device_count"] >= 1 and prov["process_count"] == 1
+    packages = ("resnet-jax", "jax", "jaxlib", "flax", "optax", "tensorflow-datasets")
+    assert all(prov["versions"][p] for p in packages), prov["versions"]
   return result
 
 

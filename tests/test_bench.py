@@ -253,6 +253,40 @@ def test_bench_command_splits_the_cpu_and_counts_the_whole_batch(tmp_path):
   assert "2 × cpu" in proc.stdout
 
 
+@pytest.mark.parametrize(
+  "args,message",
+  [
+    (["--batch_size=0"], "--batch_size=0: must be at least 1"),
+    (["--steps=-1"], "--steps=-1: must be at least 1"),
+    (["--override=width_multiplier=abc"], "width_multiplier takes a number"),
+    (["--override=scan_blocks=3"], "scan_blocks takes true or false"),
+    (["--override=stage_sizes=3"], "stage_sizes takes a tuple"),
+    (["--override=learning_rate=0.1"], "Unknown override"),
+    (["--model=resnet21"], "Unknown model 'resnet21'"),
+    (["--jsonl={tmp}"], "is a folder; give a file path"),
+    (["--jsonl={tmp}/a_file/bench.jsonl"], "cannot create it under"),
+  ],
+)
+def test_bench_refuses_bad_input_before_it_starts(tmp_path, monkeypatch, args, message):
+  """Issue 34: each is one ValueError (main's one `error:` line) before the devices start or a
+  benchmark runs -- never a ZeroDivisionError 21 s in, a TypeError, or results lost at the end."""
+  from absl import flags
+
+  from resnet_jax.commands import bench as bench_command
+  from resnet_jax.commands.usage import UsageError
+
+  (tmp_path / "a_file").write_text("keep")
+  monkeypatch.setattr(bench_command.startup, "start", lambda *a, **k: pytest.fail("started"))
+  monkeypatch.setattr(bench_command.runtime, "start", lambda *a, **k: pytest.fail("started"))
+  flag_values = flags.FlagValues()
+  bench_command.define_flags(flag_values, [])
+  flag_values(["bench", "--model=resnet20", *(a.format(tmp=tmp_path) for a in args)])
+  error = UsageError if "Unknown" not in message else ValueError
+  with pytest.raises(error, match=message):
+    bench_command.run(flag_values, [])
+  assert os.listdir(tmp_path) == ["a_file"] and (tmp_path / "a_file").read_text() == "keep"
+
+
 def test_compare_without_pytorch_names_the_extra(tmp_path, monkeypatch):
   """PyTorch runs in a process of its own; a missing install there is still one clear line here."""
   (tmp_path / "torch.py").write_text("raise ImportError('No module named torch')\n")

@@ -4,6 +4,7 @@ import collections
 import logging
 import os
 import signal
+import socket
 import sys
 import tempfile
 import threading
@@ -179,6 +180,57 @@ def test_imagenet_missing_raises_one_clear_line(tmp_path):
     "--config.data_dir",
   ):
     assert needle in msg
+
+
+@pytest.fixture
+def loopback_only(monkeypatch):
+  """Every connection this process opens, which may go to 127.0.0.1 only: tests never reach the
+  internet, and a try to is a failure here, not a download."""
+  opened, real_connect = [], socket.socket.connect
+
+  def connect(sock, address):
+    opened.append(address)
+    if sock.family in (socket.AF_INET, socket.AF_INET6) and address[0] not in ("127.0.0.1", "::1"):
+      raise AssertionError(f"a test tried to reach {address}")
+    return real_connect(sock, address)
+
+  monkeypatch.setattr(socket.socket, "connect", connect)
+  for name in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+    monkeypatch.delenv(name, raising=False)
+  return opened
+
+
+def _closed_loopback_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def test_a_download_on_a_machine_without_internet_fails_at_once_in_one_line(
+  tmp_path, monkeypatch, loopback_only
+):
+  """tfds would retry an unreachable host for minutes; the refusal names the file that could not
+  be fetched and where to put it instead, creates nothing, and tries no download."""
+  port = _closed_loopback_port()
+  url = f"http://127.0.0.1:{port}/cifar-10-binary.tar.gz"
+  monkeypatch.setitem(datasets.DOWNLOADS, "cifar10", (url,))
+  data_dir = tmp_path / "tfds"
+  start = time.monotonic()
+  with pytest.raises(data.DatasetNotFoundError) as e:
+    datasets.get_builder(data.dataset_info("cifar10"), str(data_dir))
+  assert time.monotonic() - start < 10
+  manual = os.path.join(str(data_dir), "downloads", "manual")
+  assert str(e.value) == (
+    f"cannot download cifar10: {url} is unreachable (ConnectionRefusedError: Connection refused); "
+    f"without internet, put cifar-10-binary.tar.gz in {manual} (tfds' manual_dir), or point "
+    "--config.data_dir=... at a data_dir where cifar10 is prepared"
+  )
+  assert loopback_only == [("127.0.0.1", port)] and not data_dir.exists()
+  # A file already in the manual dir needs no connection: tfds takes it from there.
+  os.makedirs(manual)
+  open(os.path.join(manual, "cifar-10-binary.tar.gz"), "wb").close()
+  datasets._check_downloads_reachable(data.dataset_info("cifar10"), str(data_dir))
+  assert loopback_only == [("127.0.0.1", port)]
 
 
 # ------------------------------------------------------------------ augmentation

@@ -66,7 +66,7 @@ def test_a_flag_of_another_command_is_one_line_and_exit_2():
 
 
 def test_a_wrong_analysis_name_is_named_as_such_in_one_line_and_exit_2(tmp_path):
-  names = "degradation, layer_responses, gradient_flow, shortcuts, test_time"
+  names = "degradation, layer_responses, gradient_flow, shortcuts, test_time, lesions, landscape"
   for args in (("nosuch", f"--out={tmp_path}"), ("nosuch", "--help"), ("nosuch",)):
     proc = _run("analyze", *args)
     assert proc.returncode == 2 and proc.stdout == "", (args, proc.stdout)

@@ -105,6 +105,8 @@ def test_a3_evaluates_at_224_with_crop_ratio_095_while_training_at_160():
     "data_dir": None,
     "image_size": None,
     "crop_ratio": None,
+    "normalization": "channel",
+    "mean_split": None,
   }
 
 

@@ -137,6 +137,32 @@ def test_exports_match_model_apply_for_the_digits_run(digits_run, tmp_path):
   )
 
 
+def test_export_command_writes_one_artifact_for_cpu_cuda_and_tpu_that_matches_predict(
+  digits_run, tmp_path
+):
+  """Issue 34: ``export --format=stablehlo`` lowers for every platform the README names (each its
+  own form, as test_lowering shows per platform), and on this cpu the artifact gives predict's
+  probabilities."""
+  workdir, model = digits_run
+  out = tmp_path / "hlo"
+  line = serving.export_command(workdir, "stablehlo", str(out))
+  assert line.endswith(f"as stablehlo for cpu/cuda/tpu -> {out}")
+  exported = jax.export.deserialize((out / export_lib.ARTIFACT).read_bytes())
+  assert exported.platforms == ("cpu", "cuda", "tpu")
+  sidecar = json.loads((out / export_lib.SIDECAR).read_text())
+  assert sidecar["platforms"] == ["cpu", "cuda", "tpu"]
+  images, _ = _digit_images(5, offset=200)
+  for i, im in enumerate(images):
+    Image.fromarray(im[..., 0]).save(tmp_path / f"{i}.png")
+  predictions, failed = serving.classify(model, [str(tmp_path)], top_k=10)
+  assert not failed and len(predictions) == len(images)
+  got = np.asarray(exported.call(jnp.asarray(images)))
+  for i, p in enumerate(sorted(predictions, key=lambda p: p.path)):
+    np.testing.assert_allclose(got[i], _probabilities(p), atol=TOL, rtol=0)
+  best, probability = predictions[0].top[0]
+  assert f"{probability:8.4f}  {model.names[best]}" in serving.format_table(model, predictions)
+
+
 def test_exports_match_model_apply_for_a_converted_resnet18(converted_resnet18, tmp_path):
   model = converted_resnet18
   assert model.labels[0] == "n01440764" and model.names[0] == "tench, Tinca tinca"
@@ -181,6 +207,9 @@ def test_predict_cli_on_pngs_agrees_with_the_eval_step(digits_run, tmp_path):
     Image.fromarray(im[..., 0]).save(path)
     paths.append(str(path))
   (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not a png")
+  # Smaller than the 28 px crop: resized up and classified, named, not the whole run's failure.
+  small = folder / "nested" / "small.png"
+  Image.fromarray(np.asarray(Image.fromarray(images[0][..., 0]).resize((20, 20)))).save(small)
   out = tmp_path / "predictions.jsonl"
   proc = subprocess.run(
     [sys.executable, "-m", "resnet_jax.main", "predict", f"--workdir={workdir}", str(folder)]
@@ -192,8 +221,14 @@ def test_predict_cli_on_pngs_agrees_with_the_eval_step(digits_run, tmp_path):
     cwd=REPO,
   )
   assert proc.returncode == 0, proc.stderr[-2000:]
-  assert "broken.png" in proc.stderr and "12 images classified, 1 unreadable skipped" in proc.stderr
+  summary = "13 images classified, 1 unreadable skipped, 1 smaller than the crop resized up"
+  assert f"{summary}; JSON lines in {out}" in proc.stderr
+  # Each problem once, by name; nothing of TensorFlow's; the table went to the file, not the terminal.
+  assert proc.stderr.count("broken.png") == 1 and "rendezvous" not in proc.stderr
+  assert f"resized: {small}: 20x20 is smaller than the 28 px crop" in proc.stderr
+  assert proc.stdout == ""
   records = {r["path"]: r for r in map(json.loads, out.read_text().splitlines())}
+  assert records.pop(str(small))["resized_from"] == [20, 20]
   assert len(records) == n and not (tmp_path / "predictions.jsonl.partial").exists()
   want = _eval_step_probs(model, n)
   for i, path in enumerate(paths):
@@ -202,7 +237,7 @@ def test_predict_cli_on_pngs_agrees_with_the_eval_step(digits_run, tmp_path):
     got = np.zeros(10)
     got[[t["index"] for t in top]] = [t["probability"] for t in top]
     np.testing.assert_allclose(got, want[i], atol=TOL, rtol=0)
-    assert f"{top[0]['probability']:8.4f}  {top[0]['name']}" in proc.stdout
+    assert "resized_from" not in records[path]
 
 
 def test_predict_converts_rgb_and_rgba_to_the_models_one_channel(digits_run, tmp_path):
@@ -250,6 +285,9 @@ def test_bad_input_is_one_line_and_exit_2_and_leaves_nothing(digits_run, tmp_pat
       export_lib.export_model(model, fmt, str(blocker / "model"))
   with pytest.raises(serving.ServingError, match="writable"):
     serving.predict_command(lambda: model, [str(tmp_path)], output=str(blocker / "p.jsonl"))
+  # An existing folder as --output: refused before the model loads, not after classifying.
+  with pytest.raises(serving.ServingError, match="is a folder; give a file path"):
+    serving.predict_command(lambda: pytest.fail("loaded"), [str(tmp_path)], output=str(empty))
   assert sorted(os.listdir(tmp_path)) == ["a_file", "empty"] and blocker.read_text() == "keep"
   # An existing StableHLO path is never overwritten; nothing readable is an error, not an empty run.
   (tmp_path / "taken").write_text("keep")
@@ -258,7 +296,7 @@ def test_bad_input_is_one_line_and_exit_2_and_leaves_nothing(digits_run, tmp_pat
   assert (tmp_path / "taken").read_text() == "keep"
   (tmp_path / "junk").mkdir()
   (tmp_path / "junk" / "a.png").write_text("not an image")
-  with pytest.raises(serving.ServingError, match="none of the 1 files"):
+  with pytest.raises(serving.ServingError, match="no image could be read"):
     serving.predict_command(lambda: model, [str(tmp_path / "junk")], output=None)
 
 

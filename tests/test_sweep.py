@@ -167,6 +167,14 @@ def test_load_sweep(fake):
   bad = write_sweep("def get_sweep():\n  return [{'bad key': 0}]\n", "bad.py")
   with pytest.raises(ValueError, match="not a config key"):
     sweep.load_sweep(bad)
+  # A file that does not run is one line naming the file and the line.
+  syntax = write_sweep("def get_sweep(:\n  return []\n", "syntax.py")
+  with pytest.raises(ValueError, match=r"^\S*syntax.py:2: syntax error: "):
+    sweep.load_sweep(syntax)
+  fails = write_sweep("def get_sweep():\n  return zipped(a=[1], b=[1, 2])\n", "fails.py")
+  with pytest.raises(ValueError, match=r"fails.py:3: ValueError: zipped: axes have different"):
+    sweep.load_sweep(fails)
+  assert sweep.load_sweep(path, ["--x=1"])[0].train_args("R")[-1] == "--x=1"
 
 
 def test_example_sweep_files_load():
@@ -208,6 +216,12 @@ def test_local_sweep_of_two_members_writes_summary(fake, tmp_path):
   assert float(r["test_top1_error"]) == pytest.approx(0.11)
   assert float(r["train_top1_error"]) == pytest.approx(0.5 / 3)
   assert json.loads(r["overrides"]) == {"model": "resnet20", "seed": 1}
+  # what the member ran with: its overrides, then the arguments after `--`
+  assert shlex.split(r["arguments"]) == [
+    "--config.model=resnet20",
+    "--config.seed=1",
+    "--config.num_train_steps=3",
+  ]
   md = (root / "summary.md").read_text().splitlines()
   assert md[0].startswith("| member | status |") and len(md) == 4
   assert "| model=resnet20,seed=1 | ok | 3 | 16.67% | 11.00% |" in md[3]
@@ -220,6 +234,12 @@ def test_local_sweep_of_two_members_writes_summary(fake, tmp_path):
   )
   assert argv[-1] == "--config.num_train_steps=3"
   assert (root / "model=resnet20,seed=0" / "sweep.log").exists()
+  # The arguments after `--` are part of each member: other ones are refused, before anything runs.
+  with pytest.raises(ValueError, match=r"ran with .* -- --config.num_train_steps=3, not .* -- "):
+    sweep.run_sweep(path, root, python=python, extra_args=["--config.num_train_steps=5"])
+  with pytest.raises(ValueError, match="and nothing after --; give another --workdir"):
+    sweep.run_sweep(path, root, python=python)
+  assert sum(invocations(root).values()) == 2
   # A line a running member is half-way through writing hides none of its results.
   with open(root / "model=resnet20,seed=1" / "metrics.jsonl", "a") as f:
     f.write('{"step": 4, "train_lo')
@@ -370,9 +390,13 @@ def test_the_front_door_runs_a_sweep_and_a_default_member_names_no_config_file(f
     "sweep", *argv, "--config.num_train_steps=5", cwd=tmp_path, python_options=("-X", "importtime")
   )
   assert proc.returncode == 0, proc.stderr
-  imported = {l.rsplit("|", 1)[-1].strip() for l in proc.stderr.splitlines() if "|" in l}
-  assert "resnet_jax.sweep.emit" in imported  # --emit prints at once: no JAX, no TensorFlow
-  assert not imported & {"jax", "tensorflow", "flax", "resnet_jax.runs"}, proc.stderr[-2000:]
+  imported = [l.rsplit("|", 1)[-1].strip() for l in proc.stderr.splitlines() if "|" in l]
+  # --emit prints without TensorFlow. It checks each member as train does before TF loads, which
+  # loads JAX (the validation's owners of optimizers, losses, schedules), as `train` does; the
+  # modules themselves load JAX only once that check runs.
+  assert "resnet_jax.sweep.emit" in imported and "jax" in imported
+  assert imported.index("resnet_jax.commands.sweep") < imported.index("jax")
+  assert not set(imported) & {"tensorflow", "resnet_jax.runs"}, proc.stderr[-2000:]
   assert shlex.split(proc.stdout) == [
     "py",
     "-m",
@@ -386,6 +410,36 @@ def test_the_front_door_runs_a_sweep_and_a_default_member_names_no_config_file(f
   assert proc.stderr.strip().splitlines()[-1] == (
     "error: unexpected arguments ['stray']; member flags go after --, e.g. -- --config.x=1"
   )
+
+
+def test_every_member_is_checked_before_anything_prints_or_runs(fake, tmp_path):
+  """A member train would refuse is one line naming it, exit 2, nothing printed, started or
+  written, with --emit or run here (one path checks both): a typo'd key, an unknown model, a bad
+  flag after `--`, a sweep file that does not run."""
+  _, write_sweep, invocations = fake
+  write_sweep("def get_sweep():\n  return product(model=['resnet20', 'resnet21'], seed=[0])\n")
+  write_sweep("def get_sweep():\n  return product({'learning_rat': [0.1]})\n", "key.py")
+  write_sweep("def get_sweep():\n  return product(seed=[0])\n", "ok.py")
+  write_sweep("def get_sweep(:\n  return []\n", "syntax.py")
+  cases = {
+    ("s.py", "--emit=slurm"): "sweep member model=resnet21,seed=0: config.model='resnet21': "
+    "unknown model;",
+    ("key.py", "--parallel=2"): "sweep member learning_rat=0.1: unknown config key learning_rat; "
+    "did you mean learning_rate?",
+    ("ok.py", "--emit=tpu", "--", "--bogus=1"): "sweep member seed=0: Unknown command line flag "
+    "'bogus'",
+    ("ok.py", "--", "--config.model_overrides.shortcu=A"): "sweep member seed=0: unknown config "
+    "key model_overrides.shortcu; did you mean model_overrides.shortcut?",
+    ("syntax.py",): "syntax.py:2: syntax error: invalid syntax",
+  }
+  before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+  for (sweep_file, *rest), words in cases.items():
+    proc = _front_door("sweep", sweep_file, "--workdir=runs", *rest, cwd=tmp_path)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and proc.stdout == "", (sweep_file, rest, proc.stderr[-2000:])
+    assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], lines
+  assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+  assert invocations(tmp_path / "runs") == {}
 
 
 def _front_door(*args, cwd, python_options=()):

@@ -128,7 +128,7 @@ def test_run_output_holds_only_our_lines(straight_run):
   ):
     assert noise not in output, noise
   for ours_line in (
-    "model resnet20:",
+    "model resnet8 = resnet20 with stage_sizes (1, 1, 1):",  # the tiny config, by its depth
     "workdir " + straight_run,
     "step 12/12",
     "img/s",

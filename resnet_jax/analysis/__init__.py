@@ -3,6 +3,8 @@
 * :mod:`.degradation`      Fig. 1/4/6, Table 6: plain vs residual nets of increasing depth.
 * :mod:`.layer_responses`  Fig. 7: std of each 3x3 layer's response (after BN, before add/ReLU).
 * :mod:`.gradient_flow`    norm of the loss gradient w.r.t. each block's input and parameters.
+* :mod:`.lesions`          Veit et al. 2016: test error with blocks deleted at test time.
+* :mod:`.landscape`        Li et al. 2018: the loss along filter-normalised random directions.
 * :mod:`.shortcuts`        Table 3: shortcut options A / B / C (error, parameter count).
 * :mod:`.multi_view`       Tables 3/4: center vs ten-crop vs fully-convolutional multi-scale
                            (the ``test_time`` command).

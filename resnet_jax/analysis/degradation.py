@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import time
 from typing import Any, Sequence
 
 import numpy as np
@@ -32,8 +33,13 @@ from resnet_jax import storage
 from resnet_jax.analysis import recipes, report
 
 FAMILIES = ("plain", "resnet")
+# --depths by the paper's figure: Fig. 1's pair (the default) and Fig. 6's CIFAR series.
+FIGURE_DEPTHS = {"fig1": (20, 56), "fig6": (20, 32, 44, 56)}
 RESULT_FILE = "degradation.json"
 TRAIN_ERROR_FILE = "final_train_error.json"  # in each run's workdir, once measured
+# In each run's workdir, written by the invocation that finished training it: report.provenance(),
+# the convolution path it ran and its wall time.
+PROVENANCE_FILE = "provenance.json"
 CONDITIONS = (
   "every plain-deep seed ends with a higher training error than every plain-shallow seed",
   "every resnet-deep seed ends with a lower training error than every plain-deep seed",
@@ -140,9 +146,43 @@ def _config(settings: dict[str, Any], model: str, seed: int):
   )
 
 
+def _conv_impl_run(config) -> str:
+  """The convolution path ``config`` runs here ('xla' or 'onednn'; 'auto' resolved)."""
+  import jax  # pylint: disable=g-import-not-at-top
+
+  from resnet_jax.models import conv_impl as conv_impl_lib  # pylint: disable=g-import-not-at-top
+  from resnet_jax.train import config as config_lib  # pylint: disable=g-import-not-at-top
+
+  precision = config_lib.precision_for_platform(config.precision, jax.default_backend())
+  return conv_impl_lib.resolve(
+    config.model_overrides.get("conv_impl", ""), fp32=precision == "fp32"
+  )
+
+
+def _write_provenance(config, workdir: str, wall_time_s: float | None) -> None:
+  record = {
+    "provenance": report.provenance(),
+    "conv_impl": _conv_impl_run(config),
+    "wall_time_s": wall_time_s,
+  }
+  report.write_json(report.output_path(workdir, PROVENANCE_FILE), record)
+
+
+def _read_provenance(workdir: str) -> dict[str, Any]:
+  """The run's provenance record; all None for a run trained before runs recorded one."""
+  path = storage.location(report.output_path(workdir, PROVENANCE_FILE))
+  if path.exists():
+    return json.loads(path.read_text())
+  return {"provenance": None, "conv_impl": None, "wall_time_s": None}
+
+
 def _record(settings, model: str, seed: int, config, workdir: str) -> dict[str, Any]:
   curves = _curves(workdir)
   return {
+    # Where and how this run was trained: commit, package versions, platform, CPU, devices, the
+    # convolution path and the wall time of the invocation that finished it (training and the
+    # final evaluations; a resumed run counts only its last invocation).
+    **_read_provenance(workdir),
     "model": model,
     "family": "plain" if model.startswith("plain") else "resnet",
     "depth": recipes.depth_of(model),
@@ -165,11 +205,16 @@ def _train_inline(out, settings, members) -> dict[tuple[str, int], tuple[Any, st
   for model, seed in members:
     config = _config(settings, model, seed)
     workdir = report.output_path(runs_dir, member_name(model, seed))
+    trained_here = not runs.is_done(workdir)
+    start = time.monotonic()
     recipes.train(config, workdir)
     if not runs.is_done(workdir):  # stopped (preempted, SIGTERM) with a checkpoint saved
       raise RuntimeError(
         f"{workdir} stopped before its last step: run the same command again to resume it"
       )
+    if trained_here:
+      final_train_error(config, workdir)  # the final evaluation counts in the run's wall time
+      _write_provenance(config, workdir, time.monotonic() - start)
     done[(model, seed)] = (config, workdir)
   return done
 
@@ -209,7 +254,10 @@ def _train_with_sweep(out, settings, members, parallel):
     workdir = report.output_path(runs_dir, m.name)
     from resnet_jax import runs  # pylint: disable=g-import-not-at-top
 
-    done[(model, seed)] = (runs.read_config(workdir), workdir)
+    config = runs.read_config(workdir)
+    if not storage.location(report.output_path(workdir, PROVENANCE_FILE)).exists():
+      _write_provenance(config, workdir, None)  # this machine; the sweep's processes timed none
+    done[(model, seed)] = (config, workdir)
   return done
 
 
@@ -240,6 +288,8 @@ def run(
       raise ValueError(f"family {f!r}: choose from {FAMILIES}")
   if runner not in ("inline", "sweep"):
     raise ValueError(f"runner must be 'inline' or 'sweep', got {runner!r}")
+  if len(set(depths)) < 2:  # a member's own command (one net, one seed) is this too
+    print(f"degradation: {_ONE_DEPTH.format(depths=','.join(map(str, depths)))}")
   settings = _settings(dataset, recipe, steps, width_multiplier, batch_size, evals, conv_impl)
   members = [(f"{f}{d}", s) for f in families for d in depths for s in seeds]
   if runner == "sweep":
@@ -361,6 +411,12 @@ def _range(d: dict[str, float]) -> str:
   return f"{100 * d['mean']:.2f} ({100 * d['min']:.2f}-{100 * d['max']:.2f})"
 
 
+_ONE_DEPTH = (
+  "one depth ({depths}): the paper's conditions compare a shallower net with a deeper one, so "
+  "they are not checked; give two depths or more to check them, e.g. --depths=20,56"
+)
+
+
 def markdown(result: dict[str, Any]) -> str:
   """The report's Markdown: recipe, final errors per net, every run, the four conditions."""
   s, runs_ = result.get("settings", {}), result["runs"]
@@ -390,4 +446,7 @@ def markdown(result: dict[str, Any]) -> str:
   )
   mark = {True: "holds", False: "FAILS", None: "not run"}
   conds = "".join(f"- {text}: **{mark[ok]}**\n" for text, ok in conditions(runs_))
+  depths = sorted({r["depth"] for r in runs_})
+  if len(depths) < 2:
+    conds = _ONE_DEPTH.format(depths=",".join(map(str, depths))) + "\n"
   return head + nets + "\nEvery run:\n\n" + each + "\nThe paper's conditions:\n\n" + conds

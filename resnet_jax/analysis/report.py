@@ -68,3 +68,75 @@ def write_outputs(out, stem: str, *, figure, table: str, rows) -> dict[str, Any]
   table_path = write_text(output_path(out, f"{stem}.md"), table)
   write_json(output_path(out, f"{stem}.json"), rows)
   return {"figure": figure_path, "table": table_path}
+
+
+# resnet-jax's own version stands in for the commit where the package runs from a wheel.
+_PACKAGES = (
+  "resnet-jax",
+  "jax",
+  "jaxlib",
+  "flax",
+  "optax",
+  "tensorflow-datasets",
+  "tensorflow",
+  "numpy",
+)
+
+
+def _commit() -> dict[str, Any]:
+  """The checkout this package runs from: HEAD and whether files differ from it (None outside a
+  git checkout, e.g. an installed wheel)."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+
+  here = os.path.dirname(os.path.abspath(__file__))
+
+  def git(*args):
+    return subprocess.run(
+      ["git", "-C", here, *args], capture_output=True, text=True, timeout=20, check=True
+    ).stdout.strip()
+
+  try:
+    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain"))}
+  except (OSError, subprocess.SubprocessError):
+    return {"commit": None, "dirty": None}
+
+
+def _cpu_model() -> str | None:
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  import platform  # pylint: disable=g-import-not-at-top
+
+  return platform.processor() or None
+
+
+def provenance() -> dict[str, Any]:
+  """Where an analysis's numbers were computed: the commit (and whether the tree differed from it),
+  the versions of the numerical packages, the platform, CPU model and JAX's devices."""
+  import importlib.metadata  # pylint: disable=g-import-not-at-top
+  import platform  # pylint: disable=g-import-not-at-top
+
+  import jax  # pylint: disable=g-import-not-at-top
+
+  versions = {}
+  for package in _PACKAGES:
+    try:
+      versions[package] = importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+      versions[package] = None
+  return {
+    **_commit(),
+    "versions": versions,
+    "python": platform.python_version(),
+    "platform": platform.platform(),
+    "cpu_model": _cpu_model(),
+    "cpu_count": os.cpu_count(),
+    "backend": jax.default_backend(),
+    "device_kind": jax.devices()[0].device_kind,
+    "device_count": jax.device_count(),
+    "process_count": jax.process_count(),
+  }

@@ -18,7 +18,10 @@ from resnet_jax.analysis import cli
 from resnet_jax.commands import startup
 from resnet_jax.commands.usage import UsageError, no_positionals
 
-PURPOSE = "the paper's analyses: degradation, layer responses, gradient flow, shortcuts, test time"
+PURPOSE = (
+  "the paper's analyses: degradation, layer responses, gradient flow, shortcuts, test time; "
+  "and why residual nets train: lesions, loss landscape"
+)
 EXAMPLE = "resnet-jax analyze degradation --out=runs/degradation --depths=20,32 --steps=200"
 USAGE = "NAME --out=DIR [--flag=value ...]"
 DETAILS = """analyses:
@@ -26,9 +29,13 @@ DETAILS = """analyses:
                                      [--steps=N] [--width=W] [--families=plain,resnet]
                                      [--conv_impl=xla|onednn] [--report_only] [--runner=inline|sweep]
   resnet-jax analyze layer_responses --out=DIR (--runs=DIR | --workdirs=W1,W2) [--num_images=256]
-  resnet-jax analyze gradient_flow   --out=DIR (--runs=DIR | --workdirs=W1,W2) [--num_images=128]
+  resnet-jax analyze gradient_flow   --out=DIR [--depths=20,32,44,56,110] [--seeds=0,1,2]
+                                     [--runs=DIR | --workdirs=W1,W2] [--num_images=128]
   resnet-jax analyze shortcuts       --out=DIR [--model=resnet20] [--options=A,B,C] [--steps=N]
-  resnet-jax analyze test_time       --out=DIR (--runs=DIR | --workdirs=W1) [--methods=...]"""
+  resnet-jax analyze test_time       --out=DIR (--runs=DIR | --workdirs=W1) [--methods=...]
+  resnet-jax analyze lesions         --out=DIR (--runs=DIR | --workdirs=W1,W2) [--draws=5]
+  resnet-jax analyze landscape       --out=DIR (--runs=DIR | --workdirs=W1,W2) [--grid=25]
+                                     [--num_images=256] [--slice_points=51]"""
 
 _NAME_AN_ANALYSIS = "name an analysis first: resnet-jax analyze {names} --out=DIR ..."
 
@@ -49,11 +56,13 @@ def run(flag_values: flags.FlagValues, positionals: Sequence[str]) -> None:
     raise UsageError(_NAME_AN_ANALYSIS.format(names="|".join(cli.NAMES)))
   no_positionals(positionals[1:])
   name = cli.check_name(positionals[0])
+  if name == "degradation":
+    cli.check_degradation_flags(flag_values)  # before seconds of TensorFlow and device start-up
   if name in cli.TRAINING:  # an analysis that trains: the same CPU split as `resnet-jax train`
     batch = flag_values["batch_size"].value
-    startup.start(
-      flag_values, conv_impl=flag_values.get_flag_value("conv_impl", ""), batch_sizes=[batch or 128]
-    )
+    # Only degradation has --conv_impl; shortcuts trains with its recipe's.
+    conv_impl = flag_values["conv_impl"].value if "conv_impl" in flag_values else ""
+    startup.start(flag_values, conv_impl=conv_impl, batch_sizes=[batch or 128])
   runtime.import_tensorflow()  # quietly, before the analyses' input pipeline loads it
   cli.run_analysis(name, flag_values)
 
@@ -88,7 +97,7 @@ def define_analysis_flags(name: str, flag_values: flags.FlagValues) -> None:
   if name == "shortcuts":
     flags.DEFINE_string("model", "resnet20", "Model whose shortcuts are compared.", flag_values=fv)
     flags.DEFINE_list("options", ["A", "B", "C"], "Shortcut options to train.", flag_values=fv)
-  if name in ("layer_responses", "gradient_flow", "test_time"):
+  if name in ("layer_responses", "gradient_flow", "test_time", "lesions", "landscape"):
     flags.DEFINE_string(
       "runs",
       None,
@@ -104,6 +113,16 @@ def define_analysis_flags(name: str, flag_values: flags.FlagValues) -> None:
       "Test images the statistics are taken over.",
       flag_values=fv,
     )
+  if name == "gradient_flow":
+    _define_gradient_flow_flags(fv)
+  if name == "lesions":
+    flags.DEFINE_integer(
+      "num_images", 10000, "Test images (at most the whole test split).", flag_values=fv
+    )
+    flags.DEFINE_integer("draws", 5, "Random sets of k deleted blocks, per k.", flag_values=fv)
+    flags.DEFINE_integer("seed", 0, "Seed of the random sets.", flag_values=fv)
+  if name == "landscape":
+    _define_landscape_flags(fv)
   if name == "test_time":
     flags.DEFINE_list(
       "methods", ["center", "ten_crop", "full_conv"], "Test-time methods.", flag_values=fv
@@ -114,6 +133,39 @@ def define_analysis_flags(name: str, flag_values: flags.FlagValues) -> None:
       "full_conv shorter sides (default: the config's; 28,32,40 on digits).",
       flag_values=fv,
     )
+
+
+def _define_gradient_flow_flags(fv: flags.FlagValues) -> None:
+  """The at-initialisation sweep of ``gradient_flow`` (nets built from the degradation recipe)."""
+  flags.DEFINE_list(
+    "depths",
+    None,
+    "Depths of the at-initialisation sweep (default: 20,32,44,56,110 without --runs/--workdirs, "
+    "none with them).",
+    flag_values=fv,
+  )
+  flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds of the sweep's nets.", flag_values=fv)
+  flags.DEFINE_list("families", ["plain", "resnet"], "Families of the sweep.", flag_values=fv)
+  flags.DEFINE_enum(
+    "recipe", "paper", ["paper", "digits"], "The degradation recipe of the sweep.", flag_values=fv
+  )
+  flags.DEFINE_string("dataset", "digits", "Dataset of the sweep's batch.", flag_values=fv)
+  flags.DEFINE_float(
+    "width", None, "Width multiplier of the sweep's nets (default: the recipe's).", flag_values=fv
+  )
+
+
+def _define_landscape_flags(fv: flags.FlagValues) -> None:
+  flags.DEFINE_integer(
+    "num_images", 256, "Training images (a fixed subset) the loss is taken over.", flag_values=fv
+  )
+  flags.DEFINE_integer("grid", 25, "Points per side of the 2-D grid.", flag_values=fv)
+  flags.DEFINE_float("span", 1.0, "The grid covers [-span, span]^2.", flag_values=fv)
+  flags.DEFINE_integer("slice_points", 51, "Points of the 1-D slice.", flag_values=fv)
+  flags.DEFINE_integer("direction_seed", 0, "Seed of the two random directions.", flag_values=fv)
+  flags.DEFINE_integer(
+    "chunk", 25, "Grid points per compiled batch (and per resumable write).", flag_values=fv
+  )
 
 
 def _define_training_flags(name: str, fv: flags.FlagValues) -> None:
@@ -131,7 +183,7 @@ def _define_training_flags(name: str, fv: flags.FlagValues) -> None:
     "width",
     None if name == "degradation" else 1.0,
     "Width multiplier of every layer (1.0 = the paper's widths 16-32-64"
-    + ("; default: the recipe's, 0.25 for --recipe=paper)." if name == "degradation" else ")."),
+    + ("; default: the recipe's, 1.0 for --recipe=paper)." if name == "degradation" else ")."),
     flag_values=fv,
   )
   if name == "shortcuts":
@@ -149,7 +201,12 @@ def _define_training_flags(name: str, fv: flags.FlagValues) -> None:
 
 def _define_degradation_flags(fv: flags.FlagValues) -> None:
   """The flags only ``degradation`` reads (besides those it shares with ``shortcuts``)."""
-  flags.DEFINE_list("depths", ["20", "56"], "Depths, e.g. 20,32,44,56,110.", flag_values=fv)
+  flags.DEFINE_list(
+    "depths",
+    ["20", "56"],
+    "Depths, e.g. 20,32,44,56,110; 'fig6' = Fig. 6's 20,32,44,56 (default: Fig. 1's 20,56).",
+    flag_values=fv,
+  )
   flags.DEFINE_list("families", ["plain", "resnet"], "Families to train.", flag_values=fv)
   flags.DEFINE_list(
     "seeds", ["0", "1", "2"], "Random seeds: one run per net and seed.", flag_values=fv
@@ -159,7 +216,8 @@ def _define_degradation_flags(fv: flags.FlagValues) -> None:
     "paper",
     ["paper", "digits"],
     "On the digits: paper = the paper's CIFAR recipe (batch 128, lr 0.1 /10 at 50%/75%, "
-    "momentum 0.9, wd 1e-4, pad-4 crop, no flip; 400 iterations, width x0.25); digits = the "
+    "momentum 0.9, wd 1e-4, pad-4 crop, no flip, no warm-up; 1600 iterations, 16-32-64 filters); "
+    "digits = the "
     "default experiment's (warm-up + cosine).",
     flag_values=fv,
   )

@@ -4,6 +4,8 @@ ratio to PyTorch); ``--inference`` times CPU inference instead."""
 from __future__ import annotations
 
 import ast
+import dataclasses
+import os
 from collections.abc import Sequence
 
 from absl import flags
@@ -100,10 +102,66 @@ def _overrides(fields: Sequence[str]) -> dict:
   return overrides
 
 
+def _check_counts(fv: flags.FlagValues) -> None:
+  """Sizes and counts that must be positive (``--batch_size=0`` once divided by zero 21 s in)."""
+  for name in ("batch_size", "image_size", "steps", "loop_rounds", "loop_steps"):
+    value = fv[name].value
+    if value is not None and value < 1:
+      raise UsageError(f"--{name}={value}: must be at least 1")
+
+
+def _check_overrides(model: str, overrides: dict) -> None:
+  """Refuses an unknown model or field, and a value of the wrong kind for its field (a word for a
+  number, ``width_multiplier=abc``), before anything starts."""
+  from resnet_jax.models import registry  # pylint: disable=g-import-not-at-top
+  from resnet_jax.models.resnet import ResNet  # pylint: disable=g-import-not-at-top
+
+  # The field values the overrides replace: the network's own defaults, then the model's.
+  defaults = {f.name: f.default for f in dataclasses.fields(ResNet)}
+  defaults.update(registry.model_config(model))
+  for key, value in overrides.items():
+    default = defaults.get(key)
+    if isinstance(default, bool):
+      wrong = not isinstance(value, bool)
+      want = "true or false"
+    elif isinstance(default, (int, float)):
+      wrong = isinstance(value, bool) or not isinstance(value, (int, float))
+      want = "a number"
+    elif isinstance(default, (tuple, list)):
+      wrong = not isinstance(value, (tuple, list))
+      want = "a tuple, e.g. (1, 1, 1, 1)"
+    else:
+      wrong = False
+    if wrong:
+      raise UsageError(f"--override={key}={value}: {key} takes {want}")
+  registry.model_config(model, **overrides)  # an unknown field, a drop_path_rate out of range
+
+
+def _check_jsonl(path: str) -> None:
+  """``--jsonl`` must be appendable now, not after the benchmark has run (a bucket is checked by
+  the benchmark itself, ``storage.check_access``). Creates nothing."""
+  if not path or "://" in path:
+    return
+  if os.path.isdir(path):
+    raise UsageError(f"--jsonl={path} is a folder; give a file path, e.g. {path}/bench.jsonl")
+  if os.path.exists(path):
+    if not os.access(path, os.W_OK):
+      raise UsageError(f"--jsonl={path} is not writable; choose a writable path")
+    return
+  parent = os.path.dirname(os.path.abspath(path))
+  while not os.path.exists(parent):
+    parent = os.path.dirname(parent)
+  if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+    raise UsageError(f"--jsonl={path}: cannot create it under {parent}; choose a writable path")
+
+
 def run(flag_values: flags.FlagValues, positionals: Sequence[str]) -> None:
   no_positionals(positionals)
   fv = flag_values
   model, overrides = require(fv, "model"), _overrides(fv.override)
+  _check_counts(fv)
+  _check_overrides(model, overrides)
+  _check_jsonl(fv.jsonl)
   if fv.inference:  # one device using every core: batch 1 cannot be split
     runtime.start()
     from resnet_jax import bench  # pylint: disable=g-import-not-at-top

@@ -6,6 +6,7 @@ is the same command.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -63,13 +64,14 @@ def evaluate(flag_values: flags.FlagValues) -> None:
   """Evaluates the run in --workdir with its own config (or --config=FILE), prints the result and
   writes it to the workdir (``eval_METHOD_stepN.json``)."""
   workdir = require(flag_values, "workdir")
+  _check_step(workdir, flag_values["eval_step"].value)
   if not flag_values["config"].present:
     _check_is_a_run(workdir)
     # resnet_jax.runs reads config.json and loads TensorFlow: the runtime loads it first, its own
     # way. The CPU split, which the config chooses, still comes before JAX's backend starts.
     runtime.start()
   config = run_config.of_a_run(flag_values, workdir)
-  startup.start_run(flag_values, config, workdir)
+  startup.start_run(flag_values, config, workdir, training=False)
   from resnet_jax.train import loop  # pylint: disable=g-import-not-at-top
 
   result = loop.evaluate(
@@ -89,6 +91,20 @@ def _check_is_a_run(workdir: str) -> None:
     raise UsageError(
       f"no {run_files.CONFIG_FILE} in {workdir}: pass the --workdir of a training run, or give "
       f"--config=FILE, the config to evaluate it with"
+    )
+
+
+def _check_step(workdir: str, step: int | None) -> None:
+  """A local run without checkpoint ``step`` is refused before the runtime starts, listing the
+  steps it has (the loop checks a bucket's the same way)."""
+  checkpoints = os.path.join(workdir, run_files.CHECKPOINT_DIR)
+  if step is None or storage.is_object_store(workdir) or not os.path.isdir(checkpoints):
+    return
+  saved = sorted(int(n) for n in os.listdir(checkpoints) if n.isdigit())
+  if step not in saved:
+    raise UsageError(
+      f"no checkpoint at step {step} in {workdir}; its steps: "
+      f"{', '.join(map(str, saved)) or 'none'} (--eval_step=N, or leave it out for the latest)"
     )
 
 

@@ -3,13 +3,14 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 from absl import flags
 
 from resnet_jax import runtime
 from resnet_jax.commands import run_config
-from resnet_jax.commands.usage import require
+from resnet_jax.commands.usage import UsageError, require
 
 PURPOSE = "classify image files or folders with a trained run or converted weights"
 EXAMPLE = (
@@ -50,6 +51,12 @@ def define_flags(flag_values: flags.FlagValues, args: Sequence[str]) -> None:
 
 def run(flag_values: flags.FlagValues, positionals: Sequence[str]) -> None:
   workdir = require(flag_values, "workdir")
+  output = flag_values["output"].value
+  if output and os.path.isdir(output):  # refused now, not once every image is classified
+    raise UsageError(
+      f"--output={output} is a folder; give a file path, e.g. "
+      f"{os.path.join(output, 'predictions.jsonl')}"
+    )
   runtime.start()
   from resnet_jax import serving  # pylint: disable=g-import-not-at-top
 
@@ -62,7 +69,7 @@ def run(flag_values: flags.FlagValues, positionals: Sequence[str]) -> None:
     positionals,
     top_k=flag_values["top_k"].value,
     method=flag_values["eval_method"].value,
-    output=flag_values["output"].value,
+    output=output,
   )
 
 

@@ -4,6 +4,7 @@ here for every command (train, eval, bench, analyze), and a run's refusal before
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 
@@ -68,10 +69,12 @@ def define_run_flags(flag_values: flags.FlagValues) -> None:
   define_cpu_devices(flag_values)
 
 
-def start_run(flag_values: flags.FlagValues, config, workdir: str) -> None:
+def start_run(flag_values: flags.FlagValues, config, workdir: str, *, training: bool) -> None:
   """Refuses what it can before the start (:func:`check_before_start`), then starts the process
   for ``config`` (its batches, its convolutions; ``jax.distributed`` in a multi-process job)."""
   check_before_start(config, workdir)
+  if training:
+    check_resume(config, workdir)
   start(
     flag_values,
     conv_impl=config.model_overrides.get("conv_impl", ""),
@@ -88,10 +91,44 @@ def check_before_start(config, workdir: str) -> None:
   from resnet_jax import models  # pylint: disable=g-import-not-at-top
   from resnet_jax import storage  # pylint: disable=g-import-not-at-top
 
+  check_local_directory(workdir, "--workdir")
   config_lib.validate(config, known_models=models.list_models(), known_datasets=None)
   storage.check_access(workdir, "--workdir", write=True)  # eval writes its eval_*.json there too
   if config.init_from:
     storage.check_access(config.init_from, "config.init_from")
+    if not storage.is_object_store(config.init_from) and not os.path.isdir(config.init_from):
+      raise ValueError(
+        f"config.init_from={config.init_from!r}: no such directory; give the --workdir of "
+        "`resnet-jax convert` or of a training run"
+      )
+
+
+def check_resume(config, workdir: str) -> None:
+  """A local run resumed with another schedule is refused here, before TensorFlow loads; the loop
+  checks every workdir (buckets too) again."""
+  from resnet_jax import run_files  # pylint: disable=g-import-not-at-top
+
+  trained = os.path.join(workdir, run_files.CONFIG_FILE)
+  checkpoints = os.path.join(workdir, run_files.CHECKPOINT_DIR)
+  if not os.path.isfile(trained) or not os.path.isdir(checkpoints):
+    return
+  if any(name.isdigit() for name in os.listdir(checkpoints)):
+    with open(trained) as f:
+      config_lib.check_resume(config, json.load(f), workdir)
+
+
+def check_local_directory(path: str, what: str) -> None:
+  """Refuses a local ``path`` that is a file, or lies under one: it could never be a directory."""
+  from resnet_jax import storage  # pylint: disable=g-import-not-at-top
+
+  if storage.is_object_store(path):
+    return
+  here = os.path.abspath(path)
+  while here != os.path.dirname(here) and not os.path.exists(here):
+    here = os.path.dirname(here)
+  if os.path.exists(here) and not os.path.isdir(here):
+    where = "is a file" if here == os.path.abspath(path) else f"lies under {here}, a file"
+    raise ValueError(f"{what}={path} {where}: give a directory (a new one, or a run's to resume)")
 
 
 def run_errors() -> tuple[type[Exception], ...]:

@@ -1,23 +1,32 @@
 """``resnet-jax sweep SWEEP.py --workdir=ROOT [-- member flags]``: its flags and its body.
 
-Imports only the sweep package, which imports neither JAX nor TensorFlow: ``--emit`` and ``--help``
-are instant, and local members start their own training processes.
+Imports the sweep package and train's flags, neither of which imports JAX or TensorFlow: ``--help``
+is instant, and local members start their own training processes. Every member is checked as
+``train`` checks its input (:func:`check_member`) before anything is printed or started; that
+check loads JAX (the config validation's owners of the choices), never TensorFlow.
 """
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Sequence
 
 from absl import flags
 
 from resnet_jax import sweep
+from resnet_jax.commands import train
 from resnet_jax.commands.usage import UsageError
+from resnet_jax.train import config as config_lib
 
 PURPOSE = "run a grid of config overrides locally, or print one launch command per member"
 EXAMPLE = "resnet-jax sweep launch/sweeps/degradation.py --workdir=runs/sweep --parallel=2"
 USAGE = "SWEEP.py --workdir=ROOT [--flag=value ...] [-- --config.key=value ...]"
-DETAILS = "Everything after `--` goes to every member's training command (after its overrides)."
+DETAILS = (
+  "Everything after `--` goes to every member's training command (after its overrides) and is part "
+  "of what the member is: a member that ran under ROOT with other arguments is refused. Every "
+  "member's config and flags are checked as `train` checks them before anything runs or prints."
+)
 
 
 def define_flags(flag_values: flags.FlagValues, args: Sequence[str]) -> None:
@@ -71,10 +80,60 @@ def run(flag_values: flags.FlagValues, positionals: Sequence[str]) -> None:
       extra_args=extra,
       launcher_args=flag_values["launcher_arg"].value,
       python=python,
+      check=check_member,
     )
     return
   status = sweep.run_sweep(
-    sweep_file, root, parallel=flag_values["parallel"].value, extra_args=extra, python=python
+    sweep_file,
+    root,
+    parallel=flag_values["parallel"].value,
+    extra_args=extra,
+    python=python,
+    check=check_member,
   )
   if status:
     sys.exit(status)
+
+
+def check_member(member: sweep.Member, train_args: Sequence[str]) -> None:
+  """Refuses, in one line naming the member, what ``train`` would refuse at its start: its flags
+  and ``--config.key=value`` overrides parsed by train's own flags (an unknown key or flag, a value
+  of the wrong type, a config file that does not load), then the config validated as
+  ``startup.check_before_start`` validates it (models, optimizers, ranges)."""
+  from resnet_jax import models  # pylint: disable=g-import-not-at-top
+
+  args = config_lib.with_config_files(train_args)
+  flag_values = flags.FlagValues()
+  try:
+    train.define_flags(flag_values, args)
+    flag_values(["train", *args])
+    config = flag_values.config
+    config.get("model")  # a config file that failed to load raises here
+    config_lib.validate(config, known_models=models.list_models(), known_datasets=None)
+  except flags.Error as e:
+    problem = str(e)
+  except SyntaxError as e:
+    problem = f"config file {e.filename}:{e.lineno}: syntax error: {e.msg}"
+  except OSError as e:
+    problem = f"--config: {str(e).splitlines()[-1].strip()}"
+  except (AttributeError, KeyError) as e:  # ml_collections' words for an unknown key
+    problem = _unknown_key(e, args)
+  except (TypeError, ValueError) as e:
+    problem = str(e)
+  else:
+    return
+  raise UsageError(f"sweep member {member.name}: {' '.join(problem.split())}")
+
+
+def _unknown_key(error: Exception, args: Sequence[str]) -> str:
+  """``unknown config key 'a.b'; did you mean 'a.c'?`` from ml_collections' error, whose text is
+  a repr holding the last part of the key and a suggestion."""
+  text = str(error.args[0] if error.args else error).replace("\\n", " ").replace("\\", "")
+  leaf = re.search(r"'([A-Za-z0-9_]+)'", text)
+  if not leaf:
+    return " ".join(text.strip("'\"").split())
+  keys = [a.split("=", 1)[0].removeprefix("--config.") for a in args if a.startswith("--config.")]
+  key = next((k for k in keys if k.split(".")[-1] == leaf.group(1)), leaf.group(1))
+  close = re.search(r'Did you mean "([A-Za-z0-9_]+)"', text)
+  hint = f"; did you mean {key.rsplit('.', 1)[0] + '.' if '.' in key else ''}{close.group(1)}?"
+  return f"unknown config key {key}" + (hint if close else "")

@@ -40,13 +40,24 @@ def run(flag_values: flags.FlagValues, positionals: Sequence[str]) -> None:
     eval_command.evaluate(flag_values)
     return
   config, workdir = flag_values.config, require(flag_values, "workdir")
-  startup.start_run(flag_values, config, workdir)
+  startup.start_run(flag_values, config, workdir, training=True)
   from resnet_jax.train import loop  # pylint: disable=g-import-not-at-top
 
   result = loop.train_and_evaluate(config, workdir)
   print(eval_command.finished("train", result))
-  curves = ", curves.png" if "curves" in result else ""
-  print(f"results in {workdir}: metrics.jsonl, tensorboard/, checkpoints/{curves}")
+  print(results_line(workdir))
+
+
+def results_line(workdir: str) -> str:
+  """Where the run's results are: only those it wrote (a run stopped during start-up has none)."""
+  from resnet_jax import storage  # pylint: disable=g-import-not-at-top
+
+  where = storage.location(workdir)
+  names = ("metrics.jsonl", "tensorboard/", "checkpoints/", "curves.png")
+  there = [n for n in names if (where / n.rstrip("/")).exists()]
+  if not there:
+    return f"nothing written to {workdir}: stopped before the first step"
+  return f"results in {workdir}: {', '.join(there)}"
 
 
 def errors() -> tuple[type[Exception], ...]:

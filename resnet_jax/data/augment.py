@@ -1,7 +1,9 @@
 """Train and test transforms: pure TensorFlow functions on ONE example.
 
 Inputs: an image either as encoded bytes (tf.string: JPEG/PNG) or decoded uint8 [H, W, C].
-Outputs: float32, normalised as (x - mean) / std with mean/std in 0..255 pixel units.
+Outputs: float32, normalised as (x - mean) / std with mean/std in 0..255 pixel units; the mean is
+per channel, or with ``config.normalization='pixel_mean'`` the training split's per-pixel mean image
+(the paper's preprocessing, ``pipeline.input_mean``).
 Train transforms take a stateless seed (int32/int64 [2]); the pipeline derives it from
 (seed, stream position), so results never depend on thread scheduling.
 Test transforms return a stack of views [V, H, W, C].
@@ -11,10 +13,11 @@ Train:
              224x224 crop, horizontal flip, AlexNet PCA lighting (std 0.1), normalisation.
   inception  random-resized crop (area 0.08-1, aspect 3/4-4/3; decode_and_crop_jpeg on
              JPEG bytes), flip, normalisation; resized to image_size.
-  cifar      §4.2: 4-pixel zero pad, random 32x32 crop, flip, normalisation. We normalise
+  cifar      §4.2: 4-pixel zero pad, random 32x32 crop, flip, normalisation. By default
              with the training set's per-CHANNEL mean/std (fixed constants in the
-             registry) instead of the paper's per-pixel mean image: the common, nearly
-             equivalent choice that keeps eval independent of the train split.
+             registry) instead of the paper's per-pixel mean image: the common choice,
+             which keeps eval independent of the train split; normalization='pixel_mean'
+             subtracts the paper's per-pixel mean image (then divides by the channel std).
   digits     scale + normalise (mean/std), optional pad-and-crop (pad 2); no flip.
   digits4    the cifar transform with no flip (pad 4, random crop), for 1-channel digits.
   none       normalisation only (image already at image_size): for inspection and tests.
@@ -41,6 +44,7 @@ import dataclasses
 import functools
 from typing import Callable, Sequence
 
+import numpy as np
 import tensorflow as tf
 
 from resnet_jax.data import randaugment as randaugment_lib
@@ -59,9 +63,14 @@ def decode(image: tf.Tensor, channels: int = 3) -> tf.Tensor:
   return image
 
 
-def normalize(image: tf.Tensor, mean: Sequence[float], std: Sequence[float]) -> tf.Tensor:
+def normalize(image: tf.Tensor, mean, std: Sequence[float]) -> tf.Tensor:
+  """(image - mean) / std; ``mean`` per channel [C] or a per-pixel mean image [H, W, C], resized
+  (bilinear) to the image's side where a view is larger or smaller than the stored images."""
   image = tf.cast(image, tf.float32)
-  return (image - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
+  mean = tf.constant(mean, tf.float32)
+  if mean.shape.rank == 3 and mean.shape[:2] != image.shape[-3:-1]:
+    mean = tf.image.resize(mean, tf.shape(image)[-3:-1], "bilinear")
+  return (image - mean) / tf.constant(std, tf.float32)
 
 
 def resize_shorter_side(image: tf.Tensor, size) -> tf.Tensor:
@@ -344,10 +353,11 @@ def modern_train(image, seed, *, base, mean, std, randaugment="", random_erasing
   the example's seed, so ``base`` draws exactly what it draws without them.
   """
   if randaugment:
-    identity = ([0.0] * len(mean), [1.0] * len(std))
+    identity = ([0.0] * len(std), [1.0] * len(std))
     x = base(image, seed, mean=identity[0], std=identity[1])
     x = tf.cast(tf.clip_by_value(tf.round(x), 0.0, 255.0), tf.uint8)
-    fill = [min(255.0, float(round(m))) for m in mean]
+    channel_mean = np.reshape(mean, (-1, len(std))).mean(axis=0)  # a mean image's, per channel
+    fill = [min(255.0, float(round(m))) for m in channel_mean]
     x = randaugment_lib.randaugment(
       x, tf.random.experimental.stateless_fold_in(seed, 1), randaugment, fill=fill
     )

@@ -26,6 +26,9 @@ import fcntl
 import inspect
 import logging
 import os
+import socket
+import urllib.parse
+import urllib.request
 from typing import Any, Mapping
 
 import numpy as np
@@ -326,6 +329,57 @@ def _progress_bars(shown: bool):
     tfds.display_progress_bar(before)
 
 
+# What tfds fetches to prepare each dataset it downloads (its url_checksums files): on a machine
+# without internet these are the files to fetch elsewhere and put in the manual dir.
+DOWNLOADS: dict[str, tuple[str, ...]] = {
+  "mnist": tuple(
+    f"https://storage.googleapis.com/cvdf-datasets/mnist/{f}-ubyte.gz"
+    for f in ("train-images-idx3", "train-labels-idx1", "t10k-images-idx3", "t10k-labels-idx1")
+  ),
+  "cifar10": ("https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz",),
+  "cifar100": ("https://www.cs.toronto.edu/~kriz/cifar-100-binary.tar.gz",),
+}
+_CONNECT_TIMEOUT_S = 5.0
+
+
+def _check_downloads_reachable(spec: DatasetSpec, data_dir: str) -> None:
+  """Refuses at once, in one line, a download that cannot happen: tfds retries an unreachable
+  host with back-off and progress bars for minutes. Each file's host (or the proxy the
+  environment names for it) must accept a connection within seconds; files already in the manual
+  dir (tfds takes them from there) need none."""
+  manual = epath.Path(data_dir) / "downloads" / "manual"
+  missing = [u for u in DOWNLOADS.get(spec.builder, ()) if not (manual / _file_name(u)).exists()]
+  for url in missing:
+    reason = _unreachable(url)
+    if reason:
+      raise DatasetNotFoundError(
+        f"cannot download {spec.name}: {url} is unreachable ({reason}); without internet, put "
+        f"{', '.join(_file_name(u) for u in missing)} in {manual} (tfds' manual_dir), or point "
+        f"--config.data_dir=... at a data_dir where {spec.builder} is prepared"
+      )
+
+
+def _file_name(url: str) -> str:
+  return url.rsplit("/", 1)[-1]
+
+
+def _unreachable(url: str) -> str | None:
+  """Why no connection to ``url``'s host (or its proxy) opens within seconds; None if one does."""
+  parts = urllib.parse.urlsplit(url)
+  host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+  proxy = urllib.request.getproxies().get(parts.scheme)
+  if proxy and not urllib.request.proxy_bypass(host):
+    proxy_parts = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+    host, port = proxy_parts.hostname, proxy_parts.port or 80
+  try:
+    socket.create_connection((host, port), timeout=_CONNECT_TIMEOUT_S).close()
+  except TimeoutError:
+    return f"no answer from {host}:{port} in {_CONNECT_TIMEOUT_S:.0f} s"
+  except OSError as e:  # no route, no name resolution (offline DNS), connection refused
+    return f"{type(e).__name__}: {e.strerror or e}"
+  return None
+
+
 def get_builder(spec: DatasetSpec, data_dir: str | None = None):
   """The tfds builder for a registry entry, prepared (built/downloaded) if needed."""
   hide_gpus_from_tf()
@@ -347,6 +401,7 @@ def get_builder(spec: DatasetSpec, data_dir: str | None = None):
   if spec.name == "digits":
     logging.info("Preparing the bundled digits dataset in %s (once; later runs reuse it)", data_dir)
   else:
+    _check_downloads_reachable(spec, data_dir)
     logging.info("Preparing %s in %s", spec.builder, data_dir)
   try:
     with _one_preparer(data_dir, spec.name), _progress_bars(spec.name != "digits"):

@@ -18,6 +18,7 @@ Eval: host h reads its block (records: its tfds subsplit), padded with masked ex
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import math
@@ -39,6 +40,7 @@ from resnet_jax.data.datasets import (
 )
 
 __all__ = [
+  "input_mean",
   "train_batches",
   "eval_batches",
   "eval_image_sizes",
@@ -223,8 +225,33 @@ def _stream_indices(seed, epoch_len):
   return fn
 
 
-def _train_transform(aug_name, spec, source, size, randaugment, random_erasing):
-  """The named train transform for ``source`` at crop side ``size``, with the added augmentations."""
+def input_mean(dataset: str, normalization: str, mean_split=None, data_dir=None):
+  """The mean the inputs are normalised with (0..255 pixel units): the dataset's per-channel
+  constants (``'channel'``), or the per-pixel mean image [H, W, C] of the training split
+  ``mean_split`` (``'pixel_mean'``, the paper's §3.4/§4.2 preprocessing; datasets held in memory
+  at their stored size). Either is divided by the dataset's per-channel std."""
+  if normalization == "channel":
+    return dataset_info(dataset).mean
+  if normalization == "pixel_mean":
+    return _pixel_mean_image(dataset, mean_split, data_dir)
+  raise ValueError(f"normalization {normalization!r}: must be 'channel' or 'pixel_mean'")
+
+
+@functools.lru_cache(maxsize=4)
+def _pixel_mean_image(dataset: str, split, data_dir) -> np.ndarray:
+  """float32 [H, W, C]: the mean of every training image, pixel by pixel (computed once)."""
+  source = load_source(dataset, split, data_dir, train=True)
+  if source.kind != "memory":
+    raise ValueError(
+      f"normalization 'pixel_mean' needs a dataset held in memory at its stored size (digits, "
+      f"mnist, cifar10, cifar100); {dataset} is read from {source.kind}: use 'channel'"
+    )
+  return source.images.mean(axis=0, dtype=np.float64).astype(np.float32)
+
+
+def _train_transform(aug_name, spec, source, size, randaugment, random_erasing, mean):
+  """The named train transform for ``source`` at crop side ``size``, with the added augmentations;
+  ``mean``: :func:`input_mean`."""
   kwargs = {}
   if aug_name == "paper":
     lo, hi = 256, 480
@@ -234,7 +261,7 @@ def _train_transform(aug_name, spec, source, size, randaugment, random_erasing):
   return augment_lib.train_transform(
     aug_name,
     image_size=size,
-    mean=spec.mean,
+    mean=mean,
     std=spec.std,
     channels=_channels(source),
     randaugment=randaugment,
@@ -260,6 +287,7 @@ def train_batches(
   skip_corrupt: bool = False,
   randaugment: str = "",
   random_erasing: float = 0.0,
+  normalization: str = "channel",
 ) -> Iterator[dict[str, np.ndarray]]:
   """Endless iterator of {'image': float32 [D, B/D, H, W, C], 'label': int32 [D, B/D]}.
 
@@ -267,7 +295,8 @@ def train_batches(
   Same (seed, step, host) -> same batch; start_step=k resumes exactly at batch k.
   ``randaugment`` (timm spec string) and ``random_erasing`` (probability) add to the train
   transform (augment.train_transform); they draw from each example's augmentation seed, so they
-  are as deterministic and resumable as the crops.
+  are as deterministic and resumable as the crops. ``normalization``: :func:`input_mean` (the
+  per-pixel mean is this ``split``'s).
   """
   pi, pc, ldc, per_host = _layout(
     global_batch_size, process_index, process_count, local_device_count
@@ -283,14 +312,18 @@ def train_batches(
   if skip_corrupt:
     source = _drop_corrupt(source)
   size, _ = _sizes(spec, image_size, resize_size)
+  mean = input_mean(dataset, normalization, split, data_dir)
   transform = _train_transform(
-    train_augment_name(dataset, augment), spec, source, size, randaugment, random_erasing
+    train_augment_name(dataset, augment), spec, source, size, randaugment, random_erasing, mean
   )
   seed = int(seed) & _MASK64
   if source.kind == "records":
     yield from _records_train(source, transform, seed, start_step, per_host, pi, pc, ldc)
-    return
+  else:
+    yield from _stream_train(dataset, source, transform, seed, start_step, per_host, pi, pc, ldc)
 
+
+def _stream_train(dataset, source, transform, seed, start_step, per_host, pi, pc, ldc):
   # In-memory and file datasets: one global stream of positions, permuted per epoch over the whole
   # split. Global batch s is positions [s*G, (s+1)*G); host p takes its contiguous share. So the
   # global batch is the same whatever the number of hosts (2 hosts x 2 devices train exactly like
@@ -353,11 +386,11 @@ def _records_train(source, transform, seed, start_step, per_host, pi, pc, ldc):
     yield from _iterate(_options(ds.prefetch(tf.data.AUTOTUNE)), None)
 
 
-def _eval_transform(views, spec, source):
-  """The transform applying the test-time ``views``, and the zero views padding examples get (same
-  shape)."""
+def _eval_transform(views, spec, source, mean):
+  """The transform applying the test-time ``views`` (normalised with ``mean``, :func:`input_mean`),
+  and the zero views padding examples get (same shape)."""
   channels = _channels(source)
-  transform = augment_lib.views_transform(views, mean=spec.mean, std=spec.std, channels=channels)
+  transform = augment_lib.views_transform(views, mean=mean, std=spec.std, channels=channels)
   blank = tf.zeros([views.num_views, views.crop, views.crop, channels], tf.float32)
   return transform, blank
 
@@ -378,6 +411,8 @@ def eval_batches(
   skip_corrupt: bool = False,
   crop_ratio: float | None = None,
   train_augment: str | None = None,
+  normalization: str = "channel",
+  mean_split: str | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
   """Finite iterator of {'image': float32 [D, B/D, V, H, W, C], 'label': int32 [D, B/D],
   'mask': bool [D, B/D]} (V = 10 for ten_crop, else 1; padding has mask False, label 0
@@ -385,7 +420,8 @@ def eval_batches(
   ``crop_ratio`` with no ``resize_size``: the shorter side is resized to
   floor(image_size / crop_ratio) before the crops (eval_image_sizes).
   ``train_augment``: the run's train transform (``config.train_augment``; None: the dataset's),
-  which the views follow (``augment.eval_views``: ten_crop's flips and padding)."""
+  which the views follow (``augment.eval_views``: ten_crop's flips and padding).
+  ``normalization``, ``mean_split``: the run's (:func:`input_mean`; the training split's mean)."""
   pi, pc, ldc, per_host = _layout(
     global_batch_size, process_index, process_count, local_device_count
   )
@@ -412,11 +448,17 @@ def eval_batches(
   source = load_source(dataset, split, data_dir, train=False)
   if skip_corrupt:
     source = _drop_corrupt(source)
-  transform, blank = _eval_transform(views, spec, source)
+  mean = input_mean(dataset, normalization, mean_split, data_dir)
+  transform, blank = _eval_transform(views, spec, source, mean)
 
   if source.kind == "records":
     yield from _records_eval(source, transform, blank, per_host, pi, pc, ldc)
-    return
+  else:
+    yield from _stream_eval(source, transform, blank, per_host, pi, pc, ldc)
+
+
+def _stream_eval(source, transform, blank, per_host, pi, pc, ldc):
+  """In-memory and file datasets: this host's block of the split, padded to whole batches."""
   n = source.num_examples
   block = _host_block(n, pi, pc)
   num_batches = math.ceil(math.ceil(n / pc) / per_host)

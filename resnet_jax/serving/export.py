@@ -10,7 +10,8 @@ side squared, e.g. 256 x 256 for ImageNet, or the crop side for 28/32 px dataset
 dimension symbolic (``jax.export`` shape polymorphism), so one artifact serves every batch size.
 
 Formats (each written to a temporary sibling and renamed into place when complete):
-  stablehlo   ``OUT/model.jax_exported`` (``jax.export.Exported.serialize()``) and
+  stablehlo   ``OUT/model.jax_exported`` (``jax.export.Exported.serialize()``, lowered for cpu,
+              cuda and tpu: ``Exported.platforms``) and
               ``OUT/model.json`` (class labels and names, input size, channels, checkpoint step).
   savedmodel  ``OUT/<version>/`` (TF Serving's layout; version 1, or one above the highest there)
               through ``jax2tf``: signature ``serving_default`` (``images`` -> ``probabilities``),
@@ -36,6 +37,7 @@ from resnet_jax.serving.model import ServingError
 from resnet_jax.serving.model import ServingModel
 
 FORMATS = ("stablehlo", "savedmodel")
+PLATFORMS = ("cpu", "cuda", "tpu")  # what a StableHLO artifact is lowered for
 METHODS = ("center", "ten_crop")
 ARTIFACT = "model.jax_exported"
 SIDECAR = "model.json"
@@ -137,10 +139,12 @@ def input_spec(model: ServingModel, input_size: tuple[int, int]) -> jax.ShapeDty
 
 
 def export_stablehlo(model: ServingModel, method: str, input_size) -> jax.export.Exported:
-  """The serving function with the variables folded in as constants: one self-contained artifact."""
+  """The serving function with the variables folded in as constants: one self-contained artifact
+  lowered for every platform in ``PLATFORMS`` (each its own form: the CPU's matmul 1x1 convs, plain
+  convolutions for GPU and TPU), so one file serves on any of them."""
   serve = serving_function(model, method)
   variables = model.variables
-  return jax.export.export(jax.jit(lambda images: serve(variables, images)))(
+  return jax.export.export(jax.jit(lambda images: serve(variables, images)), platforms=PLATFORMS)(
     input_spec(model, input_size)
   )
 
@@ -224,6 +228,7 @@ def export_model(
     if fmt == "stablehlo":
       exported = export_stablehlo(model, method, input_size)
       (staging / ARTIFACT).write_bytes(bytes(exported.serialize()))
+      sidecar["platforms"] = list(exported.platforms)
     else:
       _write_savedmodel(model, method, input_size, staging)
     (staging / SIDECAR).write_text(json.dumps(sidecar, indent=2) + "\n")
@@ -277,5 +282,6 @@ def export_command(
     f"exported {model.config.model} (checkpoint step {model.step}{weights}, "
     f"{model.num_classes} classes, "
     f"uint8 [batch, {', '.join(map(str, input_size))}, {model.channels}] in, "
-    f"probabilities out) as {fmt} -> {path}"
+    f"probabilities out) as {fmt}{' for ' + '/'.join(PLATFORMS) if fmt == 'stablehlo' else ''} "
+    f"-> {path}"
   )

@@ -5,7 +5,8 @@ takes them; ``data.augment``: decode to the network's channel count -- grayscale
 alike --, resize, centre or ten crops, normalisation) and ``train.steps.predict_step`` (the network
 in inference mode, softmax averaged over the views), pmapped over every local device in batches of
 ``batch_per_device`` images per device, the last one padded.
-A file that cannot be read or decoded is named, skipped and counted.
+A file that cannot be read or decoded is named, skipped and counted; an image smaller than the crop
+has its shorter side resized up to the crop first, and is named and counted too.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import dataclasses
 import functools
 import json
 import os
-import re
 import sys
 from typing import Iterable, Sequence
 
@@ -22,7 +22,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import tensorflow as tf
-from absl import logging
 from etils import epath
 from flax import jax_utils
 
@@ -41,15 +40,20 @@ METHODS = ("center", "ten_crop")
 class Prediction:
   path: str
   top: tuple[tuple[int, float], ...]  # (class index, probability), most probable first
+  # (H, W) of an image smaller than the crop, whose shorter side was resized up to it; else None.
+  resized_from: tuple[int, int] | None = None
 
   def to_json(self, model: ServingModel) -> dict:
-    return {
+    record = {
       "path": self.path,
       "top_k": [
         {"index": i, "label": model.labels[i], "name": model.names[i], "probability": p}
         for i, p in self.top
       ],
     }
+    if self.resized_from:
+      record["resized_from"] = list(self.resized_from)
+    return record
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,26 +101,58 @@ def _transform(model: ServingModel, method: str):
   )
 
 
-def _decoded(files: list[str], transform) -> Iterable[tuple[int, np.ndarray]]:
-  """(index into files, views [V, H, W, C]) of every file that decodes; the others are skipped."""
+def _smallest_side(model: ServingModel, method: str) -> int:
+  """The side below which an image is resized up before its views (0: the views resize all)."""
+  views = model.eval_views(method)
+  return 0 if views.resize else views.crop
+
+
+def _decoded(
+  files: list[str], transform, *, channels: int, min_side: int
+) -> Iterable[tuple[int, np.ndarray, tuple[int, int]]]:
+  """(index into files, views [V, H, W, C], (H, W) as decoded) of every file that decodes; the
+  others are skipped. An image whose shorter side is below ``min_side`` (smaller than the crop) has
+  that side resized up to it first, so that its crops are the crop's size as every other's."""
 
   def load(index, path):
-    return index, transform(tf.io.read_file(path))
+    image = augment.decode(tf.io.read_file(path), channels)
+    shape = tf.shape(image)[:2]
+    small = tf.reduce_min(shape) < min_side
+    image = tf.cond(
+      small,
+      lambda: augment.resize_shorter_side(image, min_side),
+      lambda: tf.cast(image, tf.float32),
+    )
+    return index, transform(image), shape
 
-  ds = tf.data.Dataset.from_tensor_slices((np.arange(len(files)), np.asarray(files, dtype=object)))
+  # A local file that is missing or unreadable is left to _reason: TensorFlow would log its failure.
+  indices = [i for i, f in enumerate(files) if "://" in f or os.access(f, os.R_OK)]
+  if not indices:
+    return
+  paths = np.asarray([files[i] for i in indices], dtype=object)
+  ds = tf.data.Dataset.from_tensor_slices((np.asarray(indices, np.int64), paths))
   ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).ignore_errors()
-  for index, views in ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator():
-    yield int(index), views
+  for index, views, shape in ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator():
+    yield int(index), views, (int(shape[0]), int(shape[1]))
 
 
-def _reason(path: str, transform) -> str:
-  """Why one file failed (re-reads it alone, so the message is its own)."""
+# What a file that decodes starts with (tf.io.decode_image: JPEG, PNG, GIF, BMP).
+_SIGNATURES = {b"\xff\xd8\xff": "JPEG", b"\x89PNG": "PNG", b"GIF8": "GIF", b"BM": "BMP"}
+
+
+def _reason(path: str) -> str:
+  """Why one file failed, read off the file (a second decode by TensorFlow would log its failure)."""
   try:
-    transform(tf.io.read_file(path))
-  except Exception as e:  # noqa: BLE001 - any failure is this file's reason
-    text = re.sub(r"\{\{.*?\}\}|\[Op:.*", "", str(getattr(e, "message", e))).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0][:200] if text else ''}"
-  return "unreadable"
+    with epath.Path(path).open("rb") as f:
+      head = f.read(8)
+  except Exception as e:  # noqa: BLE001 - missing, a folder, no permission, ...
+    return f"{type(e).__name__}: {e.strerror or e}" if isinstance(e, OSError) else type(e).__name__
+  if not head:
+    return "empty file"
+  kind = next((k for magic, k in _SIGNATURES.items() if head.startswith(magic)), None)
+  if kind:
+    return f"a corrupt or truncated {kind}"
+  return "not a JPEG or PNG image"
 
 
 def classify(
@@ -138,6 +174,7 @@ def classify(
   if not files:
     raise ServingError(f"no .jpg/.jpeg/.png files in {', '.join(paths)}")
   transform = _transform(model, method)
+  min_side = _smallest_side(model, method)
   devices = jax.local_device_count()
   batch = devices * batch_per_device
   p_predict = jax.pmap(
@@ -145,7 +182,7 @@ def classify(
   )
   state = jax_utils.replicate(_inference_state(model))
   bar = metrics_lib.Progress(len(files), enabled=progress)
-  predictions, seen, done = [], set(), 0
+  predictions, seen, resized, done = [], set(), {}, 0
 
   def run(indices, views):
     nonlocal done
@@ -155,13 +192,16 @@ def classify(
     probs = np.asarray(p_predict(state, {"image": shaped})).reshape(batch, -1)[:n]
     order = np.argsort(-probs, axis=-1, kind="stable")[:, :top_k]
     for i, row, p in zip(indices, order, probs):
-      predictions.append(Prediction(files[i], tuple((int(c), float(p[c])) for c in row)))
+      top = tuple((int(c), float(p[c])) for c in row)
+      predictions.append(Prediction(files[i], top, resized.get(i)))
     done = max(indices) + 1
     bar.update(done, {"images": len(predictions)})
 
   pending_indices, pending_views = [], []
-  for index, views in _decoded(files, transform):
+  for index, views, shape in _decoded(files, transform, channels=model.channels, min_side=min_side):
     seen.add(index)
+    if min(shape) < min_side:
+      resized[index] = shape
     pending_indices.append(index)
     pending_views.append(views)
     if len(pending_indices) == batch:
@@ -171,7 +211,7 @@ def classify(
     run(pending_indices, pending_views)
   bar.update(len(files))
   bar.close()
-  failed = [Unreadable(f, _reason(f, transform)) for i, f in enumerate(files) if i not in seen]
+  failed = [Unreadable(f, _reason(f)) for i, f in enumerate(files) if i not in seen]
   return predictions, failed
 
 
@@ -191,6 +231,10 @@ def format_table(model: ServingModel, predictions: Sequence[Prediction]) -> str:
 def _open_output(output: str):
   """A writer to ``output + '.partial'``, renamed over ``output`` when complete."""
   final = epath.Path(output)
+  if final.is_dir():
+    raise ServingError(
+      f"--output={output} is a folder; give a file path, e.g. {final / 'predictions.jsonl'}"
+    )
   partial = final.parent / (final.name + ".partial")
   try:
     handle = partial.open("w")
@@ -234,15 +278,26 @@ def predict_command(
       target[2].close()
       if target[1].exists():
         target[1].unlink()
-  print(format_table(model, predictions))
-  if not target:
+  if not target:  # with --output the file holds them: the terminal gets the summary line only
+    print(format_table(model, predictions))
     print("\n".join(lines))
+  if not predictions:  # nothing classified: the one error line names what was wrong
+    first = f"{failed[0].path}: {failed[0].reason}" if failed else "no files"
+    more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+    raise ServingError(f"no image could be read as a JPEG or PNG: {first}{more}")
   for f in failed:
-    logging.warning("skipped %s: %s", f.path, f.reason)
     print(f"skipped (unreadable): {f.path}: {f.reason}", file=sys.stderr)
-  if not predictions:
-    raise ServingError(f"none of the {len(failed)} files could be read as a JPEG or PNG image")
+  crop = _smallest_side(model, method)
+  for p in (p for p in predictions if p.resized_from):
+    h, w = p.resized_from
+    print(
+      f"resized: {p.path}: {h}x{w} is smaller than the {crop} px crop; shorter side resized to {crop}",
+      file=sys.stderr,
+    )
+  n_resized = sum(1 for p in predictions if p.resized_from)
   summary = f"{len(predictions)} images classified, {len(failed)} unreadable skipped"
+  if n_resized:
+    summary += f", {n_resized} smaller than the crop resized up"
   if target:
     summary += f"; JSON lines in {target[0]}"
   print(summary, file=sys.stderr)

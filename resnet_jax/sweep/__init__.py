@@ -23,11 +23,19 @@ Each member runs ``python -m resnet_jax.main --config=CONFIG --workdir=ROOT/NAME
 uses the package's default experiment (``resnet_jax.train.config.digits``), which an installed wheel
 has too.
 
+The arguments after ``--`` (``resnet-jax sweep S.py --workdir=ROOT -- --config.num_train_steps=5``)
+go to every member and are part of what a member is: a member whose workdir holds a run started
+with other arguments (or another config file or ``OVERRIDES``; ``sweep_member.json`` records them)
+is refused with one line before anything runs, rather than counted as done; give another ROOT or
+the arguments it ran with. ``summary.csv``'s ``arguments`` column holds what each member ran with
+(its overrides, then the arguments after ``--``). ``resnet-jax sweep`` checks every member as
+``train`` checks its input (config file, keys, flags, model) before anything prints or runs.
+
 ``spec``: the file format and member names; ``runner``: local runs; ``results``: a member's results
-and the summary; ``emit``: launch commands (no JAX, no TensorFlow).
+and the summary; ``emit``: launch commands (no JAX, no TensorFlow at import).
 """
 
-from resnet_jax.sweep.emit import EMIT_KINDS, emit_commands, print_commands
+from resnet_jax.sweep.emit import EMIT_KINDS, MemberCheck, emit_commands, print_commands
 from resnet_jax.sweep.results import SUMMARY_COLUMNS, read_results, write_summary
 from resnet_jax.sweep.runner import LOG_FILE, MEMBER_FILE, run_sweep
 from resnet_jax.sweep.spec import (
@@ -48,6 +56,7 @@ __all__ = [
   "MEMBER_FILE",
   "SUMMARY_COLUMNS",
   "Member",
+  "MemberCheck",
   "emit_commands",
   "format_value",
   "load_sweep",

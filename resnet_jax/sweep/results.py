@@ -7,6 +7,7 @@ import io
 import json
 import math
 import os
+import shlex
 
 from resnet_jax import metrics
 from resnet_jax import storage
@@ -23,6 +24,7 @@ SUMMARY_COLUMNS = (
   "test_loss",
   "seconds",
   "overrides",
+  "arguments",
   "config",
   "workdir",
 )
@@ -79,6 +81,8 @@ def summary_row(member: Member, workdir: str, status: str, seconds: float | None
     "test_loss": res["test_loss"],
     "seconds": None if seconds is None else round(seconds, 1),
     "overrides": json.dumps(member.overrides, sort_keys=True, default=str),
+    # What the member ran with after its config and workdir: overrides, then the args after `--`.
+    "arguments": shlex.join(member.run_args()),
     "config": member.config,
     "workdir": workdir,
   }

@@ -25,8 +25,8 @@ from typing import Any
 from resnet_jax import storage
 from resnet_jax.run_files import DONE_FILE
 from resnet_jax.sweep import results
-from resnet_jax.sweep.emit import CHECKOUT, python_command
-from resnet_jax.sweep.spec import Member, load_sweep
+from resnet_jax.sweep.emit import MemberCheck, check_members, python_command
+from resnet_jax.sweep.spec import Member, format_value, load_sweep
 
 LOG_FILE = "sweep.log"  # the member's stdout+stderr, appended on every run
 MEMBER_FILE = "sweep_member.json"  # config, overrides and command of the member
@@ -44,27 +44,31 @@ def run_sweep(
   extra_args: Sequence[str] = (),
   python: str | Sequence[str] = sys.executable,
   out=None,
+  check: MemberCheck | None = None,
 ) -> int:
   """Runs every member of a sweep file that is not done yet; returns 0 when all are done, else 1.
 
   `parallel` members at a time; a member that fails is reported and the others go on. `python` is
   the interpreter (or an argument list standing for it: tests pass a fake trainer). `extra_args` go
-  after every member's overrides (they win). Every config file is found before anything starts.
+  after every member's overrides (they win). Before anything starts or is written: every config
+  file is found, every member passes `check` (the command's: train's own validation), and a member
+  that ran before under ROOT with other arguments is refused (:func:`_check_same_arguments`).
   """
   out = out or sys.stdout
   sweep_file = Path(sweep_file)
-  members = load_sweep(sweep_file)
+  members = load_sweep(sweep_file, extra_args)
   if parallel < 1:
     raise ValueError(f"parallel must be >= 1, got {parallel}")
   root = storage.check_access(os.fspath(root), "--workdir", write=True)
-  configs = {m.config: _resolve_config(m.config, sweep_file) for m in members}
+  configs = check_members(members, sweep_file, check)
+  for m in members:
+    _check_same_arguments(m, root)
   commands = {
     m.name: [
       *python_command(python),
       "-m",
       "resnet_jax.main",
       *dataclasses.replace(m, config=configs[m.config]).train_args(os.fspath(root / m.name)),
-      *extra_args,
     ]
     for m in members
   }
@@ -77,22 +81,48 @@ def run_sweep(
   return run.finish()
 
 
-def _resolve_config(config: str | None, sweep_file: Path) -> str | None:
-  """An existing config path for a local run: as given (from the cwd), else next to the sweep
-  file, else in the checkout the package runs from. None (the built-in default) stays None."""
-  if config is None:
-    return None
-  path, sep, arg = config.partition(":")
-  bases = [Path.cwd(), sweep_file.parent]
-  if (CHECKOUT / "configs").is_dir():
-    bases.append(CHECKOUT)
-  for base in bases:
-    cand = base / path
-    if cand.is_file():
-      return (path if base == Path.cwd() else str(cand)) + sep + arg
-  raise FileNotFoundError(
-    f"config file {path!r} not found (from {', '.join(str(b) for b in dict.fromkeys(bases))})"
-  )
+def _check_same_arguments(member: Member, root) -> None:
+  """Refuses a member whose workdir holds a run started with other arguments (config file,
+  overrides, or the arguments after ``--``): they are part of what the member is, so its ``DONE``
+  or its checkpoints are not this member's. The user picks another ROOT, or the old arguments."""
+  path = root / member.name / MEMBER_FILE
+  if not path.exists():
+    return
+  try:
+    record = json.loads(path.read_text())
+  except (OSError, json.JSONDecodeError):
+    return  # unreadable: nothing to compare with; the run itself resumes or refuses
+  now = _identity(member.config, member.overrides, member.args)
+  before = _identity(record.get("config"), record.get("overrides", {}), _recorded_args(record))
+  if now != before:
+    raise ValueError(
+      f"sweep member {member.name} in {root} ran with {_describe(before)}, not "
+      f"{_describe(now)}; give another --workdir, or the arguments it ran with"
+    )
+
+
+def _identity(config, overrides, args) -> tuple:
+  """What makes a member the member it is, as JSON records it (tuples become lists)."""
+  return (config, json.loads(json.dumps(overrides, sort_keys=True, default=str)), list(args))
+
+
+def _describe(identity: tuple) -> str:
+  config, overrides, args = identity
+  parts = [f"--config={config}"] if config is not None else []
+  parts += [f"--config.{k}={format_value(v)}" for k, v in overrides.items()]
+  return shlex.join(parts) + (f" -- {shlex.join(args)}" if args else " and nothing after --")
+
+
+def _recorded_args(record: dict) -> list[str]:
+  """The arguments after ``--`` a member ran with; records written before they were kept hold
+  them only at the end of the command, after the workdir and the overrides."""
+  if "args" in record:
+    return list(record["args"])
+  command = list(record.get("command", []))
+  workdir = [i for i, a in enumerate(command) if a.startswith("--workdir=")]
+  if not workdir:
+    return []
+  return command[workdir[0] + 1 + len(record.get("overrides", {})) :]
 
 
 def _run_locally(run: _LocalRun, parallel: int) -> None:
@@ -152,7 +182,13 @@ class _LocalRun:
   def start(self, m: Member) -> None:
     """Records the member's command in its workdir and starts it, output appended to its log."""
     cmd = self.commands[m.name]
-    record = {"name": m.name, "config": m.config, "overrides": m.overrides, "command": cmd}
+    record = {
+      "name": m.name,
+      "config": m.config,
+      "overrides": m.overrides,
+      "args": list(m.args),
+      "command": cmd,
+    }
     storage.write_atomically(
       self.root / m.name / MEMBER_FILE, json.dumps(record, indent=1, default=str)
     )

@@ -14,6 +14,7 @@ import importlib.util
 import itertools
 import os
 import re
+import traceback
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -122,28 +123,40 @@ class Member:
   name: str
   config: str | None  # None: the training program's built-in default experiment
   overrides: dict
+  args: tuple[str, ...] = ()  # the sweep command's arguments after `--`, the same for every member
+
+  def run_args(self) -> list[str]:
+    """What the member runs with besides its config and workdir: overrides, then ``args``."""
+    return [f"--config.{k}={format_value(v)}" for k, v in self.overrides.items()] + list(self.args)
 
   def train_args(self, workdir: str) -> list[str]:
     """Arguments of ``python -m resnet_jax.main`` (and of the launch scripts)."""
     config = [f"--config={self.config}"] if self.config is not None else []
-    return [*config, f"--workdir={workdir}"] + [
-      f"--config.{k}={format_value(v)}" for k, v in self.overrides.items()
-    ]
+    return [*config, f"--workdir={workdir}", *self.run_args()]
 
 
-def load_sweep(sweep_file: str | os.PathLike) -> list[Member]:
-  """Members of a sweep file, in the file's order; names checked unique."""
+def load_sweep(sweep_file: str | os.PathLike, args: Sequence[str] = ()) -> list[Member]:
+  """Members of a sweep file, in the file's order, each with ``args`` (what followed ``--``); names
+  checked unique. A file that does not run (a syntax error, a failing ``get_sweep()``) is a
+  ``ValueError`` of one line naming the file and line."""
   path = Path(sweep_file)
   if not path.is_file():
     raise FileNotFoundError(f"sweep file not found: {path}")
-  spec = importlib.util.spec_from_file_location(f"_resnet_jax_sweep_{path.stem}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  if not hasattr(module, "get_sweep"):
-    raise ValueError(f"{path}: a sweep file defines get_sweep() -> list of override dicts")
-  default_config = getattr(module, "CONFIG", DEFAULT_CONFIG)
-  common = dict(getattr(module, "OVERRIDES", {}))
-  raw = module.get_sweep()
+  try:
+    spec = importlib.util.spec_from_file_location(f"_resnet_jax_sweep_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_sweep"):
+      raise ValueError(f"{path}: a sweep file defines get_sweep() -> list of override dicts")
+    default_config = getattr(module, "CONFIG", DEFAULT_CONFIG)
+    common = dict(getattr(module, "OVERRIDES", {}))
+    raw = module.get_sweep()
+  except ValueError as e:
+    if str(e).startswith(f"{path}:"):
+      raise
+    raise ValueError(_file_error(path, e)) from None
+  except Exception as e:  # noqa: BLE001 - any error of the user's file is one line naming it
+    raise ValueError(_file_error(path, e)) from None
   if isinstance(raw, Mapping) or not isinstance(raw, Sequence):
     raise ValueError(f"{path}: get_sweep() must return a list of dicts, got {type(raw).__name__}")
   members, seen = [], {}
@@ -160,5 +173,20 @@ def load_sweep(sweep_file: str | os.PathLike) -> list[Member]:
       raise ValueError(f"{path}: members {seen[name]} and {i} share the workdir name {name!r}")
     seen[name] = i
     config = own_config or default_config
-    members.append(Member(name, None if config is None else str(config), {**common, **overrides}))
+    members.append(
+      Member(name, None if config is None else str(config), {**common, **overrides}, tuple(args))
+    )
   return members
+
+
+def _file_error(path: Path, error: Exception) -> str:
+  """``PATH:LINE: what went wrong`` for an error raised while running sweep file ``path``."""
+  if isinstance(error, SyntaxError):
+    return f"{path}:{error.lineno}: syntax error: {error.msg}"
+  line = None
+  for frame in traceback.extract_tb(error.__traceback__):
+    if Path(frame.filename).resolve() == path.resolve():
+      line = frame.lineno  # the innermost line of the file itself
+  where = f"{path}:{line}" if line else str(path)
+  text = " ".join(str(error).split()) or "(no message)"
+  return f"{where}: {type(error).__name__}: {text}"

@@ -8,8 +8,10 @@ fix, before anything compiles. ``config_file`` finds the experiment files the wh
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import ml_collections
 
@@ -100,10 +102,12 @@ def _schedule_keys(c: ml_collections.ConfigDict) -> None:
   c.lr_boundaries = ()
   c.lr_decay_factor = 0.1
   c.warmup_steps = 0
-  # > 0: the ResNet-110 warm-up (§4.2), the rate scaled by this until the training error falls
-  # below warmup_until_train_error or warmup_max_steps pass.
+  # > 0: the ResNet-110 warm-up (§4.2), the rate scaled by this up to the first step whose own
+  # minibatch training error is below warmup_until_train_error, decided on the device each step
+  # (train.optim.train_error_warmup). warmup_max_steps: 0 = no cap (the paper's); N > 0 ends it at
+  # step N + 1 at the latest (short tests).
   c.warmup_lr_scale = 0.0
-  c.warmup_max_steps = 400
+  c.warmup_max_steps = 0
   c.warmup_until_train_error = 0.8
   c.plateau_patience = 3
   c.plateau_min_delta = 1e-3
@@ -154,6 +158,7 @@ def _beyond_the_paper(c: ml_collections.ConfigDict) -> None:
 
 
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
+NORMALIZATIONS = ("channel", "pixel_mean")  # data.pipeline.input_mean
 
 
 def precision_for_platform(precision: str, platform: str) -> str:
@@ -182,6 +187,12 @@ def _data_keys(c: ml_collections.ConfigDict) -> None:
   c.eval_split = ""  # '' = the dataset's default eval split.
   c.train_augment = ""  # '' = the dataset's default ('paper', 'inception', 'cifar', 'digits').
   c.eval_method = "center"  # 'center' | 'ten_crop' | 'full_conv' (paper §3.4).
+  # How inputs are centred (data.pipeline.input_mean), both then divided by the dataset's
+  # per-channel std: 'channel' = the dataset's per-channel mean (registry constants; eval does
+  # not depend on the train split); 'pixel_mean' = the per-pixel mean image of train_split, the
+  # paper's "per-pixel mean subtracted" (§3.4, §4.2), for datasets held in memory (digits, mnist,
+  # cifar10/100). docs/recipes.md says which each config uses.
+  c.normalization = "channel"
   # Shorter sides for 'full_conv'; () = chosen from the eval image size (train.loop.full_conv_scales:
   # the paper's 224, 256, 384, 480, 640 at a 224 crop; 28, 32, 40 on 28 px digits).
   c.eval_scales = ()
@@ -224,6 +235,7 @@ def validate(config, *, known_models, known_datasets) -> None:
       f"unknown model; close matches: {', '.join(close) or 'none'} (`resnet-jax models` lists all)",
     )
   _validate_drop_path_rate(config.model_overrides.get("drop_path_rate", 0.0))
+  _validate_net_shape(config.model_overrides)
   if known_datasets is not None and config.dataset not in known_datasets:
     bad("dataset", f"unknown dataset; known: {', '.join(sorted(known_datasets))}")
   if config.precision not in PRECISIONS:
@@ -251,6 +263,8 @@ def validate(config, *, known_models, known_datasets) -> None:
       "per-replica BatchNorm statistics differ between devices, so they are not one replicated "
       "array; use cross_replica_bn=True or parallelism='pmap'",
     )
+  if config.normalization not in NORMALIZATIONS:
+    bad("normalization", f"must be {_either(NORMALIZATIONS)}")
   if config.eval_method not in ("center", "ten_crop", "full_conv"):
     bad("eval_method", "must be one of center, ten_crop, full_conv")
   _validate_data_augments(config, bad)
@@ -293,6 +307,7 @@ def _validate_ranges(config, bad) -> None:
     "label_smoothing",
     "warmup_steps",
     "warmup_lr_scale",
+    "warmup_max_steps",
     "mixup_alpha",
     "cutmix_alpha",
     "eps",
@@ -300,6 +315,36 @@ def _validate_ranges(config, bad) -> None:
   ):
     if config[key] < 0:
       bad(key, "must not be negative")
+
+
+def _validate_net_shape(overrides) -> None:
+  """Widths, block counts and block kinds no net can have (a negative width trains a net of a few
+  hundred parameters), refused with the key's full name before anything is built."""
+  from resnet_jax.models import blocks  # pylint: disable=g-import-not-at-top
+
+  for key, allowed in (("shortcut", blocks.SHORTCUTS), ("stride_on", blocks.STRIDE_ON)):
+    value = overrides.get(key, "")
+    if value not in ("", *allowed):
+      raise ValueError(
+        f"config.model_overrides.{key}={value!r}: must be {_either(allowed)} (or '' for the "
+        "model's own)"
+      )
+  width = overrides.get("width_multiplier", 1.0)
+  if not (isinstance(width, (int, float)) and width > 0):
+    raise ValueError(
+      f"config.model_overrides.width_multiplier={width!r}: must be positive (1.0 = the model's "
+      "widths, 0.25 = a quarter of every layer's channels)"
+    )
+  for key in ("stage_sizes", "stage_widths"):
+    values = overrides.get(key, ())
+    if values and not all(isinstance(v, int) and v > 0 for v in values):
+      raise ValueError(
+        f"config.model_overrides.{key}={tuple(values)!r}: must be positive whole numbers, one "
+        "per stage (or () for the model's own)"
+      )
+  stem = overrides.get("stem_width", "")
+  if stem not in ("", None) and not (isinstance(stem, int) and stem > 0):
+    raise ValueError(f"config.model_overrides.stem_width={stem!r}: must be a positive whole number")
 
 
 def _validate_drop_path_rate(rate) -> None:
@@ -330,6 +375,50 @@ def _validate_data_augments(config, bad) -> None:
     bad("eval_image_size", "must be 0 (= image_size) or a side in pixels")
   if not 0 <= config.eval_crop_ratio <= 1:
     bad("eval_crop_ratio", "must be 0 (the dataset's rule) or a crop fraction in (0, 1]")
+
+
+# The keys that decide the learning rate of every step: a run resumes only with the values it
+# started with, or the steps after the resume would follow another schedule than those before.
+SCHEDULE_KEYS = (
+  "schedule",
+  "learning_rate",
+  "lr_reference_batch",
+  "global_batch_size",
+  "lr_boundaries",
+  "lr_decay_factor",
+  "warmup_steps",
+  "warmup_lr_scale",
+  "warmup_max_steps",
+  "warmup_until_train_error",
+  "plateau_patience",
+  "plateau_min_delta",
+)
+
+
+def check_resume(config, trained: Mapping[str, Any], workdir: str) -> None:
+  """Refuses to resume run ``workdir``, trained with config ``trained`` (its config.json), with
+  other schedule keys (:data:`SCHEDULE_KEYS`); ``num_train_steps`` counts where the schedule reads
+  it (``warmup_cosine``). A schedule that does not read it (constant, piecewise, plateau) may train
+  the run on to another length: config.json then records the new one."""
+  keys = list(SCHEDULE_KEYS)
+  if not (config.warmup_lr_scale > 0 or trained.get("warmup_lr_scale", 0) > 0):
+    # Without the ResNet-110 warm-up its cap and threshold decide nothing (the cap's default
+    # changed from 400 to 0 when the warm-up moved onto the device).
+    keys = [k for k in keys if k not in ("warmup_max_steps", "warmup_until_train_error")]
+  if "warmup_cosine" in (config.schedule, trained.get("schedule")):
+    keys.append("num_train_steps")
+  as_stored = lambda value: json.loads(json.dumps(value, default=str))  # tuples as lists
+  differ = [
+    f"{k} {as_stored(trained[k])} -> {as_stored(config[k])}"
+    for k in keys
+    if k in trained and k in config and as_stored(trained[k]) != as_stored(config[k])
+  ]
+  if differ:
+    raise ValueError(
+      f"--workdir={workdir} was trained with another schedule ({'; '.join(differ)}): resuming "
+      "would change the learning rate of the steps to come. Train these settings in a new "
+      "--workdir, or resume with the run's own (its config.json)"
+    )
 
 
 def eval_batch_size(config) -> int:
@@ -376,11 +465,13 @@ def default_config_file() -> str:
 
 
 def load(name_or_path: str) -> ml_collections.ConfigDict:
-  """``get_config()`` of a config file (:func:`config_file` resolves a shipped name), unlocked."""
-  path = config_file(name_or_path)
+  """``get_config()`` of a config file (:func:`config_file` resolves a shipped name), unlocked;
+  ``FILE:ARG`` calls ``get_config("ARG")``, as ``--config=FILE:ARG`` does (e.g. a CIFAR-10
+  config's ``:holdout``)."""
+  path, _, argument = config_file(name_or_path).partition(":")
   if not os.path.isfile(path):
     raise FileNotFoundError(f"no config file {name_or_path!r} (a path, or a name in configs/)")
   spec = importlib.util.spec_from_file_location(os.path.basename(path).removesuffix(".py"), path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config()
+  return module.get_config(argument) if argument else module.get_config()

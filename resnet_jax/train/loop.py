@@ -68,15 +68,22 @@ def check_config(config):
 
 
 def _data_kwargs(config) -> dict[str, Any]:
-  return {"data_dir": config.data_dir or None, "image_size": config.image_size or None}
+  return {
+    "data_dir": config.data_dir or None,
+    "image_size": config.image_size or None,
+    "normalization": config.get("normalization", "channel"),
+  }
 
 
 def _eval_data_kwargs(config) -> dict[str, Any]:
-  """The test-time input: its own resolution and crop ratio where the config sets them."""
+  """The test-time input: its own resolution and crop ratio where the config sets them, centred as
+  in training (a per-pixel mean is the training split's)."""
   return {
     "data_dir": config.data_dir or None,
     "image_size": config.eval_image_size or config.image_size or None,
     "crop_ratio": config.eval_crop_ratio or None,
+    "normalization": config.get("normalization", "channel"),
+    "mean_split": config.train_split or None,
   }
 
 
@@ -170,6 +177,9 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   workdir = storage.check_access(workdir, "--workdir", write=True)
   if config.init_from:
     storage.check_access(config.init_from, "config.init_from")
+    runs.checkpoint_dir(config.init_from, "config.init_from")  # refused before any folder is made
+  check_resume(config, workdir)
+  made = _folders_to_make(workdir)
   if not storage.is_object_store(workdir):  # a bucket has no folders to make
     workdir.mkdir(parents=True, exist_ok=True)
 
@@ -191,6 +201,46 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     # lost peer: Orbax would wait at its barriers for the lost process.
     if lost is None:
       ckpt.close()
+    _remove_if_empty(made)
+
+
+def _folders_to_make(workdir) -> list:
+  """The workdir and its checkpoints/ where they do not exist yet, innermost first."""
+  if storage.is_object_store(workdir):
+    return []
+  made, path = [workdir / CHECKPOINT_DIR], workdir
+  while not path.exists() and path != path.parent:
+    made.append(path)
+    path = path.parent
+  return [p for p in made if not p.exists()]
+
+
+def _remove_if_empty(folders) -> None:
+  """Removes the folders a run made and left empty (a refusal before its first save): a refusal
+  leaves the workdir as it found it. A folder holding anything stays."""
+  for folder in folders:
+    try:
+      if folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
+    except OSError:
+      pass
+
+
+def check_resume(config, workdir) -> None:
+  """Refuses to resume a run (its config.json and a checkpoint exist) with another schedule
+  (``config_lib.check_resume``); says so when it trains on to another ``num_train_steps``."""
+  if not (workdir / CONFIG_FILE).exists() or runs.latest_step(workdir) is None:
+    return
+  trained = json.loads((workdir / CONFIG_FILE).read_text())
+  config_lib.check_resume(config, trained, str(workdir))
+  if trained.get("num_train_steps") != config.num_train_steps:
+    logging.info(
+      "num_train_steps %s -> %s: config.schedule=%r does not read it, so the run trains on to "
+      "the new length; config.json records it",
+      trained.get("num_train_steps"),
+      config.num_train_steps,
+      config.schedule,
+    )
 
 
 def _peer_lost(error: Exception, last_good_step: int | None) -> faults.PeerLostError | None:
@@ -295,7 +345,7 @@ def _set_up(config, workdir, ckpt, info, model, primary) -> tuple[_Run, Iterator
     _write_json(workdir / CONFIG_FILE, config.to_dict())
     logging.info(
       "model %s: %d parameters; %d devices over %d processes; data %s, global batch %d; workdir %s",
-      config.model,
+      _model_shown(config),
       state_lib.count_params(state.params),
       jax.device_count(),
       jax.process_count(),
@@ -331,6 +381,15 @@ def _set_up(config, workdir, ckpt, info, model, primary) -> tuple[_Run, Iterator
     last_good_checkpoint=start_step or None,
   )
   return run, batches
+
+
+def _model_shown(config) -> str:
+  """``config.model``, and the net it is where the overrides make it another depth."""
+  net = runs.net_name(config)
+  stages = tuple(config.model_overrides.stage_sizes)
+  return (
+    config.model if net == config.model else f"{net} = {config.model} with stage_sizes {stages}"
+  )
 
 
 def _initial_state(config, ckpt, par, model, tx, image_shape, abstract_variables, start_step):
@@ -451,14 +510,7 @@ def _log_train_metrics(run: _Run):
   run.pending = []
   means = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
   means.update(run.throughput.window())
-  # The warm-up decision reads only this step's error, so it does not depend on where the log
-  # window started (a resumed run decides exactly as an uninterrupted one).
-  error = float(fetched[-1]["train_top1_error"])
-  if run.controller.after_train_metrics(run.config, run.step, error):
-    _set_lr_scale(run)
-    logging.info(
-      "warm-up over at step %d: learning rate scale now %g", run.step, run.controller.lr_scale
-    )
+  # (The ResNet-110 warm-up is decided by every step on the device: optim.train_error_warmup.)
   run.writer.write(run.step, means)
   shown = ("train_loss", "train_top1_error", "learning_rate", *metrics_lib.THROUGHPUT_KEYS)
   run.progress.update(run.step, {k: means[k] for k in shown if k in means})
@@ -627,6 +679,12 @@ def evaluate(config, workdir: str, step: int | None = None, method: str | None =
   )
   par = parallel.create(config.parallelism)
   try:
+    saved = ckpt.all_steps()
+    if step is not None and step not in saved:
+      raise checkpoint_lib.CheckpointError(
+        f"no checkpoint at step {step} in {workdir}; its steps: "
+        f"{', '.join(map(str, saved)) or 'none'} (--eval_step=N, or leave it out for the latest)"
+      )
     used_step = step if step is not None else ckpt.latest_step()
     if used_step is not None and ckpt.read_meta(used_step).get("kind") == "weights":
       # A converted (e.g. torchvision) checkpoint holds only params and BN statistics.

@@ -1,12 +1,16 @@
 """Optimizer and learning-rate schedules from the config (optax).
 
-The learning rate at step t is ``schedule(t) * lr_scale``:
+The learning rate at step t is ``schedule(t) * lr_scale * warm-up multiplier``:
 
 * ``schedule`` is a pure optax schedule of the step (piecewise ÷10, linear warm-up + cosine, constant);
-* ``lr_scale`` is a scalar kept in the train state and changed by the host only on events a step
-  function cannot see: the validation error reaching a plateau (÷10, the paper's ImageNet recipe, §3.4)
-  and the end of the ResNet-110 warm-up (0.01 until training error < 80%, §4.2). Keeping it in the
-  state means a resumed run continues with exactly the rate the interrupted one had.
+* ``lr_scale`` is a scalar kept in the train state and changed by the host only on an event a step
+  function cannot see: the validation error reaching a plateau (÷10, the paper's ImageNet recipe,
+  §3.4). Keeping it in the state means a resumed run continues with exactly the rate the
+  interrupted one had;
+* the warm-up multiplier is the ResNet-110 warm-up (§4.2: 0.01 until the training error is below
+  80 %). Every step decides it on the device from its own minibatch error (over all replicas), in
+  the optimizer state (:func:`train_error_warmup`), with no host round trip. Only configs with the
+  warm-up have it: the optimizer state of every other config is laid out as before.
 
 Config keys read here:
   optimizer            'sgd' (momentum, optional Nesterov; the paper's), 'lamb' (You et al. 2019; timm's
@@ -29,9 +33,12 @@ Config keys read here:
   lr_boundaries        steps at which 'piecewise' divides the rate by 1/lr_decay_factor.
   lr_decay_factor      0.1 in the paper.
   warmup_steps         linear warm-up length for 'warmup_cosine'.
-  warmup_lr_scale      > 0 enables the ResNet-110 warm-up: the rate is scaled by this (0.1 -> 0.01) ...
-  warmup_max_steps     ... for at most this many steps (400 in §4.2) ...
-  warmup_until_train_error ... or until the training top-1 error falls below this (0.8).
+  warmup_lr_scale      > 0 enables the ResNet-110 warm-up: the rate is scaled by this (0.1 -> 0.01)
+                       up to the first step whose own training top-1 error (its minibatch, all
+                       replicas) is below ``warmup_until_train_error`` (0.8); that step and every
+                       later one run at the full rate.
+  warmup_max_steps     0 (the paper's: no cap) or a cap: step warmup_max_steps + 1 runs at the full
+                       rate whatever its error (short tests).
   plateau_patience     evaluations without improvement before 'plateau' divides the rate.
   plateau_min_delta    the improvement in validation error that counts as progress.
 """
@@ -39,8 +46,10 @@ Config keys read here:
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, NamedTuple
 
+import jax
+import jax.numpy as jnp
 import optax
 from flax import traverse_util
 
@@ -88,8 +97,21 @@ def create_optimizer(config, params) -> optax.GradientTransformation:
   """The update rule without the learning rate (the train step applies -lr itself).
 
   Each rule is its optax alias (``optax.lamb``, ``optax.lars``, ``optax.adamw``) without the
-  learning rate, with weight decay and trust ratio masked to the kernels.
+  learning rate, with weight decay and trust ratio masked to the kernels. With the ResNet-110
+  warm-up (``warmup_lr_scale`` > 0) the rule is chained with :func:`train_error_warmup`, whose
+  ``update`` needs the step's ``train_error`` and ``step`` (``steps.train_step`` passes them).
   """
+  rule = _update_rule(config, params)
+  if config.warmup_lr_scale > 0:
+    warmup = train_error_warmup(
+      config.warmup_lr_scale, config.warmup_until_train_error, config.warmup_max_steps
+    )
+    return optax.chain(rule, warmup)
+  return rule
+
+
+def _update_rule(config, params) -> optax.GradientTransformation:
+  """The config's optimizer, its layout the one checkpoints of runs without warm-up hold."""
   name = config.optimizer
   if name == "sgd":
     # L2 on the gradient before momentum, as in the paper's (Caffe/Torch) SGD. The chain's layout
@@ -119,35 +141,65 @@ def create_optimizer(config, params) -> optax.GradientTransformation:
   raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
 
 
-def initial_lr_scale(config) -> float:
-  return config.warmup_lr_scale if config.warmup_lr_scale > 0 else 1.0
+class WarmupState(NamedTuple):
+  """The warm-up's multiplier of the learning rate: ``warmup_lr_scale`` until the warm-up ends,
+  1.0 from then on (it never goes back)."""
+
+  lr_multiplier: jnp.ndarray
+
+
+def train_error_warmup(
+  lr_scale: float, until_train_error: float, max_steps: int = 0
+) -> optax.GradientTransformationExtraArgs:
+  """The ResNet-110 warm-up (§4.2) as an optax link: scales the updates by ``lr_scale`` up to the
+  first step whose ``train_error`` is below ``until_train_error``, by 1 from that step on.
+
+  ``update`` takes the step's ``train_error`` (its minibatch's top-1 error, the same on every
+  replica) and ``step`` (steps taken before it). ``max_steps`` > 0 ends the warm-up at step
+  ``max_steps + 1`` at the latest; 0 is the paper's rule, no cap.
+  """
+
+  def init(params):
+    del params
+    return WarmupState(lr_multiplier=jnp.asarray(lr_scale, jnp.float32))
+
+  def update(updates, state, params=None, *, train_error, step, **extra_args):
+    del params, extra_args
+    over = train_error < until_train_error
+    if max_steps > 0:
+      over = over | (step >= max_steps)
+    multiplier = jnp.where(over, jnp.float32(1.0), state.lr_multiplier)
+    updates = jax.tree_util.tree_map(lambda u: u * multiplier.astype(u.dtype), updates)
+    return updates, WarmupState(lr_multiplier=multiplier)
+
+  return optax.GradientTransformationExtraArgs(init, update)
+
+
+def warmup_lr_multiplier(opt_state) -> jnp.ndarray | float:
+  """The multiplier :func:`train_error_warmup` holds in ``opt_state``; 1.0 without a warm-up."""
+  is_warmup = lambda node: isinstance(node, WarmupState)
+  for node in jax.tree_util.tree_leaves(opt_state, is_leaf=is_warmup):
+    if is_warmup(node):
+      return node.lr_multiplier
+  return 1.0
 
 
 @dataclasses.dataclass
 class LearningRateController:
-  """Host-side events that change ``lr_scale``: ResNet-110 warm-up end and validation plateaus.
+  """The host-side event that changes ``lr_scale``: a validation plateau (the warm-up lives on the
+  device, in the optimizer state: :func:`train_error_warmup`).
 
   Its fields are saved with every checkpoint so that a resumed run makes the same decisions.
   """
 
-  warmup_active: bool = False
   best_eval_error: float = float("inf")
   evals_since_best: int = 0
   lr_scale: float = 1.0
 
   @classmethod
   def from_config(cls, config) -> "LearningRateController":
-    return cls(warmup_active=config.warmup_lr_scale > 0, lr_scale=initial_lr_scale(config))
-
-  def after_train_metrics(self, config, step: int, train_error: float) -> bool:
-    """Ends the warm-up once training error < threshold or after warmup_max_steps; True if changed."""
-    if not self.warmup_active:
-      return False
-    if train_error < config.warmup_until_train_error or step >= config.warmup_max_steps:
-      self.warmup_active = False
-      self.lr_scale = self.lr_scale / config.warmup_lr_scale
-      return True
-    return False
+    del config  # every run starts at the full scale
+    return cls()
 
   def after_eval(self, config, eval_error: float) -> bool:
     """Divides the rate when validation error has not improved for ``plateau_patience`` evals."""
@@ -173,6 +225,9 @@ class LearningRateController:
   @classmethod
   def from_json(cls, d: dict[str, Any]) -> "LearningRateController":
     d = dict(d)
+    # Runs written when the warm-up was a host event saved its flag here; the optimizer state
+    # holds it now.
+    d.pop("warmup_active", None)
     if d.get("best_eval_error") is None:
       d["best_eval_error"] = float("inf")
     return cls(**d)

@@ -22,6 +22,7 @@ import optax
 from jax import lax
 
 from resnet_jax.train import mixing
+from resnet_jax.train import optim
 from resnet_jax.train.state import TrainState
 
 AXIS = "batch"
@@ -81,11 +82,20 @@ def ema_update(ema, params, batch_stats, decay: float):
   return jax.tree_util.tree_map(lambda e, n: decay * e + (1.0 - decay) * n, ema, new)
 
 
-def _apply_gradients(state, grads, batch_stats, grads_finite, *, tx, schedule, ema_decay):
-  """The state one step on (params, BN statistics, optimizer state, average) and the step's rate."""
+def _apply_gradients(
+  state, grads, batch_stats, grads_finite, train_error, *, tx, schedule, ema_decay
+):
+  """The state one step on (params, BN statistics, optimizer state, average) and the step's rate.
+
+  ``train_error`` is the step's own minibatch error over all replicas: the ResNet-110 warm-up in
+  the optimizer state (``optim.train_error_warmup``) reads it; other optimizers ignore it.
+  """
   lr = schedule(state.step) * state.lr_scale
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  updates, opt_state = optax.with_extra_args_support(tx).update(
+    grads, state.opt_state, state.params, train_error=train_error, step=state.step
+  )
   params = optax.apply_updates(state.params, jax.tree_util.tree_map(lambda u: -lr * u, updates))
+  lr = lr * optim.warmup_lr_multiplier(opt_state)  # the rate the step applied, warm-up included
   if state.loss_scale is not None:
     # fp16: an overflowing step is skipped (the loss scale shrinks instead). Skipped entirely:
     # its BN statistics may come from overflowed activations, and a skipped step should leave
@@ -157,18 +167,23 @@ def train_step(
     grads = lax.pmean(grads, AXIS)
     loss_scale, grads_finite = None, jnp.array(True)
 
+  # The global minibatch's error, computed before the update so the warm-up can read it.
+  top1_error = lax.pmean(jnp.mean(jnp.argmax(logits, -1) != labels), AXIS)
   new_state, lr = _apply_gradients(
-    state, grads, batch_stats, grads_finite, tx=tx, schedule=schedule, ema_decay=ema_decay
+    state,
+    grads,
+    batch_stats,
+    grads_finite,
+    top1_error,
+    tx=tx,
+    schedule=schedule,
+    ema_decay=ema_decay,
   )
   new_state = new_state.replace(loss_scale=loss_scale)
-  top1_error = jnp.mean(jnp.argmax(logits, -1) != labels)
-  metrics = {
-    "train_loss": loss,
-    "train_top1_error": top1_error,
-    "learning_rate": lr,
-    "grad_norm": optax.global_norm(grads),
-  }
-  return new_state, lax.pmean(metrics, AXIS)
+  metrics = lax.pmean(
+    {"train_loss": loss, "learning_rate": lr, "grad_norm": optax.global_norm(grads)}, AXIS
+  )
+  return new_state, {**metrics, "train_top1_error": top1_error}
 
 
 def _view_averaged_probs(state: TrainState, images, model):
