@@ -21,6 +21,11 @@ TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
 if TEST_XLA_FLAGS not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".strip()
 
+# The oneDNN kernel's OpenMP threads (and PyTorch's) sleep instead of spinning while they wait, as
+# runtime.configure_environment sets for the commands: libgomp reads this when it loads, so it is
+# set before any test imports either. Spinning teams stalled a test process for minutes under load.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 # One persistent XLA cache for the test session (not the user's), for the tests' own processes and
 # every subprocess: the same tiny programs are compiled once instead of once per run. JAX reads
 # these when it loads, so they are set before anything imports it; pytest-xdist's workers inherit
