@@ -193,6 +193,8 @@ def _check_degradation_json(out, models_seeds):
     assert prov["device_count"] >= 1 and prov["process_count"] == 1
     packages = ("resnet-jax", "jax", "jaxlib", "flax", "optax", "tensorflow-datasets")
     assert all(prov["versions"][p] for p in packages), prov["versions"]
+    tensorflow = prov["versions"].get("tensorflow-cpu") or prov["versions"].get("tensorflow")
+    assert tensorflow, prov["versions"]  # the installed wheel is tensorflow-cpu
   return result
 
 

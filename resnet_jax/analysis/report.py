@@ -79,8 +79,12 @@ _PACKAGES = (
   "optax",
   "tensorflow-datasets",
   "tensorflow",
+  "tensorflow-cpu",  # what the install pins; "tensorflow" is the same module from the full wheel
   "numpy",
 )
+
+
+_EITHER_TENSORFLOW = ("tensorflow", "tensorflow-cpu")  # one of them provides the module
 
 
 def _commit() -> dict[str, Any]:
@@ -127,7 +131,8 @@ def provenance() -> dict[str, Any]:
     try:
       versions[package] = importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:
-      versions[package] = None
+      if package not in _EITHER_TENSORFLOW:
+        versions[package] = None
   return {
     **_commit(),
     "versions": versions,
