@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import re
 import sys
 import textwrap
 import types
@@ -35,6 +34,7 @@ from resnet_jax.commands import models
 from resnet_jax.commands import predict
 from resnet_jax.commands import sweep
 from resnet_jax.commands import train
+from resnet_jax.commands.usage import override_error
 from resnet_jax.failure import exit_with_error
 from resnet_jax.train import config as config_lib
 
@@ -231,32 +231,10 @@ def _flag_error(name: str, error: Exception, argv: Sequence[str]) -> str | None:
       f"--config: {str(error).splitlines()[-1].strip()} (give the path of a configs/NAME.py file)"
     )
   elif isinstance(error, (AttributeError, KeyError, TypeError, ValueError)):
-    message = "bad --config override: " + _override_error(error, argv)
+    message = "bad --config override: " + override_error(error, argv)
   else:
     return None
   return " ".join(message.split())
-
-
-def _override_error(error: Exception, argv: Sequence[str]) -> str:
-  """ml_collections' error for a --config.key override, without its nesting and quoting: an
-  unknown key arrives as AttributeError(KeyError("'key'\\nDid you mean ...")) or its repr."""
-  while error.args and isinstance(error.args[0], Exception):
-    error = error.args[0]
-  text = error.args[0] if error.args and isinstance(error.args[0], str) else str(error)
-  text = text.replace("\\n", "\n").replace("\\'", "'")
-  lines = [l.strip() for l in text.splitlines() if l.strip()]
-  unknown = re.fullmatch(r"'([\w.]+)'", lines[0]) if lines else None
-  if isinstance(error, KeyError) and unknown:
-    # The error names the last part of the key: the override given names all of it.
-    leaf = unknown.group(1)
-    given = [m.group(1) for a in argv if (m := re.match(r"--?config\.([\w.]+)(=|$)", a))]
-    key = next((k for k in given if k == leaf or k.endswith("." + leaf)), leaf)
-    hint = re.search(r'Did you mean "([\w.]+)"', text)
-    close = f"{key[: -len(leaf)]}{hint.group(1)}" if hint else ""
-    return f"unknown key config.{key}" + (
-      f"; did you mean config.{close}?" if hint else " (the config file lists its keys)"
-    )
-  return "; ".join(lines).strip("'\"")
 
 
 if __name__ == "__main__":

@@ -424,12 +424,12 @@ def test_every_member_is_checked_before_anything_prints_or_runs(fake, tmp_path):
   cases = {
     ("s.py", "--emit=slurm"): "sweep member model=resnet21,seed=0: config.model='resnet21': "
     "unknown model;",
-    ("key.py", "--parallel=2"): "sweep member learning_rat=0.1: unknown config key learning_rat; "
-    "did you mean learning_rate?",
+    ("key.py", "--parallel=2"): "sweep member learning_rat=0.1: unknown key config.learning_rat; "
+    "did you mean config.learning_rate?",
     ("ok.py", "--emit=tpu", "--", "--bogus=1"): "sweep member seed=0: Unknown command line flag "
     "'bogus'",
-    ("ok.py", "--", "--config.model_overrides.shortcu=A"): "sweep member seed=0: unknown config "
-    "key model_overrides.shortcu; did you mean model_overrides.shortcut?",
+    ("ok.py", "--", "--config.model_overrides.shortcu=A"): "sweep member seed=0: unknown key "
+    "config.model_overrides.shortcu; did you mean config.model_overrides.shortcut?",
     ("syntax.py",): "syntax.py:2: syntax error: invalid syntax",
   }
   before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))

@@ -3,14 +3,13 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 from absl import flags
 
 from resnet_jax import runtime
 from resnet_jax.commands import run_config
-from resnet_jax.commands.usage import UsageError, require
+from resnet_jax.commands.usage import require
 
 PURPOSE = "classify image files or folders with a trained run or converted weights"
 EXAMPLE = (
@@ -51,12 +50,7 @@ def define_flags(flag_values: flags.FlagValues, args: Sequence[str]) -> None:
 
 def run(flag_values: flags.FlagValues, positionals: Sequence[str]) -> None:
   workdir = require(flag_values, "workdir")
-  output = flag_values["output"].value
-  if output and os.path.isdir(output):  # refused now, not once every image is classified
-    raise UsageError(
-      f"--output={output} is a folder; give a file path, e.g. "
-      f"{os.path.join(output, 'predictions.jsonl')}"
-    )
+  output = flag_values["output"].value  # serving refuses a folder before the model is built
   runtime.start()
   from resnet_jax import serving  # pylint: disable=g-import-not-at-top
 

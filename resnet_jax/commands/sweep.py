@@ -8,7 +8,6 @@ check loads JAX (the config validation's owners of the choices), never TensorFlo
 
 from __future__ import annotations
 
-import re
 import sys
 from collections.abc import Sequence
 
@@ -16,6 +15,7 @@ from absl import flags
 
 from resnet_jax import sweep
 from resnet_jax.commands import train
+from resnet_jax.commands import usage
 from resnet_jax.commands.usage import UsageError
 from resnet_jax.train import config as config_lib
 
@@ -117,23 +117,9 @@ def check_member(member: sweep.Member, train_args: Sequence[str]) -> None:
   except OSError as e:
     problem = f"--config: {str(e).splitlines()[-1].strip()}"
   except (AttributeError, KeyError) as e:  # ml_collections' words for an unknown key
-    problem = _unknown_key(e, args)
+    problem = usage.override_error(e, args)
   except (TypeError, ValueError) as e:
     problem = str(e)
   else:
     return
   raise UsageError(f"sweep member {member.name}: {' '.join(problem.split())}")
-
-
-def _unknown_key(error: Exception, args: Sequence[str]) -> str:
-  """``unknown config key 'a.b'; did you mean 'a.c'?`` from ml_collections' error, whose text is
-  a repr holding the last part of the key and a suggestion."""
-  text = str(error.args[0] if error.args else error).replace("\\n", " ").replace("\\", "")
-  leaf = re.search(r"'([A-Za-z0-9_]+)'", text)
-  if not leaf:
-    return " ".join(text.strip("'\"").split())
-  keys = [a.split("=", 1)[0].removeprefix("--config.") for a in args if a.startswith("--config.")]
-  key = next((k for k in keys if k.split(".")[-1] == leaf.group(1)), leaf.group(1))
-  close = re.search(r'Did you mean "([A-Za-z0-9_]+)"', text)
-  hint = f"; did you mean {key.rsplit('.', 1)[0] + '.' if '.' in key else ''}{close.group(1)}?"
-  return f"unknown config key {key}" + (hint if close else "")

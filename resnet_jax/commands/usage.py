@@ -6,6 +6,7 @@ exit status 2.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from absl import flags
@@ -26,3 +27,27 @@ def require(flag_values: flags.FlagValues, name: str):
 def no_positionals(positionals: Sequence[str]) -> None:
   if positionals:
     raise UsageError(f"unexpected arguments {list(positionals)}")
+
+
+def override_error(error: Exception, argv: Sequence[str]) -> str:
+  """ml_collections' error for a --config.key override in ``argv``, without its nesting and
+  quoting: ``unknown key config.a.b; did you mean config.a.c?`` for an unknown key, which arrives
+  as AttributeError(KeyError("'b'\\nDid you mean ...")) or its repr naming only the last part.
+  The one wording for train's door and for a sweep member's check."""
+  while error.args and isinstance(error.args[0], Exception):
+    error = error.args[0]
+  text = error.args[0] if error.args and isinstance(error.args[0], str) else str(error)
+  text = text.replace("\\n", "\n").replace("\\'", "'")
+  lines = [l.strip() for l in text.splitlines() if l.strip()]
+  unknown = re.fullmatch(r"'([\w.]+)'", lines[0]) if lines else None
+  if isinstance(error, KeyError) and unknown:
+    # The error names the last part of the key: the override given names all of it.
+    leaf = unknown.group(1)
+    given = [m.group(1) for a in argv if (m := re.match(r"--?config\.([\w.]+)(=|$)", a))]
+    key = next((k for k in given if k == leaf or k.endswith("." + leaf)), leaf)
+    hint = re.search(r'Did you mean "([\w.]+)"', text)
+    close = f"{key[: -len(leaf)]}{hint.group(1)}" if hint else ""
+    return f"unknown key config.{key}" + (
+      f"; did you mean config.{close}?" if hint else " (the config file lists its keys)"
+    )
+  return "; ".join(lines).strip("'\"")
