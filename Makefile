@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 WORKDIR ?= runs/digits
 CONFIG ?= configs/digits.py
 
-.PHONY: install test test-fast lint format train clean
+.PHONY: install test test-fast test-reproduction lint format train clean
 
 install: $(STAMP)
 
@@ -37,6 +37,11 @@ test: lint
 # markers); `make test` stays the one that must pass.
 test-fast: $(STAMP)
 	$(PYTEST) -m "not slow and not multiprocess and not e2e"
+
+# The committed reproduction's rerun check (tests/test_reproduction.py): minutes of CPU, so not in
+# `make test`.
+test-reproduction: $(STAMP)
+	RESNET_JAX_REPRODUCTION=1 $(PY) -m pytest -q -s tests/test_reproduction.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff format --check --quiet .

@@ -403,3 +403,24 @@ def _jax_detected() -> dict:
 def is_primary() -> bool:
   """True on process 0: the one that writes logs, TensorBoard, plots, summaries and results."""
   return jax.process_index() == 0
+
+
+# A process may finish compiling minutes after another (eight compiles on two cores, or a host whose
+# compilation cache missed): the barrier after compiling waits this long for the last one.
+COMPILED_BARRIER_TIMEOUT_S = 1800
+
+
+def meet_after_compiling(what: str) -> None:
+  """Waits until every process has compiled ``what``, through the coordination service (no
+  collective: the first collective's context set-up has a short deadline of its own, which a
+  process that arrives minutes late misses). One process alone returns at once."""
+  if jax.process_count() == 1:
+    return
+  from orbax.checkpoint import multihost  # pylint: disable=g-import-not-at-top
+
+  logging.getLogger(__name__).info(
+    "compiled %s; waiting for all %d processes to finish compiling", what, jax.process_count()
+  )
+  multihost.get_barrier_sync_fn()(
+    key=f"resnet_jax_compiled_{what}", timeout_ms=COMPILED_BARRIER_TIMEOUT_S * 1000
+  )

@@ -198,14 +198,30 @@ def start(
   setup()
   reuse_freed_host_memory()
   import_tensorflow()
+  if distributed:
+    from resnet_jax import distributed as distributed_lib  # pylint: disable=g-import-not-at-top
+
+    if not compilation_cache and distributed_lib.multi_process_requested():
+      # The loop compiles the train step ahead of its first call, then all processes meet: the
+      # call finds the executable in this cache instead of compiling again (train.loop).
+      compilation_cache = _temporary_folder("resnet_jax_xla_")
   if compilation_cache:
     use_compilation_cache(compilation_cache)
   split = split_cpu_into_devices(cpu_devices, batch_sizes)
   if distributed:
-    from resnet_jax import distributed as distributed_lib  # pylint: disable=g-import-not-at-top
-
     distributed_lib.initialize()
   return split
+
+
+def _temporary_folder(prefix: str) -> str:
+  """A folder removed when the process exits."""
+  import atexit  # pylint: disable=g-import-not-at-top
+  import shutil  # pylint: disable=g-import-not-at-top
+  import tempfile  # pylint: disable=g-import-not-at-top
+
+  folder = tempfile.mkdtemp(prefix=prefix)
+  atexit.register(shutil.rmtree, folder, ignore_errors=True)
+  return folder
 
 
 def reuse_freed_host_memory() -> bool:

@@ -44,8 +44,11 @@ def run(flag_values: flags.FlagValues, positionals: Sequence[str]) -> None:
   from resnet_jax.train import loop  # pylint: disable=g-import-not-at-top
 
   result = loop.train_and_evaluate(config, workdir)
-  print(eval_command.finished("train", result))
-  print(results_line(workdir))
+  from resnet_jax import distributed  # pylint: disable=g-import-not-at-top
+
+  if distributed.is_primary():  # one summary for the run, not one per process
+    print(eval_command.finished("train", result))
+    print(results_line(workdir))
 
 
 def results_line(workdir: str) -> str:

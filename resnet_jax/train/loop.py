@@ -380,7 +380,23 @@ def _set_up(config, workdir, ckpt, info, model, primary) -> tuple[_Run, Iterator
     profiler=profiling.Profiler(config.profile_steps, workdir, enabled=primary),
     last_good_checkpoint=start_step or None,
   )
-  return run, batches
+  return run, _compile_before_the_first_collective(run, batches)
+
+
+def _compile_before_the_first_collective(run, batches):
+  """Many processes: compiles the train step ahead of its first call, then waits for every process
+  to have compiled it, so that all reach the step's first collective within seconds of each other.
+
+  The ahead-of-time executable is not what the call runs (pmap calls take this process's shards),
+  but the persistent compile cache holds it, so the first call loads it instead of compiling.
+  """
+  if jax.process_count() == 1:
+    return batches
+  first = next(batches)
+  logging.info("compiling the train step (%d processes)", jax.process_count())
+  run.p_train_step.lower(run.state, first).compile()
+  distributed.meet_after_compiling("train_step")
+  return itertools.chain([first], batches)
 
 
 def _model_shown(config) -> str:
