@@ -21,6 +21,9 @@
 # if one fails it stops the others and exits with that status. SIGTERM or Ctrl-C is forwarded to
 # every process as SIGTERM: they agree on one step, save it and exit, and local.sh exits 0 once all
 # of them did (a second signal stops them at once: SIGTERM, then SIGKILL after --grace seconds).
+# Each process compiles the train step, then waits (up to 30 min) until every process has, before
+# the first step: 8 processes compiling on 2 cores finish far apart, and a collective's first
+# set-up has a short deadline of its own.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
