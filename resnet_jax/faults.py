@@ -22,6 +22,11 @@ class PeerLostError(RuntimeError):
   """Another process of the run died, or a collective with it failed; the run cannot go on."""
 
 
+class RunStoppedError(RuntimeError):
+  """A run (or one of several an analysis trains) stopped before its last step, by a signal or a
+  failure named in the message; its checkpoints stay, and the same command resumes it."""
+
+
 def lost_peer_message(what: str, last_good_step: int | None) -> str:
   """``what``, then the last good checkpoint (None: none yet) and what to do: the one line a fault
   ends with."""

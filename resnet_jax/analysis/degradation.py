@@ -29,6 +29,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from resnet_jax import faults
 from resnet_jax import metrics as metrics_lib
 from resnet_jax import storage
 from resnet_jax.analysis import recipes, report
@@ -216,7 +217,7 @@ def _train_inline(out, settings, members) -> dict[tuple[str, int], tuple[Any, st
     start = time.monotonic()
     recipes.train(config, workdir)
     if not runs.is_done(workdir):  # stopped (preempted, SIGTERM) with a checkpoint saved
-      raise RuntimeError(
+      raise faults.RunStoppedError(
         f"{workdir} stopped before its last step: run the same command again to resume it"
       )
     if trained_here:
@@ -252,7 +253,11 @@ def _train_parallel(out, settings, members, parallel):
   free = cpu_shares(parallel)
   running: dict[Any, tuple[tuple[str, int], list[int], Any]] = {}
 
+  signalled = []
+
   def stop_children(signum, frame):  # pylint: disable=unused-argument
+    if signum is not None:
+      signalled.append(signum)
     todo.clear()  # start nothing more; each child saves its checkpoint and stops
     for _, _, child in running.values():
       child.send_signal(signal.SIGTERM)
@@ -280,13 +285,13 @@ def _train_parallel(out, settings, members, parallel):
       member, cpus, child = running.pop(pid)
       child.returncode = os.waitstatus_to_exitcode(status)
       free.append(cpus)
-      if child.returncode != 0:
+      if child.returncode != 0 and not signalled:
         stop_children(None, None)
         for _, _, other in running.values():
           other.wait()
-        raise RuntimeError(
-          f"{member_name(*member)} exited with status {child.returncode} (log in {logs}): "
-          "run the same command again to resume"
+        raise faults.RunStoppedError(
+          f"{member_name(*member)} exited with status {child.returncode} (its log: {logs}); the "
+          "other runs saved and stopped: run the same command again to resume"
         )
       print(f"degradation: {member_name(*member)} done", flush=True)
   except KeyboardInterrupt:
@@ -295,12 +300,16 @@ def _train_parallel(out, settings, members, parallel):
     raise
   finally:
     signal.signal(signal.SIGTERM, previous)
-  for member in members:
-    workdir = report.output_path(runs_dir, member_name(*member))
-    if not runs.is_done(workdir):
-      raise RuntimeError(
-        f"{workdir} stopped before its last step: run the same command again to resume it"
-      )
+  unfinished = [
+    member_name(*m)
+    for m in members
+    if not runs.is_done(report.output_path(runs_dir, member_name(*m)))
+  ]
+  if unfinished:
+    raise faults.RunStoppedError(
+      f"stopped with {len(unfinished)} runs unfinished ({', '.join(unfinished)}); their "
+      "checkpoints stay: run the same command again to resume"
+    )
   return _train_inline(out, settings, members)  # every run is done: this only reads them back
 
 

@@ -145,5 +145,6 @@ def run_errors() -> tuple[type[Exception], ...]:
     checkpoint.CheckpointError,
     distributed.DistributedInitError,
     faults.PeerLostError,
+    faults.RunStoppedError,
     loop.NonFiniteLossError,
   )
