@@ -245,7 +245,8 @@ def _train_parallel(out, settings, members, parallel):
   from resnet_jax import runs  # pylint: disable=g-import-not-at-top
 
   runs_dir = report.output_path(out, "runs")
-  todo = [m for m in members if not runs.is_done(report.output_path(runs_dir, member_name(*m)))]
+  done = lambda m: runs.is_done(report.output_path(runs_dir, member_name(*m)))
+  todo = [m for m in members if not done(m)]
   todo.sort(key=lambda m: -recipes.depth_of(m[0]))  # deepest first: the slots end together
   logs = report.output_path(out, "logs") if not storage.is_object_store(out) else None
   if logs:
@@ -268,16 +269,17 @@ def _train_parallel(out, settings, members, parallel):
       while todo and free:
         member, cpus = todo.pop(0), free.pop(0)
         name = member_name(*member)
-        log = open(os.path.join(logs, name + ".log"), "ab") if logs else subprocess.DEVNULL
+        log = os.path.join(logs, name + ".log") if logs else os.devnull
         argv = [sys.executable, "-m", "resnet_jax.main", "analyze", "degradation"]
-        child = subprocess.Popen(
-          argv + member_args(settings, *member, out),
-          stdout=log,
-          stderr=subprocess.STDOUT,
-          preexec_fn=lambda cpus=cpus: os.sched_setaffinity(0, cpus),
-        )
+        with open(log, "ab") as log_file:  # the child holds its own copy of the descriptor
+          child = subprocess.Popen(
+            argv + member_args(settings, *member, out),
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            preexec_fn=lambda cpus=cpus: os.sched_setaffinity(0, cpus),
+          )
         running[child.pid] = (member, cpus, child)
-        where = f", log {log.name}" if logs else ""
+        where = f", log {log}" if logs else ""
         print(f"degradation: {name} started on CPUs {cpus}{where}", flush=True)
       pid, status = os.wait()
       if pid not in running:
@@ -293,18 +295,15 @@ def _train_parallel(out, settings, members, parallel):
           f"{member_name(*member)} exited with status {child.returncode} (its log: {logs}); the "
           "other runs saved and stopped: run the same command again to resume"
         )
-      print(f"degradation: {member_name(*member)} done", flush=True)
+      state = "done" if child.returncode == 0 else "stopped"
+      print(f"degradation: {member_name(*member)} {state}", flush=True)
   except KeyboardInterrupt:
     for _, _, child in running.values():
       child.wait()
     raise
   finally:
     signal.signal(signal.SIGTERM, previous)
-  unfinished = [
-    member_name(*m)
-    for m in members
-    if not runs.is_done(report.output_path(runs_dir, member_name(*m)))
-  ]
+  unfinished = [member_name(*m) for m in members if not done(m)]
   if unfinished:
     raise faults.RunStoppedError(
       f"stopped with {len(unfinished)} runs unfinished ({', '.join(unfinished)}); their "
