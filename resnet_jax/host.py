@@ -88,22 +88,6 @@ def cpu_split(
   return n
 
 
-def onednn_convolutions(conv_impl: str) -> bool:
-  """Whether a run with this ``conv_impl`` (``''`` = ``'auto'``) convolves with oneDNN here.
-
-  Never on a GPU or TPU host, where the model lowers plain convolutions; on a CPU host what
-  ``models.conv_impl.resolve`` makes of it (``'auto'``: oneDNN where the extra and a compiler are
-  installed), found without importing JAX, since the CPU split that depends on it comes first.
-
-  Raises:
-    ValueError: for an unknown ``conv_impl``.
-  """
-  from resnet_jax.models import conv_impl as conv_impl_lib  # pylint: disable=g-import-not-at-top
-
-  impl = conv_impl_lib.resolve(conv_impl)
-  return impl == "onednn" and not accelerator_expected()
-
-
 def malloc_settings() -> tuple[tuple[int, int], ...]:
   """The ``mallopt`` settings that make glibc keep freed memory for reuse here; () for none.
 

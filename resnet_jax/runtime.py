@@ -57,10 +57,8 @@ def configure_environment(verbose: bool = False) -> None:
   warnings and errors stay (``0`` with ``verbose``). ``EPATH_USE_TF=false``: buckets are reached
   through fsspec's gcsfs, one client configured the fsspec way, not TensorFlow's file system (etils
   caches the choice at the first bucket path and has no other way to make it).
-  ``OMP_WAIT_POLICY=PASSIVE``: the oneDNN kernel's OpenMP threads sleep while they wait instead of
-  spinning. XLA issues several convolutions at once, each with its own OpenMP team; with spinning
-  teams on a busy 2-core machine one process's step was seen to stall for minutes at 100 % CPU
-  (an evaluation followed by training in one process, tests/test_analysis.py's end-to-end test).
+  ``OMP_WAIT_POLICY=PASSIVE``: OpenMP threads (PyTorch's in a comparison, oneDNN's where a
+  benchmark asks for a team) sleep while they wait instead of spinning on cores XLA's devices use.
   """
   os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
   if "tf_log_level_is_ours" not in _DONE:

@@ -232,8 +232,8 @@ def test_commands_end_to_end(tmp_path):
   assert _assert_outputs(deg, "degradation") == text
   shutil.move(os.path.join(out, "runs_elsewhere"), os.path.join(deg, "runs"))
 
-  # shortcuts trains before the evaluations below: trained after test_time in the same process,
-  # its step stalled for minutes on a loaded 2-core machine (a JIT thread at 100 % CPU).
+  # shortcuts trains after an in-process training and evaluation: where a step with 2-thread oneDNN
+  # calls stalled in 6 of 12 runs (docs/DEVELOPING.md, "The stall").
   res = analyze_command("shortcuts", [f"--out={out}/sc", "--model=resnet8", "--options=B", *tiny])
   _assert_outputs(f"{out}/sc", "shortcuts")
   (b,) = res["rows"]

@@ -8,7 +8,7 @@ import pytest
 from conftest import REPO, TINY_CONFIG, command_env, run_python
 
 from resnet_jax import main
-from resnet_jax.commands import bench, run_config, startup
+from resnet_jax.commands import bench, run_config
 
 COMMANDS = ("train", "eval", "models", "bench", "convert", "predict", "export", "sweep", "analyze")
 
@@ -169,21 +169,6 @@ def test_a_finished_command_leaves_its_objects_to_the_exit_not_the_collector():
   assert proc.returncode == 0, proc.stderr
   frozen = int(proc.stderr.strip().splitlines()[-1].split()[1])
   assert frozen > 1000, frozen
-
-
-@pytest.mark.parametrize("installed", [True, False])
-def test_onednn_runs_on_one_cpu_device_unless_asked_otherwise(monkeypatch, installed):
-  # oneDNN spreads each convolution over the cores itself; a split would add a BN sync per layer.
-  from resnet_jax.models import conv_impl
-
-  monkeypatch.setattr(conv_impl, "_onednn_installed", lambda: installed)
-  monkeypatch.setenv("JAX_PLATFORMS", "cpu")
-  assert startup.cpu_devices("auto", "onednn") == "1"
-  assert startup.cpu_devices("auto", "xla") == "auto"
-  # 'auto' (the default, also '') is oneDNN where it is installed.
-  assert startup.cpu_devices("auto", "") == startup.cpu_devices("auto", "auto")
-  assert startup.cpu_devices("auto", "auto") == ("1" if installed else "auto")
-  assert startup.cpu_devices("2", "onednn") == "2"  # an explicit count is the user's decision
 
 
 def test_bench_override_values_are_python_literals():

@@ -81,9 +81,9 @@ def _rel_err(a, b):
   return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
 
 
-# threads=2: a 2-thread OpenMP team per call (one device using both cores), calls never overlap;
-# 0: OpenMP's own setting.
-@pytest.mark.parametrize("threads", [0, 2])
+# threads=1: what the model calls (models.onednn.conv); 2: a 2-thread OpenMP team, which only the
+# conv benchmark asks for.
+@pytest.mark.parametrize("threads", [1, 2])
 def test_conv_and_both_gradients_equal_lax_conv(threads):
   _needs_kernel()
   operands = [_operands(c, seed=i) for i, c in enumerate(CASES)]
@@ -141,7 +141,6 @@ def test_under_pmap_on_two_devices():
     from jax import lax
     from resnet_jax.models import onednn
     assert jax.local_device_count() == 2
-    assert onednn.threads_per_device() == max(1, len(__import__("os").sched_getaffinity(0)) // 2)
     x = jax.random.normal(jax.random.PRNGKey(0), (2, 3, 9, 9, 8))
     w = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 8, 16))
     dy = jax.random.normal(jax.random.PRNGKey(2), (2, 3, 5, 5, 16))

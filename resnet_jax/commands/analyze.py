@@ -60,9 +60,7 @@ def run(flag_values: flags.FlagValues, positionals: Sequence[str]) -> None:
     cli.check_degradation_flags(flag_values)  # before seconds of TensorFlow and device start-up
   if name in cli.TRAINING:  # an analysis that trains: the same CPU split as `resnet-jax train`
     batch = flag_values["batch_size"].value
-    # Only degradation has --conv_impl; shortcuts trains with its recipe's.
-    conv_impl = flag_values["conv_impl"].value if "conv_impl" in flag_values else ""
-    startup.start(flag_values, conv_impl=conv_impl, batch_sizes=[batch or 128])
+    startup.start(flag_values, batch_sizes=[batch or 128])
   runtime.import_tensorflow()  # quietly, before the analyses' input pipeline loads it
   cli.run_analysis(name, flag_values)
 

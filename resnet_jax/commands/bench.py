@@ -171,7 +171,7 @@ def run(flag_values: flags.FlagValues, positionals: Sequence[str]) -> None:
     )
     print(bench.format_inference_report(report))
     return
-  startup.start(fv, conv_impl=overrides.get("conv_impl", ""), batch_sizes=[fv.batch_size])
+  startup.start(fv, batch_sizes=[fv.batch_size])
   from resnet_jax import bench  # pylint: disable=g-import-not-at-top
 
   report = bench.run_benchmark(

@@ -11,7 +11,6 @@ from collections.abc import Sequence
 from absl import flags
 from absl import logging
 
-from resnet_jax import host
 from resnet_jax import runtime
 from resnet_jax.train import config as config_lib
 
@@ -21,31 +20,22 @@ def define_cpu_devices(flag_values: flags.FlagValues) -> None:
     "cpu_devices",
     "auto",
     "On a CPU-only machine: split the host into this many single-threaded XLA devices and run data "
-    "parallel over them ('auto' = one per core, lowered until it divides the batch, or one device "
-    "with conv_impl=onednn; 1 = one device using every core). Ignored on GPU/TPU, in multi-process "
-    "runs and when XLA_FLAGS sets it.",
+    "parallel over them ('auto' = one per core, lowered until it divides the batch; 1 = one "
+    "device). Ignored on GPU/TPU, in multi-process runs and when XLA_FLAGS sets it.",
     flag_values=flag_values,
   )
 
 
-def cpu_devices(requested: str, conv_impl: str) -> str:
-  """--cpu_devices, with 'auto' meaning one device when oneDNN runs the convolutions
-  (``conv_impl`` 'onednn', or 'auto' with oneDNN installed: host.onednn_convolutions).
+def start(flag_values: flags.FlagValues, *, batch_sizes: Sequence[int], **runtime_options) -> int:
+  """``runtime.start`` with the CPU split that ``--cpu_devices`` chooses (a device count dividing
+  ``batch_sizes``); ``runtime_options`` go to it unchanged. Returns the split.
 
-  The split exists because XLA's convolutions use two cores badly; oneDNN spreads each convolution
-  over every core itself, and one device spares the cross-device BatchNorm sync at every layer, so
-  one device is the faster there (docs/benchmarks.md).
+  The split is how a CPU run uses its cores, with lax.conv and with oneDNN alike: every oneDNN
+  call is single-threaded (``models.onednn.conv``: OpenMP teams inside XLA's threads deadlocked,
+  docs/DEVELOPING.md "The stall"), so one device would leave all but one core idle.
   """
-  return "1" if requested == "auto" and host.onednn_convolutions(conv_impl) else requested
-
-
-def start(
-  flag_values: flags.FlagValues, *, conv_impl: str, batch_sizes: Sequence[int], **runtime_options
-) -> int:
-  """``runtime.start`` with the CPU split that ``--cpu_devices`` and ``conv_impl`` choose (a device
-  count dividing ``batch_sizes``); ``runtime_options`` go to it unchanged. Returns the split."""
   split = runtime.start(
-    cpu_devices=cpu_devices(flag_values["cpu_devices"].value, conv_impl),
+    cpu_devices=flag_values["cpu_devices"].value,
     batch_sizes=batch_sizes,
     **runtime_options,
   )
@@ -77,7 +67,6 @@ def start_run(flag_values: flags.FlagValues, config, workdir: str, *, training: 
     check_resume(config, workdir)
   start(
     flag_values,
-    conv_impl=config.model_overrides.get("conv_impl", ""),
     batch_sizes=[config.global_batch_size, config_lib.eval_batch_size(config)],
     compilation_cache=flag_values["compilation_cache"].value,
     distributed=True,

@@ -6,7 +6,7 @@ run by oneDNN on the CPU and falling back to ``lax.conv`` (one warning) where it
 oneDNN; the kernel (``conv.cc``) is compiled on first use (``kernel``).
 """
 
-from .convolution import conv, conv_nhwc, threads_per_device, unsupported_reason
+from .convolution import conv, conv_nhwc, unsupported_reason
 from .kernel import load, onednn_version, unavailable_reason
 
 __all__ = [
@@ -14,7 +14,6 @@ __all__ = [
   "conv_nhwc",
   "load",
   "onednn_version",
-  "threads_per_device",
   "unavailable_reason",
   "unsupported_reason",
 ]

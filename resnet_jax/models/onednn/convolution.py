@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 from typing import Sequence
 
 import jax
@@ -45,8 +44,11 @@ def _call(target: str, shape, *args, **attrs):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
-def conv_nhwc(x, w, strides: Sequence[int], padding, groups: int = 1, threads: int = 0):
-  """oneDNN convolution; ``padding`` is ((lo_h, hi_h), (lo_w, hi_w)); ``threads`` 0 = OpenMP's.
+def conv_nhwc(x, w, strides: Sequence[int], padding, groups: int = 1, threads: int = 1):
+  """oneDNN convolution; ``padding`` is ((lo_h, hi_h), (lo_w, hi_w)).
+
+  ``threads``: the call's OpenMP team (0: OpenMP's own count). Above 1 only for measurements
+  (benchmarks/bench_conv.py): inside a training step such teams deadlocked (:func:`conv`).
 
   Raises RuntimeError when the kernel cannot be loaded (:func:`conv` falls back instead).
   """
@@ -106,19 +108,6 @@ def unsupported_reason(x, w, groups: int = 1) -> str | None:
   return None
 
 
-def threads_per_device() -> int:
-  """OpenMP threads for one device's call: the cores shared among the local CPU devices.
-
-  With the CPU split into one XLA device per core, devices run their calls concurrently, each on
-  its own core: one thread each (more would oversubscribe).  With one device: every core.
-  """
-  try:
-    cores = len(os.sched_getaffinity(0))
-  except AttributeError:  # pragma: no cover - not Linux
-    cores = os.cpu_count() or 1
-  return max(1, cores // jax.local_device_count("cpu"))
-
-
 def conv(x, w, strides: Sequence[int], padding, groups: int = 1):
   """``lax.conv_general_dilated`` (NHWC, HWIO, explicit padding) run by oneDNN when it can.
 
@@ -139,4 +128,8 @@ def conv(x, w, strides: Sequence[int], padding, groups: int = 1):
       dimension_numbers=("NHWC", "HWIO", "NHWC"),
       feature_group_count=groups,
     )
-  return conv_nhwc(x, w, tuple(strides), padding, groups, threads_per_device())
+  # One thread a call, always. OpenMP teams started from XLA's own threads deadlocked: a training
+  # step's convolution spun forever in oneDNN's code in 6 of 12 test runs, never with one thread
+  # (docs/DEVELOPING.md, "The stall"). A CPU run uses its cores through the split instead: one
+  # XLA device per core, each calling oneDNN single-threaded, side by side.
+  return conv_nhwc(x, w, tuple(strides), padding, groups, threads=1)
