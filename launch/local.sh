@@ -128,7 +128,9 @@ for ((i = 0; i < num; i++)); do
   if [[ -n "$log_dir" ]]; then
     "${cmd[@]}" >"$log_dir/process_$i.log" 2>&1 &
   else
-    "${cmd[@]}" &
+    # Gloo's connection lines ("[Gloo] Rank 0 is connected to 7 peer ranks...", one per process)
+    # are printed by the C++ library straight to stdout; the terminal gets everything else.
+    "${cmd[@]}" > >(grep --line-buffered -v '^\[Gloo\] Rank ') &
   fi
   pids+=($!)
 done

@@ -14,6 +14,7 @@ import pytest
 from resnet_jax import models
 from resnet_jax.analysis import inputs, landscape, lesions, recipes
 from resnet_jax.commands.analyze import analyze_command
+from conftest import run_python
 
 NUM_CLASSES = 10
 OLD_RUN = os.path.join(os.path.dirname(__file__), "data", "run_before_ema")
@@ -193,3 +194,30 @@ def test_lesions_and_landscape_commands(tmp_path):
   _assert_written(f"{out}/ls", "landscape")
   (again,) = analyze_command("landscape", args)["rows"]
   assert again["computed"] == 0 and again["loss_2d"] == first["loss_2d"]
+
+
+def test_lesions_and_landscape_spread_over_two_devices_give_the_one_device_numbers():
+  # On a CPU split into one device per core the evaluations are data parallel
+  # (inputs.across_devices): the same errors and losses as one device's plain forward pass.
+  code = """
+import jax, numpy as np, optax, sys
+sys.path.insert(0, "tests")
+from test_why import _tiny, NUM_CLASSES
+from resnet_jax.analysis import inputs, landscape, lesions
+assert jax.local_device_count() == 2
+model, v, x = _tiny("resnet20", stage_sizes=(1, 1, 1))
+labels = np.arange(len(x)) % NUM_CLASSES
+(xs,), _ = inputs.across_devices([np.asarray(x)], [])
+assert len(xs.sharding.device_set) == 2
+one = jax.devices()[0]
+logits = jax.jit(lambda v, x: model.apply(v, x, train=False))(jax.device_put(v, one), jax.device_put(x, one))
+own_error = float(np.mean(np.argmax(logits, -1) != labels))
+own_loss = float(optax.softmax_cross_entropy(logits, jax.nn.one_hot(labels, NUM_CLASSES)).mean())
+error = lesions.lesion_errors(model, v, np.asarray(x), labels, draws=1)["error"]
+assert abs(error - own_error) < 1e-6, (error, own_error)
+r = landscape.landscape(model, v, np.asarray(x), labels, grid=3, span=0.5, slice_points=3, chunk=4)
+assert abs(r["loss_at_origin"] - own_loss) <= 1e-5 * own_loss, (r["loss_at_origin"], own_loss)
+print("ok")
+"""
+  proc = run_python(code, devices=2, timeout=240)
+  assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]

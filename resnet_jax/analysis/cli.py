@@ -20,7 +20,7 @@ NAMES = (
   "lesions",
   "landscape",
 )
-TRAINING = ("degradation", "shortcuts")  # the analyses that train (and take --cpu_devices)
+TRAINING = ("degradation", "shortcuts")  # the analyses that train
 
 
 def check_name(name: str) -> str:

@@ -66,3 +66,23 @@ def image_batch(config, *, split: str = "eval", size: int = 256):
     if n >= size:
       break
   return np.concatenate(images)[:size], np.concatenate(labels)[:size]
+
+
+def across_devices(batch: Sequence, replicated: Sequence) -> tuple[list, list]:
+  """``batch`` (arrays or trees of them) split along their first axis over the local devices and
+  ``replicated`` (trees) copied to each, so that a jitted evaluation runs every device's share at
+  once: the analyses' data parallelism on a CPU split into one device per core (every oneDNN call
+  is single-threaded, ``models.onednn.conv``). With one device, or a first axis the device count
+  does not divide, both are returned on the default device, as before."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from jax.sharding import Mesh, NamedSharding  # pylint: disable=g-import-not-at-top
+  from jax.sharding import PartitionSpec as P  # pylint: disable=g-import-not-at-top
+
+  devices = jax.local_devices()
+  rows = {int(np.shape(x)[0]) for x in jax.tree_util.tree_leaves(list(batch))}
+  if len(devices) == 1 or any(r % len(devices) for r in rows):
+    return [jax.device_put(b) for b in batch], [jax.device_put(r) for r in replicated]
+  mesh = Mesh(np.asarray(devices), ("batch",))
+  split, copy = NamedSharding(mesh, P("batch")), NamedSharding(mesh, P())
+  return [jax.device_put(b, split) for b in batch], [jax.device_put(r, copy) for r in replicated]

@@ -135,12 +135,15 @@ def landscape(
   if todo:
     d1, d2 = directions(variables["params"], direction_seed)
     losses = loss_function(model, model.num_classes)
-    images, labels = jnp.asarray(images), jnp.asarray(labels)
+    (images, labels), (variables, d1, d2) = inputs.across_devices(
+      [np.asarray(images), np.asarray(labels)], [variables, d1, d2]
+    )
     for start in range(0, len(todo), chunk):
       batch = todo[start : start + chunk]
       rows = np.zeros((chunk, 2), np.float32)  # padded: one compile for every batch
       rows[: len(batch)] = coefficients[batch]
-      values = np.asarray(losses(variables, d1, d2, images, labels, jnp.asarray(rows)))
+      (rows,) = inputs.across_devices([], [rows])[1]
+      values = np.asarray(losses(variables, d1, d2, images, labels, rows))
       for i, v in zip(batch, values):
         loss[i] = float(v)
       if points_path:

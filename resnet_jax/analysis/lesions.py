@@ -84,11 +84,13 @@ def error_function(model, variables, images, labels, names: Sequence[str]):
   n = len(images)
   padded = -(-n // _BATCH) * _BATCH
   images = np.concatenate([images, np.zeros((padded - n, *images.shape[1:]), images.dtype)])
-  batches = [jnp.asarray(images[i : i + _BATCH]) for i in range(0, padded, _BATCH)]
+  batches, (variables,) = inputs.across_devices(
+    [images[i : i + _BATCH] for i in range(0, padded, _BATCH)], [variables]
+  )
   labels = np.asarray(labels)
 
   def error(deleted) -> float:
-    mask = jnp.asarray(np.asarray(deleted, bool))
+    (mask,) = inputs.across_devices([], [np.asarray(deleted, bool)])[1]
     predicted = np.concatenate([np.argmax(logits_fn(variables, b, mask), -1) for b in batches])
     return float(np.mean(predicted[:n] != labels))
 

@@ -45,8 +45,7 @@ def define_flags(flag_values: flags.FlagValues, args: Sequence[str]) -> None:
   if args and not args[0].startswith("-"):
     name = cli.check_name(args[0])
     define_analysis_flags(name, flag_values)
-    if name in cli.TRAINING:
-      startup.define_cpu_devices(flag_values)
+    startup.define_cpu_devices(flag_values)
   elif args:  # flags but no name: say so, rather than that the flags are unknown
     raise UsageError(_NAME_AN_ANALYSIS.format(names="|".join(cli.NAMES)))
 
@@ -58,9 +57,13 @@ def run(flag_values: flags.FlagValues, positionals: Sequence[str]) -> None:
   name = cli.check_name(positionals[0])
   if name == "degradation":
     cli.check_degradation_flags(flag_values)  # before seconds of TensorFlow and device start-up
-  if name in cli.TRAINING:  # an analysis that trains: the same CPU split as `resnet-jax train`
+  # The CPU split of `resnet-jax train`: the analyses that train run their steps over it, and
+  # lesions and landscape spread their evaluations over it (analysis.inputs.across_devices).
+  if name in cli.TRAINING:
     batch = flag_values["batch_size"].value
-    startup.start(flag_values, batch_sizes=[batch or 128])
+  else:
+    batch = flag_values["num_images"].value if "num_images" in flag_values else None
+  startup.start(flag_values, batch_sizes=[batch or 128])
   runtime.import_tensorflow()  # quietly, before the analyses' input pipeline loads it
   cli.run_analysis(name, flag_values)
 
