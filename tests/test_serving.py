@@ -20,7 +20,7 @@ from PIL import Image
 from conftest import REPO, TINY_CONFIG, command_env
 from resnet_jax import checkpoint as checkpoint_lib
 from resnet_jax import data as data_lib
-from resnet_jax import serving
+from resnet_jax import runs, serving
 from resnet_jax import weights
 from resnet_jax.data import augment
 from resnet_jax.serving import export as export_lib
@@ -381,3 +381,34 @@ def test_a_run_trained_with_onednn_exports_portably_with_predicts_numbers(tmp_pa
     want = np.zeros(10)
     want[[c for c, _ in p.top]] = [q for _, q in p.top]
     np.testing.assert_allclose(got[i], want, atol=TOL, rtol=0)
+
+
+def test_a_run_trained_on_the_per_pixel_mean_is_served_centred_on_it(digits_run, tmp_path):
+  # config.normalization='pixel_mean' (the paper's preprocessing): predict, export and the eval
+  # pipeline all subtract the training split's mean image, not the per-channel constants.
+  workdir, _ = digits_run
+  config = runs.read_config(workdir)
+  config.normalization = "pixel_mean"
+  model = serving.load(workdir, config=config)
+  image = data_lib.input_mean("digits", "pixel_mean")
+  assert np.asarray(model.mean).shape == (28, 28, 1)
+  np.testing.assert_array_equal(model.mean, image)
+  assert np.ptp(image) > 50  # a real image, not a constant
+  images, _ = _digit_images(7)
+  _check_both_formats(model, tmp_path, images)  # exports == the data package's transform
+  # ... which is what training's eval pipeline feeds the net.
+  batch = next(
+    iter(
+      data_lib.eval_batches(
+        "digits", global_batch_size=7, local_device_count=1, normalization="pixel_mean"
+      )
+    )
+  )
+  np.testing.assert_allclose(
+    _reference(model, images),
+    np.asarray(
+      jax.nn.softmax(model.model.apply(model.variables, batch["image"][0, :, 0], train=False))
+    ),
+    atol=1e-6,
+  )
+  assert serving.load(workdir).mean == tuple(data_lib.dataset_info("digits").mean)

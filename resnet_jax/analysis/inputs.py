@@ -58,6 +58,8 @@ def image_batch(config, *, split: str = "eval", size: int = 256):
     data_dir=config.data_dir or None,
     image_size=config.image_size or None,
     local_device_count=1,
+    normalization=config.get("normalization", "channel"),  # centred as the run trained
+    mean_split=config.get("train_split") or None,
   ):
     mask = batch["mask"].reshape(-1)
     images.append(batch["image"].reshape((-1,) + batch["image"].shape[3:])[mask])

@@ -24,6 +24,7 @@ from resnet_jax.data.datasets import (
 from resnet_jax.data.pipeline import (
   eval_batches,
   eval_image_sizes,
+  input_mean,
   prefetch_to_device,
   train_batches,
 )
@@ -39,6 +40,7 @@ __all__ = [
   "eval_batches",
   "eval_image_sizes",
   "hide_gpus_from_tf",
+  "input_mean",
   "list_datasets",
   "load_source",
   "num_examples",

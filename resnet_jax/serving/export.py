@@ -124,7 +124,11 @@ def serving_function(model: ServingModel, method: str = "center") -> Callable[..
   std = jnp.asarray(model.std, jnp.float32)
 
   def serve(variables, images):
-    x = (view_stack(images.astype(jnp.float32), views) - mean) / std
+    x = view_stack(images.astype(jnp.float32), views)
+    centre = mean
+    if mean.ndim == 3 and mean.shape[:2] != x.shape[-3:-1]:  # a per-pixel mean image, resized
+      centre = jax.image.resize(mean, (*x.shape[-3:-1], mean.shape[2]), "bilinear")
+    x = (x - centre) / std
     b, v = x.shape[0], x.shape[1]
     logits = network.apply(variables, x.reshape((b * v,) + x.shape[2:]), train=False)
     probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)

@@ -12,6 +12,7 @@ import dataclasses
 from typing import Any
 
 import ml_collections
+import numpy as np
 
 from resnet_jax import checkpoint as checkpoint_lib
 from resnet_jax import data as data_lib
@@ -31,7 +32,9 @@ class ServingModel:
   labels: the dataset's label names (tfds ``ClassLabel``: ImageNet synsets, '0'..'9', folder names).
   names: readable names in the same order (ImageNet's words; otherwise the labels themselves).
   image_size / resize_size: the eval crop side and the shorter side resized to before it (None: no
-  resize), as ``data.eval_batches`` uses them. mean / std: per channel, 0..255 pixel units.
+  resize), as ``data.eval_batches`` uses them. mean / std: 0..255 pixel units; std per channel,
+  mean per channel or, for a run trained with ``normalization='pixel_mean'``, the training split's
+  per-pixel mean image [H, W, C] (resized to the input as in ``data.augment.normalize``).
   """
 
   workdir: str
@@ -45,7 +48,7 @@ class ServingModel:
   channels: int
   image_size: int
   resize_size: int | None
-  mean: tuple[float, ...]
+  mean: tuple[float, ...] | np.ndarray
   std: tuple[float, ...]
   ema: bool = False  # the variables are the run's moving average (config.ema_decay), not its own
 
@@ -75,7 +78,7 @@ class ServingModel:
       "channels": self.channels,
       "image_size": self.image_size,
       "resize_size": self.resize_size,
-      "mean": list(self.mean),
+      "mean": np.asarray(self.mean).tolist(),
       "std": list(self.std),
       "labels": list(self.labels),
       "names": list(self.names),
@@ -127,6 +130,11 @@ def load(
   )
   labels, names = _class_names(config, num_classes)
   spec = data_lib.dataset_info(config.dataset)
+  # The inputs centred as the run's were: its per-pixel mean image where it trained with one.
+  normalization = config.get("normalization", "channel")
+  mean = data_lib.input_mean(
+    config.dataset, normalization, config.get("train_split") or None, config.data_dir or None
+  )
   return ServingModel(
     workdir=run.workdir,
     config=config,
@@ -139,7 +147,7 @@ def load(
     channels=models.in_channels(params),
     image_size=image_size,
     resize_size=resize_size,
-    mean=tuple(float(m) for m in spec.mean),
+    mean=np.asarray(mean, np.float32) if normalization == "pixel_mean" else tuple(map(float, mean)),
     std=tuple(float(s) for s in spec.std),
     ema=run.ema,
   )
