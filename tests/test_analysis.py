@@ -280,9 +280,11 @@ def test_committed_degradation_report_regenerates_from_its_json():
   figures = os.path.join(os.path.dirname(__file__), "..", "docs", "figures")
   result = json.load(open(os.path.join(figures, "degradation.json")))
   assert open(os.path.join(figures, "degradation.md")).read() == degradation.markdown(result)
-  # The committed reproduction: every net at the paper's widths on 2 seeds (docs/analyses.md says
-  # why not the 3 the command's default trains), all from one commit.
-  assert len({r["seed"] for r in result["runs"]}) >= 2
+  # The committed reproduction: every net at the paper's widths on the command's 3 seeds, all from
+  # one commit.
+  assert sorted((r["model"], r["seed"]) for r in result["runs"]) == [
+    (m, s) for m in ("plain20", "plain56", "resnet20", "resnet56") for s in (0, 1, 2)
+  ]
   assert {r["steps"] for r in result["runs"]} == {1000}
   assert len({r["provenance"]["commit"] for r in result["runs"]}) == 1
 
