@@ -108,7 +108,7 @@ def landscape(
   images,
   labels,
   *,
-  grid: int = 25,
+  grid: int = 21,
   span: float = 1.0,
   slice_points: int = 51,
   direction_seed: int = 0,

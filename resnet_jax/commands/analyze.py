@@ -34,7 +34,7 @@ DETAILS = """analyses:
   resnet-jax analyze shortcuts       --out=DIR [--model=resnet20] [--options=A,B,C] [--steps=N]
   resnet-jax analyze test_time       --out=DIR (--runs=DIR | --workdirs=W1) [--methods=...]
   resnet-jax analyze lesions         --out=DIR (--runs=DIR | --workdirs=W1,W2) [--draws=5]
-  resnet-jax analyze landscape       --out=DIR (--runs=DIR | --workdirs=W1,W2) [--grid=25]
+  resnet-jax analyze landscape       --out=DIR (--runs=DIR | --workdirs=W1,W2) [--grid=21]
                                      [--num_images=256] [--slice_points=51]"""
 
 _NAME_AN_ANALYSIS = "name an analysis first: resnet-jax analyze {names} --out=DIR ..."
@@ -160,7 +160,8 @@ def _define_landscape_flags(fv: flags.FlagValues) -> None:
   flags.DEFINE_integer(
     "num_images", 256, "Training images (a fixed subset) the loss is taken over.", flag_values=fv
   )
-  flags.DEFINE_integer("grid", 25, "Points per side of the 2-D grid.", flag_values=fv)
+  # 21: both 56-layer nets of the reproduction within 15 minutes on 2 cores (docs/analyses.md).
+  flags.DEFINE_integer("grid", 21, "Points per side of the 2-D grid.", flag_values=fv)
   flags.DEFINE_float("span", 1.0, "The grid covers [-span, span]^2.", flag_values=fv)
   flags.DEFINE_integer("slice_points", 51, "Points of the 1-D slice.", flag_values=fv)
   flags.DEFINE_integer("direction_seed", 0, "Seed of the two random directions.", flag_values=fv)
