@@ -15,20 +15,21 @@ from resnet_jax.train import loop
 from test_configs import CONFIG_DIR, load
 
 # Every ingredient of the timm recipes at once, as a user would type them.
-EVERY_INGREDIENT = (
-  "--config.mixup_alpha=0.2",
-  "--config.cutmix_alpha=1.0",
-  "--config.randaugment=rand-m7-mstd0.5-inc1",
-  "--config.random_erasing=0.25",
-  "--config.model_overrides.drop_path_rate=0.05",
-  "--config.ema_decay=0.99",
-  "--config.optimizer=lamb",
-  "--config.learning_rate=0.005",
-  "--config.weight_decay=0.01",
-  "--config.loss=bce",
-  "--config.bce_target_threshold=0.2",
-  "--config.label_smoothing=0.1",
-)
+# Every modern ingredient at once, as config values (the keys the recipes set).
+EVERY_INGREDIENT = {
+  "mixup_alpha": 0.2,
+  "cutmix_alpha": 1.0,
+  "randaugment": "rand-m7-mstd0.5-inc1",
+  "random_erasing": 0.25,
+  "model_overrides.drop_path_rate": 0.05,
+  "ema_decay": 0.99,
+  "optimizer": "lamb",
+  "learning_rate": 0.005,
+  "weight_decay": 0.01,
+  "loss": "bce",
+  "bce_target_threshold": 0.2,
+  "label_smoothing": 0.1,
+}
 RECIPES = {
   "imagenet_resnet50d_tricks": 79.15,
   "imagenet_resnet50_rsb_a1": 80.4,
@@ -138,20 +139,37 @@ def test_malformed_randaugment_string_exits_2_in_one_line_and_writes_nothing(tmp
   assert not workdir.exists() or not any(workdir.iterdir())
 
 
+def _run_in_process(workdir, steps, **values):
+  """The tests' tiny digits config with ``values`` set, trained to ``steps`` in this process (the
+  worker has TensorFlow and JAX loaded already: the loop is the subject here, not the door)."""
+  from conftest import TINY_CONFIG
+
+  config = config_lib.load(TINY_CONFIG)
+  for key, value in {**EVERY_INGREDIENT, **values}.items():
+    *parents, leaf = key.split(".")
+    node = config
+    for name in parents:
+      node = node[name]
+    node[leaf] = value
+  config.num_train_steps = steps
+  loop.train_and_evaluate(config, workdir)
+
+
 @pytest.mark.e2e
 def test_every_ingredient_on_stopped_at_step_20_and_resumed_equals_the_uninterrupted_run(
-  tmp_path,
+  tmp_path, caplog
 ):
-  from test_train import final_params, losses, run_to, tree_equal
+  from test_train import final_params, losses, tree_equal
 
   straight, stopped = str(tmp_path / "straight"), str(tmp_path / "stopped")
   # Checkpoints only where the comparison needs them: the stop at 20 and the end.
-  flags = (*EVERY_INGREDIENT, "--config.checkpoint_every_steps=1000")
-  run_to(straight, 24, *flags)
-  run_to(stopped, 24, *flags, "--config.stop_after_steps=20")
+  _run_in_process(straight, 24, checkpoint_every_steps=1000)
+  _run_in_process(stopped, 24, checkpoint_every_steps=1000, stop_after_steps=20)
   assert final_params(stopped)[0] == 20
-  resumed = run_to(stopped, 24, *flags)
-  assert re.search(r"resumed from \S+ at step 20\b", resumed.stderr), resumed.stderr[-3000:]
+  caplog.clear()
+  with caplog.at_level("INFO"):
+    _run_in_process(stopped, 24, checkpoint_every_steps=1000)
+  assert re.search(r"resumed from \S+ at step 20\b", caplog.text), caplog.text[-3000:]
   step_a, state_a, _ = final_params(straight)
   step_b, state_b, _ = final_params(stopped)
   assert step_a == step_b == 24
