@@ -104,6 +104,7 @@ def test_bench_tiny_report_has_every_field_with_sane_values(tmp_path):
     jsonl=str(out),
     loop_steps=2,
     loop_rounds=2,
+    parallelism=("jit",),  # pmap beside it is the accelerator check's (a second compile here)
   )
   assert r["model"] == "resnet20" and r["batch"] == 8 and r["image_size"] == 32
   assert r["num_params"] == 269722  # paper §4.2: 0.27M
@@ -473,7 +474,9 @@ def test_scan_and_unrolled_give_the_same_outputs_and_params_convert_both_ways(ca
 
   y, ye, s, g = run(unrolled, v)
   assert np.all(np.isfinite(ye)) and np.max(np.abs(ye)) > 1e-3  # non-trivial outputs
-  for m in (scanned, scanned_remat):
+  # Remat changes what is recomputed, not which blocks the scan holds: its numbers are checked on
+  # the first case only (each program compiled here costs seconds); its layout on every case.
+  for m in (scanned, scanned_remat) if case == "cifar_basic_A" else (scanned,):
     y2, ye2, s2, g2 = run(m, vs)
     assert max_diff(y, y2) <= 1e-6 and max_diff(ye, ye2) <= 1e-6
     assert max_diff(s, to_unrolled(s2)) <= 1e-6
