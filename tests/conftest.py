@@ -96,6 +96,18 @@ def train_command(workdir, *overrides, config=TINY_CONFIG):
   ]
 
 
+def train_tiny_in_process(workdir, overrides=None) -> dict:
+  """The tests' tiny digits run, ``overrides`` (dotted keys) set, trained in this process: for a
+  run whose training is not the test's subject (the worker has TensorFlow and JAX loaded, and a
+  process start costs seconds of imports). Returns what the loop returns."""
+  from resnet_jax.train import config as config_lib  # pylint: disable=g-import-not-at-top
+  from resnet_jax.train import loop  # pylint: disable=g-import-not-at-top
+
+  config = config_lib.load(TINY_CONFIG)
+  config.update_from_flattened_dict(dict(overrides or {}))
+  return loop.train_and_evaluate(config, str(workdir))
+
+
 @pytest.fixture
 def run_main():
   """Runs ``resnet_jax.main`` to completion (bounded in time); returns the CompletedProcess."""

@@ -15,7 +15,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import TINY_CONFIG
+from conftest import TINY_CONFIG, train_tiny_in_process
 from test_main import _run
 
 SLOW = pytest.mark.slow
@@ -221,13 +221,8 @@ def _tree_digest(root) -> str:
 def trained_run(tmp_path_factory):
   """A finished 3-step tiny digits run, made once and in this process (the rows read it; how it
   was trained is not their subject). Its last checkpoint: step 3."""
-  from resnet_jax.train import config as config_lib  # pylint: disable=g-import-not-at-top
-  from resnet_jax.train import loop  # pylint: disable=g-import-not-at-top
-
   workdir = str(tmp_path_factory.mktemp("doors") / "run")
-  config = config_lib.load(TINY_CONFIG)
-  config.num_train_steps = 3
-  loop.train_and_evaluate(config, workdir)
+  train_tiny_in_process(workdir, {"num_train_steps": 3})
   return workdir
 
 

@@ -12,10 +12,10 @@ import pytest
 from resnet_jax import data, models, runs
 from resnet_jax.train import config as config_lib
 from resnet_jax.train import loop
+from conftest import train_tiny_in_process
 from test_configs import CONFIG_DIR, load
 
-# Every ingredient of the timm recipes at once, as a user would type them.
-# Every modern ingredient at once, as config values (the keys the recipes set).
+# Every ingredient of the timm recipes at once, by dotted config key.
 EVERY_INGREDIENT = {
   "mixup_alpha": 0.2,
   "cutmix_alpha": 1.0,
@@ -140,19 +140,9 @@ def test_malformed_randaugment_string_exits_2_in_one_line_and_writes_nothing(tmp
 
 
 def _run_in_process(workdir, steps, **values):
-  """The tests' tiny digits config with ``values`` set, trained to ``steps`` in this process (the
-  worker has TensorFlow and JAX loaded already: the loop is the subject here, not the door)."""
-  from conftest import TINY_CONFIG
-
-  config = config_lib.load(TINY_CONFIG)
-  for key, value in {**EVERY_INGREDIENT, **values}.items():
-    *parents, leaf = key.split(".")
-    node = config
-    for name in parents:
-      node = node[name]
-    node[leaf] = value
-  config.num_train_steps = steps
-  loop.train_and_evaluate(config, workdir)
+  """Every ingredient on, ``values`` beside them, trained to ``steps`` in this process (the loop
+  is the subject here, not the door)."""
+  train_tiny_in_process(workdir, {**EVERY_INGREDIENT, **values, "num_train_steps": steps})
 
 
 @pytest.mark.e2e

@@ -17,7 +17,7 @@ import tensorflow as tf
 from flax import jax_utils
 from PIL import Image
 
-from conftest import REPO, TINY_CONFIG, command_env
+from conftest import REPO, command_env, train_tiny_in_process
 from resnet_jax import checkpoint as checkpoint_lib
 from resnet_jax import data as data_lib
 from resnet_jax import runs, serving
@@ -33,25 +33,19 @@ pytestmark = pytest.mark.e2e
 TOL = 1e-5
 
 
-def _import_config(path):
-  import importlib.util
-
-  spec = importlib.util.spec_from_file_location("tiny_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
-
-
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory):
   """A tiny digits run (3 steps) and its ServingModel. It trains with ``digits4`` (4 px pad, no
   flips), not the dataset's default (2 px), so its test-time views must follow the run's own."""
   workdir = str(tmp_path_factory.mktemp("digits_run"))
-  config = _import_config(TINY_CONFIG)
-  config.train_augment = "digits4"
-  config.stop_after_steps = 3  # ends with a checkpoint at step 3, without plotting curves
-  config.eval_split = "test[:16]"  # the run's own final eval: a token 16 images
-  loop.train_and_evaluate(config, workdir)
+  train_tiny_in_process(
+    workdir,
+    {
+      "train_augment": "digits4",
+      "stop_after_steps": 3,  # ends with a checkpoint at step 3, without plotting curves
+      "eval_split": "test[:16]",  # the run's own final eval: a token 16 images
+    },
+  )
   return workdir, serving.load(workdir)
 
 
@@ -350,11 +344,10 @@ def test_a_run_trained_with_onednn_exports_portably_with_predicts_numbers(tmp_pa
   if onednn.load() is None:
     pytest.skip(f"oneDNN kernel unavailable: {onednn.unavailable_reason()}")
   workdir = str(tmp_path / "run")
-  config = _import_config(TINY_CONFIG)
-  config.model_overrides.conv_impl = "onednn"
-  config.stop_after_steps = 3
-  config.eval_split = "test[:16]"
-  loop.train_and_evaluate(config, workdir)
+  train_tiny_in_process(
+    workdir,
+    {"model_overrides.conv_impl": "onednn", "stop_after_steps": 3, "eval_split": "test[:16]"},
+  )
   out = tmp_path / "hlo"
   proc = subprocess.run(
     [sys.executable, "-m", "resnet_jax.main", "export", f"--workdir={workdir}", f"--out={out}"]

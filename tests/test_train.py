@@ -17,7 +17,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import REPO, TINY_CONFIG, command_env, train_command
+from conftest import REPO, command_env, train_command, train_tiny_in_process
 from resnet_jax.checkpoint import Checkpointer
 from resnet_jax.metrics import read_metrics
 
@@ -403,14 +403,11 @@ def test_eval_reads_the_runs_own_config_and_overrides_apply_on_top(tmp_path):
   """A net a quarter as wide, evaluated with no --config: its config.json is the record of the
   architecture (and of its 64-digit eval split), and --config.key=value overrides apply on top of
   it. The run is trained in this process (the eval command is the subject here)."""
-  from resnet_jax.train import config as config_lib  # pylint: disable=g-import-not-at-top
-  from resnet_jax.train import loop  # pylint: disable=g-import-not-at-top
-
   workdir = str(tmp_path / "narrow")
-  config = config_lib.load(TINY_CONFIG)
-  config.model_overrides.width_multiplier = 0.25
-  config.num_train_steps, config.eval_split = 3, "test[:64]"
-  loop.train_and_evaluate(config, workdir)
+  train_tiny_in_process(
+    workdir,
+    {"model_overrides.width_multiplier": 0.25, "num_train_steps": 3, "eval_split": "test[:64]"},
+  )
   proc = eval_command(workdir, "--config.eval_split=test[:32]")
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert f"result in {workdir}: eval_center_step3.json" in proc.stdout

@@ -82,8 +82,8 @@ def test_an_installed_wheel_trains_from_a_config_file(installed):
 
 def test_an_installed_wheel_runs_analyze_degradation(installed):
   bin_dir, env, work = installed
-  tiny = ["--depths=8", "--families=resnet", "--seeds=0", "--steps=2", "--width=0.25"]
-  tiny.append("--batch_size=16")
+  tiny = ["--depths=8", "--families=resnet", "--seeds=0"]
+  tiny += ["--steps=2", "--width=0.25", "--batch_size=16"]
   cmd = [bin_dir / "resnet-jax", "analyze", "degradation", "--out=deg", *tiny, "--evals=1"]
   proc = _run(cmd, cwd=work, env=env, timeout=600)
   assert "degradation: figure" in proc.stdout
