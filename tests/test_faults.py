@@ -1,11 +1,14 @@
 """Faults on many processes and full disks (issue 18), with real processes on 127.0.0.1.
 
-2 processes x 1 CPU device train the tiny digits net. One uninterrupted run is the reference; one
-workdir then goes through a chain of faults, each run resuming where the previous one stopped:
-SIGTERM to process 1 while an async save is in flight, SIGTERM to process 1 and a fraction of a
-second later to launch/local.sh (which forwards it to both), SIGKILL of process 1, and a last run
-to the end. Every run's per-step losses must equal the reference's exactly. A full disk is a
-single process whose file size limit (RLIMIT_FSIZE) a checkpoint cannot fit in.
+2 processes x 1 CPU device train the tiny digits net. One workdir goes through a chain of faults,
+each run resuming where the previous one stopped: SIGTERM to process 1 while an async save is in
+flight, SIGTERM to process 1 and a fraction of a second later to launch/local.sh (which forwards it
+to both), SIGKILL of process 1, and a last run to the end. Every run's per-step losses must equal
+those of an uninterrupted reference run exactly. The reference is one process with 2 CPU devices,
+one process start fewer: the pipeline gives every device the same examples whatever the number of
+processes, and a sum of two gradients is the same in either order, so it trains bit for bit as 2
+processes x 1 device do. A full disk is a single process whose file size limit (RLIMIT_FSIZE) a
+checkpoint cannot fit in; the rerun that resumes after it trains in the test's own process.
 """
 
 import json
@@ -22,19 +25,30 @@ import time
 
 import pytest
 
-from conftest import REPO, TEST_XLA_FLAGS, command_env, free_port, train_command
+from conftest import (
+  REPO,
+  TEST_XLA_FLAGS,
+  command_env,
+  free_port,
+  train_command,
+  train_tiny_in_process,
+)
 
 pytestmark = pytest.mark.multiprocess
 
 # Long enough that every fault lands mid-run: the chain stops three times, each within about 15
 # steps of the last (the ~1 s a SIGTERM takes to reach agreement included), so by step ~60.
 STEPS = 90
-COMMON = (
-  f"--config.num_train_steps={STEPS}",
-  "--config.async_checkpoints=True",
-  "--config.checkpoint_every_steps=10",
-  "--config.keep_checkpoints=3",
+SETTINGS = dict(
+  num_train_steps=STEPS, async_checkpoints=True, checkpoint_every_steps=10, keep_checkpoints=3
 )
+
+
+def _flags(settings):
+  return tuple(f"--config.{key}={value}" for key, value in settings.items())
+
+
+COMMON = _flags(SETTINGS)
 RUN_TIMEOUT_S = 300
 EXIT_WITHIN_S = 60  # after the signal (issue 18)
 
@@ -127,12 +141,17 @@ def _saved_step(text):
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-  """Per-step losses of an uninterrupted 2-process run, and its workdir."""
-  root = tmp_path_factory.mktemp("reference")
-  workdir = str(root / "run")
-  run = Run(workdir, str(root), "reference")
-  rcs = run.wait()
-  assert rcs == [0, 0], run.text(0)[-3000:] + run.text(1)[-3000:]
+  """Per-step losses of an uninterrupted run on 2 devices of one process, and its workdir."""
+  workdir = str(tmp_path_factory.mktemp("reference") / "run")
+  proc = subprocess.run(
+    train_command(workdir, *COMMON),
+    env=command_env(2),
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=RUN_TIMEOUT_S,
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
   losses = dict(_losses(workdir))
   assert sorted(losses) == list(range(1, STEPS + 1))
   return losses, workdir
@@ -396,11 +415,11 @@ def test_full_disk_is_one_line_and_exit_2_then_resumes(tmp_path, reference):
     os.path.join(ref_workdir, "checkpoints", str(last)),
     os.path.join(workdir, "checkpoints", str(last)),
   )
-  steps = (*COMMON, f"--config.num_train_steps={last + 3}")
+  settings = {**SETTINGS, "num_train_steps": last + 3}
   # Read the compilation cache, but write nothing to it: the limit would truncate its entries.
   env = command_env(1, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=1e9)
   full = subprocess.run(
-    train_command(workdir, *steps),
+    train_command(workdir, *_flags(settings)),
     env=env,
     cwd=REPO,
     capture_output=True,
@@ -422,16 +441,12 @@ def test_full_disk_is_one_line_and_exit_2_then_resumes(tmp_path, reference):
   assert "rerun the same command to resume" in lines[-1]
   assert _checkpoints(workdir)[0] == [last]  # the previous checkpoint is untouched
 
-  resumed = subprocess.run(
-    train_command(workdir, *steps),
-    env=command_env(1),
-    cwd=REPO,
-    capture_output=True,
-    text=True,
-    timeout=RUN_TIMEOUT_S,
-  )
-  assert resumed.returncode == 0, resumed.stderr[-3000:]
-  assert f"at step {last}" in resumed.stderr
+  # The rerun is the same run, trained here (a process start saved): it resumes from the checkpoint
+  # the full disk left and finishes.
+  resumed = train_tiny_in_process(workdir, settings)
+  assert resumed["step"] == last + 3 and not resumed["preempted"], resumed
+  # Resumed at the last good step: steps after it only (the full run's records of them dropped).
+  assert [s for s, _ in _losses(workdir)] == [last + 1, last + 2, last + 3]
   assert json.load(open(os.path.join(workdir, "DONE")))["step"] == last + 3
 
 
