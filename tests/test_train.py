@@ -1,7 +1,9 @@
 """The training program end to end: data parallelism, exact resume, preemption, and refusing bad input.
 
 Runs the real command (``python -m resnet_jax.main``) on a net a few channels wide on the bundled
-digits; every subprocess is bounded in time.
+digits; every subprocess is bounded in time. A process start costs seconds of imports, so runs
+share them: one straight run is every test's reference, one run is preempted and then killed, and
+runs that are only a reference or a first half are trained by the loop, two in one process.
 """
 
 import hashlib
@@ -17,7 +19,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import REPO, command_env, train_command, train_tiny_in_process
+from conftest import REPO, TINY_CONFIG, command_env, train_command
 from resnet_jax.checkpoint import Checkpointer
 from resnet_jax.metrics import read_metrics
 
@@ -55,7 +57,8 @@ def snapshot(workdir):
   return out
 
 
-def wait_for_checkpoint(workdir, proc, timeout=240):
+def wait_for_checkpoint(workdir, proc, timeout=240, after=0):
+  """Returns once a checkpoint of a step past ``after`` is committed."""
   directory = os.path.join(workdir, "checkpoints")
   deadline = time.time() + timeout
   while time.time() < deadline:
@@ -64,22 +67,30 @@ def wait_for_checkpoint(workdir, proc, timeout=240):
     if os.path.isdir(directory) and any(
       os.path.exists(os.path.join(directory, d, "_CHECKPOINT_METADATA"))
       for d in os.listdir(directory)
-      if d.isdigit()
+      if d.isdigit() and int(d) > after
     ):
       return
     time.sleep(0.05)
   raise AssertionError("no checkpoint appeared in time")
 
 
+# The straight run's length: past where the interrupted run's last checkpoint lands (a preemption
+# a few steps in, then a kill a few steps after the resume's next periodic checkpoint), so that run
+# is compared with this one and needs no reference of its own.
+STRAIGHT_STEPS = 18
+
+
 @pytest.fixture(scope="module")
 def straight_run(tmp_path_factory):
-  """Twelve uninterrupted steps, the reference for the resume tests. Run as `make train` runs (no
-  TF_CPP_MIN_LOG_LEVEL of ours); its output goes to WORKDIR.log for the quiet-output test."""
+  """STRAIGHT_STEPS uninterrupted steps, the reference for the resume tests. Run as `make train`
+  runs (no TF_CPP_MIN_LOG_LEVEL of ours); its output goes to WORKDIR.log for the output test."""
   workdir = str(tmp_path_factory.mktemp("straight"))
   env = command_env()
   env.pop("TF_CPP_MIN_LOG_LEVEL", None)
   proc = subprocess.run(
-    train_command(workdir, "--config.num_train_steps=12", "--config.plot_curves=True"),
+    train_command(
+      workdir, f"--config.num_train_steps={STRAIGHT_STEPS}", "--config.plot_curves=True"
+    ),
     env=env,
     capture_output=True,
     text=True,
@@ -94,10 +105,10 @@ def straight_run(tmp_path_factory):
 
 def test_run_writes_config_metrics_curves_and_counts_every_test_example(straight_run):
   done = json.load(open(os.path.join(straight_run, "DONE")))
-  assert done["eval_count"] == 1000 and done["step"] == 12
+  assert done["eval_count"] == 1000 and done["step"] == STRAIGHT_STEPS
   config = json.load(open(os.path.join(straight_run, "config.json")))
-  assert config["num_train_steps"] == 12 and config["model"] == "resnet20"
-  assert sorted(losses(straight_run)) == list(range(1, 13))
+  assert config["num_train_steps"] == STRAIGHT_STEPS and config["model"] == "resnet20"
+  assert sorted(losses(straight_run)) == list(range(1, STRAIGHT_STEPS + 1))
   assert os.path.getsize(os.path.join(straight_run, "curves.png")) > 10_000
   assert os.listdir(os.path.join(straight_run, "tensorboard"))
 
@@ -130,10 +141,10 @@ def test_run_output_holds_only_our_lines(straight_run):
   for ours_line in (
     "model resnet8 = resnet20 with stage_sizes (1, 1, 1):",  # the tiny config, by its depth
     "workdir " + straight_run,
-    "step 12/12",
+    f"step {STRAIGHT_STEPS}/{STRAIGHT_STEPS}",
     "img/s",
     "waiting for data",
-    "eval at step 12",
+    f"eval at step {STRAIGHT_STEPS}",
     f"results in {straight_run}: metrics.jsonl, tensorboard/, checkpoints/, curves.png",
   ):
     assert ours_line in output, (ours_line, output)
@@ -141,7 +152,7 @@ def test_run_output_holds_only_our_lines(straight_run):
 
 def test_throughput_is_in_metrics_jsonl_and_tensorboard(straight_run):
   train = [r for r in read_metrics(straight_run) if "train_loss" in r]
-  assert len(train) == 12
+  assert len(train) == STRAIGHT_STEPS
   for r in train:
     assert r["images_per_sec"] > 0 and r["step_time_ms"] > 0, r
     assert 0 <= r["data_wait_fraction"] <= 1, r
@@ -217,10 +228,10 @@ def resume_and_compare(workdir, saved_at, straight_run, tmp_path):
 
   The rerun announces it resumed at ``saved_at``, logs only the steps after it, and ends in a
   state bit-identical (every leaf: params, opt_state, batch_stats, lr_scale, step) to an
-  uninterrupted run's. Usually that is ``straight_run`` (12 steps); a run interrupted later is
+  uninterrupted run's. Usually that is ``straight_run`` (STRAIGHT_STEPS); a run interrupted later is
   compared with a fresh uninterrupted run of its own length, so every assert always runs.
   """
-  finish, reference = 12, straight_run
+  finish, reference = STRAIGHT_STEPS, straight_run
   if saved_at + 1 >= finish:
     finish = saved_at + 2
     reference = str(tmp_path / "reference")
@@ -252,40 +263,62 @@ def resume_and_compare(workdir, saved_at, straight_run, tmp_path):
   assert tree_equal(state_a, state_b)
 
 
-def test_resume_after_sigkill_is_bit_identical(straight_run, tmp_path):
-  workdir = str(tmp_path / "killed")
-  # A long run, killed without warning once an (async) checkpoint has been committed.
-  proc = start_long_run(workdir)
-  try:
-    wait_for_checkpoint(workdir, proc)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
-  finally:
-    proc.kill()
-  killed_at = max(checkpoint_steps(workdir))
-  assert killed_at % 3 == 0, killed_at  # a periodic checkpoint (checkpoint_every_steps=3)
-  resume_and_compare(workdir, killed_at, straight_run, tmp_path)
-
-
-def test_sigterm_saves_the_step_it_announces_exits_zero_and_resumes(straight_run, tmp_path):
-  workdir = str(tmp_path / "preempted")
+@pytest.fixture(scope="module")
+def preempted_then_killed(tmp_path_factory):
+  """One run interrupted both ways, each a real signal to the real command: preempted with SIGTERM
+  (it saves and exits), resumed, and that resume SIGKILLed once an (async) periodic checkpoint
+  after the preemption's has been committed. One chain instead of two runs and two resumes: the
+  resume the kill interrupts is the preempted run's resume, and the final resume (the SIGKILL
+  test's) ends bit-identical only if both saves were. Returns what each test reads."""
+  workdir = str(tmp_path_factory.mktemp("interrupted") / "run")
   # No periodic checkpoints: the only one on disk can come from the preemption save.
   proc = start_long_run(workdir, "--config.checkpoint_every_steps=1000")
   try:
     wait_for_logged_step(workdir, proc)
     proc.send_signal(signal.SIGTERM)
-    returncode = proc.wait(timeout=120)
-    stderr = proc.stderr.read()
-    assert returncode == 0, stderr[-3000:]
+    preempted = {"returncode": proc.wait(timeout=120), "stderr": proc.stderr.read()}
   finally:
     proc.kill()
-  announced = re.findall(r"preempted: saved step (\d+)", stderr)
-  assert len(announced) == 1, stderr[-3000:]
+  announced = re.findall(r"preempted: saved step (\d+)", preempted["stderr"])
+  assert preempted["returncode"] == 0 and len(announced) == 1, preempted["stderr"][-3000:]
   saved_at = int(announced[0])
-  assert checkpoint_steps(workdir) == [saved_at]
-  assert max(r["step"] for r in read_metrics(workdir)) == saved_at  # it stopped where it saved
-  assert not os.path.exists(os.path.join(workdir, "DONE"))
-  resume_and_compare(workdir, saved_at, straight_run, tmp_path)
+  preempted.update(
+    saved_at=saved_at,
+    checkpoints=checkpoint_steps(workdir),
+    last_logged=max(r["step"] for r in read_metrics(workdir)),
+    done=os.path.exists(os.path.join(workdir, "DONE")),
+  )
+  # Resumed with the tiny config's periodic checkpoints (every 3 steps), killed without warning.
+  proc = start_long_run(workdir)
+  try:
+    wait_for_checkpoint(workdir, proc, after=saved_at)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    resumed_stderr = proc.stderr.read()
+  finally:
+    proc.kill()
+  return workdir, preempted, resumed_stderr, max(checkpoint_steps(workdir))
+
+
+def test_sigterm_saves_the_step_it_announces_exits_zero_and_resumes(preempted_then_killed):
+  _, preempted, resumed, _ = preempted_then_killed
+  assert preempted["returncode"] == 0, preempted["stderr"][-3000:]
+  saved_at = preempted["saved_at"]
+  assert preempted["checkpoints"] == [saved_at]
+  assert preempted["last_logged"] == saved_at  # it stopped where it saved
+  assert not preempted["done"]
+  # The rerun resumed at the step announced and logged only the steps after it. That it went on
+  # bit-identically is the SIGKILL test's end state, which it leads to.
+  assert re.search(rf"resumed from \S+ at step {saved_at}\b", resumed), resumed[-3000:]
+  assert re.search(rf"step {saved_at + 1}/", resumed), resumed[-3000:]
+  assert not re.search(rf"step ({'|'.join(map(str, range(1, saved_at + 1)))})/", resumed)
+
+
+def test_resume_after_sigkill_is_bit_identical(preempted_then_killed, straight_run, tmp_path):
+  workdir, preempted, _, killed_at = preempted_then_killed
+  assert killed_at > preempted["saved_at"], killed_at  # the resume's own checkpoint
+  assert killed_at % 3 == 0, killed_at  # a periodic checkpoint (checkpoint_every_steps=3)
+  resume_and_compare(workdir, killed_at, straight_run, tmp_path)
 
 
 def test_corrupt_checkpoint_is_named_and_nothing_is_touched(straight_run, tmp_path, run_main):
@@ -293,17 +326,18 @@ def test_corrupt_checkpoint_is_named_and_nothing_is_touched(straight_run, tmp_pa
 
   workdir = str(tmp_path / "corrupt")
   shutil.copytree(straight_run, workdir)
-  state_dir = os.path.join(workdir, "checkpoints", "12", "state")
+  state_dir = os.path.join(workdir, "checkpoints", str(STRAIGHT_STEPS), "state")
   for root, _, files in os.walk(state_dir):
     for name in files:
       if name != "_METADATA" and not name.endswith(".txt"):
         with open(os.path.join(root, name), "r+b") as f:
           f.write(b"\0garbage" * 64)
   before = snapshot(workdir)
-  proc = run_main(workdir, "--config.num_train_steps=15")
+  proc = run_main(workdir, f"--config.num_train_steps={STRAIGHT_STEPS + 3}")
   assert proc.returncode == 2
   last = proc.stderr.strip().splitlines()[-1]
-  assert last.startswith("error: checkpoint") and "step 12" in last, proc.stderr[-3000:]
+  named = last.startswith("error: checkpoint") and f"step {STRAIGHT_STEPS}" in last
+  assert named, proc.stderr[-3000:]
   # Reads Orbax abandoned when the first one failed must not print anything, however late they end.
   assert "Traceback" not in proc.stderr and "Event loop is closed" not in proc.stderr, proc.stderr
   assert snapshot(workdir) == before
@@ -317,7 +351,9 @@ def test_checkpoint_of_another_architecture_is_refused_and_nothing_is_touched(
   workdir = str(tmp_path / "mismatch")
   shutil.copytree(straight_run, workdir)
   before = snapshot(workdir)
-  proc = run_main(workdir, "--config.num_train_steps=15", "--config.model_overrides.shortcut=B")
+  proc = run_main(
+    workdir, f"--config.num_train_steps={STRAIGHT_STEPS + 3}", "--config.model_overrides.shortcut=B"
+  )
   assert proc.returncode == 2
   last = proc.stderr.strip().splitlines()[-1]
   assert "architecture" in last and "'shortcut': 'B'" in last and "fresh workdir" in last, last
@@ -353,8 +389,8 @@ def test_diverging_run_stops_naming_the_step_and_saves_no_bad_state(tmp_path, ru
 @pytest.mark.parametrize(
   "override, words",
   [
-    # A bad value of a known key or an unknown model is test_main's: refused before TensorFlow.
-    ("--config.learnin_rate=0.1", "learning_rate"),
+    # A bad value of a known key or an unknown model is test_main's: refused before TensorFlow. A
+    # key's typo is test_doors' row train-config-key-typo (one line, nothing touched).
     ("--config.global_batch_size=6", "not divisible by the 4 devices"),
   ],
 )
@@ -386,36 +422,40 @@ def eval_command(workdir, *flags):
   )
 
 
-def test_eval_mode_reads_the_checkpoint_with_another_test_time_method(straight_run, run_main):
-  """--eval_method picks the method (the paper's 10-crop here). That eval mode's centre crop gives
-  the training run's own final numbers is test_gcs's, on a bucket."""
-  proc = run_main(straight_run, "--mode=eval", "--eval_method=ten_crop")
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  assert f"result in {straight_run}: eval_ten_crop_step12.json" in proc.stdout
-  assert "read only" not in proc.stderr and "read_only=True" not in proc.stderr  # Orbax's notices
-  result = json.load(open(os.path.join(straight_run, "eval_ten_crop_step12.json")))
-  assert result["eval_count"] == 1000 and result["method"] == "ten_crop"
+TEN_CROP_RESULT = f"eval_ten_crop_step{STRAIGHT_STEPS}.json"
+
+
+@pytest.fixture(scope="module")
+def evaluated(straight_run):
+  """One ``resnet-jax eval`` of the straight run for the tests below: no --config, another
+  test-time method (the paper's 10-crop) and an override on top. The eval command is their subject,
+  the run only what it reads."""
+  return eval_command(straight_run, "--eval_method=ten_crop", "--config.eval_split=test[:32]")
+
+
+def test_eval_mode_reads_the_checkpoint_with_another_test_time_method(straight_run, evaluated):
+  """--eval_method picks the method. That eval mode's centre crop gives the training run's own final
+  numbers is test_gcs's, on a bucket."""
+  assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+  assert f"result in {straight_run}: {TEN_CROP_RESULT}" in evaluated.stdout
+  notices = ("read only", "read_only=True")  # Orbax's, of a read-only checkpoint
+  assert not any(n in evaluated.stderr for n in notices), evaluated.stderr[-3000:]
+  result = json.load(open(os.path.join(straight_run, TEN_CROP_RESULT)))
+  assert result["eval_count"] == 32 and result["method"] == "ten_crop"  # every example of the split
   done = json.load(open(os.path.join(straight_run, "DONE")))
-  assert result["step"] == done["step"] == 12
+  assert result["step"] == done["step"] == STRAIGHT_STEPS
 
 
-def test_eval_reads_the_runs_own_config_and_overrides_apply_on_top(tmp_path):
-  """A net a quarter as wide, evaluated with no --config: its config.json is the record of the
-  architecture (and of its 64-digit eval split), and --config.key=value overrides apply on top of
-  it. The run is trained in this process (the eval command is the subject here)."""
-  workdir = str(tmp_path / "narrow")
-  train_tiny_in_process(
-    workdir,
-    {"model_overrides.width_multiplier": 0.25, "num_train_steps": 3, "eval_split": "test[:64]"},
-  )
-  proc = eval_command(workdir, "--config.eval_split=test[:32]")
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  assert f"result in {workdir}: eval_center_step3.json" in proc.stdout
-  result = json.load(open(os.path.join(workdir, "eval_center_step3.json")))
-  assert result["eval_count"] == 32 and result["step"] == 3
-  recorded = json.load(open(os.path.join(workdir, "config.json")))
-  assert recorded["model_overrides"]["width_multiplier"] == 0.25
-  assert recorded["eval_split"] == "test[:64]"  # the override was the eval's, not the record's
+def test_eval_reads_the_runs_own_config_and_overrides_apply_on_top(straight_run, evaluated):
+  """Evaluated with no --config: the run's config.json is the record of its architecture (the tiny
+  net, a few channels wide, no default's) and of its eval split (the dataset's default, 1,000
+  digits), and --config.key=value overrides apply on top of it."""
+  assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+  result = json.load(open(os.path.join(straight_run, TEN_CROP_RESULT)))
+  assert result["eval_count"] == 32 and result["step"] == STRAIGHT_STEPS
+  recorded = json.load(open(os.path.join(straight_run, "config.json")))
+  assert recorded["model_overrides"]["stage_widths"] == [4, 8, 8]
+  assert recorded["eval_split"] == ""  # the override was the eval's, not the record's
 
 
 @pytest.mark.parametrize(
@@ -446,44 +486,54 @@ def test_full_conv_eval_picks_scales_relative_to_the_image_size(dataset, image_s
 # min_delta make every eval after the first an event: steps 4, 6, 8), on 2 devices with
 # per-replica BN statistics synchronised at every eval and checkpoint. Evals read 64 test images.
 # Label smoothing and Nesterov momentum ride along: their state must survive the resume too.
-LR_EVENTS = (
-  "--config.label_smoothing=0.1",
-  "--config.nesterov=true",
-  "--config.cross_replica_bn=false",
-  "--config.warmup_lr_scale=0.1",
-  "--config.warmup_max_steps=3",
-  "--config.schedule=plateau",
-  "--config.plateau_patience=1",
-  "--config.plateau_min_delta=1.0",
-  "--config.eval_every_steps=2",
-  "--config.eval_split=test[:64]",
-  "--config.num_train_steps=10",
-)
+LR_EVENTS = {
+  "label_smoothing": 0.1,
+  "nesterov": True,
+  "cross_replica_bn": False,
+  "warmup_lr_scale": 0.1,
+  "warmup_max_steps": 3,
+  "schedule": "plateau",
+  "plateau_patience": 1,
+  "plateau_min_delta": 1.0,
+  "eval_every_steps": 2,
+  "eval_split": "test[:64]",
+  "num_train_steps": 10,
+}
+
+# Runs of the tiny config in one process, each ``[workdir, {dotted key: value}]`` of the JSON in
+# argv[2], the way the command trains: a process's device count is fixed, and the second run reuses
+# the first's imports, data and compiled steps instead of paying them in a process of its own.
+RUNNER = """
+import json, sys
+from resnet_jax import runtime
+runtime.start()
+from resnet_jax.train import config as config_lib
+from resnet_jax.train import loop
+for workdir, overrides in json.loads(sys.argv[2]):
+  config = config_lib.load(sys.argv[1])
+  config.update_from_flattened_dict(overrides)
+  loop.train_and_evaluate(config, workdir)
+runtime.spare_the_final_collection()  # as the front door ends
+"""
 
 
 def test_resume_across_learning_rate_events_on_2_devices_with_per_replica_bn(tmp_path):
   straight, interrupted = str(tmp_path / "straight"), str(tmp_path / "interrupted")
-  # The uninterrupted run and the first half of the interrupted one, side by side.
-  procs = [
-    subprocess.Popen(
-      train_command(workdir, *LR_EVENTS, *extra),
-      env=command_env(2),
-      stdout=subprocess.DEVNULL,
-      stderr=subprocess.PIPE,
-      text=True,
-      cwd=REPO,
-    )
-    for workdir, extra in ((straight, ()), (interrupted, ("--config.stop_after_steps=6",)))
-  ]
-  try:
-    for p in procs:
-      assert p.wait(timeout=400) == 0, p.stderr.read()[-3000:]
-  finally:
-    for p in procs:
-      p.kill()
+  # The uninterrupted reference and the first half of the interrupted run, one process for both
+  # (neither is the subject); the resume is the command's own.
+  runs = [[straight, LR_EVENTS], [interrupted, {**LR_EVENTS, "stop_after_steps": 6}]]
+  first = subprocess.run(
+    [sys.executable, "-c", RUNNER, TINY_CONFIG, json.dumps(runs)],
+    env=command_env(2),
+    capture_output=True,
+    text=True,
+    timeout=400,
+    cwd=REPO,
+  )
+  assert first.returncode == 0, first.stderr[-3000:]
   assert checkpoint_steps(interrupted)[-1] == 6
   resumed = subprocess.run(
-    train_command(interrupted, *LR_EVENTS),
+    train_command(interrupted, *(f"--config.{k}={v}" for k, v in LR_EVENTS.items())),
     env=command_env(2),
     capture_output=True,
     text=True,
