@@ -199,7 +199,12 @@ def test_lesions_and_landscape_commands(tmp_path):
 def test_lesions_and_landscape_spread_over_two_devices_give_the_one_device_numbers():
   # On a CPU split into one device per core the evaluations are data parallel
   # (inputs.across_devices): the same errors and losses as one device's plain forward pass.
+  # TensorFlow (which the analyses' modules load) the front door's way: without Keras, seconds of
+  # this process; and no collection at exit, as main spares it.
   code = """
+from resnet_jax import runtime
+runtime.setup()
+runtime.import_tensorflow()
 import jax, numpy as np, optax, sys
 sys.path.insert(0, "tests")
 from test_why import _tiny, NUM_CLASSES
@@ -217,7 +222,8 @@ error = lesions.lesion_errors(model, v, np.asarray(x), labels, draws=1)["error"]
 assert abs(error - own_error) < 1e-6, (error, own_error)
 r = landscape.landscape(model, v, np.asarray(x), labels, grid=3, span=0.5, slice_points=3, chunk=4)
 assert abs(r["loss_at_origin"] - own_loss) <= 1e-5 * own_loss, (r["loss_at_origin"], own_loss)
-print("ok")
+print("ok", flush=True)
+runtime.spare_the_final_collection()
 """
   proc = run_python(code, devices=2, timeout=240)
   assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
