@@ -157,7 +157,8 @@ def test_every_ingredient_on_stopped_at_step_20_and_resumed_equals_the_uninterru
   _run_in_process(stopped, 24, checkpoint_every_steps=1000, stop_after_steps=20)
   assert final_params(stopped)[0] == 20
   caplog.clear()
-  with caplog.at_level("INFO"):
+  # The absl logger's own level: an earlier in-process command may have set it to WARNING.
+  with caplog.at_level("INFO", logger="absl"):
     _run_in_process(stopped, 24, checkpoint_every_steps=1000)
   assert re.search(r"resumed from \S+ at step 20\b", caplog.text), caplog.text[-3000:]
   step_a, state_a, _ = final_params(straight)

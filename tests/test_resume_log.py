@@ -72,7 +72,8 @@ def test_a_run_resumed_after_a_sigkill_logs_each_step_exactly_once(tmp_path, cap
 
   # Resumed evaluating only at its end: the killed run's evaluation at step 5 must not stay.
   caplog.clear()
-  with caplog.at_level("INFO"):
+  # The absl logger's own level: an earlier in-process command may have set it to WARNING.
+  with caplog.at_level("INFO", logger="absl"):
     train_tiny_in_process(workdir, {"num_train_steps": STEPS, "eval_every_steps": 1000})
   assert re.search(rf"resumed from \S+ at step {RESUMED_FROM}\b", caplog.text), caplog.text[-3000:]
 
