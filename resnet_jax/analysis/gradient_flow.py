@@ -100,8 +100,15 @@ def layer_grad_norms(grads) -> list[float]:
     else:
       block, i = name.split("/")
       part = {k: v for k, v in grads[block].items() if k in (f"conv{i}", f"bn{i}")}
-    out.append(float(optax.global_norm(part)))
+    out.append(_l2(part))
   return out
+
+
+def _l2(tree) -> float:
+  """The L2 norm over every array of ``tree``, on the host in float64: run eagerly on the device,
+  each leaf's shape would compile programs of its own (dozens per net)."""
+  leaves = jax.tree_util.tree_leaves(jax.device_get(tree))
+  return float(np.sqrt(sum(np.sum(np.square(leaf, dtype=np.float64)) for leaf in leaves)))
 
 
 def block_input_shapes(model, variables, images, train: bool = True) -> dict[str, tuple]:
@@ -144,16 +151,16 @@ def gradient_norms(
   shapes = block_input_shapes(model, variables, images, train)
   deltas = {n: jnp.zeros(shapes[n], jnp.float32) for n in names}
   grad_fn = grad_fn or gradient_function(model, num_classes, train)
-  loss, (g_params, g_inputs) = grad_fn(
-    variables["params"], variables["batch_stats"], images, labels, deltas
+  loss, (g_params, g_inputs) = jax.device_get(
+    grad_fn(variables["params"], variables["batch_stats"], images, labels, deltas)
   )
   layers = layer_grad_norms(g_params)
   last_conv = -2 if "head" in g_params else -1
   return {
     "blocks": names,
     "loss": float(loss),
-    "input_grad_norm": [float(optax.global_norm(g_inputs[n])) for n in names],
-    "param_grad_norm": [float(optax.global_norm(g_params[n])) for n in names],
+    "input_grad_norm": [_l2(g_inputs[n]) for n in names],
+    "param_grad_norm": [_l2(g_params[n]) for n in names],
     "layers": layer_names(g_params),
     "layer_grad_norm": layers,
     "layer_ratio": layers[0] / layers[last_conv],
@@ -170,8 +177,11 @@ def measure(workdirs: Sequence[str], *, num_images: int = 128, step: int | None 
     images, labels = inputs.image_batch(config, split="train", size=num_images)
     images, labels = jnp.asarray(images), jnp.asarray(labels)
     init = inputs.init_variables(run.model, config, images.shape[1:])
+    grad_fn = gradient_function(run.model, run.model.num_classes)  # one compile for both
     for when, variables in (("init", init), ("trained", run.variables)):
-      g = gradient_norms(run.model, variables, images, labels, run.model.num_classes)
+      g = gradient_norms(
+        run.model, variables, images, labels, run.model.num_classes, grad_fn=grad_fn
+      )
       results.append(
         {
           "workdir": w,
