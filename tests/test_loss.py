@@ -61,11 +61,16 @@ def test_train_step_mixes_on_device_feeds_dropout_and_takes_the_bce_gradient():
   data, rng = batch(), jax.random.key(7)
   new, metrics = step(state, data, rng)
 
-  mix_rng, dropout_rng = jax.random.split(rng)
-  images, targets = mixing.mix(mix_rng, data["image"], data["label"], NUM_CLASSES, mix)
-  assert not np.array_equal(images, data["image"])  # this key mixes
+  def reference(params, rng):
+    """The step written out: one compiled program (the mixing run eagerly pays a compile per op)."""
+    mix_rng, dropout_rng = jax.random.split(rng)
+    images, targets = mixing.mix(mix_rng, data["image"], data["label"], NUM_CLASSES, mix)
+    (loss_value, logits), grads = jax.value_and_grad(loss, has_aux=True)(
+      params, images, targets, dropout_rng
+    )
+    return images, targets, loss_value, logits, grads
 
-  def loss(params):
+  def loss(params, images, targets, dropout_rng):
     logits, _ = model.apply(
       {"params": params, "batch_stats": state.batch_stats},
       images,
@@ -76,7 +81,8 @@ def test_train_step_mixes_on_device_feeds_dropout_and_takes_the_bce_gradient():
     t = (targets > 0.2).astype(jnp.float32)
     return optax.sigmoid_binary_cross_entropy(logits, t).mean(), logits
 
-  (want_loss, logits), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(state.params)
+  images, targets, want_loss, logits, grads = jax.jit(reference)(state.params, rng)
+  assert not np.array_equal(images, data["image"])  # this key mixes
   np.testing.assert_allclose(metrics["train_loss"], want_loss, rtol=1e-6)
   want = jax.tree_util.tree_map(
     lambda p, g: np.asarray(p) - 0.5 * np.asarray(g), state.params, grads
@@ -92,12 +98,12 @@ def test_softmax_loss_without_mixing_is_the_papers_cross_entropy_on_the_labels()
   model, state, step = _step_and_state(label_smoothing=0.1)
   data, rng = batch(), jax.random.key(3)
   _, metrics = step(state, data, rng)
-  logits, _ = model.apply(
+  logits, _ = jax.jit(  # one compile; run eagerly each of the model's ops compiles on its own
+    lambda v, x, k: model.apply(v, x, train=True, mutable=["batch_stats"], rngs={"dropout": k})
+  )(
     {"params": state.params, "batch_stats": state.batch_stats},
     data["image"],
-    train=True,
-    mutable=["batch_stats"],
-    rngs={"dropout": jax.random.split(rng)[1]},
+    jax.random.split(rng)[1],
   )
   p = jax.nn.log_softmax(logits)
   t = np.full((len(data["label"]), NUM_CLASSES), 0.1 / NUM_CLASSES)
