@@ -1,12 +1,14 @@
 """Data parallelism: the device count and the process count are invisible to the optimisation, and
 ``config.parallelism`` jit over a mesh trains exactly like pmap, their checkpoints crossing over.
 
-Runs share work: one subprocess per device count trains the tiny net under both paths, and one
-pair of processes (2 processes x 2 CPU devices, gloo on 127.0.0.1) does the same; the SIGKILLed
-jit run and the cross-path resumes reuse those runs as their references. Every subprocess is
-bounded in time.
+Runs share work: one subprocess per device count trains the tiny net under both paths (1 device:
+the pytest worker itself, which has one CPU device and the subprocesses' XLA flags), and one pair
+of processes (2 processes x 2 CPU devices, gloo on 127.0.0.1) does the same; the SIGKILLed jit run
+and the cross-path resumes reuse those runs as their references. A checkpoint costs about a CPU
+second, so a run saves only the checkpoints something reads. Every subprocess is bounded in time.
 """
 
+import concurrent.futures
 import json
 import os
 import shutil
@@ -19,34 +21,41 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import REPO, command_env, free_port
+from conftest import REPO, TINY_CONFIG, command_env, free_port, train_tiny_in_process
 from resnet_jax.checkpoint import Checkpointer
 from test_train import losses, tree_equal, wait_for_checkpoint
 
 pytestmark = pytest.mark.multiprocess
 
 STEPS = 6
-# Several runs in one process (one per workdir,parallelism,steps): the device count is fixed per
-# process, and the second run reuses the first's imports and data. They evaluate 90 of the 1,000
-# test digits: 90 is not a multiple of the tiny config's eval batch (200), so the batch is padded
-# and masked on every device and process count.
+# Every run evaluates 90 of the 1,000 test digits: 90 is not a multiple of the tiny config's eval
+# batch (200), so the batch is padded and masked on every device and process count. It saves only
+# its final checkpoint, unless a run says otherwise.
+RUN = {"eval_split": "test[:90]", "checkpoint_every_steps": 1000, "num_train_steps": STEPS}
+# The 4-device runs' checkpoint at step SOURCE_STEP is what the cross-path resumes start from.
+SOURCE_STEP = 3
+
+# Several runs in one process, each ``[workdir, {dotted key: value}]`` of the JSON in argv[2]: the
+# device count is fixed per process, and the second run reuses the first's imports and data.
 RUNNER = """
-import os, sys
+import json, sys
 from absl import logging
 from resnet_jax import runtime
 runtime.start(distributed=True)  # joins the other processes where RESNET_JAX_* name them
+from resnet_jax.train import config as config_lib
 from resnet_jax.train import loop
-sys.path.insert(0, os.path.dirname(sys.argv[1]))
-import tiny_digits
 logging.set_verbosity(logging.INFO)
-config = tiny_digits.get_config()
-config.checkpoint_every_steps, config.eval_split = 2, 'test[:90]'
-for run in sys.argv[2:]:
-  workdir, parallelism, steps = run.split(',')
-  config.parallelism, config.num_train_steps = parallelism, int(steps)
+for workdir, overrides in json.loads(sys.argv[2]):
+  config = config_lib.load(sys.argv[1])
+  config.update_from_flattened_dict(overrides)
   loop.train_and_evaluate(config, workdir)
 runtime.spare_the_final_collection()  # as the front door ends
 """
+
+
+def run(workdir, parallelism, **overrides):
+  """One run of the tiny config: ``[workdir, overrides]`` as RUNNER and train_in_worker read it."""
+  return [str(workdir), {**RUN, "parallelism": parallelism, **overrides}]
 
 
 def start(command, devices, log, **env):
@@ -65,10 +74,16 @@ def start(command, devices, log, **env):
 
 
 def start_runs(devices, log, *runs, **env):
-  from conftest import TINY_CONFIG
-
-  command = [sys.executable, "-c", RUNNER, TINY_CONFIG, *(",".join(map(str, r)) for r in runs)]
+  command = [sys.executable, "-c", RUNNER, TINY_CONFIG, json.dumps(runs)]
   return start(command, devices, log, **env)
+
+
+def train_in_worker(*runs):
+  """The runs RUNNER would train on 1 device, trained here: the worker has one CPU device and the
+  tests' XLA flags, and has TensorFlow and JAX loaded already (a process start costs seconds)."""
+  assert jax.device_count() == 1, jax.devices()
+  for workdir, overrides in runs:
+    train_tiny_in_process(workdir, overrides)
 
 
 def finish(procs, timeout=600, check=True):
@@ -115,25 +130,31 @@ def assert_same_training(got, want):
     assert json.load(open(os.path.join(workdir, "DONE")))["eval_count"] == 90
 
 
+def kill_once_checkpointed(workdir, proc):
+  """SIGKILLs ``proc`` without warning once its run has committed a checkpoint."""
+  try:
+    wait_for_checkpoint(workdir, proc, timeout=600)
+  except AttributeError:  # it ended early, and wait_for_checkpoint reads a pipe: this is a file
+    raise AssertionError(f"run ended early: {open(proc.log.name).read()[-3000:]}") from None
+  finally:
+    os.killpg(proc.pid, signal.SIGKILL)
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
   """pmap and jit on 1, 2 and 4 devices; pmap and jit on 2 processes x 2 devices; a SIGKILLed jit run."""
   root = tmp_path_factory.mktemp("parallelism")
   d = {"killed": str(root / "killed")}
-  for devices in (1, 2, 4):
+  for devices in (1, 2, 4, "two_processes"):
     for p in ("pmap", "jit"):
       d[p, devices] = str(root / f"{p}{devices}")
   # 2 processes x 2 devices: the pmap run, then the jit run, in the same two processes.
-  two = []
-  for p in ("pmap", "jit"):
-    d[p, "two_processes"] = str(root / f"{p}_two_processes")
-    two.append((d[p, "two_processes"], p, STEPS))
   port = free_port()
   procs = [
     start_runs(
       2,
       root / f"log_process{pid}",
-      *two,
+      *(run(d[p, "two_processes"], p) for p in ("pmap", "jit")),
       RESNET_JAX_COORDINATOR=f"127.0.0.1:{port}",
       RESNET_JAX_NUM_PROCESSES=2,
       RESNET_JAX_PROCESS_ID=pid,
@@ -141,26 +162,32 @@ def runs(tmp_path_factory):
     )
     for pid in range(2)
   ]
-  for devices in (4, 1):
-    procs.append(
-      start_runs(
-        devices,
-        root / f"log{devices}",
-        (d["pmap", devices], "pmap", STEPS),
-        (d["jit", devices], "jit", STEPS),
-      )
+  # On 4 devices, also the checkpoint the cross-path resumes start from.
+  procs.append(
+    start_runs(
+      4,
+      root / "log4",
+      *(run(d[p, 4], p, checkpoint_every_steps=SOURCE_STEP) for p in ("pmap", "jit")),
     )
+  )
   # On 2 devices the same two runs, then a long jit run killed without warning once it has a
   # checkpoint (it reuses the process, and the compiled programs, of the jit run before it).
   killed = start_runs(
     2,
     root / "log2",
-    (d["pmap", 2], "pmap", STEPS),
-    (d["jit", 2], "jit", STEPS),
-    (d["killed"], "jit", 1000),
+    *(run(d[p, 2], p) for p in ("pmap", "jit")),
+    run(d["killed"], "jit", num_train_steps=1000, checkpoint_every_steps=2),
   )
   try:
-    wait_for_checkpoint(d["killed"], killed, timeout=600)
+    # A thread watches for the checkpoint (and kills) while this process trains the 1-device runs.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+      kill = pool.submit(kill_once_checkpointed, d["killed"], killed)
+      try:
+        train_in_worker(*(run(d[p, 1], p) for p in ("pmap", "jit")))
+      except BaseException:
+        os.killpg(killed.pid, signal.SIGKILL)  # the watcher returns at once
+        raise
+      kill.result()
   finally:
     os.killpg(killed.pid, signal.SIGKILL)
     finish([killed], timeout=60, check=False)
@@ -197,15 +224,15 @@ def test_resumes_cross_paths_and_sigkill_under_jit_is_bit_identical(runs, tmp_pa
     shutil.copytree(runs[source, 4], workdir)
     os.remove(os.path.join(workdir, "DONE"))
     for step in os.listdir(os.path.join(workdir, "checkpoints")):
-      if step.isdigit() and int(step) > 2:  # resume from step 2, written by the other path
+      if step.isdigit() and int(step) > SOURCE_STEP:  # resume from the other path's checkpoint
         shutil.rmtree(os.path.join(workdir, "checkpoints", step))
   assert 2 <= runs["killed_at"] < STEPS, runs["killed_at"]
   proc = start_runs(
     2,
     tmp_path / "log",
-    (runs["killed"], "jit", STEPS),
-    (crossed["pmap"], "jit", STEPS),
-    (crossed["jit"], "pmap", STEPS),
+    run(runs["killed"], "jit"),
+    run(crossed["pmap"], "jit"),
+    run(crossed["jit"], "pmap"),
   )
   finish([proc])
   assert open(tmp_path / "log").read().count("resumed from") == 3
