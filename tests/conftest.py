@@ -143,23 +143,32 @@ _MARKED = {
 }
 
 
-# The files that take longest (`--durations`), longest first: pytest-xdist hands out whole files in
-# collection order, so the long ones start first and neither worker is left with one at the end.
-# (`make test` turns off xdist's own order, by number of tests.) Other files follow in name order.
+# The files that take longest, longest first (each file's wall time in the suite, from
+# benchmarks/pytest_cpu.py's census of 2026-12-07): pytest-xdist hands out whole files in
+# collection order, so the long ones start first, and the short ones that come last even out the two
+# workers' ends. (`make test` turns off xdist's own order, by number of tests.) Other files follow
+# in name order.
 _LONGEST_FIRST = (
-  "test_faults.py",
-  "test_train.py",
-  "test_gcs.py",
   "test_bench.py",
   "test_analysis.py",
-  "test_doors.py",
-  "test_parallelism.py",
+  "test_train.py",
+  "test_faults.py",
+  "test_gcs.py",
   "test_models.py",
   "test_weights.py",
-  "test_wheel.py",
-  "test_onednn.py",
-  "test_modern.py",
+  "test_parallelism.py",
+  "test_why.py",
   "test_serving.py",
+  "test_doors.py",
+  "test_data.py",
+  "test_modern.py",
+  "test_wheel.py",
+  "test_lowering.py",
+  "test_steps.py",
+  "test_configs.py",
+  "test_onednn.py",
+  "test_synthetic.py",
+  "test_mixing.py",
 )
 
 
