@@ -1,6 +1,7 @@
 """Shared test set-up: quiet TensorFlow, and helpers to run the real command in a subprocess."""
 
 import atexit
+import json
 import os
 import shutil
 import socket
@@ -106,6 +107,31 @@ def train_tiny_in_process(workdir, overrides=None) -> dict:
   config = config_lib.load(TINY_CONFIG)
   config.update_from_flattened_dict(dict(overrides or {}))
   return loop.train_and_evaluate(config, str(workdir))
+
+
+# The tiny config trained once per ``[workdir, {dotted key: value}]`` in one process, as
+# train_tiny_in_process trains it in the worker: for runs that need a device count of their own
+# (XLA_FLAGS) but whose process is not the test's subject. It joins the other processes where
+# RESNET_JAX_* name them, and logs at INFO (a test may read "resumed from" in its stderr).
+_TINY_RUNS_SCRIPT = """
+import json, sys
+from absl import logging
+from resnet_jax import runtime
+runtime.start(distributed=True)
+from resnet_jax.train import config as config_lib
+from resnet_jax.train import loop
+logging.set_verbosity(logging.INFO)
+for workdir, overrides in json.loads(sys.argv[2]):
+  config = config_lib.load(sys.argv[1])
+  config.update_from_flattened_dict(overrides)
+  loop.train_and_evaluate(config, workdir)
+runtime.spare_the_final_collection()  # as the front door ends
+"""
+
+
+def tiny_runs_command(runs) -> list:
+  """``python -c`` training each ``[workdir, overrides]`` of ``runs`` in turn, in one process."""
+  return [sys.executable, "-c", _TINY_RUNS_SCRIPT, TINY_CONFIG, json.dumps(runs)]
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 the step against a hand-written step, and bad keys refused in one line by the CLI."""
 
 import os
-import subprocess
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +9,6 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import REPO, command_env, train_command
 from resnet_jax.train import config as config_lib
 from resnet_jax.train import mixing, steps
 from tiny_nets import NUM_CLASSES, batch, train_step_on_one_device
@@ -119,16 +117,9 @@ def test_softmax_loss_without_mixing_is_the_papers_cross_entropy_on_the_labels()
     ("--config.loss=focal", "config.loss='focal': unknown loss; choose one of softmax_ce, bce"),
   ],
 )
-def test_unknown_optimizer_or_loss_is_one_line_and_exit_2(tmp_path, override, words):
+def test_unknown_optimizer_or_loss_is_one_line_and_exit_2(tmp_path, run_main, override, words):
   workdir = str(tmp_path / "bad")
-  proc = subprocess.run(
-    train_command(workdir, override),
-    env=command_env(1),
-    capture_output=True,
-    text=True,
-    timeout=120,
-    cwd=REPO,
-  )
+  proc = run_main(workdir, override, timeout=120)
   assert proc.returncode == 2, proc.stderr[-2000:]
   lines = proc.stderr.strip().splitlines()
   assert lines[-1].startswith("error: ") and words in lines[-1], lines[-1]

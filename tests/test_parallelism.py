@@ -14,14 +14,13 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 
 import jax
 import numpy as np
 import pytest
 
-from conftest import REPO, TINY_CONFIG, command_env, free_port, train_tiny_in_process
+from conftest import REPO, command_env, free_port, tiny_runs_command, train_tiny_in_process
 from resnet_jax.checkpoint import Checkpointer
 from test_train import losses, tree_equal, wait_for_checkpoint
 
@@ -35,26 +34,10 @@ RUN = {"eval_split": "test[:90]", "checkpoint_every_steps": 1000, "num_train_ste
 # The 4-device runs' checkpoint at step SOURCE_STEP is what the cross-path resumes start from.
 SOURCE_STEP = 3
 
-# Several runs in one process, each ``[workdir, {dotted key: value}]`` of the JSON in argv[2]: the
-# device count is fixed per process, and the second run reuses the first's imports and data.
-RUNNER = """
-import json, sys
-from absl import logging
-from resnet_jax import runtime
-runtime.start(distributed=True)  # joins the other processes where RESNET_JAX_* name them
-from resnet_jax.train import config as config_lib
-from resnet_jax.train import loop
-logging.set_verbosity(logging.INFO)
-for workdir, overrides in json.loads(sys.argv[2]):
-  config = config_lib.load(sys.argv[1])
-  config.update_from_flattened_dict(overrides)
-  loop.train_and_evaluate(config, workdir)
-runtime.spare_the_final_collection()  # as the front door ends
-"""
-
 
 def run(workdir, parallelism, **overrides):
-  """One run of the tiny config: ``[workdir, overrides]`` as RUNNER and train_in_worker read it."""
+  """One run of the tiny config: ``[workdir, overrides]`` as conftest.tiny_runs_command and
+  train_in_worker read it."""
   return [str(workdir), {**RUN, "parallelism": parallelism, **overrides}]
 
 
@@ -74,13 +57,13 @@ def start(command, devices, log, **env):
 
 
 def start_runs(devices, log, *runs, **env):
-  command = [sys.executable, "-c", RUNNER, TINY_CONFIG, json.dumps(runs)]
-  return start(command, devices, log, **env)
+  return start(tiny_runs_command(runs), devices, log, **env)
 
 
 def train_in_worker(*runs):
-  """The runs RUNNER would train on 1 device, trained here: the worker has one CPU device and the
-  tests' XLA flags, and has TensorFlow and JAX loaded already (a process start costs seconds)."""
+  """The runs tiny_runs_command would train on 1 device, trained here: the worker has one CPU
+  device and the tests' XLA flags, and has TensorFlow and JAX loaded already (a process start
+  costs seconds)."""
   assert jax.device_count() == 1, jax.devices()
   for workdir, overrides in runs:
     train_tiny_in_process(workdir, overrides)

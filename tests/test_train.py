@@ -19,7 +19,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import REPO, TINY_CONFIG, command_env, train_command
+from conftest import REPO, command_env, tiny_runs_command, train_command
 from resnet_jax.checkpoint import Checkpointer
 from resnet_jax.metrics import read_metrics
 
@@ -500,30 +500,14 @@ LR_EVENTS = {
   "num_train_steps": 10,
 }
 
-# Runs of the tiny config in one process, each ``[workdir, {dotted key: value}]`` of the JSON in
-# argv[2], the way the command trains: a process's device count is fixed, and the second run reuses
-# the first's imports, data and compiled steps instead of paying them in a process of its own.
-RUNNER = """
-import json, sys
-from resnet_jax import runtime
-runtime.start()
-from resnet_jax.train import config as config_lib
-from resnet_jax.train import loop
-for workdir, overrides in json.loads(sys.argv[2]):
-  config = config_lib.load(sys.argv[1])
-  config.update_from_flattened_dict(overrides)
-  loop.train_and_evaluate(config, workdir)
-runtime.spare_the_final_collection()  # as the front door ends
-"""
 
-
-def test_resume_across_learning_rate_events_on_2_devices_with_per_replica_bn(tmp_path):
+def test_resume_across_learning_rate_events_on_2_devices_with_per_replica_bn(tmp_path, run_main):
   straight, interrupted = str(tmp_path / "straight"), str(tmp_path / "interrupted")
   # The uninterrupted reference and the first half of the interrupted run, one process for both
   # (neither is the subject); the resume is the command's own.
   runs = [[straight, LR_EVENTS], [interrupted, {**LR_EVENTS, "stop_after_steps": 6}]]
   first = subprocess.run(
-    [sys.executable, "-c", RUNNER, TINY_CONFIG, json.dumps(runs)],
+    tiny_runs_command(runs),
     env=command_env(2),
     capture_output=True,
     text=True,
@@ -532,14 +516,8 @@ def test_resume_across_learning_rate_events_on_2_devices_with_per_replica_bn(tmp
   )
   assert first.returncode == 0, first.stderr[-3000:]
   assert checkpoint_steps(interrupted)[-1] == 6
-  resumed = subprocess.run(
-    train_command(interrupted, *(f"--config.{k}={v}" for k, v in LR_EVENTS.items())),
-    env=command_env(2),
-    capture_output=True,
-    text=True,
-    timeout=400,
-    cwd=REPO,
-  )
+  overrides = (f"--config.{k}={v}" for k, v in LR_EVENTS.items())
+  resumed = run_main(interrupted, *overrides, devices=2, timeout=400)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert re.search(r"resumed from \S+ at step 6\b", resumed.stderr), resumed.stderr[-3000:]
 
