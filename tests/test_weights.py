@@ -78,13 +78,13 @@ def torch_model(name, stage_sizes=None, num_classes=1000, seed=0, device=None):
   )
 
 
-def parity(name, stage_sizes=None):
-  net = torch_model(name, stage_sizes)
-  x = np.random.default_rng(0).standard_normal((2, 3, 64, 64)).astype(np.float32)
+def logit_gap(net, name, source, stage_sizes, x):
+  """(max |our logits - the reference's|, max |reference logit|) on ``x`` (NCHW), eval mode, after
+  importing ``net``'s state dict as ``source`` lays it out."""
   with torch.no_grad():
     want = net(torch.from_numpy(x)).numpy()
   overrides = {"stage_sizes": stage_sizes} if stage_sizes else {}
-  params, batch_stats = weights.from_torchvision(net.state_dict(), name, **overrides)
+  params, batch_stats = weights.from_state_dict(net.state_dict(), name, source=source, **overrides)
   # lax.conv, as on accelerators: the import is under test here, while the CPU's oneDNN path
   # (conv_impl='auto' on this host) is held to lax.conv by test_onednn.py.
   model = models.get_model(name, conv_impl="xla", **overrides)
@@ -92,6 +92,11 @@ def parity(name, stage_sizes=None):
     {"params": params, "batch_stats": batch_stats}, jnp.asarray(x.transpose(0, 2, 3, 1))
   )
   return float(np.max(np.abs(np.asarray(got) - want))), float(np.max(np.abs(want)))
+
+
+def parity(name, stage_sizes=None):
+  x = np.random.default_rng(0).standard_normal((2, 3, 64, 64)).astype(np.float32)
+  return logit_gap(torch_model(name, stage_sizes), name, "torchvision", stage_sizes, x)
 
 
 @pytest.mark.parametrize("name,stage_sizes", PARITY)
@@ -277,17 +282,7 @@ TIMM_PARITY = (
 def timm_parity(name, stage_sizes=None, image_size=48):
   net = torch_reference.create(name, layers=stage_sizes, seed=5)
   x = np.random.default_rng(1).standard_normal((2, 3, image_size, image_size)).astype(np.float32)
-  with torch.no_grad():
-    want = net(torch.from_numpy(x)).numpy()
-  overrides = {"stage_sizes": stage_sizes} if stage_sizes else {}
-  params, batch_stats = weights.from_timm(net.state_dict(), name, **overrides)
-  # lax.conv, as on accelerators: the import is under test here, while the CPU's oneDNN path
-  # (conv_impl='auto' on this host) is held to lax.conv by test_onednn.py.
-  model = models.get_model(name, conv_impl="xla", **overrides)
-  got = jax.jit(lambda v, im: model.apply(v, im, train=False))(
-    {"params": params, "batch_stats": batch_stats}, jnp.asarray(x.transpose(0, 2, 3, 1))
-  )
-  return float(np.max(np.abs(np.asarray(got) - want))), float(np.max(np.abs(want)))
+  return logit_gap(net, name, "timm", stage_sizes, x)
 
 
 def test_reference_has_the_published_parameter_counts():
