@@ -153,6 +153,7 @@ def main(command: Command, argv: list[str]) -> None:
   """Runs ``command`` on the parsed flags; ``argv`` is absl's rest (program name, positionals)."""
   # Before anything heavy loads; --verbosity=1 lets every library's INFO lines through.
   runtime.setup(verbose=logging.get_verbosity() > logging.INFO)
+  runtime.pause_collection()  # until TensorFlow and JAX are loaded, at the latest until the end
   try:
     command.run(flags.FLAGS, argv[1:])
   except Exception as e:  # pylint: disable=broad-except
@@ -160,6 +161,8 @@ def main(command: Command, argv: list[str]) -> None:
       raise
     logging.flush()  # one line, no traceback: the user can act on it
     exit_with_error(e.args[0] if isinstance(e, KeyError) and e.args else e)
+  finally:
+    runtime.resume_collection()  # a command that loads no TensorFlow (models, sweep) ran paused
   runtime.spare_the_final_collection()
 
 

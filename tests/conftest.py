@@ -52,6 +52,7 @@ def pytest_collection(session):
   Keras import (and Keras's of scikit-learn), seconds of every worker's collection. Here, not at
   import: pytest-xdist's controller loads this file too, and collects nothing."""
   del session
+  runtime.pause_collection()  # as the front door does while TensorFlow and JAX load
   runtime.import_tensorflow()
 
 
@@ -117,6 +118,7 @@ _TINY_RUNS_SCRIPT = """
 import json, sys
 from absl import logging
 from resnet_jax import runtime
+runtime.pause_collection()  # as the front door does
 runtime.start(distributed=True)
 from resnet_jax.train import config as config_lib
 from resnet_jax.train import loop

@@ -64,15 +64,23 @@ def test_only_our_info_reaches_the_run_log():
 
 
 def test_start_imports_tensorflow_quietly_and_keeps_the_compile_cache(tmp_path):
+  """...and with the collector paused, as the front door pauses it, TensorFlow and JAX load without
+  a full collection, and their objects are frozen out of every later one, the collector on again."""
   code = (
-    "import sys\n"
+    "import gc, sys\n"
     "from resnet_jax import runtime\n"
+    "runtime.pause_collection()\n"
+    "full = gc.get_stats()[2]['collections']\n"
     f"n = runtime.start(cpu_devices='1', compilation_cache={str(tmp_path)!r})\n"
     "import jax\n"
     "print(n, 'tensorflow' in sys.modules, jax.config.jax_compilation_cache_dir)\n"
+    "print(gc.get_stats()[2]['collections'] - full, gc.isenabled(), gc.get_freeze_count())\n"
   )
   result = _probe(code)
-  assert result.stdout.split() == ["1", "True", str(tmp_path)]
+  loaded, collector = result.stdout.splitlines()
+  assert loaded.split() == ["1", "True", str(tmp_path)]
+  full_collections, enabled, frozen = collector.split()
+  assert full_collections == "0" and enabled == "True" and int(frozen) > 100_000, collector
   # TensorFlow's load-time INFO notices are dropped (warnings would still show).
   assert "absl::InitializeLog" not in result.stderr and " I0" not in result.stderr, result.stderr
 
