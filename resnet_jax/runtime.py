@@ -29,7 +29,7 @@ from collections.abc import Sequence
 
 from resnet_jax import host
 
-_DONE = {"setup": False}
+_DONE = {"setup": False, "collection_paused": False}
 
 # --- every command: environment, log filters, hooks -------------------------------------------
 
@@ -321,6 +321,7 @@ def _import_tensorflow_without_keras():
   if "keras" in sys.modules or "tensorflow" in sys.modules:  # already paid for
     import tensorflow  # pylint: disable=g-import-not-at-top
 
+    resume_collection()
     return tensorflow
   sys.modules[_KERAS_EAGER_IMPORT] = None  # an import of this name now raises ImportError
   try:
@@ -344,14 +345,19 @@ def pause_collection() -> None:
   everything allocated so far: with it paused, a tiny training run took 1.1-1.5 CPU s less of ~7
   (docs/benchmarks.md, "2026-12-07 night").
   """
-  gc.disable()
+  if gc.isenabled():  # a process that turned it off itself keeps it off
+    gc.disable()
+    _DONE["collection_paused"] = True
 
 
 def resume_collection() -> None:
-  """The collector on again, over what is allocated from now on: every object alive now goes into
-  the permanent generation (``gc.freeze``), which no later collection walks. Idempotent."""
-  gc.freeze()
-  gc.enable()
+  """After `pause_collection`, the collector on again over what is allocated from now on: every
+  object alive now goes into the permanent generation (``gc.freeze``), which no later collection
+  walks. Does nothing when the collection was not paused (or has been resumed)."""
+  if _DONE["collection_paused"]:
+    _DONE["collection_paused"] = False
+    gc.freeze()
+    gc.enable()
 
 
 # --- the end -----------------------------------------------------------------------------------
