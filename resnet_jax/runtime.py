@@ -342,8 +342,8 @@ def pause_collection() -> None:
 
   Loading TensorFlow and JAX allocates ~320,000 objects that live as long as the process and leaves
   almost no garbage (~1,600 objects found in ~760 collections). Each full collection meanwhile walks
-  everything allocated so far: with it paused, a tiny training run took 1.1-1.5 CPU s less of ~7
-  (docs/benchmarks.md, "2026-12-07 night").
+  everything allocated so far: with it paused, a tiny training run took 0.9-1.5 CPU s less of 7-8
+  (means of 4-6 interleaved runs each; docs/benchmarks.md, "2026-12-07 night").
   """
   if gc.isenabled():  # a process that turned it off itself keeps it off
     gc.disable()
