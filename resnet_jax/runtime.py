@@ -294,8 +294,15 @@ def import_tensorflow():
   ``absl::InitializeLog()`` -- so ``TF_CPP_MIN_LOG_LEVEL >= 1`` (INFO off) does not hide its
   load-time INFO notices. They are read off file descriptor 2 during the import and dropped;
   warnings, errors and anything else written meanwhile are passed on unchanged. Does nothing more
-  once TensorFlow is loaded.
+  once TensorFlow is loaded, but end a `pause_collection`.
   """
+  try:
+    return _import_tensorflow_quietly()
+  finally:
+    resume_collection()  # TensorFlow and JAX (which it imports) are in
+
+
+def _import_tensorflow_quietly():
   if "tensorflow" in sys.modules or os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0") in ("", "0"):
     return _import_tensorflow_without_keras()
   sys.stderr.flush()
@@ -321,7 +328,6 @@ def _import_tensorflow_without_keras():
   if "keras" in sys.modules or "tensorflow" in sys.modules:  # already paid for
     import tensorflow  # pylint: disable=g-import-not-at-top
 
-    resume_collection()
     return tensorflow
   sys.modules[_KERAS_EAGER_IMPORT] = None  # an import of this name now raises ImportError
   try:
@@ -329,7 +335,6 @@ def _import_tensorflow_without_keras():
   finally:
     if sys.modules.get(_KERAS_EAGER_IMPORT, 0) is None:
       del sys.modules[_KERAS_EAGER_IMPORT]
-    resume_collection()  # TensorFlow and JAX (which it imports) are in
   return tensorflow
 
 
@@ -338,7 +343,7 @@ def _import_tensorflow_without_keras():
 
 def pause_collection() -> None:
   """Turns Python's cyclic garbage collector off while a command loads its libraries, until
-  `resume_collection` (which loading TensorFlow calls, and the front door when a command ends).
+  `resume_collection` (which `import_tensorflow` calls, and the front door when a command ends).
 
   Loading TensorFlow and JAX allocates ~320,000 objects that live as long as the process and leaves
   almost no garbage (~1,600 objects found in ~760 collections). Each full collection meanwhile walks
